@@ -1,0 +1,192 @@
+"""The ``afa-llm`` command line: eval, train, merge, focus, leaderboard.
+
+User errors (`UserError`) print one line on stderr and exit with code 2; there is no
+traceback for them. Every subcommand documents each option in ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import TrainingDiverged, UserError
+
+# subcommand -> module with `add_arguments(parser)` and `run(args) -> int`
+SUBCOMMANDS = {
+    "eval": ("afa_llm.cli", "Evaluate a model (+ adapter) on a sentiment data set with label-word scoring."),
+    "train": ("afa_llm.train", "Train a LoRA adapter with AFA or plain LoRA from a YAML recipe."),
+    "merge": ("afa_llm.merge", "Merge a trained LoRA adapter into a full-precision base for deployment."),
+    "focus": ("afa_llm.focus_report", "Render where the model looks (answer-position focus) as HTML and PNG."),
+    "leaderboard": ("afa_llm.leaderboard", "Evaluate many runs/models and write leaderboard.md/.csv/.png."),
+}
+
+
+# ---- shared option groups -----------------------------------------------------------
+def add_model_arguments(parser: argparse.ArgumentParser, default_quantization: str = "none") -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", default="smollm2-135m",
+                       help="built-in name (smollm2-135m, gemma3-270m), a local HF folder, a .gguf file, "
+                            "or a hub id (default: %(default)s)")
+    group.add_argument("--quantization", default=default_quantization, choices=["nf4", "int8", "none"],
+                       help="load the base in bitsandbytes 4-bit (nf4), 8-bit, or full precision "
+                            "(default: %(default)s)")
+    group.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
+                       help="weight / compute dtype (default: %(default)s)")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", default="rotten_tomatoes",
+                       help="rotten_tomatoes, imdb, tweets (offline packaged), a .csv/.jsonl/.parquet file, "
+                            "or hub:NAME[:CONFIG] (default: %(default)s)")
+    group.add_argument("--text-column", default="text", help="text column of a local file (default: %(default)s)")
+    group.add_argument("--label-column", default="label", help="label column of a local file (default: %(default)s)")
+    group.add_argument("--label-names", default=None,
+                       help="comma-separated class names in label order, e.g. negative,positive "
+                            "(default: inferred; 0/1 labels mean negative,positive)")
+    group.add_argument("--split-seed", type=int, default=0,
+                       help="seed of the stratified train/validation/test split (default: %(default)s)")
+
+
+def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("prompt")
+    group.add_argument("--template", default="Review: {text}\nSentiment:",
+                       help="prompt template with one {text} slot (default: %(default)r)")
+    group.add_argument("--label-words", default=None,
+                       help="comma-separated label words, one single-token word per class, in class order "
+                            "(default: ' '+class name, e.g. ' negative,positive' -> ' negative',' positive')")
+    group.add_argument("--max-text-tokens", type=int, default=256,
+                       help="longer texts are truncated inside the text; the template is never cut "
+                            "(default: %(default)s)")
+
+
+def split_list(value: str | None) -> list[str] | None:
+    return [v for v in value.split(",")] if value else None
+
+
+def label_words_for(names: list[str], spec: str | None) -> list[str]:
+    if spec is None:
+        return [" " + n for n in names]
+    words = [w if w.startswith(" ") else " " + w for w in (w.strip() for w in spec.split(","))]
+    if len(words) != len(names):
+        raise UserError(f"--label-words gives {len(words)} words but the data has {len(names)} classes {names}")
+    return words
+
+
+def load_data_from_args(args):
+    from .data import load_sentiment_data
+
+    return load_sentiment_data(
+        args.data,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        label_names=split_list(args.label_names),
+        split_seed=args.split_seed,
+    )
+
+
+def build_task(args, label_names: list[str], tokenizer):
+    from .task import PromptTask
+
+    task = PromptTask(label_words_for(label_names, args.label_words), template=args.template.replace("\\n", "\n"),
+                      max_text_tokens=args.max_text_tokens)
+    return task.bind(tokenizer)
+
+
+def write_json(path: str, payload: dict) -> None:
+    """Write JSON atomically (temp file + rename), so no half-written result remains."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, target)
+
+
+# ---- eval -----------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--adapter", default=None, help="a peft adapter folder or a training run folder")
+    add_data_arguments(parser)
+    add_task_arguments(parser)
+    parser.add_argument("--split", default="test", choices=["train", "validation", "test"],
+                        help="which split to score (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N examples of the split")
+    parser.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: %(default)s)")
+    parser.add_argument("--shots", type=int, default=0,
+                        help="few-shot: K demonstrations from the train split per query (default: 0 = zero-shot)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for drawing demonstrations (default: %(default)s)")
+    parser.add_argument("--output", default=None, help="also write the report as JSON to this file")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run(args) -> int:
+    from .evaluate import attach_adapter, evaluate_dataset, format_report
+    from .models import load_model
+
+    if args.limit is not None and args.limit <= 0:
+        raise UserError("--limit must be a positive number of examples")
+    if args.batch_size <= 0:
+        raise UserError("--batch-size must be positive")
+    data = load_data_from_args(args)
+    model, tokenizer = load_model(args.model, quantization=args.quantization, dtype=args.dtype)
+    if args.adapter:
+        model = attach_adapter(model, args.adapter)
+    task = build_task(args, data.label_names, tokenizer)
+    split = data.split(args.split)
+    if args.limit:
+        split = split.select(range(min(args.limit, len(split))))
+    report = evaluate_dataset(model, task, split, data.label_names, batch_size=args.batch_size,
+                              shots=args.shots, demo_pool=data.split("train"), seed=args.seed,
+                              progress=not args.no_progress)
+    report.update({
+        "model": args.model, "adapter": args.adapter, "quantization": args.quantization, "data": args.data,
+        "split": args.split, "split_seed": args.split_seed, "template": task.template,
+        "label_words": task.label_words, "label_names": data.label_names,
+    })
+    title = f"{args.model}{' + ' + args.adapter if args.adapter else ''} on {args.data}/{args.split}"
+    print(format_report(report, data.label_names, title=title))
+    if args.output:
+        write_json(args.output, report)
+    return 0
+
+
+# ---- entry point ----------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="afa-llm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:  # subcommand not built yet
+            if exc.name != module_name:
+                raise
+            continue
+        child = sub.add_parser(name, help=help_text, description=help_text,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(child)
+        child.set_defaults(handler=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

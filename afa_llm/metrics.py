@@ -1,0 +1,60 @@
+"""Classification metrics and paired significance tests (numpy only)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+
+def confusion_matrix(labels: Sequence[int], preds: Sequence[int], num_classes: int) -> np.ndarray:
+    """Rows are true classes, columns predicted classes."""
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels, dtype=int), np.asarray(preds, dtype=int)), 1)
+    return matrix
+
+
+def classification_report(labels: Sequence[int], preds: Sequence[int], label_names: Sequence[str]) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix."""
+    matrix = confusion_matrix(labels, preds, len(label_names))
+    true_pos = np.diag(matrix).astype(float)
+    predicted = matrix.sum(0).astype(float)
+    actual = matrix.sum(1).astype(float)
+    precision = np.divide(true_pos, predicted, out=np.zeros_like(true_pos), where=predicted > 0)
+    recall = np.divide(true_pos, actual, out=np.zeros_like(true_pos), where=actual > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
+    n = int(matrix.sum())
+    return {
+        "n": n,
+        "accuracy": float(true_pos.sum() / n) if n else 0.0,
+        "macro_f1": float(f1.mean()),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(label_names, precision, recall, f1, actual)
+        },
+        "confusion_matrix": matrix.tolist(),
+    }
+
+
+def mcnemar_test(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict:
+    """Exact two-sided McNemar test on paired per-example correctness."""
+    a, b = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n = only_a + only_b
+    k = min(only_a, only_b)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"only_a_correct": only_a, "only_b_correct": only_b, "p_value": p}
+
+
+def paired_bootstrap(
+    correct_a: Sequence[bool], correct_b: Sequence[bool], samples: int = 2000, seed: int = 0
+) -> dict:
+    """Bootstrap the accuracy difference a - b over examples: mean and 95% interval."""
+    a, b = np.asarray(correct_a, float), np.asarray(correct_b, float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(samples, len(a)))
+    diffs = a[idx].mean(1) - b[idx].mean(1)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return {"diff": float(a.mean() - b.mean()), "ci95": [float(low), float(high)]}
