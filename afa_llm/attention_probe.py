@@ -54,8 +54,8 @@ Public API
     probe takes the 2D mask the decoder stack received (all keys visible if it
     got none). If both exist and disagree, ``answer_attention`` raises.
     Rows are differentiable, float32 (softmax is taken in float32, as eager
-    attention does, and not cast back down), and masked keys are exactly 0 (a
-    row with no visible key is all zeros, not uniform). The hooks are removed
+    attention does, and not cast back down), sum to 1 over keys, and masked
+    keys are exactly 0. The hooks are removed
     on exit, also on exceptions; the captured tensors stay, so
     ``answer_attention()`` may also be called after the ``with`` block. A new
     forward through the model inside the block replaces the captures; the
@@ -106,7 +106,9 @@ def default_focus_layers(num_layers: int, fraction: float = 1 / 3) -> list[int]:
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model inside a peft ``PeftModel`` (or the model itself)."""
+    """The transformers model inside DDP / FSDP wrappers and a peft ``PeftModel``."""
+    while isinstance(getattr(model, "module", None), nn.Module):  # DistributedDataParallel
+        model = model.module
     get_base = getattr(model, "get_base_model", None)
     if callable(get_base):
         model = get_base()
@@ -228,7 +230,7 @@ def _softcap(attn: nn.Module) -> float | None:
     cls = type(attn)
     if cls not in _SOFTCAP_APPLIED:
         try:
-            _SOFTCAP_APPLIED[cls] = "softcap" in inspect.getsource(cls.forward)
+            _SOFTCAP_APPLIED[cls] = "softcap=" in inspect.getsource(cls.forward)
         except (OSError, TypeError):
             _SOFTCAP_APPLIED[cls] = True
     return float(cap) if _SOFTCAP_APPLIED[cls] else None

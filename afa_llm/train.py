@@ -1,0 +1,361 @@
+"""afa-llm train: AFA or plain LoRA on a (quantized) decoder LLM, with Accelerate.
+
+    afa-llm train recipes/quickstart.yaml method=lora steps=200
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m afa_llm.train RECIPE.yaml
+
+Features:
+- one YAML recipe (`afa_llm.config.TrainConfig`) + ``key=value`` overrides, validated;
+- ``method: afa | lora``: plain LoRA is the same loop without the AFA terms, so the two
+  differ only in what docs/AFA.md adds (masker policy gradient + discriminator);
+- a masker LoRA (peft) on an nf4 / int8 / full-precision base; the discriminator is a
+  separate module with its own optimiser;
+- focus from the answer-position attention probe (the model stays on SDPA);
+- the same label-word scoring as `afa-llm eval`, so train and eval cannot drift;
+- one process, several CPU processes, or multi-GPU DDP: the data order is a pure
+  function of (seed, step), and each rank takes its own slice of the global batch;
+- atomic checkpoints every ``save_every`` steps (adapter, discriminator, optimisers,
+  scheduler, RNG states); ``resume_from=latest`` continues exactly;
+- metrics per step to ``metrics.jsonl`` and Accelerate trackers (TensorBoard), tqdm;
+- periodic validation accuracy; at the end ``results.json`` with test accuracy /
+  macro-F1 of the adapter and the zero-shot base, and the fake-focus share of both;
+- a NaN/inf loss stops training with a one-line error; the last checkpoint is kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from . import afa_math as am
+from .afa_step import TrainingObjective
+from .attention_probe import AnswerAttentionProbe
+from .checkpoint import (list_checkpoints, load_adapter_weights, load_trainer_state, resolve_resume,
+                         rng_state, save_checkpoint, set_rng_state)
+from .config import TrainConfig, load_config
+from .data import SentimentData, load_sentiment_data
+from .discriminator import build_discriminator
+from .errors import TrainingDiverged, UserError
+from .evaluate import evaluate_dataset
+from .focus import clean_pass
+from .models import load_model
+from .task import PromptTask
+
+
+# ---- setup ------------------------------------------------------------------------------
+def build_model(cfg: TrainConfig, accelerator: Accelerator):
+    """The base model (quantized per config) with the masker LoRA attached."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    device_map = {"": accelerator.device} if cfg.quantization != "none" else None
+    model, tokenizer = load_model(cfg.model, quantization=cfg.quantization, dtype=cfg.dtype, device_map=device_map)
+    if cfg.quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    targets = list(cfg.lora_target_modules) + (["gate_proj", "up_proj", "down_proj"] if cfg.lora_on_mlp else [])
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as exc:
+        raise UserError(f"config key 'lora_target_modules': {str(exc).splitlines()[0]}") from exc
+    return model, tokenizer
+
+
+def build_task(cfg: TrainConfig, data: SentimentData, tokenizer) -> PromptTask:
+    words = cfg.label_words or [" " + n for n in data.label_names]
+    if len(words) != len(data.label_names):
+        raise UserError(f"config key 'label_words' has {len(words)} words for {len(data.label_names)} classes")
+    return PromptTask(list(words), template=cfg.template, max_text_tokens=cfg.max_text_tokens).bind(tokenizer)
+
+
+def frequent_ids(task: PromptTask, texts: list[str], limit: int = 5000) -> torch.Tensor:
+    """The most frequent 1% of token types in the training texts ("fake focus" words)."""
+    counts: dict[int, int] = {}
+    for text in texts[:limit]:
+        for tok in task.text_ids(text):
+            counts[tok] = counts.get(tok, 0) + 1
+    return am.frequent_token_ids(counts, 0.01)
+
+
+def batch_indices(n: int, seed: int, micro_step: int, batch_size: int, world: int, rank: int) -> np.ndarray:
+    """This rank's slice of global micro-batch ``micro_step``: a pure function, so resume is exact."""
+    global_size = batch_size * world
+    start = micro_step * global_size
+    epoch, offset = divmod(start, n)
+    order = np.random.default_rng(seed + epoch).permutation(n)
+    while len(order) - offset < global_size:  # the batch straddles an epoch boundary
+        epoch += 1
+        order = np.concatenate([order, np.random.default_rng(seed + epoch).permutation(n)])
+    chunk = order[offset : offset + global_size]
+    return chunk[rank * batch_size : (rank + 1) * batch_size]
+
+
+# ---- the loop -------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> dict:
+    run_dir = Path(cfg.output_dir)
+    report_to = cfg.report_to
+    if report_to == "auto":
+        try:
+            import tensorboard  # noqa: F401
+            report_to = "tensorboard"
+        except ImportError:
+            report_to = "none"
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              log_with=None if report_to == "none" else report_to, project_dir=str(run_dir))
+    resume = _check_run_dir(cfg, run_dir)
+    set_seed(cfg.seed)
+    data = load_sentiment_data(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column,
+                               label_names=cfg.label_names, split_seed=cfg.split_seed)
+    train_split = data.split("train")
+    if cfg.train_limit:
+        train_split = train_split.select(range(min(cfg.train_limit, len(train_split))))
+    model, tokenizer = build_model(cfg, accelerator)
+    try:  # an out-of-range focus layer is a config error, not a traceback at the first step
+        AnswerAttentionProbe(model, cfg.focus_layers)
+    except ValueError as exc:
+        raise UserError(f"config key 'focus_layers': {exc}") from exc
+    task = build_task(cfg, data, tokenizer)
+    frequent = frequent_ids(task, list(train_split["text"]))
+    hidden_size = model.get_base_model().config.get_text_config().hidden_size
+    disc = build_discriminator(cfg.discriminator, hidden_size, cfg.discriminator_hidden)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.discriminator_lr)
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                              num_training_steps=cfg.steps)
+    model, optimizer, disc, disc_opt = accelerator.prepare(model, optimizer, disc, disc_opt)
+    generator = torch.Generator(device=accelerator.device).manual_seed(cfg.seed * 1000 + accelerator.process_index)
+    filler = tokenizer.convert_tokens_to_ids(cfg.filler_token) if cfg.filler_token else tokenizer.pad_token_id
+    objective = TrainingObjective(cfg, task.label_token_ids, filler, disc, disc_opt, backward=accelerator.backward,
+                                  gather=accelerator.gather, generator=generator)
+    peft_model = accelerator.unwrap_model(model)
+
+    start_step, history = 0, []
+    if resume is not None:
+        state = load_trainer_state(resume)
+        load_adapter_weights(peft_model, resume)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        accelerator.unwrap_model(disc).load_state_dict(state["discriminator"])
+        disc_opt.load_state_dict(state["discriminator_optimizer"])
+        objective.load_state_dict(state["objective"])
+        set_rng_state(state["rng"][accelerator.process_index], generator)
+        start_step, history = state["step"], state["validation"]
+        accelerator.print(f"resumed from {resume} at step {start_step}")
+
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume is None and (run_dir / "checkpoints").exists():  # overwrite=true: a fresh start; stale
+            shutil.rmtree(run_dir / "checkpoints")  # higher-numbered checkpoints would win pruning and resume
+        cfg.save(run_dir / "config.yaml")
+        _truncate_metrics(run_dir / "metrics.jsonl", start_step)
+    accelerator.init_trackers("afa", config={k: str(v) for k, v in cfg.to_dict().items()})
+
+    def checkpoint(step: int) -> None:
+        states = [rng_state(generator)]
+        if accelerator.num_processes > 1:  # every rank's RNG state, so each resumes exactly
+            from accelerate.utils import gather_object
+            states = gather_object(states)
+        if accelerator.is_main_process:
+            state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "discriminator": accelerator.unwrap_model(disc).state_dict(),
+                     "discriminator_optimizer": disc_opt.state_dict(), "objective": objective.state_dict(),
+                     "rng": states, "validation": history}
+            save_checkpoint(run_dir, step, peft_model, state, cfg, cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    labels = np.asarray(train_split["label"])
+    texts = train_split["text"]
+    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=cfg.method,
+               disable=not (cfg.progress and accelerator.is_local_main_process))
+    model.train()
+    for step in bar:
+        started = time.perf_counter()
+        step_metrics: dict[str, float] = {}
+        tokens = 0
+        for micro in range(cfg.gradient_accumulation_steps):
+            idx = batch_indices(len(texts), cfg.seed, step * cfg.gradient_accumulation_steps + micro,
+                                cfg.batch_size, accelerator.num_processes, accelerator.process_index)
+            batch = task.encode([texts[i] for i in idx], labels[idx].tolist()).to(accelerator.device)
+            tokens += int(batch.attention_mask.sum())
+            with accelerator.accumulate(model):
+                clean = clean_pass(model, batch, task.label_token_ids, cfg.focus_layers)
+                loss, metrics = objective(peft_model, batch, clean, step)
+                _stop_if_diverged(accelerator, loss, step, run_dir)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            metrics.update(_focus_metrics(clean, batch, frequent))
+            for key, value in metrics.items():
+                step_metrics[key] = step_metrics.get(key, 0.0) + value / cfg.gradient_accumulation_steps
+        scheduler.step()
+        seconds = time.perf_counter() - started
+        step_metrics.update(step_time=seconds, tokens_per_s=tokens * accelerator.num_processes / seconds,
+                            lr=scheduler.get_last_lr()[0], train_acc_batch=_batch_accuracy(clean, batch))
+        done = step + 1
+        if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+            step_metrics["val_accuracy"] = _validate(accelerator, peft_model, task, data, cfg)
+            history.append({"step": done, "accuracy": step_metrics["val_accuracy"]})
+        _log(accelerator, run_dir, done, step_metrics, cfg.log_every)
+        bar.set_postfix({k: f"{step_metrics[k]:.3g}" for k in ("loss_cls", "loss_pg", "val_accuracy")
+                         if k in step_metrics})
+        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+            checkpoint(done)
+    bar.close()
+    checkpoint(cfg.steps)
+    results = _final_results(accelerator, peft_model, task, data, cfg, frequent, history)
+    accelerator.end_training()
+    return results
+
+
+# ---- helpers ----------------------------------------------------------------------------------
+def _check_run_dir(cfg: TrainConfig, run_dir: Path) -> Path | None:
+    resume = resolve_resume(run_dir, cfg.resume_from)
+    if resume is None and list_checkpoints(run_dir) and not cfg.overwrite:
+        raise UserError(f"{run_dir} already holds checkpoints; pass resume_from=latest to continue, "
+                        "overwrite=true to start over, or another output_dir")
+    return resume
+
+
+def _stop_if_diverged(accelerator: Accelerator, loss: torch.Tensor, step: int, run_dir: Path) -> None:
+    bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=accelerator.device)
+    if accelerator.gather(bad).sum() > 0:  # every rank stops together
+        last = list_checkpoints(run_dir)
+        kept = f"the last good checkpoint is {last[-1]}" if last else "no checkpoint had been written yet"
+        raise TrainingDiverged(f"loss became {loss.item()} at step {step + 1}; training stopped, {kept}")
+
+
+def _focus_metrics(clean, batch, frequent: torch.Tensor) -> dict[str, float]:
+    with torch.no_grad():
+        focus = clean.focus.detach()
+        share = am.frequent_focus_share(focus, batch.input_ids, frequent.to(focus.device)).mean()
+        base = am.frequent_token_share(batch.input_ids, batch.text_mask, frequent.to(focus.device)).mean()
+        entropy = am.focus_entropy(focus, batch.text_mask).mean()
+    return {"fake_focus_share": (share / base.clamp(min=1e-8)).item(), "focus_entropy": entropy.item()}
+
+
+def _batch_accuracy(clean, batch) -> float:
+    return (clean.class_logits.argmax(-1) == batch.labels).float().mean().item()
+
+
+def _validate(accelerator, peft_model, task, data, cfg) -> float:
+    accuracy = 0.0
+    if accelerator.is_main_process:
+        split = data.split("validation")
+        if cfg.eval_limit:
+            split = split.select(range(min(cfg.eval_limit, len(split))))
+        accuracy = evaluate_dataset(peft_model, task, split, data.label_names, batch_size=cfg.eval_batch_size,
+                                    progress=False)["accuracy"]
+    accelerator.wait_for_everyone()
+    return accuracy
+
+
+def _log(accelerator, run_dir: Path, step: int, metrics: dict, every: int) -> None:
+    if step % every and "val_accuracy" not in metrics:
+        return
+    accelerator.log(metrics, step=step)
+    if accelerator.is_main_process:
+        with open(run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+
+
+def _truncate_metrics(path: Path, last_step: int) -> None:
+    """On resume, drop records logged after the checkpoint (they will be logged again)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+    path.write_text("".join(line + "\n" for line in keep))
+
+
+def _test_focus_share(peft_model, task, texts, frequent, cfg) -> float:
+    shares, bases = [], []
+    device = next(peft_model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(texts), cfg.eval_batch_size):
+            batch = task.encode(texts[start : start + cfg.eval_batch_size]).to(device)
+            focus = clean_pass(peft_model, batch, task.label_token_ids, cfg.focus_layers).focus
+            shares.append(am.frequent_focus_share(focus, batch.input_ids, frequent.to(device)))
+            bases.append(am.frequent_token_share(batch.input_ids, batch.text_mask, frequent.to(device)))
+    return (torch.cat(shares).mean() / torch.cat(bases).mean()).item()
+
+
+def _final_results(accelerator, peft_model, task, data, cfg, frequent, history) -> dict:
+    results: dict = {}
+    if accelerator.is_main_process:
+        test = data.split("test")
+        if cfg.test_limit:
+            test = test.select(range(min(cfg.test_limit, len(test))))
+        focus_texts = list(test["text"][: cfg.focus_eval_limit])
+        peft_model.eval()
+        evaluate = lambda: evaluate_dataset(peft_model, task, test, data.label_names,  # noqa: E731
+                                            batch_size=cfg.eval_batch_size, progress=cfg.progress)
+        results = {"method": cfg.method, "model": cfg.model, "quantization": cfg.quantization, "data": cfg.data,
+                   "split_seed": cfg.split_seed, "seed": cfg.seed, "steps": cfg.steps,
+                   "num_processes": accelerator.num_processes,  # a silently single-process launch shows here
+                   "global_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes,
+                   "label_names": data.label_names, "label_words": task.label_words, "template": task.template,
+                   "validation": history, "test": evaluate(),
+                   "fake_focus_share": {"adapter": _test_focus_share(peft_model, task, focus_texts, frequent, cfg)}}
+        if cfg.evaluate_zero_shot:
+            with peft_model.disable_adapter():
+                results["zero_shot"] = evaluate()
+                results["fake_focus_share"]["base"] = _test_focus_share(peft_model, task, focus_texts, frequent, cfg)
+        run_dir = Path(cfg.output_dir)
+        peft_model.save_pretrained(run_dir / "adapter")
+        from .cli import write_json
+
+        write_json(str(run_dir / "results.json"), results)
+        summary = f"test accuracy {results['test']['accuracy']:.4f} (macro-F1 {results['test']['macro_f1']:.4f})"
+        if "zero_shot" in results:
+            summary += f"; zero-shot base {results['zero_shot']['accuracy']:.4f}"
+        accelerator.print(f"[{cfg.method}] {summary} -> {run_dir / 'results.json'}")
+    accelerator.wait_for_everyone()
+    return results
+
+
+# ---- command line -------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    keys = ", ".join(TrainConfig.__dataclass_fields__)
+    parser.epilog = f"config keys: {keys}\nSee README.md ('Configuration') for what each key does."
+    parser.add_argument("recipe", nargs="?", help="a YAML recipe (e.g. recipes/quickstart.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of recipe keys, e.g. method=lora steps=50")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def run(args) -> int:
+    overrides = list(args.overrides)
+    recipe = args.recipe
+    if recipe and "=" in recipe and not recipe.endswith((".yaml", ".yml")):
+        overrides, recipe = [recipe, *overrides], None  # only overrides were given
+    cfg = load_config(recipe, overrides)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    train(cfg)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``python -m afa_llm.train`` (and ``accelerate launch -m afa_llm.train``)."""
+    from .cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
