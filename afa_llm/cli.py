@@ -124,18 +124,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .evaluate import attach_adapter, evaluate_dataset, format_report
-    from .models import load_model
+    from .evaluate import attach_adapter, evaluate_dataset, format_report, resolve_adapter_dir
+    from .models import load_model, load_model_tokenizer
 
     if args.limit is not None and args.limit <= 0:
         raise UserError("--limit must be a positive number of examples")
     if args.batch_size <= 0:
         raise UserError("--batch-size must be positive")
+    if args.shots < 0:
+        raise UserError("--shots must be 0 (zero-shot) or a positive number of demonstrations")
     data = load_data_from_args(args)
+    # Check the adapter folder and the verbalizer before spending time on the weights.
+    if args.adapter:
+        resolve_adapter_dir(args.adapter)
+    task = build_task(args, data.label_names, load_model_tokenizer(args.model))
+    if args.no_progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     model, tokenizer = load_model(args.model, quantization=args.quantization, dtype=args.dtype)
+    task.bind(tokenizer)
     if args.adapter:
         model = attach_adapter(model, args.adapter)
-    task = build_task(args, data.label_names, tokenizer)
     split = data.split(args.split)
     if args.limit:
         split = split.select(range(min(args.limit, len(split))))
@@ -155,8 +165,15 @@ def run(args) -> int:
 
 
 # ---- entry point ----------------------------------------------------------------------
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Usage errors print one line on stderr and exit 2, like `UserError` (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="afa-llm", description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="afa-llm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         try:

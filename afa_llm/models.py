@@ -22,6 +22,8 @@ import hashlib
 import importlib.metadata
 import os
 import shutil
+import struct
+import sys
 import tempfile
 from pathlib import Path
 
@@ -114,9 +116,19 @@ def gguf_to_hf_folder(gguf_path: Path) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a half-written cache never looks complete
-    except Exception:
+        try:
+            os.replace(tmp, target)  # atomic: a half-written cache never looks complete
+        except OSError:
+            # Another process finished the same conversion first: keep its folder.
+            if not (target / "config.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, (ValueError, KeyError, IndexError, EOFError, OSError, struct.error)):
+            # A truncated or corrupt file, or an architecture transformers cannot read.
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"cannot read GGUF file {gguf_path}: {first_line}") from exc
         raise
     return target
 
@@ -142,9 +154,10 @@ def disable_bnb_cpu_repack(model: torch.nn.Module) -> int:
     On AVX512-BF16 CPUs the repack silently corrupts later LoRA gradients and merges
     (docs/STACK_NOTES.md). Returns the number of modules patched.
     """
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
+    # Linear4bit modules exist only if bitsandbytes is already imported; importing it
+    # here otherwise would only print its CPU-kernel warning on every full-precision load.
+    bnb = sys.modules.get("bitsandbytes")
+    if bnb is None:
         return 0
     patched = 0
     for module in model.modules():
@@ -160,6 +173,15 @@ def load_tokenizer(path: str):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_model_tokenizer(spec: str = DEFAULT_MODEL):
+    """The tokenizer of ``spec`` alone (cheap), e.g. to check label words before the weights load."""
+    path = resolve_model_path(spec)
+    try:
+        return load_tokenizer(path)
+    except OSError as exc:
+        raise UserError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from exc
 
 
 def load_model(

@@ -73,6 +73,11 @@ class PromptTask:
             raise UserError(f"verbalizer needs at least two label words, got {self.label_words}")
         if len(set(self.label_words)) != len(self.label_words):
             raise UserError(f"verbalizer label words must be distinct: {self.label_words}")
+        if self.max_text_tokens <= 0 or self.demo_text_tokens <= 0:
+            raise UserError(
+                f"max_text_tokens and demo_text_tokens must be positive "
+                f"(got {self.max_text_tokens} and {self.demo_text_tokens})"
+            )
 
     # ---- tokenizer binding -------------------------------------------------
     def bind(self, tokenizer) -> "PromptTask":

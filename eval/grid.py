@@ -1,0 +1,160 @@
+"""Run a grid of training runs (variants x seeds) and report them with paired statistics.
+
+    .venv/bin/python eval/grid.py eval/grids/rt_smollm2.yaml            # run what is missing, then report
+    .venv/bin/python eval/grid.py eval/grids/rt_smollm2.yaml --only afa  # one variant
+    .venv/bin/python eval/grid.py eval/grids/rt_smollm2.yaml --report-only
+
+A grid YAML names a recipe, seeds, common overrides and variants (name -> overrides);
+the first variant is the baseline that the others are compared with. Each cell trains
+into ``output_root/<variant>-seed<N>``; finished cells are skipped and interrupted ones
+resume from their last checkpoint, so a long grid can be completed in pieces. The
+report (Markdown) gives, per variant, test accuracy and macro-F1 as mean ± std over
+seeds, the paired difference against the baseline per seed with a McNemar p-value on
+the same test examples, the steps needed to reach the baseline's final validation
+accuracy, and the fake-focus share of the adapter (base in brackets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from afa_llm.config import load_config  # noqa: E402
+from afa_llm.errors import TrainingDiverged, UserError  # noqa: E402
+from afa_llm.metrics import mcnemar_test  # noqa: E402
+
+GRID_KEYS = {"recipe", "output_root", "seeds", "common", "variants", "title"}
+
+
+def load_grid(path: str) -> dict:
+    try:
+        grid = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise UserError(f"grid file not found: {path}") from exc
+    unknown = sorted(set(grid) - GRID_KEYS)
+    if unknown:
+        raise UserError(f"unknown grid key {unknown[0]!r} in {path} (known: {', '.join(sorted(GRID_KEYS))})")
+    if not grid.get("variants"):
+        raise UserError(f"grid {path} has no variants")
+    return grid
+
+
+def cell_dir(grid: dict, variant: str, seed: int) -> Path:
+    return Path(grid["output_root"]) / f"{variant}-seed{seed}"
+
+
+def cell_overrides(grid: dict, variant: str, seed: int, baseline: str) -> list[str]:
+    return [*grid.get("common", []), *grid["variants"][variant], f"seed={seed}",
+            f"output_dir={cell_dir(grid, variant, seed)}", "resume_from=latest", "progress=false",
+            f"evaluate_zero_shot={variant == baseline and seed == grid['seeds'][0]}"]
+
+
+def run_grid(grid: dict, only: list[str] | None) -> None:
+    from afa_llm.train import train
+
+    baseline = next(iter(grid["variants"]))
+    for seed in grid["seeds"]:
+        for variant in grid["variants"]:
+            if only and variant not in only:
+                continue
+            if (cell_dir(grid, variant, seed) / "results.json").exists():
+                continue
+            print(f"=== {variant} seed {seed}", flush=True)
+            cfg = load_config(grid["recipe"], cell_overrides(grid, variant, seed, baseline))
+            try:
+                train(cfg)
+            except TrainingDiverged as exc:  # record it and go on: every run is reported
+                print(f"diverged: {exc}", flush=True)
+                (cell_dir(grid, variant, seed) / "DIVERGED").write_text(str(exc))
+
+
+def _correct(report: dict) -> np.ndarray:
+    return np.asarray(report["predictions"]) == np.asarray(report["labels"])
+
+
+def steps_to_reach(history: list[dict], target: float) -> int | None:
+    return next((h["step"] for h in history if h["accuracy"] >= target), None)
+
+
+def report(grid: dict) -> str:
+    baseline = next(iter(grid["variants"]))
+    results = {v: {s: _load(cell_dir(grid, v, s)) for s in grid["seeds"]} for v in grid["variants"]}
+    first = next((r for runs in results.values() for r in runs.values() if r), None)
+    if first is None:
+        return "no finished runs yet"
+    lines = [f"## {grid.get('title', grid['recipe'])}", "",
+             f"model `{first['model']}`, data `{first['data']}` (split seed {first['split_seed']}), "
+             f"{first['steps']} steps, test n={first['test']['n']}, seeds {grid['seeds']}. "
+             f"Cells: `{grid['output_root']}/<variant>-seed<N>`.", ""]
+    zero = results[baseline].get(grid["seeds"][0]) or {}
+    if "zero_shot" in zero:
+        lines.append(f"Zero-shot base: accuracy {zero['zero_shot']['accuracy']:.4f}, "
+                     f"macro-F1 {zero['zero_shot']['macro_f1']:.4f}, fake-focus share "
+                     f"{zero['fake_focus_share'].get('base', float('nan')):.3f}.")
+        lines.append("")
+    lines += ["| variant | overrides | n seeds | test acc (mean ± std) | macro-F1 | Δ acc vs "
+              f"{baseline} per seed (McNemar p) | steps to {baseline}'s final val acc | fake-focus share |",
+              "|---|---|---|---|---|---|---|---|"]
+    for variant, runs in results.items():
+        done = {s: r for s, r in runs.items() if r}
+        if not done:
+            lines.append(f"| {variant} | {' '.join(grid['variants'][variant])} | 0 | not run yet | | | | |")
+            continue
+        acc = np.array([r["test"]["accuracy"] for r in done.values()])
+        f1 = np.array([r["test"]["macro_f1"] for r in done.values()])
+        paired, reach, share = [], [], []
+        for seed, r in done.items():
+            base = runs_of(results, baseline, seed)
+            share.append(r["fake_focus_share"]["adapter"])
+            if base and variant != baseline:
+                p = mcnemar_test(_correct(r["test"]), _correct(base["test"]))["p_value"]
+                paired.append(f"{r['test']['accuracy'] - base['test']['accuracy']:+.4f} (p={p:.2f})")
+                target = base["validation"][-1]["accuracy"] if base["validation"] else None
+                hit = steps_to_reach(r["validation"], target) if target is not None else None
+                reach.append(str(hit) if hit else "not reached")
+        std = f" ± {acc.std(ddof=1):.4f}" if len(acc) > 1 else ""
+        lines.append(f"| {variant} | `{' '.join(grid['variants'][variant]) or '-'}` | {len(acc)} | "
+                     f"{acc.mean():.4f}{std} | {f1.mean():.4f} | {', '.join(paired) or '-'} | "
+                     f"{', '.join(reach) or '-'} | {np.mean(share):.3f} |")
+    return "\n".join(lines)
+
+
+def runs_of(results: dict, variant: str, seed: int) -> dict | None:
+    return results.get(variant, {}).get(seed)
+
+
+def _load(folder: Path) -> dict | None:
+    path = folder / "results.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("grid", help="grid YAML (see eval/grids/)")
+    parser.add_argument("--only", nargs="*", help="run only these variants")
+    parser.add_argument("--report-only", action="store_true", help="do not train; report finished cells")
+    parser.add_argument("--output", help="also write the Markdown report here")
+    args = parser.parse_args(argv)
+    try:
+        grid = load_grid(args.grid)
+        if not args.report_only:
+            run_grid(grid, args.only)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    text = report(grid)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Tests of afa_llm.metrics on hand-computed examples."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from afa_llm.metrics import classification_report, confusion_matrix, mcnemar_test, paired_bootstrap
+
+LABELS = [0, 0, 0, 1, 1, 1, 1, 2]
+PREDS = [0, 1, 0, 1, 1, 0, 2, 2]
+NAMES = ["negative", "neutral", "positive"]
+
+
+def test_confusion_matrix_rows_are_true_classes():
+    assert confusion_matrix(LABELS, PREDS, 3).tolist() == [[2, 1, 0], [1, 2, 1], [0, 0, 1]]
+
+
+def test_classification_report_on_a_hand_example():
+    report = classification_report(LABELS, PREDS, NAMES)
+    assert report["n"] == 8
+    assert report["accuracy"] == pytest.approx(5 / 8)
+    # precision 2/3, 2/3, 1/2; recall 2/3, 1/2, 1; F1 2/3, 4/7, 2/3.
+    assert report["macro_f1"] == pytest.approx((2 / 3 + 4 / 7 + 2 / 3) / 3)
+    expected = {
+        "negative": (2 / 3, 2 / 3, 2 / 3, 3),
+        "neutral": (2 / 3, 1 / 2, 4 / 7, 4),
+        "positive": (1 / 2, 1.0, 2 / 3, 1),
+    }
+    for name, (p, r, f, s) in expected.items():
+        row = report["per_class"][name]
+        assert (row["precision"], row["recall"], row["f1"]) == pytest.approx((p, r, f))
+        assert row["support"] == s
+    assert report["confusion_matrix"] == [[2, 1, 0], [1, 2, 1], [0, 0, 1]]
+
+
+def test_report_with_an_absent_class_counts_it_as_zero_f1():
+    report = classification_report([0, 1, 0, 1], [0, 1, 1, 1], NAMES)
+    assert report["accuracy"] == pytest.approx(0.75)
+    assert report["per_class"]["positive"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    f1_neg, f1_neu = 2 * 1 * 0.5 / 1.5, 2 * (2 / 3) * 1 / (5 / 3)
+    assert report["macro_f1"] == pytest.approx((f1_neg + f1_neu) / 3)
+    assert all(math.isfinite(v["f1"]) for v in report["per_class"].values())
+
+
+def test_perfect_predictions():
+    report = classification_report([0, 1, 1, 0], [0, 1, 1, 0], ["negative", "positive"])
+    assert report["accuracy"] == 1.0 and report["macro_f1"] == 1.0
+
+
+def _pairs(only_a: int, only_b: int, both: int = 3, neither: int = 2):
+    a = [True] * only_a + [False] * only_b + [True] * both + [False] * neither
+    b = [False] * only_a + [True] * only_b + [True] * both + [False] * neither
+    return a, b
+
+
+@pytest.mark.parametrize(
+    "only_a, only_b, p",
+    [
+        (5, 0, 2 / 32),
+        (10, 2, 2 * (1 + 12 + 66) / 4096),
+        (3, 3, 1.0),
+        (0, 0, 1.0),
+    ],
+)
+def test_mcnemar_exact_p_values(only_a, only_b, p):
+    result = mcnemar_test(*_pairs(only_a, only_b))
+    assert result == {"only_a_correct": only_a, "only_b_correct": only_b, "p_value": pytest.approx(p)}
+    swapped = mcnemar_test(*reversed(_pairs(only_a, only_b)))
+    assert swapped["p_value"] == pytest.approx(p)
+    assert (swapped["only_a_correct"], swapped["only_b_correct"]) == (only_b, only_a)
+
+
+def test_mcnemar_large_counts_stay_finite():
+    # chi-square approximation: (600 - 500)^2 / 1100 = 9.09 -> p ~ 0.0026.
+    assert 0.001 < mcnemar_test(*_pairs(600, 500))["p_value"] < 0.005
+    assert mcnemar_test(*_pairs(3000, 2000))["p_value"] < 1e-40
+
+
+def test_paired_bootstrap_sanity():
+    a, b = _pairs(0, 0, both=10, neither=10)
+    assert paired_bootstrap(a, b) == {"diff": 0.0, "ci95": [0.0, 0.0]}
+    assert paired_bootstrap([True] * 20, [False] * 20) == {"diff": 1.0, "ci95": [1.0, 1.0]}
+
+    rng = np.random.default_rng(0)
+    a = rng.random(400) < 0.8
+    b = rng.random(400) < 0.6
+    result = paired_bootstrap(a, b, samples=1000, seed=1)
+    assert result["diff"] == pytest.approx(a.mean() - b.mean())
+    low, high = result["ci95"]
+    assert low < result["diff"] < high
+    assert 0.0 < low and high < 0.4  # a is clearly better
+    assert paired_bootstrap(a, b, samples=1000, seed=1) == result  # seeded
+    assert paired_bootstrap(a, b, samples=1000, seed=2)["ci95"] != result["ci95"]
+    swapped = paired_bootstrap(b, a, samples=1000, seed=1)
+    assert swapped["diff"] == pytest.approx(-result["diff"])
+    assert swapped["ci95"] == pytest.approx([-high, -low])
