@@ -1,0 +1,265 @@
+"""``afa-llm focus``: where the model looks, as a self-contained HTML page and a PNG.
+
+Focus is the trainer's definition (`afa_llm.focus.clean_pass`): the answer position's
+attention over the text tokens, averaged over heads and the focus layers (default: the
+last third; a run's ``focus_layers`` when ``--adapter`` is a run folder), renormalised to
+sum to 1 over the text. With ``--adapter`` the base (the adapter disabled with peft's
+``disable_adapter()``) and the adapter are shown side by side, each with its predicted
+label and class probabilities.
+
+With ``--data``, the page also reports the fake-focus share per data set: the focus on
+the most frequent 1% of token types of the train split, divided by those tokens' share
+of the text (1 = no preference for frequent words), for the base and the adapter.
+
+Outputs in ``--output``: ``focus.html`` (inline CSS, no scripts, no external URLs; token
+text is html-escaped), ``focus.png`` and ``focus.json`` (all numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+PNG_MAX_TOKENS = 60
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; margin-bottom: 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.4em 0.6em; vertical-align: top; text-align: left; }
+td.side { max-width: 40em; }
+.text { white-space: pre-wrap; line-height: 1.9; font-family: ui-monospace, monospace; font-size: 0.9em; }
+.tok { border-radius: 2px; }
+.pred { font-size: 0.85em; color: #555; margin-bottom: 0.3em; }
+.meta { color: #555; font-size: 0.9em; }
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .cli import add_data_arguments, add_model_arguments, add_task_arguments
+
+    add_model_arguments(parser)
+    parser.add_argument("--adapter", default=None,
+                        help="a peft adapter folder or a training run folder (a run's config.yaml then supplies "
+                             "--model, --template, --label-words and --max-text-tokens left at their defaults)")
+    parser.add_argument("--text", action="append", default=None, help="a text to render (repeat for several)")
+    add_data_arguments(parser)
+    parser.set_defaults(data=None)  # here --data is optional: --text or --data
+    parser.add_argument("--split", default="test", choices=["train", "validation", "test"],
+                        help="split the --data texts come from (default: %(default)s)")
+    parser.add_argument("--n", type=int, default=8, help="texts of --data to render (default: %(default)s)")
+    parser.add_argument("--metric-n", type=int, default=256,
+                        help="texts of --data for the fake-focus share (default: %(default)s)")
+    add_task_arguments(parser)
+    parser.add_argument("--focus-layers", default=None,
+                        help="comma-separated layer indices, negative from the end (default: the run's "
+                             "focus_layers, else the last third of the layers)")
+    parser.add_argument("--batch-size", type=int, default=16, help="texts per forward pass (default: %(default)s)")
+    parser.add_argument("--output", required=True, help="folder for focus.html, focus.png and focus.json")
+
+
+# ---- computing ----------------------------------------------------------------------
+def side_passes(model, task, texts: list[str], layers, batch_size: int, frequent: torch.Tensor | None) -> dict:
+    """Class probabilities, per-text focus over its text tokens, and fake-focus shares."""
+    from . import afa_math as am
+    from .focus import clean_pass
+
+    device = next(model.parameters()).device
+    out: dict[str, list] = {"probs": [], "focus": [], "share": [], "token_share": []}
+    for start in range(0, len(texts), batch_size):
+        batch = task.encode(texts[start : start + batch_size]).to(device)
+        with torch.no_grad():
+            clean = clean_pass(model, batch, task.label_token_ids, layers)
+        out["probs"] += clean.class_logits.softmax(-1).tolist()
+        out["focus"] += [row[mask].tolist() for row, mask in zip(clean.focus, batch.text_mask)]
+        if frequent is not None:
+            frequent = frequent.to(device)
+            out["share"] += am.frequent_focus_share(clean.focus, batch.input_ids, frequent).tolist()
+            out["token_share"] += am.frequent_token_share(batch.input_ids, batch.text_mask, frequent).tolist()
+    return out
+
+
+def compute(model, task, texts: list[str], layers, batch_size: int, has_adapter: bool,
+            frequent: torch.Tensor | None = None) -> dict[str, dict]:
+    """``{"base": ..., "adapter": ...}`` (only "base" without an adapter)."""
+    model.eval()
+    if not has_adapter:
+        return {"base": side_passes(model, task, texts, layers, batch_size, frequent)}
+    sides = {"adapter": side_passes(model, task, texts, layers, batch_size, frequent)}
+    with model.disable_adapter():
+        sides["base"] = side_passes(model, task, texts, layers, batch_size, frequent)
+    return {"base": sides["base"], "adapter": sides["adapter"]}
+
+
+def fake_focus_summary(sides: dict[str, dict], data: str, n_frequent: int) -> dict:
+    token_share = float(np.mean(next(iter(sides.values()))["token_share"]))
+    summary = {"data": data, "examples": len(next(iter(sides.values()))["share"]),
+               "frequent_token_types": n_frequent, "frequent_token_share": token_share}
+    for side, values in sides.items():
+        share = float(np.mean(values["share"]))
+        summary[side] = {"focus_share": share, "normalised": share / token_share if token_share else None}
+    return summary
+
+
+# ---- rendering ----------------------------------------------------------------------
+def _prediction(probs: list[float], names: list[str]) -> str:
+    best = int(np.argmax(probs))
+    detail = ", ".join(f"{html.escape(n)} {p:.2f}" for n, p in zip(names, probs))
+    return f"predicted <b>{html.escape(names[best])}</b> ({detail})"
+
+
+def render_html(report: dict) -> str:
+    """The page: one table row per text, one column per side; tokens shaded by focus."""
+    names, sides = report["label_names"], list(report["sides"])
+    meta = (f"model <code>{html.escape(report['model'])}</code>"
+            + (f", adapter <code>{html.escape(report['adapter'])}</code>" if report["adapter"] else "")
+            + f"; focus layers {report['focus_layers']}; template <code>{html.escape(repr(report['template']))}</code>")
+    parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8"><title>Focus map</title>',
+             f"<style>{CSS}</style></head><body>", "<h1>Focus map</h1>", f'<p class="meta">{meta}</p>',
+             '<p class="meta">Shading: attention from the answer position to each text token, averaged over '
+             "heads and the focus layers, renormalised over the text (darkest = the row's largest value; hover "
+             "for the value).</p>"]
+    summary = report.get("fake_focus")
+    if summary:
+        parts += ["<h2>Fake-focus share</h2>", "<table><tr><th>data</th><th>examples</th><th>frequent types</th>"
+                  "<th>their token share</th>" + "".join(f"<th>{s} focus share (normalised)</th>" for s in sides)
+                  + "</tr>", f"<tr><td>{html.escape(summary['data'])}</td><td>{summary['examples']}</td>"
+                  f"<td>{summary['frequent_token_types']}</td><td>{summary['frequent_token_share']:.3f}</td>"
+                  + "".join(f"<td>{summary[s]['focus_share']:.3f} ({summary[s]['normalised']:.3f})</td>"
+                            for s in sides) + "</tr></table>"]
+    header = "".join(f"<th>{'base (adapter disabled)' if s == 'base' else 'adapter'}</th>" for s in sides)
+    parts.append(f'<table class="focus"><tr><th>#</th>{header}</tr>')
+    for i, item in enumerate(report["texts"], start=1):
+        label = f"<br>label: {html.escape(names[item['label']])}" if item.get("label") is not None else ""
+        scale = max(max(item[s]["focus"]) for s in sides) or 1.0
+        cells = []
+        for side in sides:
+            spans = "".join(
+                f'<span class="tok" style="background: rgba(214, 39, 40, {f / scale:.3f})" '
+                f'title="{f:.4f}" data-focus="{f:.8g}">{html.escape(tok)}</span>'
+                for tok, f in zip(item["tokens"], item[side]["focus"]))
+            cells.append(f'<td class="side"><div class="pred">{_prediction(item[side]["probs"], names)}</div>'
+                         f'<div class="text">{spans}</div></td>')
+        parts.append(f'<tr class="row"><td>{i}{label}</td>{"".join(cells)}</tr>')
+    parts += ["</table>", "</body></html>"]
+    return "\n".join(parts) + "\n"
+
+
+def render_png(report: dict, path: Path) -> None:
+    """One heat strip per text (rows: base / adapter), token labels below; long texts cut."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    sides, items = list(report["sides"]), report["texts"]
+    width = min(PNG_MAX_TOKENS, max(len(item["tokens"]) for item in items))
+    fig = Figure(figsize=(max(6.0, 0.28 * width + 2), 1.3 * len(items) + 0.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(items), 1, squeeze=False)[:, 0]
+    for ax, item in zip(axes, items):
+        n = min(width, len(item["tokens"]))
+        grid = np.full((len(sides), width), np.nan)
+        for row, side in enumerate(sides):
+            grid[row, :n] = item[side]["focus"][:n]
+        ax.imshow(grid, aspect="auto", cmap="Reds", vmin=0, interpolation="nearest")
+        ax.set_yticks(range(len(sides)), sides, fontsize=7)
+        labels = [tok.replace("\n", "\\n") for tok in item["tokens"][:n]]
+        ax.set_xticks(range(n), labels, rotation=90, fontsize=6, parse_math=False)
+        preds = " | ".join(f"{s}: {report['label_names'][int(np.argmax(item[s]['probs']))]}" for s in sides)
+        cut = f" (first {n} of {len(item['tokens'])} tokens)" if n < len(item["tokens"]) else ""
+        ax.set_title(f"{item['text'][:80]!r}{cut}  [{preds}]", fontsize=7, loc="left", parse_math=False)
+    fig.savefig(path, dpi=110)
+
+
+# ---- CLI ------------------------------------------------------------------------------
+def _label_names(args, run) -> list[str]:
+    """Class names for --text (no data set): the run's, else the label words, else neg/pos."""
+    if run is not None and getattr(run.config, "label_names", None):
+        return list(run.config.label_names)
+    if args.label_words:
+        return [w.strip() for w in args.label_words.split(",")]
+    return ["negative", "positive"]
+
+
+def _prompt_from_run(args, run) -> None:
+    """Where an option is left at its `afa-llm eval` default, take the run's trained value."""
+    from .leaderboard import eval_defaults
+
+    defaults = eval_defaults()
+    for key, value in (("model", run.config.model), ("template", run.config.template),
+                       ("label_words", run.label_words), ("max_text_tokens", run.config.max_text_tokens)):
+        if getattr(args, key) == getattr(defaults, key) and value is not None:
+            setattr(args, key, value)
+
+
+def run(args) -> int:
+    from .attention_probe import default_focus_layers, find_decoder_layers
+    from .cli import build_task, load_data_from_args
+    from .evaluate import attach_adapter
+    from .merge import find_run
+    from .models import load_model
+
+    if bool(args.text) == bool(args.data):
+        raise UserError("give the texts to render: --text \"...\" (repeatable) or --data SPEC --n N, not both")
+    if args.n <= 0 or args.metric_n < 0 or args.batch_size <= 0:
+        raise UserError("--n and --batch-size must be positive, --metric-n must not be negative")
+    if args.text and not all(t.strip() for t in args.text):
+        raise UserError("--text must not be empty")
+    run_info = find_run(args.adapter) if args.adapter else None
+    if run_info is not None and run_info.config is not None:
+        _prompt_from_run(args, run_info)
+    layers = getattr(run_info.config, "focus_layers", None) if run_info and run_info.config else None
+    if args.focus_layers:
+        try:
+            layers = [int(v) for v in args.focus_layers.split(",")]
+        except ValueError as exc:
+            raise UserError(f"--focus-layers must be comma-separated integers, got {args.focus_layers!r}") from exc
+
+    data = load_data_from_args(args) if args.data else None
+    label_names = data.label_names if data else _label_names(args, run_info)
+    model, tokenizer = load_model(args.model, quantization=args.quantization, dtype=args.dtype)
+    if args.adapter:
+        model = attach_adapter(model, str(run_info.adapter_dir))
+    n_layers = len(find_decoder_layers(model))
+    if layers and any(not -n_layers <= i < n_layers for i in layers):
+        raise UserError(f"--focus-layers {layers} out of range for a model with {n_layers} layers")
+    layers = sorted(i % n_layers for i in layers) if layers else default_focus_layers(n_layers)
+    task = build_task(args, label_names, tokenizer)
+
+    frequent, labels = None, None
+    if data is not None:
+        from .train import frequent_ids
+
+        split = data.split(args.split)
+        texts = list(split["text"][: max(args.n, args.metric_n)])
+        labels = list(split["label"][: args.n])
+        frequent = frequent_ids(task, list(data.split("train")["text"]))
+    else:
+        texts = list(args.text)
+    sides = compute(model, task, texts, layers, args.batch_size, bool(args.adapter), frequent)
+    shown = texts[: args.n] if data is not None else texts
+    report = {
+        "model": args.model, "adapter": str(run_info.adapter_dir) if run_info else None, "focus_layers": layers,
+        "template": task.template, "label_words": task.label_words, "label_names": label_names,
+        "sides": list(sides),
+        "texts": [{"text": text, "label": labels[i] if labels else None,
+                   "tokens": [tokenizer.decode([t]) for t in task.text_ids(text)],
+                   **{s: {"focus": v["focus"][i], "probs": v["probs"][i]} for s, v in sides.items()}}
+                  for i, text in enumerate(shown)],
+    }
+    if frequent is not None:
+        report["fake_focus"] = fake_focus_summary(sides, args.data, len(frequent))
+    out = Path(args.output)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "focus.html").write_text(render_html(report))
+        (out / "focus.json").write_text(json.dumps(report, indent=1))
+        render_png(report, out / "focus.png")
+    except OSError as exc:
+        raise UserError(f"cannot write to {out}: {exc.strerror or exc}") from exc
+    print(f"wrote {out / 'focus.html'}, focus.png and focus.json ({len(shown)} texts, layers {layers})")
+    return 0

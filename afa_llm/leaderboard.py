@@ -1,0 +1,414 @@
+"""``afa-llm leaderboard``: evaluate many models / runs on many data sets, one table.
+
+A YAML file (eval/leaderboard_example.yaml) has optional top-level ``limit``,
+``split_seed``, ``batch_size``, ``output_dir`` and a list of ``entries``. Entry keys:
+``name``; exactly one of ``model`` (a spec, optional ``adapter``), ``run`` (a run folder
+or glob; model, quantization, dtype, split seed, prompt and data default to the run's
+config.yaml) or ``merged`` (a folder from `afa-llm merge`); ``data`` (specs, or mappings
+with ``data``/``text_column``/``label_column``/``label_names``); optional ``split_seed``,
+``seed``, ``group``, ``quantization``, ``dtype``, ``template``, ``label_words``,
+``max_text_tokens``. Entries with the same ``group`` (default: the name) form one row per
+data set: mean ± std over their runs.
+
+Every (entry, data set) goes through `afa_llm.evaluate.evaluate_dataset` on the test
+split of the entry's split seed. Reports are cached in ``OUT/cache/<hash>.json``, keyed
+by model, adapter (content hash), data, split seed, limit, template and label words, so a
+re-run evaluates only what changed. ``--from-results`` evaluates nothing: it aggregates
+the ``test`` and ``zero_shot`` blocks of each run's results.json. Outputs:
+``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import hashlib
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+TOP_KEYS = {"entries", "limit", "split_seed", "batch_size", "output_dir"}
+ENTRY_KEYS = {"name", "model", "run", "merged", "adapter", "data", "split_seed", "seed", "group",
+              "quantization", "dtype", "template", "label_words", "max_text_tokens"}
+DATA_KEYS = {"data", "text_column", "label_column", "label_names"}
+SOURCES = ("model", "run", "merged")
+CSV_COLUMNS = ["data", "name", "runs", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std",
+               "examples", "seeds", "focus_share"]
+
+
+@dataclass
+class Job:
+    """One (entry, data set) evaluation; ``args`` is an `afa-llm eval`-style namespace."""
+
+    name: str
+    group: str
+    seed: int | None
+    args: argparse.Namespace
+    run_dir: Path | None = None
+    result: dict = field(default_factory=dict)
+
+
+# ---- config -----------------------------------------------------------------------------
+def eval_defaults() -> argparse.Namespace:
+    """The defaults of `afa-llm eval` (model, data and prompt options), as one namespace."""
+    from .cli import add_data_arguments, add_model_arguments, add_task_arguments
+
+    parser = argparse.ArgumentParser(add_help=False)
+    for add in (add_model_arguments, add_data_arguments, add_task_arguments):
+        add(parser)
+    return parser.parse_args([])
+
+
+def read_config(path: str) -> dict:
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise UserError(f"cannot read the leaderboard config {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("entries"), list) or not raw["entries"]:
+        raise UserError(f"{path}: expected a mapping with a non-empty list under 'entries'")
+    _check_keys(raw, TOP_KEYS, f"{path}")
+    for i, entry in enumerate(raw["entries"]):
+        where = f"{path}: entry {i + 1}"
+        if not isinstance(entry, dict):
+            raise UserError(f"{where} must be a mapping")
+        _check_keys(entry, ENTRY_KEYS, where)
+        if not entry.get("name"):
+            raise UserError(f"{where}: missing key 'name'")
+        if sum(key in entry for key in SOURCES) != 1:
+            raise UserError(f"{where} ({entry['name']}): give exactly one of the keys model, run, merged")
+        for item in _as_list(entry.get("data")):
+            if isinstance(item, dict):
+                _check_keys(item, DATA_KEYS, f"{where}: data item")
+    return raw
+
+
+def _check_keys(mapping: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def expand_runs(pattern: str, base: Path) -> list[Path]:
+    """Run folders matching ``pattern`` (relative to the config's folder if not found as given)."""
+    for candidate in (pattern, str(base / pattern)):
+        matches = sorted(Path(p) for p in glob.glob(candidate) if Path(p).is_dir())
+        if matches:
+            return matches
+    raise UserError(f"run folder not found: {pattern}")
+
+
+def build_jobs(raw: dict, config_path: str, limit: int | None, need_model: bool = True) -> list[Job]:
+    """One job per (entry, run, data set), with every eval option resolved."""
+    from .evaluate import resolve_adapter_dir
+    from .merge import MERGE_INFO, PROMPT_KEYS, find_run
+
+    defaults, base = eval_defaults(), Path(config_path).parent
+    jobs = []
+    for entry in raw["entries"]:
+        sources: list[tuple[dict, Path | None]] = []  # (settings from the run or merge, run folder)
+        if "run" in entry:
+            for run_dir in expand_runs(str(entry["run"]), base):
+                run = find_run(str(run_dir))
+                cfg = run.config
+                settings = {"adapter": str(run.adapter_dir)}
+                if cfg is not None:  # its split seed too: another seed's test split overlaps its train split
+                    settings.update({k: getattr(cfg, k) for k in ("model", "seed", "split_seed", "quantization",
+                                                                  "dtype", "text_column", "label_column",
+                                                                  "label_names", *PROMPT_KEYS)})
+                sources.append((settings, run.run_dir))
+        elif "merged" in entry:
+            info_file = Path(entry["merged"]) / MERGE_INFO
+            info = json.loads(info_file.read_text()) if info_file.exists() else {}
+            sources.append(({"model": str(entry["merged"]), **{k: info[k] for k in PROMPT_KEYS if k in info}}, None))
+        else:
+            if entry.get("adapter"):
+                resolve_adapter_dir(str(entry["adapter"]))  # fail before any evaluation
+            sources.append(({"model": entry["model"], "adapter": entry.get("adapter")}, None))
+        for settings, run_dir in sources:
+            merged = {**settings, **{k: v for k, v in entry.items() if k not in ("data", "run", "merged")}}
+            if need_model and not merged.get("model"):
+                raise UserError(f"entry {entry['name']}: no model (the run has no config.yaml); add a 'model' key")
+            data_items = _as_list(entry.get("data")) or ([settings["data"]] if settings.get("data") else [])
+            if not data_items:
+                raise UserError(f"entry {entry['name']}: missing key 'data'")
+            for item in data_items:
+                args = argparse.Namespace(**vars(defaults))
+                _apply(args, merged, item, raw, limit)
+                jobs.append(Job(entry["name"], str(entry.get("group", entry["name"])), merged.get("seed"),
+                                args, run_dir))
+    return jobs
+
+
+def _apply(args: argparse.Namespace, settings: dict, item, raw: dict, limit: int | None) -> None:
+    data = item if isinstance(item, dict) else {"data": item}
+    same_data = data["data"] == settings.get("data")  # the run's own data set: its columns apply
+    for key in ("model", "adapter", "quantization", "dtype", "template", "max_text_tokens"):
+        if settings.get(key) is not None:
+            setattr(args, key, settings[key])
+    for key in ("text_column", "label_column", "label_names"):
+        if same_data and settings.get(key) is not None:
+            setattr(args, key, settings[key])
+    for key, value in data.items():
+        setattr(args, key, value)
+    args.adapter = settings.get("adapter")
+    words = settings.get("label_words")
+    args.label_words = ",".join(words) if isinstance(words, list) else words
+    if isinstance(args.label_names, list):
+        args.label_names = ",".join(args.label_names)
+    args.split_seed = _int(settings.get("split_seed", raw.get("split_seed", 0)), "split_seed")
+    args.limit = limit if limit is not None else raw.get("limit")
+    if args.limit is not None and _int(args.limit, "limit") <= 0:
+        raise UserError(f"key 'limit' must be a positive number of examples, got {args.limit!r}")
+
+
+def _int(value, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"key {key!r} must be an integer, got {value!r}")
+    return value
+
+
+# ---- caching and evaluation ----------------------------------------------------------
+def _fingerprint(path: str | None) -> object:
+    """Content identity of a model / adapter / data path (sha256 for adapters and small files)."""
+    from .models import file_sha256
+
+    if not path or not Path(path).exists():
+        return path
+    target = Path(path)
+    if target.is_file():
+        stat = target.stat()
+        small = stat.st_size < 1 << 28
+        return [str(target.resolve()), file_sha256(target) if small else [stat.st_size, stat.st_mtime_ns]]
+    if (target / "adapter_config.json").exists() or (target / "adapter" / "adapter_config.json").exists():
+        from .evaluate import resolve_adapter_dir
+
+        folder = resolve_adapter_dir(path)
+        return sorted((f.name, file_sha256(f)) for f in folder.iterdir() if f.is_file())
+    return [str(target.resolve())] + sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                                            for f in target.iterdir() if f.is_file())
+
+
+def cache_key(args: argparse.Namespace) -> dict:
+    return {
+        "model": _fingerprint(args.model), "adapter": _fingerprint(args.adapter), "quantization": args.quantization,
+        "dtype": args.dtype, "data": _fingerprint(args.data) if Path(args.data).is_file() else args.data,
+        "columns": [args.text_column, args.label_column, args.label_names], "split": "test",
+        "split_seed": args.split_seed, "limit": args.limit, "template": args.template,
+        "label_words": args.label_words, "max_text_tokens": args.max_text_tokens, "shots": 0,
+    }
+
+
+def cache_path(cache_dir: Path, args: argparse.Namespace) -> Path:
+    digest = hashlib.sha256(json.dumps(cache_key(args), sort_keys=True).encode()).hexdigest()[:20]
+    return cache_dir / f"{digest}.json"
+
+
+def evaluate_jobs(jobs: list[Job], cache_dir: Path, batch_size: int, progress: bool) -> int:
+    """Fill ``job.result`` from the cache or by evaluating; returns the number evaluated."""
+    from .cli import build_task, load_data_from_args, write_json
+    from .evaluate import attach_adapter, evaluate_dataset
+    from .models import load_model
+
+    todo: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        file = cache_path(cache_dir, job.args)
+        if file.exists():
+            job.result = json.loads(file.read_text())["report"]
+        else:
+            a = job.args
+            todo.setdefault((a.model, a.adapter, a.quantization, a.dtype), []).append(job)
+    datasets: dict[tuple, object] = {}
+    for (model_spec, adapter, quantization, dtype), group in todo.items():
+        model, tokenizer = load_model(model_spec, quantization=quantization, dtype=dtype)
+        if adapter:
+            model = attach_adapter(model, adapter)
+        for job in group:
+            a = job.args
+            data_key = (a.data, a.text_column, a.label_column, a.label_names, a.split_seed)
+            if data_key not in datasets:
+                datasets[data_key] = load_data_from_args(a)
+            data = datasets[data_key]
+            test = data.split("test")
+            if a.limit:
+                test = test.select(range(min(int(a.limit), len(test))))
+            report = evaluate_dataset(model, build_task(a, data.label_names, tokenizer), test, data.label_names,
+                                      batch_size=batch_size, progress=progress)
+            job.result = {k: report[k] for k in ("accuracy", "macro_f1", "n", "per_class", "predictions", "labels")}
+            write_json(str(cache_path(cache_dir, a)), {"key": cache_key(a), "report": job.result})
+            print(f"{job.name} / {a.data}: accuracy {report['accuracy']:.4f} (n={report['n']})", file=sys.stderr)
+    return sum(len(group) for group in todo.values())
+
+
+def results_jobs(jobs: list[Job]) -> list[Job]:
+    """--from-results: turn each run's results.json into a fine-tuned and a zero-shot job."""
+    from .merge import read_results
+
+    out, seen, seen_zero_shot = [], set(), set()
+    for job in jobs:
+        if (job.name, job.run_dir) in seen:  # one job per data set; a run has one results.json
+            continue
+        seen.add((job.name, job.run_dir))
+        if job.run_dir is None:
+            print(f"skipping {job.name}: --from-results reads only run folders", file=sys.stderr)
+            continue
+        results = read_results(job.run_dir)
+        if not results or "test" not in results:
+            raise UserError(f"{job.run_dir} has no results.json with a 'test' block (has the run finished?)")
+        data = results.get("data", job.args.data)
+        seed = results.get("seed", job.seed)
+        focus = results.get("fake_focus_share") or {}
+        out.append(Job(job.name, job.group, seed, argparse.Namespace(data=data),
+                       result={**results["test"], "focus_share": focus.get("adapter")}))
+        zero_key = (results.get("model"), data, results.get("split_seed"), results["zero_shot"].get("n")) \
+            if "zero_shot" in results else None
+        if zero_key and zero_key not in seen_zero_shot:
+            seen_zero_shot.add(zero_key)
+            name = f"zero-shot {results.get('model', job.args.model)}"
+            out.append(Job(name, name, None, argparse.Namespace(data=data),
+                           result={**results["zero_shot"], "focus_share": focus.get("base")}))
+    return out
+
+
+# ---- aggregation and output ---------------------------------------------------------------
+def aggregate(jobs: list[Job]) -> list[dict]:
+    """One row per (data set, group): mean ± std over runs; sorted by data, then accuracy."""
+    groups: dict[tuple[str, str], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.args.data, job.group), []).append(job)
+    rows = []
+    for (data, group), members in groups.items():
+        row = {"data": data, "name": group, "runs": len(members)}
+        for metric in ("accuracy", "macro_f1", "focus_share"):
+            values = [m.result[metric] for m in members if m.result.get(metric) is not None]
+            row[f"{metric}_mean"] = statistics.fmean(values) if values else None
+            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        sizes = sorted({int(m.result.get("n", 0)) for m in members})
+        row["examples"] = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+        row["seeds"] = ",".join(str(m.seed) for m in members if m.seed is not None)
+        row["focus_share"] = row.pop("focus_share_mean")
+        row.pop("focus_share_std")
+        rows.append(row)
+    order = {data: i for i, data in enumerate(dict.fromkeys(job.args.data for job in jobs))}
+    return sorted(rows, key=lambda r: (order[r["data"]], -r["accuracy_mean"]))
+
+
+def _fmt(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return ""
+    return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f}"
+
+
+def write_markdown(rows: list[dict], path: Path, title: str, source: str) -> None:
+    focus = any(r["focus_share"] is not None for r in rows)
+    lines = [f"# Leaderboard: {title}", "", f"Test split, {source}. Accuracy and macro-F1 are mean ± sample std "
+             "over the runs of a row.", ""]
+    for data in dict.fromkeys(r["data"] for r in rows):
+        lines += [f"## {data}", "", "| rank | name | runs | accuracy | macro-F1 | examples | seeds |"
+                  + (" fake-focus share |" if focus else ""), "|---" * (7 + focus) + "|"]
+        for rank, r in enumerate((r for r in rows if r["data"] == data), start=1):
+            cells = [str(rank), r["name"], str(r["runs"]), _fmt(r["accuracy_mean"], r["accuracy_std"]),
+                     _fmt(r["macro_f1_mean"], r["macro_f1_std"]), r["examples"], r["seeds"]]
+            cells += [_fmt(r["focus_share"], None)] if focus else []
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: ("" if r[k] is None else r[k]) for k in CSV_COLUMNS} for r in rows)
+
+
+def write_plot(rows: list[dict], path: Path, title: str) -> None:
+    """Bars of mean accuracy per data set, with ±std error bars where a row has n > 1 runs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    datasets = list(dict.fromkeys(r["data"] for r in rows))
+    fig = Figure(figsize=(max(4.0, 1.2 * len(rows) + 2), 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(datasets), sharey=True, squeeze=False)[0]
+    colors = {name: f"C{i % 10}" for i, name in enumerate(dict.fromkeys(r["name"] for r in rows))}
+    for ax, data in zip(axes, datasets):
+        part = [r for r in rows if r["data"] == data]
+        bars = ax.bar(range(len(part)), [r["accuracy_mean"] for r in part], color=[colors[r["name"]] for r in part])
+        ax.bar_label(bars, [f"{r['accuracy_mean']:.3f}" for r in part], fontsize=7, label_type="center")
+        spread = [(i, r) for i, r in enumerate(part) if r["runs"] > 1 and r["accuracy_std"] is not None]
+        if spread:
+            ax.errorbar([i for i, _ in spread], [r["accuracy_mean"] for _, r in spread],
+                        yerr=[r["accuracy_std"] for _, r in spread], fmt="none", ecolor="black", capsize=4)
+        ax.set_xticks(range(len(part)), [f"{r['name']}\n(n={r['runs']})" for r in part], rotation=30,
+                      ha="right", fontsize=8, parse_math=False)
+        ax.set_title(data, fontsize=10, parse_math=False)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("test accuracy")
+    fig.suptitle(title, fontsize=11, parse_math=False)
+    fig.savefig(path, dpi=120)
+
+
+# ---- CLI ------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="leaderboard YAML (see eval/leaderboard_example.yaml)")
+    parser.add_argument("--output-dir", default=None,
+                        help="where to write leaderboard.md/.csv/.png and cache/ (default: the YAML's "
+                             "output_dir, else a folder named after the YAML next to it)")
+    parser.add_argument("--from-results", action="store_true",
+                        help="evaluate nothing: aggregate the run entries' results.json files")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N test examples of each data set")
+    parser.add_argument("--batch-size", type=int, default=None, help="examples per forward pass (default: 32)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run(args) -> int:
+    raw = read_config(args.config)
+    if args.limit is not None and args.limit <= 0:
+        raise UserError("--limit must be a positive number of examples")
+    out = Path(args.output_dir or raw.get("output_dir") or Path(args.config).with_suffix(""))
+    jobs = build_jobs(raw, args.config, args.limit, need_model=not args.from_results)
+    if args.from_results:
+        jobs = results_jobs(jobs)
+        if not jobs:
+            raise UserError(f"{args.config}: --from-results needs at least one 'run' entry")
+    else:
+        if args.no_progress:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        done = evaluate_jobs(jobs, out / "cache", args.batch_size or int(raw.get("batch_size", 32)),
+                             not args.no_progress)
+        print(f"evaluated {done} of {len(jobs)} (entry, data set) pairs; the rest came from {out / 'cache'}",
+              file=sys.stderr)
+    rows = aggregate(jobs)
+    out.mkdir(parents=True, exist_ok=True)
+    title = Path(args.config).stem
+    source = ("from each run's results.json (fake-focus share: focus on the top 1% token types / their token "
+              "share)" if args.from_results else "scored by afa_llm.evaluate.evaluate_dataset")
+    write_markdown(rows, out / "leaderboard.md", title, source)
+    write_csv(rows, out / "leaderboard.csv")
+    write_plot(rows, out / "leaderboard.png", title)
+    print((out / "leaderboard.md").read_text())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of eval/leaderboard.py: the same as `afa-llm leaderboard ...`."""
+    from .cli import main as cli_main
+
+    return cli_main(["leaderboard", *(sys.argv[1:] if argv is None else argv)])

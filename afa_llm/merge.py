@@ -1,0 +1,296 @@
+"""``afa-llm merge``: fold a trained LoRA adapter into a full-precision base for deployment.
+
+The base is always loaded in full precision (fp32); merging into a 4-bit base would
+re-quantise it (lossy, docs/STACK_NOTES.md). Two bases are offered:
+
+- ``original``: the model's own weights W;
+- ``dequantized-nf4``: dequant(nf4(W)) for every Linear layer that the QLoRA training
+  quantised (transformers' bitsandbytes rule: every ``nn.Linear`` except lm_head, tied /
+  output embeddings and keep-in-fp32 modules; the nf4 settings of
+  `afa_llm.models.quantization_config`). These are the weights the adapter was trained
+  against, so the merged model reproduces "4-bit base + adapter".
+
+The default is ``dequantized-nf4`` when the run's ``config.yaml`` says ``quantization: nf4``,
+else ``original``. The merge runs in fp32 and is cast to ``--dtype`` afterwards. The
+result is written to a temporary folder next to ``--output`` and renamed into place, so a
+half-written folder never looks complete. It loads with plain
+``AutoModelForCausalLM.from_pretrained`` and with ``afa-llm eval --model DIR``.
+
+Run folders (what ``afa-llm train`` writes) are read by `find_run`, which the leaderboard
+and the focus report reuse: ``RUN/config.yaml``, ``RUN/adapter/``, ``RUN/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+BASES = ("original", "dequantized-nf4")
+MERGE_INFO = "afa_merge.json"
+PROMPT_KEYS = ("data", "template", "label_words", "max_text_tokens")
+
+
+# ---- run folders ----------------------------------------------------------------------
+@dataclass
+class RunInfo:
+    """A training run folder, or a bare adapter folder (then ``run_dir`` is None)."""
+
+    adapter_dir: Path
+    run_dir: Path | None
+    config: object | None  # afa_llm.config.TrainConfig
+    results: dict | None
+
+    @property
+    def label_words(self) -> str | None:
+        """The run's label words as the ``--label-words`` string (None: derived from names)."""
+        words = getattr(self.config, "label_words", None)
+        return ",".join(words) if words else None
+
+
+def find_run(path: str) -> RunInfo:
+    """Accept a run folder (with ``adapter/``) or an adapter folder (maybe inside a run)."""
+    from .evaluate import resolve_adapter_dir
+
+    adapter_dir = resolve_adapter_dir(path)
+    run_dir = adapter_dir.parent if adapter_dir.name == "adapter" else adapter_dir
+    if not (run_dir / "config.yaml").exists() and not (run_dir / "results.json").exists():
+        return RunInfo(adapter_dir, None, None, None)
+    return RunInfo(adapter_dir, run_dir, read_run_config(run_dir), read_results(run_dir))
+
+
+def read_run_config(run_dir: Path):
+    """The run's resolved training config (a `TrainConfig`), or None if it has none."""
+    from .config import load_config
+
+    file = run_dir / "config.yaml"
+    return load_config(str(file)) if file.exists() else None
+
+
+def read_results(run_dir: Path) -> dict | None:
+    file = run_dir / "results.json"
+    if not file.exists():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{file} is not valid JSON: {exc}") from exc
+
+
+def base_model_spec(run: RunInfo, model: str | None) -> str:
+    """--model, else the run's config.yaml model, else the adapter's recorded base folder."""
+    if model:
+        return model
+    if run.config is not None:
+        return run.config.model
+    recorded = json.loads((run.adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if recorded and Path(recorded, "config.json").exists():
+        return recorded
+    raise UserError(f"{run.adapter_dir} is not inside a run folder with config.yaml; pass --model")
+
+
+# ---- the nf4 round trip -----------------------------------------------------------------
+def nf4_quantized_modules(model: torch.nn.Module) -> list[str]:
+    """Names of the Linear layers that loading with bitsandbytes nf4 quantises."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+    from transformers.quantizers.base import HfQuantizer
+    from transformers.quantizers.quantizers_utils import should_convert_module
+
+    skip = HfQuantizer.get_modules_to_not_convert(model, None, getattr(model, "_keep_in_fp32_modules", None))
+    return [
+        name for name, module in model.named_modules()
+        if (type(module) is nn.Linear or isinstance(module, Conv1D)) and should_convert_module(name, skip)
+    ]
+
+
+@torch.no_grad()
+def dequantize_nf4_(model: torch.nn.Module, quant_dtype: torch.dtype) -> list[str]:
+    """Replace each quantised Linear weight W by dequant(nf4(W)) in place; returns the names.
+
+    ``quant_dtype`` is the dtype the training loaded the weights in before quantising
+    (config.yaml ``dtype``): bitsandbytes' absmax statistics depend on it. Quantisation goes
+    through ``bnb.nn.Params4bit(...).to(device)``, the path transformers uses when loading.
+    """
+    import bitsandbytes as bnb
+    from transformers.pytorch_utils import Conv1D
+
+    from .models import quantization_config
+
+    qcfg = quantization_config("nf4", quant_dtype)
+    names = nf4_quantized_modules(model)
+    modules = dict(model.named_modules())
+    for name in names:
+        weight = modules[name].weight
+        transpose = isinstance(modules[name], Conv1D)  # Conv1D stores W transposed
+        source = (weight.data.T if transpose else weight.data).to(quant_dtype).contiguous()
+        packed = bnb.nn.Params4bit(
+            source.cpu(), requires_grad=False, compress_statistics=qcfg.bnb_4bit_use_double_quant,
+            quant_type=qcfg.bnb_4bit_quant_type, quant_storage=qcfg.bnb_4bit_quant_storage,
+        ).to(source.device)
+        restored = bnb.functional.dequantize_4bit(packed.data, packed.quant_state)
+        weight.data.copy_((restored.T if transpose else restored).to(weight.dtype))
+    return names
+
+
+# ---- merging ------------------------------------------------------------------------
+def merge_adapter(
+    run: RunInfo, *, model: str | None = None, dtype: str = "fp32", base: str | None = None
+) -> tuple[torch.nn.Module, object, dict]:
+    """Load the base in fp32, (optionally) round-trip it through nf4, merge, cast to ``dtype``.
+
+    ``run`` comes from `find_run`. Returns ``(merged_model, tokenizer, info)``; ``info``
+    records what was merged.
+    """
+    from .evaluate import attach_adapter
+    from .models import DTYPES, load_model
+
+    spec = base_model_spec(run, model)
+    trained_quantization = getattr(run.config, "quantization", None)
+    base = base or ("dequantized-nf4" if trained_quantization == "nf4" else "original")
+    if base not in BASES:
+        raise UserError(f"unknown --base {base!r}; use one of {', '.join(BASES)}")
+    if dtype not in ("fp32", "bf16"):
+        raise UserError(f"--dtype must be fp32 or bf16, got {dtype!r}")
+    full, tokenizer = load_model(spec, quantization="none", dtype="fp32")
+    quantized = []
+    if base == "dequantized-nf4":
+        quant_dtype = DTYPES[getattr(run.config, "dtype", None) or "fp32"]
+        quantized = dequantize_nf4_(full, quant_dtype)
+    merged = attach_adapter(full, str(run.adapter_dir)).merge_and_unload()
+    merged = merged.to(DTYPES[dtype])
+    info = {
+        "base_model": spec, "adapter": str(run.adapter_dir), "run": str(run.run_dir) if run.run_dir else None,
+        "merge_base": base, "trained_quantization": trained_quantization, "dtype": dtype,
+        "nf4_round_tripped_modules": len(quantized),
+    }
+    if run.config is not None:  # the prompt the adapter was trained with (the leaderboard reads it)
+        info.update({key: getattr(run.config, key) for key in PROMPT_KEYS})
+    return merged, tokenizer, info
+
+
+def model_card(info: dict, run: RunInfo, output: str) -> str:
+    """README.md for the merged folder: base, merge base, data, method, prompt, metrics."""
+    cfg, res = run.config, run.results or {}
+    base_note = {
+        "dequantized-nf4": "dequant(nf4(W)): the weights the QLoRA adapter was trained against",
+        "original": "the original full-precision weights W",
+    }[info["merge_base"]]
+    rows = [
+        ("base model", f"`{info['base_model']}`"),
+        ("merge base", f"{info['merge_base']} ({base_note})"),
+        ("adapter", f"`{info['adapter']}`"),
+        ("dtype", info["dtype"]),
+    ]
+    if cfg is not None:
+        rows += [
+            ("training method", cfg.method), ("trained on", f"{cfg.data} (split seed {cfg.split_seed})"),
+            ("training base quantization", cfg.quantization), ("steps / seed", f"{cfg.steps} / {cfg.seed}"),
+            ("prompt template", f"`{cfg.template!r}`"),
+            ("label words", ", ".join(repr(w) for w in cfg.label_words) if cfg.label_words else "' ' + class name"),
+        ]
+    lines = [
+        "---", f"base_model: {json.dumps(info['base_model'])}", "library_name: transformers",
+        "tags: [afa-llm, lora, merged, text-classification]", "---", "", f"# {Path(output).name}", "",
+        "A standalone causal LM: a LoRA adapter trained with afa-llm, merged into its base with",
+        "`afa-llm merge`. It needs no peft. Classify with label-word scoring and the training prompt:", "",
+        f"    afa-llm eval --model {output}" + (_prompt_flags(cfg) if cfg is not None else ""), "",
+        "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "",
+    ]
+    blocks = [(name, res[key]) for key, name in (("test", "fine-tuned (test)"), ("zero_shot", "zero-shot base"))
+              if isinstance(res.get(key), dict)]
+    if blocks:
+        lines += ["## Metrics (from the run's results.json: adapter on the training base)", "",
+                  "| model | accuracy | macro-F1 | n |", "|---|---|---|---|"]
+        lines += [f"| {name} | {b.get('accuracy', float('nan')):.4f} | {b.get('macro_f1', float('nan')):.4f} | "
+                  f"{b.get('n', '')} |" for name, b in blocks]
+    else:
+        lines.append("No results.json was found next to the adapter, so no metrics are reported.")
+    return "\n".join(lines) + "\n"
+
+
+def _prompt_flags(cfg) -> str:
+    """`afa-llm eval` options that reproduce the run's data set and prompt."""
+    flags = f" --data {shlex.quote(cfg.data)} --split-seed {cfg.split_seed} --max-text-tokens {cfg.max_text_tokens}"
+    flags += " --template " + shlex.quote(cfg.template.replace("\n", "\\n"))
+    if cfg.label_words:
+        flags += " --label-words " + shlex.quote(",".join(cfg.label_words))
+    return flags
+
+
+# ---- writing ------------------------------------------------------------------------
+def check_output(output: Path, overwrite: bool) -> None:
+    """Refuse a non-empty output (unless overwrite) before any model is loaded."""
+    if output.is_file() and not overwrite:
+        raise UserError(f"--output {output} is a file; pass --overwrite to replace it")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise UserError(f"--output {output} exists and is not empty; pass --overwrite to replace it")
+
+
+def save_merged(model, tokenizer, output: Path, card: str, info: dict, overwrite: bool = False) -> None:
+    """Save into a temp folder beside ``output``, then rename it into place."""
+    check_output(output, overwrite)
+    tmp = None
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
+        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "README.md").write_text(card)
+        (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2))
+        _move_into_place(tmp, output)
+    except OSError as exc:
+        raise UserError(f"cannot write the merged model to {output}: {exc.strerror or exc}") from exc
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into_place(tmp: Path, output: Path) -> None:
+    if output.is_file() or output.is_symlink():
+        output.unlink()
+    elif output.is_dir() and not any(output.iterdir()):
+        output.rmdir()
+    elif output.is_dir():  # --overwrite: swap, then delete the old folder
+        old = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.old-"))
+        os.replace(output, old / "x")
+        os.replace(tmp, output)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    os.replace(tmp, output)
+
+
+# ---- CLI ------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", required=True, help="a training run folder or a peft adapter folder")
+    parser.add_argument("--output", required=True, help="folder to write the merged model to (must be empty)")
+    parser.add_argument("--model", default=None,
+                        help="base model spec (default: the run's config.yaml `model`)")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                        help="dtype of the saved weights; the merge itself runs in fp32 (default: %(default)s)")
+    parser.add_argument("--base", default=None, choices=list(BASES),
+                        help="merge into the original weights, or into dequant(nf4(W)), the weights a QLoRA "
+                             "adapter was trained against (default: dequantized-nf4 if the run used nf4, "
+                             "else original)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+
+
+def run(args) -> int:
+    output = Path(args.output)
+    check_output(output, args.overwrite)
+    run_info = find_run(args.adapter)
+    merged, tokenizer, info = merge_adapter(run_info, model=args.model, dtype=args.dtype, base=args.base)
+    save_merged(merged, tokenizer, output, model_card(info, run_info, str(output)), info, args.overwrite)
+    print(f"merged {info['adapter']} into {info['base_model']} (base: {info['merge_base']}, "
+          f"{info['dtype']}) -> {output}")
+    return 0

@@ -1,0 +1,137 @@
+"""`afa-llm leaderboard`: rows and values, cache hits, --from-results, config errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from afa_llm import cli, leaderboard
+from conftest import TINY_ROWS
+from tiny_runs import make_run, write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_model_dir) -> dict:
+    """A tiny base, two data sets, and two runs (seeds 0 and 1) of one method."""
+    root = tmp_path_factory.mktemp("board")
+    data_a, data_b = write_csv(root / "a.csv"), write_csv(root / "b.csv", TINY_ROWS[:30])
+    for seed, accuracy in ((0, 0.7), (1, 0.8)):
+        make_run(root / "runs" / f"rt-afa-seed{seed}", tiny_model_dir, data=data_a, seed=seed, accuracy=accuracy)
+    return {"root": root, "base": tiny_model_dir, "a": data_a, "b": data_b}
+
+
+def write_config(path: Path, entries: list[dict], **top) -> Path:
+    path.write_text(yaml.safe_dump({"entries": entries, **top}))
+    return path
+
+
+def entries(setup: dict) -> list[dict]:
+    return [{"name": "zero-shot", "model": setup["base"], "data": [setup["a"], setup["b"]]},
+            {"name": "afa", "run": str(setup["root"] / "runs" / "rt-*-seed*"), "data": [setup["a"], setup["b"]]}]
+
+
+def read_rows(out: Path) -> list[dict]:
+    with open(out / "leaderboard.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_leaderboard_rows_values_and_cache(setup, tmp_path, monkeypatch, capsys):
+    import afa_llm.evaluate
+
+    calls = []
+    real = afa_llm.evaluate.evaluate_dataset
+    monkeypatch.setattr(afa_llm.evaluate, "evaluate_dataset", lambda *a, **k: calls.append(1) or real(*a, **k))
+    config = write_config(tmp_path / "board.yaml", entries(setup))
+    out = tmp_path / "out"
+    argv = ["leaderboard", str(config), "--output-dir", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    assert len(calls) == 6  # (1 model + 2 runs) x 2 data sets
+    assert {p.name for p in out.iterdir()} == {"leaderboard.md", "leaderboard.csv", "leaderboard.png", "cache"}
+    assert (out / "leaderboard.png").read_bytes()[:4] == b"\x89PNG"
+
+    rows = read_rows(out)
+    assert [(r["data"], r["name"], r["runs"]) for r in rows if r["name"] == "afa"] == [
+        (setup["a"], "afa", "2"), (setup["b"], "afa", "2")]
+    assert sorted((r["data"], r["name"]) for r in rows) == sorted(
+        (d, n) for d in (setup["a"], setup["b"]) for n in ("zero-shot", "afa"))
+    assert all(r["seeds"] == "0,1" for r in rows if r["name"] == "afa")
+
+    # values: the zero-shot row equals `afa-llm eval`; the afa row is the mean/std of its two runs
+    assert cli.main(["eval", "--model", setup["base"], "--data", setup["a"], "--no-progress",
+                     "--output", str(tmp_path / "zs.json")]) == 0
+    zero_shot = json.loads((tmp_path / "zs.json").read_text())
+    row = next(r for r in rows if r["name"] == "zero-shot" and r["data"] == setup["a"])
+    assert float(row["accuracy_mean"]) == pytest.approx(zero_shot["accuracy"]) and row["accuracy_std"] == ""
+    assert row["examples"] == str(zero_shot["n"])
+    reports = [json.loads(f.read_text()) for f in (out / "cache").glob("*.json")]
+    data_a = str(Path(setup["a"]).resolve())
+    run_accs = [r["report"]["accuracy"] for r in reports if r["key"]["adapter"] and r["key"]["data"][0] == data_a]
+    row = next(r for r in rows if r["name"] == "afa" and r["data"] == setup["a"])
+    assert float(row["accuracy_mean"]) == pytest.approx(statistics.fmean(run_accs))
+    assert float(row["accuracy_std"]) == pytest.approx(statistics.stdev(run_accs))
+    markdown = (out / "leaderboard.md").read_text()
+    assert f"## {setup['a']}" in markdown and "| afa | 2 |" in markdown
+
+    # re-run: everything comes from the cache; only what changed is evaluated again
+    calls.clear()
+    assert cli.main(argv) == 0 and calls == []
+    assert read_rows(out) == rows
+    changed = entries(setup)
+    changed[0].update(template="Text: {text}\nSentiment:", data=[setup["a"]])
+    write_config(config, changed)
+    assert cli.main(argv) == 0 and len(calls) == 1
+    args = leaderboard.build_jobs(leaderboard.read_config(str(config)), str(config), None)[0].args
+    unlimited = leaderboard.cache_path(out, args)
+    args.limit = 3
+    assert leaderboard.cache_path(out, args) != unlimited  # --limit is part of the key
+    capsys.readouterr()
+
+
+def test_from_results_aggregates_results_json(setup, tmp_path, monkeypatch):
+    monkeypatch.setattr("afa_llm.evaluate.evaluate_dataset", None)  # must not evaluate
+    config = write_config(tmp_path / "board.yaml", entries(setup))
+    out = tmp_path / "out"
+    assert leaderboard.main([str(config), "--output-dir", str(out), "--from-results"]) == 0
+    rows = {r["name"]: r for r in read_rows(out)}
+    assert set(rows) == {"afa", f"zero-shot {setup['base']}"}  # the model entry is skipped
+    assert rows["afa"]["runs"] == "2" and rows["afa"]["data"] == setup["a"]
+    assert float(rows["afa"]["accuracy_mean"]) == pytest.approx(0.75)
+    assert float(rows["afa"]["accuracy_std"]) == pytest.approx(statistics.stdev([0.7, 0.8]))
+    assert float(rows["afa"]["focus_share"]) == pytest.approx(0.9)
+    zero = rows[f"zero-shot {setup['base']}"]
+    assert zero["runs"] == "1" and float(zero["accuracy_mean"]) == pytest.approx(0.5)  # shared base, counted once
+    assert "fake-focus share" in (out / "leaderboard.md").read_text()
+
+
+def _error(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    return err
+
+
+def test_config_errors(setup, tmp_path, capsys):
+    bad_key = write_config(tmp_path / "bad.yaml", [{"name": "x", "modle": setup["base"], "data": [setup["a"]]}])
+    assert "unknown key 'modle'" in _error(capsys, ["leaderboard", str(bad_key)])
+    bad_top = write_config(tmp_path / "top.yaml", entries(setup), limt=3)
+    assert "unknown key 'limt'" in _error(capsys, ["leaderboard", str(bad_top)])
+    missing = write_config(tmp_path / "missing.yaml", [{"name": "x", "run": str(tmp_path / "nope-*")}])
+    assert "run folder not found" in _error(capsys, ["leaderboard", str(missing), "--from-results"])
+    two = write_config(tmp_path / "two.yaml", [{"name": "x", "model": "m", "merged": "d", "data": ["a"]}])
+    assert "exactly one of" in _error(capsys, ["leaderboard", str(two)])
+    no_data = write_config(tmp_path / "nodata.yaml", [{"name": "x", "model": setup["base"]}])
+    assert "missing key 'data'" in _error(capsys, ["leaderboard", str(no_data)])
+    assert "No such file" in _error(capsys, ["leaderboard", str(tmp_path / "absent.yaml")])
+
+
+def test_example_config_is_valid():
+    raw = leaderboard.read_config(str(ROOT / "eval" / "leaderboard_example.yaml"))
+    assert len(raw["entries"]) >= 4
