@@ -79,6 +79,24 @@ def build_task(cfg: TrainConfig, data: SentimentData, tokenizer) -> PromptTask:
     return PromptTask(list(words), template=cfg.template, max_text_tokens=cfg.max_text_tokens).bind(tokenizer)
 
 
+def filler_token_id(tokenizer, token: str | None) -> int:
+    """The id that ``mask_mode=filler`` writes over hidden tokens (default: the pad token).
+
+    Accepts a vocabulary entry (``<|endoftext|>``, ``Ġthe``) or a text that is one token
+    (`` the``); anything else is a config error rather than a silent fallback to the unk id.
+    """
+    if not token:
+        return tokenizer.pad_token_id
+    vocab_id = tokenizer.convert_tokens_to_ids(token)
+    if vocab_id is not None and (vocab_id != tokenizer.unk_token_id or token == tokenizer.unk_token):
+        return vocab_id
+    ids = tokenizer.encode(token, add_special_tokens=False)
+    if len(ids) != 1:
+        raise UserError(f"config key 'filler_token': {token!r} is {len(ids)} tokens for this tokenizer; "
+                        "use a single token, e.g. ' the' or the pad token")
+    return ids[0]
+
+
 def frequent_ids(task: PromptTask, texts: list[str], limit: int = 5000) -> torch.Tensor:
     """The most frequent 1% of token types in the training texts ("fake focus" words)."""
     counts: dict[int, int] = {}
@@ -104,6 +122,10 @@ def batch_indices(n: int, seed: int, micro_step: int, batch_size: int, world: in
 # ---- the loop -------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> dict:
     run_dir = Path(cfg.output_dir)
+    if not cfg.progress:  # progress=false also silences the weight-loading bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     report_to = cfg.report_to
     if report_to == "auto":
         try:
@@ -138,7 +160,7 @@ def train(cfg: TrainConfig) -> dict:
                               num_training_steps=cfg.steps)
     model, optimizer, disc, disc_opt = accelerator.prepare(model, optimizer, disc, disc_opt)
     generator = torch.Generator(device=accelerator.device).manual_seed(cfg.seed * 1000 + accelerator.process_index)
-    filler = tokenizer.convert_tokens_to_ids(cfg.filler_token) if cfg.filler_token else tokenizer.pad_token_id
+    filler = filler_token_id(tokenizer, cfg.filler_token)
     objective = TrainingObjective(cfg, task.label_token_ids, filler, disc, disc_opt, backward=accelerator.backward,
                                   gather=accelerator.gather, generator=generator)
     peft_model = accelerator.unwrap_model(model)
@@ -146,6 +168,9 @@ def train(cfg: TrainConfig) -> dict:
     start_step, history = 0, []
     if resume is not None:
         state = load_trainer_state(resume)
+        if len(state["rng"]) != accelerator.num_processes:  # the data slices and mask samplers are per rank
+            raise UserError(f"{resume} was written by {len(state['rng'])} process(es); resume it with the same "
+                            f"number, not {accelerator.num_processes}")
         load_adapter_weights(peft_model, resume)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
