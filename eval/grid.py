@@ -56,11 +56,11 @@ def cell_overrides(grid: dict, variant: str, seed: int, baseline: str) -> list[s
             f"evaluate_zero_shot={variant == baseline and seed == grid['seeds'][0]}"]
 
 
-def run_grid(grid: dict, only: list[str] | None) -> None:
+def run_grid(grid: dict, only: list[str] | None, seeds: list[int] | None = None) -> None:
     from afa_llm.train import train
 
     baseline = next(iter(grid["variants"]))
-    for seed in grid["seeds"]:
+    for seed in seeds or grid["seeds"]:
         for variant in grid["variants"]:
             if only and variant not in only:
                 continue
@@ -139,13 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("grid", help="grid YAML (see eval/grids/)")
     parser.add_argument("--only", nargs="*", help="run only these variants")
+    parser.add_argument("--seeds", nargs="*", type=int, help="run only these seeds of the grid")
     parser.add_argument("--report-only", action="store_true", help="do not train; report finished cells")
     parser.add_argument("--output", help="also write the Markdown report here")
     args = parser.parse_args(argv)
     try:
         grid = load_grid(args.grid)
         if not args.report_only:
-            run_grid(grid, args.only)
+            run_grid(grid, args.only, args.seeds)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
