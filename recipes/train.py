@@ -1,0 +1,16 @@
+"""Script form of `afa-llm train`, for launchers that want a file:
+
+    python recipes/train.py recipes/quickstart.yaml method=lora
+    ACCELERATE_USE_CPU=1 accelerate launch --config_file accelerate_configs/cpu_2proc.yaml \
+        recipes/train.py recipes/quickstart.yaml
+    accelerate launch --config_file accelerate_configs/gpu_ddp.yaml recipes/train.py recipes/gpu_qlora_qwen.yaml
+
+The loop itself lives in afa_llm/train.py (read that file for the features).
+"""
+
+import sys
+
+from afa_llm.train import main
+
+if __name__ == "__main__":
+    sys.exit(main())
