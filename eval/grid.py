@@ -105,7 +105,7 @@ def report(grid: dict) -> str:
     for variant, runs in results.items():
         done = {s: r for s, r in runs.items() if r}
         if not done:
-            lines.append(f"| {variant} | {' '.join(grid['variants'][variant])} | 0 | not run yet | | | | |")
+            lines.append(f"| {variant} | `{' '.join(grid['variants'][variant])}` | 0 | not run (yet) | | | | |")
             continue
         acc = np.array([r["test"]["accuracy"] for r in done.values()])
         f1 = np.array([r["test"]["macro_f1"] for r in done.values()])
