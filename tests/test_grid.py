@@ -1,0 +1,60 @@
+"""eval/grid.py: cell naming, unknown keys, and the paired report over seeds."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from afa_llm.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("grid", ROOT / "eval" / "grid.py")
+grid_mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(grid_mod)
+
+
+def _write(folder: Path, accuracy_hits: int, preds_flip: int, history, zero_shot=False):
+    labels = [0, 1] * 10
+    preds = [1 - y if i < preds_flip else y for i, y in enumerate(labels)]
+    report = {"accuracy": sum(p == y for p, y in zip(preds, labels)) / 20, "macro_f1": 0.5, "n": 20,
+              "predictions": preds, "labels": labels}
+    result = {"model": "m", "data": "d", "split_seed": 0, "steps": 10, "test": report,
+              "validation": history, "fake_focus_share": {"adapter": 0.9, "base": 1.0}}
+    if zero_shot:
+        result["zero_shot"] = dict(report, accuracy=0.5)
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(result))
+
+
+def test_report_pairs_each_seed_with_the_baseline(tmp_path):
+    grid = {"recipe": "r.yaml", "output_root": str(tmp_path), "seeds": [0, 1],
+            "variants": {"lora": ["method=lora"], "afa": ["method=afa"], "other": ["x=1"]}}
+    _write(tmp_path / "lora-seed0", 0, 4, [{"step": 5, "accuracy": 0.7}, {"step": 10, "accuracy": 0.8}], True)
+    _write(tmp_path / "lora-seed1", 0, 4, [{"step": 10, "accuracy": 0.8}])
+    _write(tmp_path / "afa-seed0", 0, 2, [{"step": 5, "accuracy": 0.85}, {"step": 10, "accuracy": 0.9}])
+    _write(tmp_path / "afa-seed1", 0, 6, [{"step": 5, "accuracy": 0.6}, {"step": 10, "accuracy": 0.7}])
+    text = grid_mod.report(grid)
+    afa_row = next(line for line in text.splitlines() if line.startswith("| afa "))
+    assert "| 2 | 0.8000 ± 0.1414 |" in afa_row  # 0.9 and 0.7
+    assert "+0.1000 (p=0.50)" in afa_row and "-0.1000 (p=0.50)" in afa_row  # exact McNemar, 2 discordant
+    assert "| 5, not reached |" in afa_row  # seed 0 reaches lora's 0.8 at step 5
+    assert "not run (yet)" in next(line for line in text.splitlines() if line.startswith("| other "))
+    assert "Zero-shot base: accuracy 0.5000" in text
+
+
+def test_cells_and_overrides(tmp_path):
+    grid = {"recipe": "r.yaml", "output_root": "runs/g", "seeds": [3], "common": ["steps=5"],
+            "variants": {"lora": ["method=lora"], "afa": ["method=afa"]}}
+    over = grid_mod.cell_overrides(grid, "afa", 3, "lora")
+    assert over[:2] == ["steps=5", "method=afa"]
+    assert "seed=3" in over and "output_dir=runs/g/afa-seed3" in over and "resume_from=latest" in over
+    assert "evaluate_zero_shot=False" in over
+    assert "evaluate_zero_shot=True" in grid_mod.cell_overrides(grid, "lora", 3, "lora")
+
+
+def test_unknown_grid_key_is_named(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("recipe: r.yaml\nseedz: [0]\nvariants: {a: []}\n")
+    with pytest.raises(UserError, match="unknown grid key 'seedz'"):
+        grid_mod.load_grid(str(path))
