@@ -176,12 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="afa-llm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:  # subcommand not built yet
-            if exc.name != module_name:
-                raise
-            continue
+        module = importlib.import_module(module_name)
         child = sub.add_parser(name, help=help_text, description=help_text,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(child)
