@@ -103,9 +103,7 @@ class PromptTask:
             prefix, self._text_lead = prefix[:-1], " "
         self._prefix_ids = self._encode(prefix)
         self._suffix_ids = self._encode(suffix)
-        bos = tokenizer.bos_token_id
-        add_bos = bool(getattr(tokenizer, "add_bos_token", False)) and bos is not None
-        self._bos = [bos] if add_bos else []
+        self._bos = leading_special_tokens(tokenizer)
         return self
 
     def _encode(self, s: str) -> list[int]:
@@ -160,6 +158,18 @@ class PromptTask:
             text_mask=text_mask,
             labels=torch.tensor(list(labels), dtype=torch.long) if labels is not None else None,
         )
+
+
+def leading_special_tokens(tokenizer) -> list[int]:
+    """The tokens the tokenizer itself puts before a text (e.g. Gemma's ``<bos>``).
+
+    Read off an encoding rather than ``add_bos_token``, which transformers 5 tokenizers
+    do not always set: Gemma 3 without its ``<bos>`` predicts one class for everything.
+    """
+    plain = tokenizer.encode("x", add_special_tokens=False)
+    full = tokenizer.encode("x", add_special_tokens=True)
+    cut = len(full) - len(plain)
+    return list(full[:cut]) if cut > 0 and full[cut:] == plain else []
 
 
 def _pad_id(tokenizer) -> int:

@@ -158,3 +158,27 @@ def test_draw_demonstrations_is_seeded_and_covers_classes():
         assert set(demos) <= pool
         assert {y for _, y in demos} == {0, 1}  # shots >= classes: every class appears
     assert draw_demonstrations(texts, labels, shots=0, n_queries=3, seed=0) == [[], [], []]
+
+
+class _BosTokenizer:
+    """Adds <bos>=2 when asked for special tokens but reports add_bos_token=False (Gemma 3 in transformers 5)."""
+
+    add_bos_token = False
+    bos_token_id = 2
+
+    def encode(self, text, add_special_tokens=True):
+        ids = [10 + (ord(c) % 50) for c in text]
+        return ([2] if add_special_tokens else []) + ids
+
+
+class _EosTokenizer(_BosTokenizer):
+    def encode(self, text, add_special_tokens=True):
+        ids = [10 + (ord(c) % 50) for c in text]
+        return ids + ([1] if add_special_tokens else [])
+
+
+def test_leading_special_tokens_read_off_the_encoding():
+    from afa_llm.task import leading_special_tokens
+
+    assert leading_special_tokens(_BosTokenizer()) == [2]
+    assert leading_special_tokens(_EosTokenizer()) == []  # a trailing EOS is not a prefix
