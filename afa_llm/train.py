@@ -265,11 +265,17 @@ def _stop_if_diverged(accelerator: Accelerator, loss: torch.Tensor, step: int, r
         raise TrainingDiverged(f"loss became {loss.item()} at step {step + 1}; training stopped, {kept}")
 
 
+def _frequent_shares(focus, batch, frequent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: focus on the frequent token types, and their share of the text tokens."""
+    frequent = frequent.to(focus.device)
+    return (am.frequent_focus_share(focus, batch.input_ids, frequent),
+            am.frequent_token_share(batch.input_ids, batch.text_mask, frequent))
+
+
 def _focus_metrics(clean, batch, frequent: torch.Tensor) -> dict[str, float]:
     with torch.no_grad():
         focus = clean.focus.detach()
-        share = am.frequent_focus_share(focus, batch.input_ids, frequent.to(focus.device)).mean()
-        base = am.frequent_token_share(batch.input_ids, batch.text_mask, frequent.to(focus.device)).mean()
+        share, base = (t.mean() for t in _frequent_shares(focus, batch, frequent))
         entropy = am.focus_entropy(focus, batch.text_mask).mean()
     return {"fake_focus_share": (share / base.clamp(min=1e-8)).item(), "focus_entropy": entropy.item()}
 
@@ -314,8 +320,9 @@ def _test_focus_share(peft_model, task, texts, frequent, cfg) -> float:
         for start in range(0, len(texts), cfg.eval_batch_size):
             batch = task.encode(texts[start : start + cfg.eval_batch_size]).to(device)
             focus = clean_pass(peft_model, batch, task.label_token_ids, cfg.focus_layers).focus
-            shares.append(am.frequent_focus_share(focus, batch.input_ids, frequent.to(device)))
-            bases.append(am.frequent_token_share(batch.input_ids, batch.text_mask, frequent.to(device)))
+            share, base = _frequent_shares(focus, batch, frequent)
+            shares.append(share)
+            bases.append(base)
     return (torch.cat(shares).mean() / torch.cat(bases).mean()).item()
 
 
