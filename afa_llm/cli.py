@@ -62,6 +62,9 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-text-tokens", type=int, default=256,
                        help="longer texts are truncated inside the text; the template is never cut "
                             "(default: %(default)s)")
+    group.add_argument("--truncation", default="head", choices=["head", "head_tail"],
+                       help="keep the head of an over-long text, or its first quarter and last three quarters "
+                            "(default: %(default)s)")
 
 
 def split_list(value: str | None) -> list[str] | None:
@@ -93,7 +96,7 @@ def build_task(args, label_names: list[str], tokenizer):
     from .task import PromptTask
 
     task = PromptTask(label_words_for(label_names, args.label_words), template=args.template.replace("\\n", "\n"),
-                      max_text_tokens=args.max_text_tokens)
+                      max_text_tokens=args.max_text_tokens, truncation=args.truncation)
     return task.bind(tokenizer)
 
 

@@ -29,6 +29,9 @@ class TrainConfig:
     model: str = "smollm2-135m"
     quantization: Literal["nf4", "int8", "none"] = "nf4"
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # autocast for the training steps (Accelerate's mixed_precision); evaluation stays in `dtype`.
+    # bf16 is ~1.6x (fwd+bwd) to ~2.3x (no-grad masked passes) faster on CPUs with AMX.
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     # --- LoRA (the masker adapter, which is also the task model) ----------------
     lora_r: int = 8
     lora_alpha: int = 16
@@ -46,6 +49,7 @@ class TrainConfig:
     template: str = "Review: {text}\nSentiment:"
     label_words: Optional[list] = None  # default: " " + class name
     max_text_tokens: int = 96
+    truncation: Literal["head", "head_tail"] = "head"  # how over-long texts are cut (afa_llm.task)
     # --- optimisation ------------------------------------------------------------
     steps: int = 100
     batch_size: int = 8  # per process

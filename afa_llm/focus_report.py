@@ -191,7 +191,8 @@ def _prompt_from_run(args, run) -> None:
 
     defaults = eval_defaults()
     for key, value in (("model", run.config.model), ("template", run.config.template),
-                       ("label_words", run.label_words), ("max_text_tokens", run.config.max_text_tokens)):
+                       ("label_words", run.label_words), ("max_text_tokens", run.config.max_text_tokens),
+                       ("truncation", run.config.truncation)):
         if getattr(args, key) == getattr(defaults, key) and value is not None:
             setattr(args, key, value)
 

@@ -7,7 +7,7 @@ or glob; model, quantization, dtype, split seed, prompt and data default to the 
 config.yaml) or ``merged`` (a folder from `afa-llm merge`); ``data`` (specs, or mappings
 with ``data``/``text_column``/``label_column``/``label_names``); optional ``split_seed``,
 ``seed``, ``group``, ``quantization``, ``dtype``, ``template``, ``label_words``,
-``max_text_tokens``. Entries with the same ``group`` (default: the name) form one row per
+``max_text_tokens``, ``truncation``. Entries with the same ``group`` (default: the name) form one row per
 data set: mean ± std over their runs.
 
 Every (entry, data set) goes through `afa_llm.evaluate.evaluate_dataset` on the test
@@ -36,7 +36,7 @@ from .errors import UserError
 
 TOP_KEYS = {"entries", "limit", "split_seed", "batch_size", "output_dir"}
 ENTRY_KEYS = {"name", "model", "run", "merged", "adapter", "data", "split_seed", "seed", "group",
-              "quantization", "dtype", "template", "label_words", "max_text_tokens"}
+              "quantization", "dtype", "template", "label_words", "max_text_tokens", "truncation"}
 DATA_KEYS = {"data", "text_column", "label_column", "label_names"}
 SOURCES = ("model", "run", "merged")
 CSV_COLUMNS = ["data", "name", "runs", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std",
@@ -157,7 +157,7 @@ def build_jobs(raw: dict, config_path: str, limit: int | None, need_model: bool 
 def _apply(args: argparse.Namespace, settings: dict, item, raw: dict, limit: int | None) -> None:
     data = item if isinstance(item, dict) else {"data": item}
     same_data = data["data"] == settings.get("data")  # the run's own data set: its columns apply
-    for key in ("model", "adapter", "quantization", "dtype", "template", "max_text_tokens"):
+    for key in ("model", "adapter", "quantization", "dtype", "template", "max_text_tokens", "truncation"):
         if settings.get(key) is not None:
             setattr(args, key, settings[key])
     for key in ("text_column", "label_column", "label_names"):
@@ -209,7 +209,8 @@ def cache_key(args: argparse.Namespace) -> dict:
         "dtype": args.dtype, "data": _fingerprint(args.data) if Path(args.data).is_file() else args.data,
         "columns": [args.text_column, args.label_column, args.label_names], "split": "test",
         "split_seed": args.split_seed, "limit": args.limit, "template": args.template,
-        "label_words": args.label_words, "max_text_tokens": args.max_text_tokens, "shots": 0,
+        "label_words": args.label_words, "max_text_tokens": args.max_text_tokens,
+        "truncation": args.truncation, "shots": 0,
     }
 
 

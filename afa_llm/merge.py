@@ -37,7 +37,7 @@ from .errors import UserError
 
 BASES = ("original", "dequantized-nf4")
 MERGE_INFO = "afa_merge.json"
-PROMPT_KEYS = ("data", "template", "label_words", "max_text_tokens")
+PROMPT_KEYS = ("data", "template", "label_words", "max_text_tokens", "truncation")
 
 
 # ---- run folders ----------------------------------------------------------------------
@@ -221,6 +221,7 @@ def model_card(info: dict, run: RunInfo, output: str) -> str:
 def _prompt_flags(cfg) -> str:
     """`afa-llm eval` options that reproduce the run's data set and prompt."""
     flags = f" --data {shlex.quote(cfg.data)} --split-seed {cfg.split_seed} --max-text-tokens {cfg.max_text_tokens}"
+    flags += f" --truncation {cfg.truncation}"
     flags += " --template " + shlex.quote(cfg.template.replace("\n", "\\n"))
     if cfg.label_words:
         flags += " --label-words " + shlex.quote(",".join(cfg.label_words))

@@ -15,6 +15,7 @@ Features:
   function of (seed, step), and each rank takes its own slice of the global batch;
 - atomic checkpoints every ``save_every`` steps (adapter, discriminator, optimisers,
   scheduler, RNG states); ``resume_from=latest`` continues exactly;
+- ``mixed_precision: bf16`` autocasts the training steps (Accelerate), evaluation stays in ``dtype``;
 - metrics per step to ``metrics.jsonl`` and Accelerate trackers (TensorBoard), tqdm;
 - periodic validation accuracy; at the end ``results.json`` with test accuracy /
   macro-F1 of the adapter and the zero-shot base, and the fake-focus share of both;
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
@@ -76,7 +78,8 @@ def build_task(cfg: TrainConfig, data: SentimentData, tokenizer) -> PromptTask:
     words = cfg.label_words or [" " + n for n in data.label_names]
     if len(words) != len(data.label_names):
         raise UserError(f"config key 'label_words' has {len(words)} words for {len(data.label_names)} classes")
-    return PromptTask(list(words), template=cfg.template, max_text_tokens=cfg.max_text_tokens).bind(tokenizer)
+    return PromptTask(list(words), template=cfg.template, max_text_tokens=cfg.max_text_tokens,
+                      truncation=cfg.truncation).bind(tokenizer)
 
 
 def filler_token_id(tokenizer, token: str | None) -> int:
@@ -133,7 +136,11 @@ def train(cfg: TrainConfig) -> dict:
             report_to = "tensorboard"
         except ImportError:
             report_to = "none"
+    # train() runs several times in one process (eval/grid.py, tests): forget the previous run's
+    # precision; the process group (PartialState) is kept
+    AcceleratorState._reset_state()
     accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              mixed_precision=cfg.mixed_precision,
                               log_with=None if report_to == "none" else report_to, project_dir=str(run_dir))
     resume = _check_run_dir(cfg, run_dir)
     set_seed(cfg.seed)
@@ -216,7 +223,8 @@ def train(cfg: TrainConfig) -> dict:
                                 cfg.batch_size, accelerator.num_processes, accelerator.process_index)
             batch = task.encode([texts[i] for i in idx], labels[idx].tolist()).to(accelerator.device)
             tokens += int(batch.attention_mask.sum())
-            with accelerator.accumulate(model):
+            # autocast explicitly: the objective also forwards through the unwrapped peft model
+            with accelerator.accumulate(model), accelerator.autocast():
                 clean = clean_pass(model, batch, task.label_token_ids, cfg.focus_layers)
                 loss, metrics = objective(peft_model, batch, clean, step)
                 _stop_if_diverged(accelerator, loss, step, run_dir)

@@ -92,7 +92,8 @@ def report(grid: dict) -> str:
     lines = [f"## {grid.get('title', grid['recipe'])}", "",
              f"model `{first['model']}`, data `{first['data']}` (split seed {first['split_seed']}), "
              f"{first['steps']} steps, test n={first['test']['n']}, seeds {grid['seeds']}. "
-             f"Cells: `{grid['output_root']}/<variant>-seed<N>`.", ""]
+             f"Cells: `{grid['output_root']}/<variant>-seed<N>`. Recipe `{grid['recipe']}`, common overrides "
+             f"`{' '.join(grid.get('common') or []) or '-'}`.", ""]
     zero = results[baseline].get(grid["seeds"][0]) or {}
     if "zero_shot" in zero:
         lines.append(f"Zero-shot base: accuracy {zero['zero_shot']['accuracy']:.4f}, "
@@ -109,17 +110,20 @@ def report(grid: dict) -> str:
             continue
         acc = np.array([r["test"]["accuracy"] for r in done.values()])
         f1 = np.array([r["test"]["macro_f1"] for r in done.values()])
-        paired, reach, share = [], [], []
+        paired, reach, share, delta = [], [], [], []
         for seed, r in done.items():
             base = runs_of(results, baseline, seed)
             share.append(r["fake_focus_share"]["adapter"])
             if base and variant != baseline:
                 p = mcnemar_test(_correct(r["test"]), _correct(base["test"]))["p_value"]
-                paired.append(f"{r['test']['accuracy'] - base['test']['accuracy']:+.4f} (p={p:.2f})")
+                delta.append(r['test']['accuracy'] - base['test']['accuracy'])
+                paired.append(f"{delta[-1]:+.4f} (p={p:.2f})")
                 target = base["validation"][-1]["accuracy"] if base["validation"] else None
                 hit = steps_to_reach(r["validation"], target) if target is not None else None
                 reach.append(str(hit) if hit else "not reached")
         std = f" ± {acc.std(ddof=1):.4f}" if len(acc) > 1 else ""
+        if len(delta) > 1:
+            paired = [f"mean {np.mean(delta):+.4f}: " + ", ".join(paired)]
         lines.append(f"| {variant} | `{' '.join(grid['variants'][variant]) or '-'}` | {len(acc)} | "
                      f"{acc.mean():.4f}{std} | {f1.mean():.4f} | {', '.join(paired) or '-'} | "
                      f"{', '.join(reach) or '-'} | {np.mean(share):.3f} |")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from afa_llm.errors import UserError
-from afa_llm.task import PromptTask, draw_demonstrations, position_ids_from_mask
+from afa_llm.task import PromptTask, draw_demonstrations, position_ids_from_mask, truncate
 from conftest import TINY_ROWS
 
 TEXTS = [
@@ -47,6 +47,7 @@ def test_multi_token_label_word_raises(smollm2_tokenizer):
         (dict(label_words=[" a", " a"]), "distinct"),
         (dict(label_words=[" a", " b"], max_text_tokens=0), "must be positive"),
         (dict(label_words=[" a", " b"], demo_text_tokens=-1), "must be positive"),
+        (dict(label_words=[" a", " b"], truncation="tail"), "head, head_tail"),
     ],
 )
 def test_bad_task_definitions_raise(kwargs, message):
@@ -100,6 +101,25 @@ def test_truncation_never_cuts_template_or_answer_position(smollm2_tokenizer, ma
         assert batch.text_mask[i].sum().item() == len(text_ids) <= max_text_tokens
         assert batch.input_ids[i][batch.text_mask[i]].tolist() == text_ids
     assert batch.input_ids.shape[1] <= len(prefix) + max_text_tokens + len(suffix)
+
+
+def test_truncate_keeps_head_or_head_and_tail():
+    ids = list(range(20))
+    assert truncate(ids, 8) == list(range(8))
+    assert truncate(ids, 8, "head_tail") == [0, 1] + list(range(14, 20))  # a quarter head, the rest tail
+    assert truncate(ids, 20, "head_tail") == ids and truncate(ids[:3], 8, "head_tail") == ids[:3]
+    assert truncate(ids, 1, "head_tail") == [19]
+
+
+def test_head_tail_truncation_in_the_prompt(smollm2_tokenizer):
+    tok = smollm2_tokenizer
+    text = " ".join(f"w{i}" for i in range(60))
+    task = _task(tok, max_text_tokens=16, truncation="head_tail")
+    batch = task.encode([text])
+    full = _enc(tok, " " + text)
+    assert batch.input_ids[0][batch.text_mask[0]].tolist() == full[:4] + full[-12:]
+    real = batch.input_ids[0][batch.attention_mask[0].bool()].tolist()
+    assert real[-len(_enc(tok, "\nSentiment:")):] == _enc(tok, "\nSentiment:")
 
 
 def test_template_without_trailing_space(smollm2_tokenizer):

@@ -6,7 +6,8 @@
 - a run killed with SIGKILL and resumed with resume_from=latest ends with the same adapter and
   discriminator as an uninterrupted run (the mask sampler RNG and running median restored);
 - a NaN loss stops training with TrainingDiverged naming the step; the last checkpoint stays;
-- the nf4 (bitsandbytes 4-bit) path trains.
+- the nf4 (bitsandbytes 4-bit) path trains;
+- ``mixed_precision=bf16`` autocasts every training forward, also those through the unwrapped model.
 """
 
 from __future__ import annotations
@@ -236,6 +237,32 @@ def test_nf4_trains(tiny_model_dir, learnable_csv, tmp_path):
     assert all(torch.isfinite(v).all() for v in weights.values())
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == tiny_model_dir
+
+
+@pytest.mark.parametrize("mixed_precision,expected", [("no", {torch.float32}), ("bf16", {torch.bfloat16})])
+def test_mixed_precision_autocasts_every_training_forward(mixed_precision, expected, tiny_model_dir, learnable_csv,
+                                                          tmp_path, monkeypatch):
+    """The clean pass goes through Accelerate's wrapped model, the masked passes through the
+    unwrapped peft model: both must run under the autocast (evaluation stays in fp32)."""
+    import afa_llm.train as train_module
+
+    seen: list[torch.dtype] = []
+    build = train_module.build_model
+
+    def build_and_watch(cfg, accelerator):
+        model, tokenizer = build(cfg, accelerator)
+        q_proj = next(m for n, m in model.named_modules() if n.endswith("layers.0.self_attn.q_proj.base_layer"))
+        q_proj.register_forward_hook(lambda mod, args, out: seen.append(out.dtype) if mod.training else None)
+        return model, tokenizer
+
+    monkeypatch.setattr(train_module, "build_model", build_and_watch)
+    run = tmp_path / "run"
+    train(load_config(None, tiny_overrides(run, tiny_model_dir, learnable_csv, "method=afa", "steps=2",
+                                           "save_every=0", "eval_every=0", "evaluate_zero_shot=false",
+                                           f"mixed_precision={mixed_precision}")))
+    # per step: one clean pass (training mode) and the masked passes (no-grad, training mode)
+    assert len(seen) >= 4 and set(seen) == expected, seen
+    assert all(math.isfinite(m["loss_pg"]) for m in read_metrics(run))
 
 
 # ---- resume after SIGKILL ---------------------------------------------------------------------
