@@ -287,3 +287,15 @@ def frequent_token_share(input_ids: torch.Tensor, text_mask: torch.Tensor,
     n_text = _text_counts(text_mask)
     is_frequent = torch.isin(input_ids, frequent_ids.to(input_ids.device)) & text_mask
     return is_frequent.sum(dim=-1).float() / n_text.float()
+
+
+def frequent_shares(focus: torch.Tensor, input_ids: torch.Tensor, text_mask: torch.Tensor,
+                    frequent_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example: (focus share on frequent ids, their share of the text tokens), each (B,)."""
+    return (frequent_focus_share(focus, input_ids, frequent_ids),
+            frequent_token_share(input_ids, text_mask, frequent_ids))
+
+
+def fake_focus_ratio(focus_shares: torch.Tensor, token_shares: torch.Tensor) -> float:
+    """The fake-focus share: mean focus share / mean token share (1 = no preference)."""
+    return (focus_shares.float().mean() / token_shares.float().mean().clamp(min=1e-8)).item()

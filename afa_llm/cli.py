@@ -72,8 +72,10 @@ def split_list(value: str | None) -> list[str] | None:
 
 
 def label_words_for(names: list[str], spec: str | None) -> list[str]:
+    from .task import default_label_words
+
     if spec is None:
-        return [" " + n for n in names]
+        return default_label_words(names)
     words = [w if w.startswith(" ") else " " + w for w in (w.strip() for w in spec.split(","))]
     if len(words) != len(names):
         raise UserError(f"--label-words gives {len(words)} words but the data has {len(names)} classes {names}")

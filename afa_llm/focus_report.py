@@ -78,9 +78,9 @@ def side_passes(model, task, texts: list[str], layers, batch_size: int, frequent
         out["probs"] += clean.class_logits.softmax(-1).tolist()
         out["focus"] += [row[mask].tolist() for row, mask in zip(clean.focus, batch.text_mask)]
         if frequent is not None:
-            frequent = frequent.to(device)
-            out["share"] += am.frequent_focus_share(clean.focus, batch.input_ids, frequent).tolist()
-            out["token_share"] += am.frequent_token_share(batch.input_ids, batch.text_mask, frequent).tolist()
+            share, token_share = am.frequent_shares(clean.focus, batch.input_ids, batch.text_mask, frequent)
+            out["share"] += share.tolist()
+            out["token_share"] += token_share.tolist()
     return out
 
 
@@ -97,12 +97,14 @@ def compute(model, task, texts: list[str], layers, batch_size: int, has_adapter:
 
 
 def fake_focus_summary(sides: dict[str, dict], data: str, n_frequent: int) -> dict:
-    token_share = float(np.mean(next(iter(sides.values()))["token_share"]))
-    summary = {"data": data, "examples": len(next(iter(sides.values()))["share"]),
-               "frequent_token_types": n_frequent, "frequent_token_share": token_share}
+    from . import afa_math as am
+
+    token_shares = torch.tensor(next(iter(sides.values()))["token_share"])
+    summary = {"data": data, "examples": len(token_shares), "frequent_token_types": n_frequent,
+               "frequent_token_share": token_shares.mean().item()}
     for side, values in sides.items():
-        share = float(np.mean(values["share"]))
-        summary[side] = {"focus_share": share, "normalised": share / token_share if token_share else None}
+        shares = torch.tensor(values["share"])
+        summary[side] = {"focus_share": shares.mean().item(), "normalised": am.fake_focus_ratio(shares, token_shares)}
     return summary
 
 

@@ -60,6 +60,11 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def default_label_words(class_names: Sequence[str]) -> list[str]:
+    """`` negative`` for class ``negative``: a leading space makes a common word one token."""
+    return [" " + name for name in class_names]
+
+
 def truncate(ids: list[int], limit: int, mode: str = "head") -> list[int]:
     """At most ``limit`` tokens: the head, or a quarter head + three quarters tail."""
     if len(ids) <= limit:

@@ -50,7 +50,7 @@ from .errors import TrainingDiverged, UserError
 from .evaluate import evaluate_dataset
 from .focus import clean_pass
 from .models import load_model
-from .task import PromptTask
+from .task import PromptTask, default_label_words
 
 
 # ---- setup ------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def build_model(cfg: TrainConfig, accelerator: Accelerator):
 
 
 def build_task(cfg: TrainConfig, data: SentimentData, tokenizer) -> PromptTask:
-    words = cfg.label_words or [" " + n for n in data.label_names]
+    words = cfg.label_words or default_label_words(data.label_names)
     if len(words) != len(data.label_names):
         raise UserError(f"config key 'label_words' has {len(words)} words for {len(data.label_names)} classes")
     return PromptTask(list(words), template=cfg.template, max_text_tokens=cfg.max_text_tokens,
@@ -273,19 +273,12 @@ def _stop_if_diverged(accelerator: Accelerator, loss: torch.Tensor, step: int, r
         raise TrainingDiverged(f"loss became {loss.item()} at step {step + 1}; training stopped, {kept}")
 
 
-def _frequent_shares(focus, batch, frequent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per example: focus on the frequent token types, and their share of the text tokens."""
-    frequent = frequent.to(focus.device)
-    return (am.frequent_focus_share(focus, batch.input_ids, frequent),
-            am.frequent_token_share(batch.input_ids, batch.text_mask, frequent))
-
-
 def _focus_metrics(clean, batch, frequent: torch.Tensor) -> dict[str, float]:
     with torch.no_grad():
         focus = clean.focus.detach()
-        share, base = (t.mean() for t in _frequent_shares(focus, batch, frequent))
+        shares = am.frequent_shares(focus, batch.input_ids, batch.text_mask, frequent)
         entropy = am.focus_entropy(focus, batch.text_mask).mean()
-    return {"fake_focus_share": (share / base.clamp(min=1e-8)).item(), "focus_entropy": entropy.item()}
+    return {"fake_focus_share": am.fake_focus_ratio(*shares), "focus_entropy": entropy.item()}
 
 
 def _batch_accuracy(clean, batch) -> float:
@@ -328,10 +321,10 @@ def _test_focus_share(peft_model, task, texts, frequent, cfg) -> float:
         for start in range(0, len(texts), cfg.eval_batch_size):
             batch = task.encode(texts[start : start + cfg.eval_batch_size]).to(device)
             focus = clean_pass(peft_model, batch, task.label_token_ids, cfg.focus_layers).focus
-            share, base = _frequent_shares(focus, batch, frequent)
+            share, base = am.frequent_shares(focus, batch.input_ids, batch.text_mask, frequent)
             shares.append(share)
             bases.append(base)
-    return (torch.cat(shares).mean() / torch.cat(bases).mean()).item()
+    return am.fake_focus_ratio(torch.cat(shares), torch.cat(bases))
 
 
 def _final_results(accelerator, peft_model, task, data, cfg, frequent, history) -> dict:

@@ -249,3 +249,9 @@ def test_frequent_shares_on_a_hand_example():
     torch.testing.assert_close(share, torch.tensor([0.8, 0.2]))
     base = am.frequent_token_share(input_ids, TEXT_MASK, frequent)
     torch.testing.assert_close(base, torch.tensor([2 / 3, 2 / 6]))
+    both = am.frequent_shares(focus, input_ids, TEXT_MASK, frequent)
+    torch.testing.assert_close(both[0], share)
+    torch.testing.assert_close(both[1], base)
+    # ratio of means, not mean of ratios: (0.8 + 0.2) / (2/3 + 1/3) = 1.0
+    assert am.fake_focus_ratio(*both) == pytest.approx(1.0)
+    assert am.fake_focus_ratio(torch.tensor([0.5]), torch.tensor([0.25])) == pytest.approx(2.0)

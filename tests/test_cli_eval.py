@@ -37,23 +37,14 @@ def test_missing_data_file(capsys, tmp_path):
     assert_one_line_error(code, out, err, f"data file not found: {tmp_path / 'missing.csv'}")
 
 
-def test_binary_garbage_csv(capsys, tmp_path):
-    path = tmp_path / "garbage.csv"
-    path.write_bytes(bytes(range(256)) * 20)
-    code, out, err = run_eval(capsys, "--data", str(path))
-    assert_one_line_error(code, out, err, f"cannot read {path}")
-
-
-def test_malformed_quote_csv(capsys, tmp_path):
-    path = tmp_path / "quote.csv"
-    path.write_text('text,label\n"an unterminated quote,1\nfine,0\n')
-    code, out, err = run_eval(capsys, "--data", str(path))
-    assert_one_line_error(code, out, err, f"cannot read {path}")
-
-
-def test_malformed_jsonl(capsys, tmp_path):
-    path = tmp_path / "bad.jsonl"
-    path.write_text('{"text": "ok", "label": 1}\n{"text": "broken", \n')
+@pytest.mark.parametrize("name, content", [
+    ("garbage.csv", bytes(range(256)) * 20),
+    ("quote.csv", b'text,label\n"an unterminated quote,1\nfine,0\n'),
+    ("bad.jsonl", b'{"text": "ok", "label": 1}\n{"text": "broken", \n'),
+])
+def test_unreadable_data_file(capsys, tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
     code, out, err = run_eval(capsys, "--data", str(path))
     assert_one_line_error(code, out, err, f"cannot read {path}")
 
