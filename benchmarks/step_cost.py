@@ -6,7 +6,8 @@ Runs both methods in ONE process, back to back, on the same batches (SmolLM2-135
 Rotten Tomatoes, batch 8, texts up to 96 tokens, G=4 by default), after warm-up
 steps. Prints per-phase seconds (clean pass incl. focus probe, masked passes,
 discriminator, backward + optimiser) and the ratio. Any config key can be overridden,
-e.g. discriminator=surrogate measure_frac=0.25.
+e.g. discriminator=surrogate measure_frac=0.25, or mixed_precision=bf16 (the training
+steps under Accelerate's bf16 autocast, as in `afa_llm.train`).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _wrap(owner, name: str, label: str) -> None:
     setattr(owner, name, wrapper)
 
 
-def measure(cfg, model, task, texts, labels, steps: int, warmup: int) -> dict[str, float]:
+def measure(cfg, model, task, texts, labels, steps: int, warmup: int, autocast) -> dict[str, float]:
     hidden = model.get_base_model().config.get_text_config().hidden_size
     disc = build_discriminator(cfg.discriminator, hidden, cfg.discriminator_hidden)
     objective = TrainingObjective(cfg, task.label_token_ids, task._tokenizer.pad_token_id, disc,
@@ -63,9 +64,9 @@ def measure(cfg, model, task, texts, labels, steps: int, warmup: int) -> dict[st
         idx = rng.choice(len(texts), cfg.batch_size, replace=False)
         batch = task.encode([texts[i] for i in idx], [labels[i] for i in idx])
         with timed("total"):
-            with timed("clean pass + focus probe"):
+            with timed("clean pass + focus probe"), autocast():
                 clean = clean_pass(model, batch, task.label_token_ids, cfg.focus_layers)
-            with timed("AFA objective (excl. masked passes, discriminator)"):
+            with timed("AFA objective (excl. masked passes, discriminator)"), autocast():
                 loss, _ = objective(model, batch, clean, step + cfg.lambda_pg_warmup_steps)
             with timed("backward + optimiser"):
                 loss.backward()
@@ -89,7 +90,8 @@ def main() -> None:
     cfg = load_config("recipes/quickstart.yaml", [f"quantization={args.quantization}", *args.overrides])
     data = load_sentiment_data(cfg.data, split_seed=cfg.split_seed)
     train_split = data.split("train")
-    model, tokenizer = build_model(cfg, Accelerator())
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    model, tokenizer = build_model(cfg, accelerator)
     task = build_task(cfg, data, tokenizer)
     _wrap(afa_step, "masked_scores", "masked passes")
     _wrap(TrainingObjective, "_update_discriminator", "discriminator update")
@@ -97,10 +99,10 @@ def main() -> None:
     rows = {}
     for method in ("lora", "afa", "lora"):  # lora twice: its second run checks the timing is stable
         cfg.method = method
-        rows[method] = measure(cfg, model, task, texts, labels, args.steps, args.warmup)
+        rows[method] = measure(cfg, model, task, texts, labels, args.steps, args.warmup, accelerator.autocast)
     phases = sorted({k for r in rows.values() for k in r} - {"total"})
     print(f"SmolLM2-135M, quantization={args.quantization}, batch {cfg.batch_size}, G={cfg.num_masks}, "
-          f"discriminator={cfg.discriminator}, {args.steps} timed steps, torch threads={torch.get_num_threads()}")
+          f"discriminator={cfg.discriminator}, mixed_precision={cfg.mixed_precision}, {args.steps} timed steps, torch threads={torch.get_num_threads()}")
     print(f"{'phase (s/step)':<52} {'LoRA':>8} {'AFA':>8}")
     for phase in phases:
         print(f"{phase:<52} {rows['lora'].get(phase, 0):8.3f} {rows['afa'].get(phase, 0):8.3f}")

@@ -91,6 +91,8 @@ def test_leaderboard_rows_values_and_cache(setup, tmp_path, monkeypatch, capsys)
     unlimited = leaderboard.cache_path(out, args)
     args.limit = 3
     assert leaderboard.cache_path(out, args) != unlimited  # --limit is part of the key
+    args.limit, args.truncation = None, "head_tail"
+    assert leaderboard.cache_path(out, args) != unlimited  # so is the truncation
     capsys.readouterr()
 
 
@@ -130,6 +132,11 @@ def test_config_errors(setup, tmp_path, capsys):
     no_data = write_config(tmp_path / "nodata.yaml", [{"name": "x", "model": setup["base"]}])
     assert "missing key 'data'" in _error(capsys, ["leaderboard", str(no_data)])
     assert "No such file" in _error(capsys, ["leaderboard", str(tmp_path / "absent.yaml")])
+
+
+def test_transfer_config_sets_the_imdb_prompt_on_every_entry():
+    raw = leaderboard.read_config(str(ROOT / "eval" / "leaderboard_transfer.yaml"))
+    assert all(e["max_text_tokens"] == 256 and e["truncation"] == "head_tail" for e in raw["entries"])
 
 
 def test_example_config_is_valid():
