@@ -32,13 +32,8 @@ the chosen layers from tensors captured during the model's own forward:
 
 Public API
 ----------
-``default_focus_layers(num_layers: int, fraction: float = 1/3) -> list[int]``
-    The last ``max(1, round(num_layers * fraction))`` layer indices.
-
-``find_decoder_layers(model) -> torch.nn.ModuleList``
-    The decoder layers of a causal LM, a peft ``PeftModel`` wrapping one, or a
-    multimodal model's language model (``model.model.layers``,
-    ``model.layers``, ``model.model.language_model.layers``, ...).
+``default_focus_layers`` and ``find_decoder_layers`` (re-exported from
+`afa_llm.decoder_layers`) choose the layers.
 
 ``AnswerAttentionProbe(model, layers=None, attention_mask=None)``
     Context manager::
@@ -81,115 +76,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from .decoder_layers import default_focus_layers, find_decoder_layers, find_stack, normalise_layers, unwrap_model
+
 __all__ = [
     "AnswerAttentionProbe",
     "default_focus_layers",
     "eager_answer_attention",
     "find_decoder_layers",
 ]
-
-
-# ----------------------------------------------------------------------------- layers
-
-
-def default_focus_layers(num_layers: int, fraction: float = 1 / 3) -> list[int]:
-    """The last ``fraction`` of ``num_layers`` layers (at least one), ascending.
-
-    ``round`` rather than ``ceil``: 30 * (1/3) is 10.000000000000002 in floats.
-    """
-    if int(num_layers) != num_layers or num_layers < 1:
-        raise ValueError(f"num_layers must be a positive integer, got {num_layers!r}")
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
-    n = min(num_layers, max(1, round(num_layers * fraction)))
-    return list(range(num_layers - n, num_layers))
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The transformers model inside DDP / FSDP wrappers and a peft ``PeftModel``."""
-    while isinstance(getattr(model, "module", None), nn.Module):  # DistributedDataParallel
-        model = model.module
-    get_base = getattr(model, "get_base_model", None)
-    if callable(get_base):
-        model = get_base()
-    return model
-
-
-_LAYER_PATHS = (
-    "model.layers",  # *ForCausalLM (Llama, Qwen2/3, Gemma2/3 text, Mistral, SmolLM...)
-    "layers",  # a bare *Model
-    "model.language_model.layers",  # Gemma3ForConditionalGeneration and other VLMs
-    "language_model.layers",
-    "model.text_model.layers",
-    "language_model.model.layers",
-)
-
-
-def _is_attention_layer(layer: nn.Module) -> bool:
-    attn = getattr(layer, "self_attn", None)
-    return attn is not None and hasattr(attn, "q_proj") and hasattr(attn, "k_proj")
-
-
-def _get_path(root: nn.Module, path: str) -> Any:
-    obj: Any = root
-    for part in path.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def _find_stack(model: nn.Module) -> tuple[nn.Module, nn.ModuleList]:
-    """(the module owning the decoder layers, the layers)."""
-    base = _unwrap(model)
-    for path in _LAYER_PATHS:
-        layers = _get_path(base, path)
-        if isinstance(layers, nn.ModuleList) and len(layers) and all(map(_is_attention_layer, layers)):
-            owner_path = path.rsplit(".", 1)[0] if "." in path else ""
-            owner = _get_path(base, owner_path) if owner_path else base
-            return owner, layers
-    # Fallback: the shallowest ModuleList named "layers" of attention layers, skipping
-    # vision/audio towers.
-    found = []
-    for name, module in base.named_modules():
-        if not name.endswith("layers") or not isinstance(module, nn.ModuleList) or not len(module):
-            continue
-        if any(w in name.lower() for w in ("vision", "audio", "visual", "image")):
-            continue
-        if all(map(_is_attention_layer, module)):
-            found.append((name.count("."), name, module))
-    if not found:
-        raise ValueError(
-            f"cannot find the decoder layers of {type(base).__name__}: expected a ModuleList "
-            "`model.layers` (or `layers`, `model.language_model.layers`) whose layers have "
-            "`self_attn.q_proj` and `self_attn.k_proj`"
-        )
-    _, name, layers = min(found, key=lambda t: (t[0], t[1]))
-    owner_name = name.rsplit(".", 1)[0] if "." in name else ""
-    return (base.get_submodule(owner_name) if owner_name else base), layers
-
-
-def find_decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of ``model`` (plain HF causal LM, peft model, or VLM)."""
-    return _find_stack(model)[1]
-
-
-def _normalise_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
-    if layers is None:
-        return default_focus_layers(num_layers)
-    out = []
-    for i in layers:
-        if int(i) != i:
-            raise ValueError(f"layer indices must be integers, got {i!r}")
-        j = int(i) + num_layers if i < 0 else int(i)
-        if not 0 <= j < num_layers:
-            raise ValueError(f"layer index {i} out of range for a model with {num_layers} layers")
-        out.append(j)
-    if not out:
-        raise ValueError("layers must not be empty")
-    if len(set(out)) != len(out):
-        raise ValueError(f"duplicate layer indices in {list(layers)}")
-    return out
 
 
 # ----------------------------------------------------------------------------- per-module details
@@ -335,9 +229,9 @@ class AnswerAttentionProbe:
         attention_mask: torch.Tensor | None = None,
     ):
         self.model = model
-        self._stack, all_layers = _find_stack(model)
+        self._stack, all_layers = find_stack(model)
         self.num_layers = len(all_layers)
-        self.layers = _normalise_layers(layers, self.num_layers)
+        self.layers = normalise_layers(layers, self.num_layers)
         self._attn = [all_layers[i].self_attn for i in self.layers]
         if attention_mask is not None:
             if attention_mask.dim() != 2:
@@ -462,7 +356,7 @@ def eager_answer_attention(
     attention weights (sdpa returns an empty tuple and only logs a warning).
     """
     num_layers = len(find_decoder_layers(model))
-    chosen = _normalise_layers(layers, num_layers)
+    chosen = normalise_layers(layers, num_layers)
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -471,7 +365,7 @@ def eager_answer_attention(
         **model_kwargs,
     )
     attentions = getattr(out, "attentions", None)
-    impl = getattr(getattr(_unwrap(model), "config", None), "_attn_implementation", None)
+    impl = getattr(getattr(unwrap_model(model), "config", None), "_attn_implementation", None)
     if not attentions or any(a is None for a in attentions):
         raise ValueError(
             f"the model returned no attention weights (attention implementation: {impl!r}); "

@@ -200,7 +200,7 @@ def _prompt_from_run(args, run) -> None:
 
 
 def run(args) -> int:
-    from .attention_probe import default_focus_layers, find_decoder_layers
+    from .decoder_layers import default_focus_layers, find_decoder_layers
     from .cli import build_task, load_data_from_args
     from .evaluate import attach_adapter
     from .merge import find_run
