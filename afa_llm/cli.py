@@ -177,21 +177,26 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser. Only ``command``'s module is imported (its options need it), so
+    ``afa-llm --help`` does not pay for torch and transformers; None imports them all."""
     parser = OneLineErrorParser(prog="afa-llm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
         child = sub.add_parser(name, help=help_text, description=help_text,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(child)
-        child.set_defaults(handler=module.run)
+        if command is None or name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(child)
+            child.set_defaults(handler=module.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), "")  # "" imports no subcommand
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except UserError as exc:

@@ -160,6 +160,8 @@ def encode_labels(
     """Map raw labels (ints, or strings such as 'positive'/'fresh') to 0..C-1."""
     if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in raw):
         raise UserError(f"{source}: some rows have no label")
+    if all(isinstance(v, str) and v.strip().isdigit() for v in raw):  # "0"/"1" in JSON or a quoted CSV
+        raw = [int(v) for v in raw]
     if all(isinstance(v, (int, np.integer)) or (isinstance(v, float) and v.is_integer()) for v in raw):
         values = [int(v) for v in raw]
         n = len(label_names) if label_names else max(2, max(values) + 1)

@@ -239,3 +239,11 @@ def test_smollm2_on_rotten_tomatoes(capsys, tmp_path):
     assert (report["model"], report["data"], report["split_seed"]) == ("smollm2-135m", "rotten_tomatoes", 0)
     assert report["accuracy"] > 0.6
     assert report["macro_f1"] > 0.5
+
+
+def test_top_level_help_imports_no_subcommand():
+    """`afa-llm --help` lists the subcommands without importing torch (it took ~5 s)."""
+    code = ("import sys\nfrom afa_llm.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print('torch' in sys.modules, 'afa_llm.train' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "leaderboard" in out and out.strip().splitlines()[-1] == "False False"

@@ -88,6 +88,13 @@ def test_label_names_set_the_order_of_string_labels(tmp_path):
     assert sorted(_rows(data)) == sorted((t, 1 - y) for t, y in TINY_ROWS)
 
 
+def test_digit_string_labels_are_numbers():
+    """JSON {"label": "1"} means class 1, not a class named '1' with the label word ' 1'."""
+    assert encode_labels(["1", "0", " 1"], None) == ([1, 0, 1], ["negative", "positive"])
+    assert encode_labels(["2", "0"], None)[1] == ["negative", "neutral", "positive"]
+    assert encode_labels(["1", "x"], ["x", "1"]) == ([1, 0], ["x", "1"])  # mixed: names, as given
+
+
 def test_encode_labels_errors():
     with pytest.raises(UserError, match="unknown label value 7"):
         encode_labels([0, 1, 7], ["negative", "positive"])
