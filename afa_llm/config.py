@@ -29,8 +29,8 @@ class TrainConfig:
     model: str = "smollm2-135m"
     quantization: Literal["nf4", "int8", "none"] = "nf4"
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
-    # autocast for the training steps (Accelerate's mixed_precision); evaluation stays in `dtype`.
-    # bf16 is ~1.6x (fwd+bwd) to ~2.3x (no-grad masked passes) faster on CPUs with AMX.
+    # autocast (Accelerate's mixed_precision) for the training steps and the run's own validation
+    # and test evaluation; `afa-llm eval` uses `dtype`. bf16: 1.4-3x faster per forward with AMX.
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     # --- LoRA (the masker adapter, which is also the task model) ----------------
     lora_r: int = 8

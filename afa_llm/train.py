@@ -15,7 +15,8 @@ Features:
   function of (seed, step), and each rank takes its own slice of the global batch;
 - atomic checkpoints every ``save_every`` steps (adapter, discriminator, optimisers,
   scheduler, RNG states); ``resume_from=latest`` continues exactly;
-- ``mixed_precision: bf16`` autocasts the training steps (Accelerate), evaluation stays in ``dtype``;
+- ``mixed_precision: bf16`` autocasts the training steps and the evaluations inside the run
+  (Accelerate), so a run's numbers come from one precision; `afa-llm eval` uses ``dtype``;
 - metrics per step to ``metrics.jsonl`` and Accelerate trackers (TensorBoard), tqdm;
 - periodic validation accuracy; at the end ``results.json`` with test accuracy /
   macro-F1 of the adapter and the zero-shot base, and the fake-focus share of both;
@@ -242,7 +243,8 @@ def train(cfg: TrainConfig) -> dict:
                             lr=scheduler.get_last_lr()[0], train_acc_batch=_batch_accuracy(clean, batch))
         done = step + 1
         if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
-            step_metrics["val_accuracy"] = _validate(accelerator, peft_model, task, data, cfg)
+            with accelerator.autocast():  # evaluate in the training precision, like HF Trainer
+                step_metrics["val_accuracy"] = _validate(accelerator, peft_model, task, data, cfg)
             history.append({"step": done, "accuracy": step_metrics["val_accuracy"]})
         _log(accelerator, run_dir, done, step_metrics, cfg.log_every)
         bar.set_postfix({k: f"{step_metrics[k]:.3g}" for k in ("loss_cls", "loss_pg", "val_accuracy")
@@ -251,7 +253,8 @@ def train(cfg: TrainConfig) -> dict:
             checkpoint(done)
     bar.close()
     checkpoint(cfg.steps)
-    results = _final_results(accelerator, peft_model, task, data, cfg, frequent, history)
+    with accelerator.autocast():
+        results = _final_results(accelerator, peft_model, task, data, cfg, frequent, history)
     accelerator.end_training()
     return results
 

@@ -243,7 +243,8 @@ def test_nf4_trains(tiny_model_dir, learnable_csv, tmp_path):
 def test_mixed_precision_autocasts_every_training_forward(mixed_precision, expected, tiny_model_dir, learnable_csv,
                                                           tmp_path, monkeypatch):
     """The clean pass goes through Accelerate's wrapped model, the masked passes through the
-    unwrapped peft model: both must run under the autocast (evaluation stays in fp32)."""
+    unwrapped peft model: both must run under the autocast, and so does the evaluation inside
+    training (validation, test, zero-shot), so that a run's numbers come from one precision."""
     import afa_llm.train as train_module
 
     seen: list[torch.dtype] = []
@@ -252,16 +253,18 @@ def test_mixed_precision_autocasts_every_training_forward(mixed_precision, expec
     def build_and_watch(cfg, accelerator):
         model, tokenizer = build(cfg, accelerator)
         q_proj = next(m for n, m in model.named_modules() if n.endswith("layers.0.self_attn.q_proj.base_layer"))
-        q_proj.register_forward_hook(lambda mod, args, out: seen.append(out.dtype) if mod.training else None)
+        q_proj.register_forward_hook(lambda mod, args, out: seen.append((mod.training, out.dtype)))
         return model, tokenizer
 
     monkeypatch.setattr(train_module, "build_model", build_and_watch)
     run = tmp_path / "run"
     train(load_config(None, tiny_overrides(run, tiny_model_dir, learnable_csv, "method=afa", "steps=2",
-                                           "save_every=0", "eval_every=0", "evaluate_zero_shot=false",
-                                           f"mixed_precision={mixed_precision}")))
-    # per step: one clean pass (training mode) and the masked passes (no-grad, training mode)
-    assert len(seen) >= 4 and set(seen) == expected, seen
+                                           "save_every=0", "eval_every=2", f"mixed_precision={mixed_precision}")))
+    training = [dtype for in_training, dtype in seen if in_training]
+    evaluation = [dtype for in_training, dtype in seen if not in_training]
+    # per step: one clean pass and the masked passes; then validation, test and zero-shot
+    assert len(training) >= 4 and set(training) == expected, seen
+    assert len(evaluation) >= 3 and set(evaluation) == expected, seen  # like HF Trainer's bf16=True
     assert all(math.isfinite(m["loss_pg"]) for m in read_metrics(run))
 
 
