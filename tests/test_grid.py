@@ -58,3 +58,28 @@ def test_unknown_grid_key_is_named(tmp_path):
     path.write_text("recipe: r.yaml\nseedz: [0]\nvariants: {a: []}\n")
     with pytest.raises(UserError, match="unknown grid key 'seedz'"):
         grid_mod.load_grid(str(path))
+
+
+def test_refresh_results_archives_cells_and_rewrites_only_the_table_blocks(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "eval"))
+    import refresh_results
+
+    runs, archive = tmp_path / "runs", tmp_path / "archive"
+    _write(runs / "g" / "lora-seed0", 0, 4, [{"step": 10, "accuracy": 0.8}], True)
+    _write(runs / "g" / "afa-seed0", 0, 2, [{"step": 10, "accuracy": 0.9}])
+    (runs / "g" / "afa-seed0" / "metrics.jsonl").write_text('{"step": 1}\n')
+    (runs / "g" / "half-seed0").mkdir()  # unfinished: no results.json, not archived
+    assert refresh_results.archive_runs(runs, archive) == 2
+    assert (archive / "g" / "afa-seed0" / "metrics.jsonl").exists() and not (archive / "g" / "half-seed0").exists()
+
+    grid_file = tmp_path / "g.yaml"
+    grid_file.write_text("recipe: r.yaml\noutput_root: runs/grid/g\nseeds: [0]\n"
+                         "variants: {lora: [method=lora], afa: [method=afa]}\n")
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(f"# Results\nprose stays\n<!-- grid: {grid_file} -->\nold table\n<!-- end grid -->\nmore prose\n")
+    assert refresh_results.refresh(doc, archive) == 1
+    text = doc.read_text()
+    assert "old table" not in text and "prose stays" in text and text.endswith("<!-- end grid -->\nmore prose\n")
+    assert "| afa | `method=afa` | 1 | 0.9000 |" in text

@@ -1,0 +1,72 @@
+"""Archive finished grid cells into docs/results_data and refresh the tables of docs/RESULTS.md.
+
+    .venv/bin/python eval/refresh_results.py            # archive runs/grid/*, then rewrite the tables
+    .venv/bin/python eval/refresh_results.py --no-archive   # tables from docs/results_data only (fresh clone)
+
+runs/ is not in git, so every finished cell's results.json (with per-example test
+predictions), metrics.jsonl and config.yaml are copied to docs/results_data/<grid>/<cell>/.
+In docs/RESULTS.md, each block between ``<!-- grid: eval/grids/NAME.yaml -->`` and
+``<!-- end grid -->`` is replaced by `eval/grid.py`'s report of that grid, computed from
+the archived copies; the prose around the blocks is left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from grid import load_grid, report  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHIVE = ROOT / "docs" / "results_data"
+KEPT_FILES = ("results.json", "metrics.jsonl", "config.yaml")
+BLOCK = re.compile(r"<!-- grid: (\S+) -->\n.*?<!-- end grid -->", re.S)
+
+
+def archive_runs(grid_root: Path = ROOT / "runs" / "grid", archive: Path = ARCHIVE) -> int:
+    """Copy the kept files of every finished cell; returns how many cells were copied."""
+    copied = 0
+    for results in sorted(grid_root.glob("*/*/results.json")):
+        cell = results.parent
+        target = archive / cell.parent.name / cell.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in KEPT_FILES:
+            if (cell / name).exists():
+                shutil.copyfile(cell / name, target / name)  # follows the demo-run symlinks
+        copied += 1
+    return copied
+
+
+def grid_table(grid_file: str, archive: Path = ARCHIVE) -> str:
+    grid = load_grid(str(ROOT / grid_file))
+    cells = archive / Path(grid["output_root"]).name
+    grid["output_root"] = str(cells.relative_to(ROOT) if cells.is_relative_to(ROOT) else cells)
+    return report(grid)
+
+
+def refresh(doc: Path, archive: Path = ARCHIVE) -> int:
+    text = doc.read_text()
+    blocks = BLOCK.findall(text)
+    doc.write_text(BLOCK.sub(lambda m: f"<!-- grid: {m.group(1)} -->\n{grid_table(m.group(1), archive)}\n"
+                                       "<!-- end grid -->", text))
+    return len(blocks)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--no-archive", action="store_true", help="do not copy runs/grid into docs/results_data")
+    parser.add_argument("--doc", default=str(ROOT / "docs" / "RESULTS.md"))
+    args = parser.parse_args()
+    if not args.no_archive:
+        print(f"archived {archive_runs()} finished cells into {ARCHIVE.relative_to(ROOT)}")
+    print(f"refreshed {refresh(Path(args.doc))} grid tables in {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
