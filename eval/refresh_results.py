@@ -46,7 +46,8 @@ def grid_table(grid_file: str, archive: Path = ARCHIVE) -> str:
     grid = load_grid(str(ROOT / grid_file))
     cells = archive / Path(grid["output_root"]).name
     grid["output_root"] = str(cells.relative_to(ROOT) if cells.is_relative_to(ROOT) else cells)
-    return report(grid)
+    text = report(grid)
+    return "#" + text if text.startswith("## ") else text  # a sub-heading under the document's own
 
 
 def refresh(doc: Path, archive: Path = ARCHIVE) -> int:
