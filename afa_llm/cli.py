@@ -53,6 +53,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    from .task import TRUNCATIONS
+
     group = parser.add_argument_group("prompt")
     group.add_argument("--template", default="Review: {text}\nSentiment:",
                        help="prompt template with one {text} slot (default: %(default)r)")
@@ -62,7 +64,7 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-text-tokens", type=int, default=256,
                        help="longer texts are truncated inside the text; the template is never cut "
                             "(default: %(default)s)")
-    group.add_argument("--truncation", default="head", choices=["head", "head_tail"],
+    group.add_argument("--truncation", default="head", choices=TRUNCATIONS,
                        help="keep the head of an over-long text, or its first quarter and last three quarters "
                             "(default: %(default)s)")
 

@@ -22,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from grid import load_grid, report  # noqa: E402
 
+from afa_llm.errors import UserError  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT / "docs" / "results_data"
 KEPT_FILES = ("results.json", "metrics.jsonl", "config.yaml")
@@ -51,21 +53,24 @@ def grid_table(grid_file: str, archive: Path = ARCHIVE) -> str:
 
 
 def refresh(doc: Path, archive: Path = ARCHIVE) -> int:
-    text = doc.read_text()
-    blocks = BLOCK.findall(text)
-    doc.write_text(BLOCK.sub(lambda m: f"<!-- grid: {m.group(1)} -->\n{grid_table(m.group(1), archive)}\n"
-                                       "<!-- end grid -->", text))
-    return len(blocks)
+    text, count = BLOCK.subn(lambda m: f"<!-- grid: {m.group(1)} -->\n{grid_table(m.group(1), archive)}\n"
+                                       "<!-- end grid -->", doc.read_text())
+    doc.write_text(text)
+    return count
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-archive", action="store_true", help="do not copy runs/grid into docs/results_data")
     parser.add_argument("--doc", default=str(ROOT / "docs" / "RESULTS.md"))
-    args = parser.parse_args()
-    if not args.no_archive:
-        print(f"archived {archive_runs()} finished cells into {ARCHIVE.relative_to(ROOT)}")
-    print(f"refreshed {refresh(Path(args.doc))} grid tables in {args.doc}")
+    args = parser.parse_args(argv)
+    try:
+        if not args.no_archive:
+            print(f"archived {archive_runs()} finished cells into {ARCHIVE.relative_to(ROOT)}")
+        print(f"refreshed {refresh(Path(args.doc))} grid tables in {args.doc}")
+    except (UserError, FileNotFoundError) as exc:  # a missing document or grid file
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

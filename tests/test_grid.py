@@ -14,7 +14,7 @@ grid_mod = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(grid_mod)
 
 
-def _write(folder: Path, accuracy_hits: int, preds_flip: int, history, zero_shot=False):
+def _write(folder: Path, preds_flip: int, history, zero_shot=False):
     labels = [0, 1] * 10
     preds = [1 - y if i < preds_flip else y for i, y in enumerate(labels)]
     report = {"accuracy": sum(p == y for p, y in zip(preds, labels)) / 20, "macro_f1": 0.5, "n": 20,
@@ -30,10 +30,10 @@ def _write(folder: Path, accuracy_hits: int, preds_flip: int, history, zero_shot
 def test_report_pairs_each_seed_with_the_baseline(tmp_path):
     grid = {"recipe": "r.yaml", "output_root": str(tmp_path), "seeds": [0, 1],
             "variants": {"lora": ["method=lora"], "afa": ["method=afa"], "other": ["x=1"]}}
-    _write(tmp_path / "lora-seed0", 0, 4, [{"step": 5, "accuracy": 0.7}, {"step": 10, "accuracy": 0.8}], True)
-    _write(tmp_path / "lora-seed1", 0, 4, [{"step": 10, "accuracy": 0.8}])
-    _write(tmp_path / "afa-seed0", 0, 2, [{"step": 5, "accuracy": 0.85}, {"step": 10, "accuracy": 0.9}])
-    _write(tmp_path / "afa-seed1", 0, 6, [{"step": 5, "accuracy": 0.6}, {"step": 10, "accuracy": 0.7}])
+    _write(tmp_path / "lora-seed0", 4, [{"step": 5, "accuracy": 0.7}, {"step": 10, "accuracy": 0.8}], True)
+    _write(tmp_path / "lora-seed1", 4, [{"step": 10, "accuracy": 0.8}])
+    _write(tmp_path / "afa-seed0", 2, [{"step": 5, "accuracy": 0.85}, {"step": 10, "accuracy": 0.9}])
+    _write(tmp_path / "afa-seed1", 6, [{"step": 5, "accuracy": 0.6}, {"step": 10, "accuracy": 0.7}])
     text = grid_mod.report(grid)
     afa_row = next(line for line in text.splitlines() if line.startswith("| afa "))
     assert "| 2 | 0.8000 ± 0.1414 |" in afa_row  # 0.9 and 0.7
@@ -67,8 +67,8 @@ def test_refresh_results_archives_cells_and_rewrites_only_the_table_blocks(tmp_p
     import refresh_results
 
     runs, archive = tmp_path / "runs", tmp_path / "archive"
-    _write(runs / "g" / "lora-seed0", 0, 4, [{"step": 10, "accuracy": 0.8}], True)
-    _write(runs / "g" / "afa-seed0", 0, 2, [{"step": 10, "accuracy": 0.9}])
+    _write(runs / "g" / "lora-seed0", 4, [{"step": 10, "accuracy": 0.8}], True)
+    _write(runs / "g" / "afa-seed0", 2, [{"step": 10, "accuracy": 0.9}])
     (runs / "g" / "afa-seed0" / "metrics.jsonl").write_text('{"step": 1}\n')
     (runs / "g" / "half-seed0").mkdir()  # unfinished: no results.json, not archived
     assert refresh_results.archive_runs(runs, archive) == 2
@@ -83,3 +83,17 @@ def test_refresh_results_archives_cells_and_rewrites_only_the_table_blocks(tmp_p
     text = doc.read_text()
     assert "old table" not in text and "prose stays" in text and text.endswith("<!-- end grid -->\nmore prose\n")
     assert "| afa | `method=afa` | 1 | 0.9000 |" in text
+
+
+def test_refresh_results_names_a_missing_grid_file_in_one_line(tmp_path, capsys):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "eval"))
+    import refresh_results
+
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text("<!-- grid: eval/grids/no_such_grid.yaml -->\n<!-- end grid -->\n")
+    assert refresh_results.main(["--no-archive", "--doc", str(doc)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "grid file not found" in err and "no_such_grid.yaml" in err
+    assert doc.read_text() == "<!-- grid: eval/grids/no_such_grid.yaml -->\n<!-- end grid -->\n"  # untouched
