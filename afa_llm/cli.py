@@ -53,7 +53,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
-    from .task import TRUNCATIONS
+    from .config import TRUNCATIONS
 
     group = parser.add_argument_group("prompt")
     group.add_argument("--template", default="Review: {text}\nSentiment:",

@@ -17,6 +17,11 @@ import yaml
 
 from .errors import UserError
 
+Truncation = Literal["head", "head_tail"]
+TRUNCATIONS: tuple[str, ...] = typing.get_args(Truncation)  # how over-long texts are cut (afa_llm.task)
+# the keys that shape a prompt: evaluating, merging or ranking an adapter must reuse its trained values
+PROMPT_KEYS = ("template", "label_words", "max_text_tokens", "truncation")
+
 
 @dataclass
 class TrainConfig:
@@ -49,7 +54,7 @@ class TrainConfig:
     template: str = "Review: {text}\nSentiment:"
     label_words: Optional[list] = None  # default: " " + class name
     max_text_tokens: int = 96
-    truncation: Literal["head", "head_tail"] = "head"  # how over-long texts are cut (afa_llm.task)
+    truncation: Truncation = "head"
     # --- optimisation ------------------------------------------------------------
     steps: int = 100
     batch_size: int = 8  # per process

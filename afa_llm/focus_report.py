@@ -189,12 +189,13 @@ def _label_names(args, run) -> list[str]:
 
 def _prompt_from_run(args, run) -> None:
     """Where an option is left at its `afa-llm eval` default, take the run's trained value."""
+    from .config import PROMPT_KEYS
     from .leaderboard import eval_defaults
 
     defaults = eval_defaults()
-    for key, value in (("model", run.config.model), ("template", run.config.template),
-                       ("label_words", run.label_words), ("max_text_tokens", run.config.max_text_tokens),
-                       ("truncation", run.config.truncation)):
+    trained = {"model": run.config.model, **{key: getattr(run.config, key) for key in PROMPT_KEYS},
+               "label_words": run.label_words}  # the run's words: its own or the defaults it used
+    for key, value in trained.items():
         if getattr(args, key) == getattr(defaults, key) and value is not None:
             setattr(args, key, value)
 

@@ -32,11 +32,12 @@ from pathlib import Path
 
 import yaml
 
+from .config import PROMPT_KEYS
 from .errors import UserError
 
 TOP_KEYS = {"entries", "limit", "split_seed", "batch_size", "output_dir"}
-ENTRY_KEYS = {"name", "model", "run", "merged", "adapter", "data", "split_seed", "seed", "group",
-              "quantization", "dtype", "template", "label_words", "max_text_tokens", "truncation"}
+MODEL_KEYS = ("model", "adapter", "quantization", "dtype")
+ENTRY_KEYS = {"name", "run", "merged", "data", "split_seed", "seed", "group", *MODEL_KEYS, *PROMPT_KEYS}
 DATA_KEYS = {"data", "text_column", "label_column", "label_names"}
 SOURCES = ("model", "run", "merged")
 CSV_COLUMNS = ["data", "name", "runs", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std",
@@ -115,7 +116,7 @@ def expand_runs(pattern: str, base: Path) -> list[Path]:
 def build_jobs(raw: dict, config_path: str, limit: int | None, need_model: bool = True) -> list[Job]:
     """One job per (entry, run, data set), with every eval option resolved."""
     from .evaluate import resolve_adapter_dir
-    from .merge import MERGE_INFO, PROMPT_KEYS, find_run
+    from .merge import MERGE_INFO, RUN_PROMPT_KEYS, find_run
 
     defaults, base = eval_defaults(), Path(config_path).parent
     jobs = []
@@ -129,12 +130,12 @@ def build_jobs(raw: dict, config_path: str, limit: int | None, need_model: bool 
                 if cfg is not None:  # its split seed too: another seed's test split overlaps its train split
                     settings.update({k: getattr(cfg, k) for k in ("model", "seed", "split_seed", "quantization",
                                                                   "dtype", "text_column", "label_column",
-                                                                  "label_names", *PROMPT_KEYS)})
+                                                                  "label_names", *RUN_PROMPT_KEYS)})
                 sources.append((settings, run.run_dir))
         elif "merged" in entry:
             info_file = Path(entry["merged"]) / MERGE_INFO
             info = json.loads(info_file.read_text()) if info_file.exists() else {}
-            sources.append(({"model": str(entry["merged"]), **{k: info[k] for k in PROMPT_KEYS if k in info}}, None))
+            sources.append(({"model": str(entry["merged"]), **{k: info[k] for k in RUN_PROMPT_KEYS if k in info}}, None))
         else:
             if entry.get("adapter"):
                 resolve_adapter_dir(str(entry["adapter"]))  # fail before any evaluation
@@ -157,8 +158,8 @@ def build_jobs(raw: dict, config_path: str, limit: int | None, need_model: bool 
 def _apply(args: argparse.Namespace, settings: dict, item, raw: dict, limit: int | None) -> None:
     data = item if isinstance(item, dict) else {"data": item}
     same_data = data["data"] == settings.get("data")  # the run's own data set: its columns apply
-    for key in ("model", "adapter", "quantization", "dtype", "template", "max_text_tokens", "truncation"):
-        if settings.get(key) is not None:
+    for key in (*MODEL_KEYS, *PROMPT_KEYS):
+        if key != "label_words" and settings.get(key) is not None:  # label words: joined below
             setattr(args, key, settings[key])
     for key in ("text_column", "label_column", "label_names"):
         if same_data and settings.get(key) is not None:
@@ -208,9 +209,8 @@ def cache_key(args: argparse.Namespace) -> dict:
         "model": _fingerprint(args.model), "adapter": _fingerprint(args.adapter), "quantization": args.quantization,
         "dtype": args.dtype, "data": _fingerprint(args.data) if Path(args.data).is_file() else args.data,
         "columns": [args.text_column, args.label_column, args.label_names], "split": "test",
-        "split_seed": args.split_seed, "limit": args.limit, "template": args.template,
-        "label_words": args.label_words, "max_text_tokens": args.max_text_tokens,
-        "truncation": args.truncation, "shots": 0,
+        "split_seed": args.split_seed, "limit": args.limit, "shots": 0,
+        **{key: getattr(args, key) for key in PROMPT_KEYS},
     }
 
 

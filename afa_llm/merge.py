@@ -33,11 +33,12 @@ from pathlib import Path
 
 import torch
 
+from .config import PROMPT_KEYS
 from .errors import UserError
 
 BASES = ("original", "dequantized-nf4")
 MERGE_INFO = "afa_merge.json"
-PROMPT_KEYS = ("data", "template", "label_words", "max_text_tokens", "truncation")
+RUN_PROMPT_KEYS = ("data", *PROMPT_KEYS)  # what a merged folder records about its training prompt
 
 
 # ---- run folders ----------------------------------------------------------------------
@@ -174,7 +175,7 @@ def merge_adapter(
         "nf4_round_tripped_modules": len(quantized),
     }
     if run.config is not None:  # the prompt the adapter was trained with (the leaderboard reads it)
-        info.update({key: getattr(run.config, key) for key in PROMPT_KEYS})
+        info.update({key: getattr(run.config, key) for key in RUN_PROMPT_KEYS})
     return merged, tokenizer, info
 
 

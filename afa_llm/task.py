@@ -26,10 +26,10 @@ from typing import Sequence
 
 import torch
 
+from .config import TRUNCATIONS
 from .errors import UserError
 
 DEFAULT_TEMPLATE = "Review: {text}\nSentiment:"
-TRUNCATIONS = ("head", "head_tail")
 DEFAULT_LABEL_WORDS = {2: [" negative", " positive"], 3: [" negative", " neutral", " positive"]}
 
 
