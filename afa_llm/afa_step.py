@@ -22,14 +22,15 @@ from . import afa_math as am
 from .config import TrainConfig
 from .focus import CleanPass
 from .scoring import forward_scores
-from .task import EncodedBatch
+from .task import EncodedBatch, drop_unattended
 
 
 def hide_tokens(batch: EncodedBatch, masks: torch.Tensor, mode: str, filler_id: int) -> EncodedBatch:
-    """Expand a (B, L) batch to (B*G, L) copies with the masked tokens hidden.
+    """Expand a (B, L) batch to B*G copies (row b*G + g: example b under mask g).
 
-    ``attention`` zeroes their attention-mask entries and keeps the original position
-    ids (equivalent to deleting them); ``filler`` replaces them with ``filler_id``.
+    ``attention`` deletes the masked tokens and keeps the original position ids of the
+    rest: the same result as zeroing their attention-mask entries, on ~rho fewer columns.
+    ``filler`` replaces them with ``filler_id`` (shape (B*G, L)).
     """
     groups = masks.shape[1]
     flat = masks.reshape(-1, masks.shape[-1])
@@ -42,7 +43,8 @@ def hide_tokens(batch: EncodedBatch, masks: torch.Tensor, mode: str, filler_id: 
         attention_mask = attention_mask.masked_fill(flat, 0)
     else:
         input_ids = input_ids.masked_fill(flat, filler_id)
-    return EncodedBatch(input_ids, attention_mask, expand(batch.position_ids), expand(batch.text_mask) & ~flat)
+    hidden = EncodedBatch(input_ids, attention_mask, expand(batch.position_ids), expand(batch.text_mask) & ~flat)
+    return drop_unattended(hidden, filler_id) if mode == "attention" else hidden
 
 
 def masked_scores(model, batch, masks, label_ids, mode, filler_id, need_hidden):

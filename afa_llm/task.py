@@ -55,6 +55,28 @@ class EncodedBatch:
         }
 
 
+def drop_unattended(batch: EncodedBatch, pad_id: int) -> EncodedBatch:
+    """Delete every position whose attention-mask entry is 0, then left-pad the rows again.
+
+    The kept tokens keep their position ids, so each row computes what it computed before
+    (a token nobody attends to changes no other token) on fewer columns. Left padding and
+    tokens hidden through the attention mask both go; ``labels`` are kept.
+    """
+    keep = batch.attention_mask.bool()
+    lengths = keep.sum(-1)
+    width = int(lengths.max())
+    rows, cols = keep.nonzero(as_tuple=True)  # row-major, so each row's tokens stay in order
+    new_cols = width - lengths[rows] + keep.long().cumsum(-1)[rows, cols] - 1
+
+    def place(t: torch.Tensor, fill) -> torch.Tensor:
+        out = t.new_full((t.shape[0], width), fill)
+        out[rows, new_cols] = t[rows, cols]
+        return out
+
+    return EncodedBatch(place(batch.input_ids, pad_id), place(batch.attention_mask, 0),
+                        place(batch.position_ids, 0), place(batch.text_mask, False), batch.labels)
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens only (left padding gets position 0)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

@@ -1,7 +1,7 @@
 """AFA's training step on the tiny random Llama: hiding tokens, the objective, its side effects.
 
-- `hide_tokens` (attention mode) == physically deleting the hidden tokens while keeping the
-  original position ids (AFA.md: "matches deleting them to about 1e-5");
+- `hide_tokens` (attention mode) deletes the hidden tokens, keeping the original position
+  ids, and scores what each example scores alone with those tokens deleted (to 1e-5);
 - `TrainingObjective` (method=afa): finite loss; the discriminator's own optimiser steps;
   the policy-gradient term reaches the q/k LoRA of the focus layers (and nothing when
   lambda_pg=0); surrogate mode measures only round(measure_frac * G) masks per example;
@@ -83,9 +83,14 @@ def test_attention_hiding_equals_deleting_tokens(tiny_model, task, batch):
     k = am.masks_per_example(batch.text_mask.sum(-1), 0.3)
     masks = am.uniform_masks(batch.text_mask, k, 2, gen)
     hidden = hide_tokens(batch, masks, "attention", filler_id=0)
-    assert hidden.input_ids.shape == (2 * B, batch.input_ids.shape[1])
-    assert torch.equal(hidden.input_ids, batch.input_ids.repeat_interleave(2, 0))  # ids untouched
-    assert torch.equal(hidden.position_ids, batch.position_ids.repeat_interleave(2, 0))  # positions kept
+    kept = (batch.attention_mask.bool()[:, None] & ~masks).reshape(2 * B, -1)
+    assert hidden.input_ids.shape == (2 * B, int(kept.sum(-1).max()))  # the hidden columns are gone
+    assert hidden.input_ids.shape[1] < batch.input_ids.shape[1]
+    for row in range(2 * B):  # each row: its kept ids and original positions, in order, left-padded
+        n = int(kept[row].sum())
+        assert torch.equal(hidden.input_ids[row, -n:], batch.input_ids[row // 2][kept[row]])
+        assert torch.equal(hidden.position_ids[row, -n:], batch.position_ids[row // 2][kept[row]])
+        assert hidden.attention_mask[row].sum() == n and hidden.attention_mask[row, -n:].all()
     with torch.no_grad():
         got = class_logits(model, hidden, task.label_token_ids).view(B, 2, -1)
         clean = class_logits(model, batch, task.label_token_ids)

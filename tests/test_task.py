@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from afa_llm.errors import UserError
-from afa_llm.task import PromptTask, draw_demonstrations, position_ids_from_mask, truncate
+from afa_llm.task import EncodedBatch, PromptTask, draw_demonstrations, drop_unattended, position_ids_from_mask, truncate
 from conftest import TINY_ROWS
 
 TEXTS = [
@@ -133,6 +133,19 @@ def test_template_without_trailing_space(smollm2_tokenizer):
 def test_position_ids_from_mask():
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]])
     assert position_ids_from_mask(mask).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4], [0, 0, 0, 0, 0]]
+
+
+def test_drop_unattended_deletes_columns_and_left_pads_again():
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [0, 1, 2, 3, 4, 9]])
+    attn = torch.tensor([[0, 0, 1, 0, 1, 1], [1, 0, 1, 1, 0, 1]])
+    pos = torch.tensor([[0, 0, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5]])
+    text = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    out = drop_unattended(EncodedBatch(ids, attn, pos, text, torch.tensor([1, 0])), pad_id=99)
+    assert out.input_ids.tolist() == [[99, 5, 7, 8], [0, 2, 3, 9]]
+    assert out.attention_mask.tolist() == [[0, 1, 1, 1], [1, 1, 1, 1]]
+    assert out.position_ids.tolist() == [[0, 0, 2, 3], [0, 2, 3, 5]]  # original positions kept
+    assert out.text_mask.tolist() == [[False, True, True, False], [False, True, True, False]]
+    assert out.labels.tolist() == [1, 0]
 
 
 def test_few_shot_demos_come_before_the_query(smollm2_tokenizer):
