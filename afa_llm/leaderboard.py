@@ -159,7 +159,7 @@ def _apply(args: argparse.Namespace, settings: dict, item, raw: dict, limit: int
     data = item if isinstance(item, dict) else {"data": item}
     same_data = data["data"] == settings.get("data")  # the run's own data set: its columns apply
     for key in (*MODEL_KEYS, *PROMPT_KEYS):
-        if key != "label_words" and settings.get(key) is not None:  # label words: joined below
+        if settings.get(key) is not None:
             setattr(args, key, settings[key])
     for key in ("text_column", "label_column", "label_names"):
         if same_data and settings.get(key) is not None:
