@@ -101,7 +101,7 @@ def main() -> None:
         cfg.method = method
         rows[method] = measure(cfg, model, task, texts, labels, args.steps, args.warmup, accelerator.autocast)
     phases = sorted({k for r in rows.values() for k in r} - {"total"})
-    print(f"SmolLM2-135M, quantization={args.quantization}, batch {cfg.batch_size}, G={cfg.num_masks}, "
+    print(f"{cfg.model}, quantization={args.quantization}, batch {cfg.batch_size}, G={cfg.num_masks}, "
           f"discriminator={cfg.discriminator}, mixed_precision={cfg.mixed_precision}, {args.steps} timed steps, torch threads={torch.get_num_threads()}")
     print(f"{'phase (s/step)':<52} {'LoRA':>8} {'AFA':>8}")
     for phase in phases:

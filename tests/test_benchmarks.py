@@ -1,0 +1,33 @@
+"""Smoke tests of the benchmark scripts: they still run end to end and print their ratio.
+
+The timings themselves are not asserted (speed is for the benchmarks, not for tests); a tiny
+random model and a tiny CSV stand in for SmolLM2 and Rotten Tomatoes.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(script: str, *args: str) -> str:
+    out = subprocess.run([sys.executable, f"benchmarks/{script}", *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+@pytest.mark.slow  # a fresh process that imports the whole stack
+def test_step_cost_prints_phases_and_ratio(tiny_model_dir, tiny_csv):
+    stdout = _run("step_cost.py", "--steps", "1", "--warmup", "0", f"model={tiny_model_dir}",
+                  f"data={tiny_csv}", "batch_size=4")
+    assert stdout.startswith(tiny_model_dir)  # the header names the model that ran
+    masked = re.search(r"^masked passes\s+([\d.]+)\s+([\d.]+)$", stdout, re.M)
+    assert masked, stdout
+    assert float(masked.group(1)) == 0.0 and float(masked.group(2)) > 0.0  # only AFA makes masked passes
+    ratio = re.search(r"AFA / LoRA step time: ([\d.]+)x", stdout)
+    assert ratio and float(ratio.group(1)) > 0, stdout
