@@ -1,4 +1,4 @@
-"""The ``afa-llm`` command line: eval, train, merge, focus, leaderboard.
+"""The ``afa-llm`` command line: eval, train, predict, merge, focus, leaderboard.
 
 User errors (`UserError`) print one line on stderr and exit with code 2; there is no
 traceback for them. Every subcommand documents each option in ``--help``.
@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
-from pathlib import Path
 
 from .errors import TrainingDiverged, UserError
+from .io_utils import check_writable_file, write_json  # noqa: F401  (write_json: re-exported, callers import it here)
 
 # subcommand -> module with `add_arguments(parser)` and `run(args) -> int`
 SUBCOMMANDS = {
     "eval": ("afa_llm.cli", "Evaluate a model (+ adapter) on a sentiment data set with label-word scoring."),
     "train": ("afa_llm.train", "Train a LoRA adapter with AFA or plain LoRA from a YAML recipe."),
+    "predict": ("afa_llm.predict", "Classify new texts (CSV, JSONL, parquet, or lines on stdin) with a trained run or "
+                                   "merged model: predicted label and class probabilities per row."),
     "merge": ("afa_llm.merge", "Merge a trained LoRA adapter into a full-precision base for deployment."),
     "focus": ("afa_llm.focus_report", "Render where the model looks (answer-position focus) as HTML and PNG."),
     "leaderboard": ("afa_llm.leaderboard", "Evaluate many runs/models and write leaderboard.md/.csv/.png."),
@@ -96,6 +97,15 @@ def load_data_from_args(args):
     )
 
 
+def class_names_for(label_names: list[str] | None, label_words: str | None) -> list[str]:
+    """Class names where no labelled data gives them: the saved names, else the label words, else neg/pos."""
+    if label_names:
+        return list(label_names)
+    if label_words:
+        return [w.strip() for w in label_words.split(",")]
+    return ["negative", "positive"]
+
+
 def build_task(args, label_names: list[str], tokenizer):
     from .task import PromptTask
 
@@ -104,35 +114,32 @@ def build_task(args, label_names: list[str], tokenizer):
     return task.bind(tokenizer)
 
 
-def write_json(path: str, payload: dict) -> None:
-    """Write JSON atomically (temp file + rename), so no half-written result remains."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, target)
-
-
 # ---- eval -----------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--adapter", default=None, help="a peft adapter folder or a training run folder")
     add_data_arguments(parser)
     add_task_arguments(parser)
-    parser.add_argument("--split", default="test", choices=["train", "validation", "test"],
-                        help="which split to score (default: %(default)s)")
+    parser.add_argument("--split", default="test", choices=["train", "validation", "test", "all"],
+                        help="which seeded split to score, or all: every row of the data in its own order "
+                             "(whole-file evaluation; for hub data, the splits joined) (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N examples of the split")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: %(default)s)")
     parser.add_argument("--shots", type=int, default=0,
                         help="few-shot: K demonstrations from the train split per query (default: 0 = zero-shot)")
     parser.add_argument("--seed", type=int, default=0, help="seed for drawing demonstrations (default: %(default)s)")
-    parser.add_argument("--output", default=None, help="also write the report as JSON to this file")
+    parser.add_argument("--output", default=None,
+                        help="also write the report as JSON to this file (with per-example predictions and "
+                             "probabilities, expected calibration error `ece` and Brier score `brier`)")
+    parser.add_argument("--reliability-plot", default=None, metavar="FILE.png",
+                        help="also draw the reliability diagram (accuracy per confidence bin, the 15 bins of "
+                             "the expected calibration error) to this .png/.pdf/.svg file")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def run(args) -> int:
-    from .evaluate import attach_adapter, evaluate_dataset, format_report, resolve_adapter_dir
-    from .models import load_model, load_model_tokenizer
+def check_eval_args(args) -> None:
+    """Reject bad numbers and unwritable outputs before any data or model is loaded."""
+    from .reliability import PLOT_SUFFIXES
 
     if args.limit is not None and args.limit <= 0:
         raise UserError("--limit must be a positive number of examples")
@@ -140,11 +147,44 @@ def run(args) -> int:
         raise UserError("--batch-size must be positive")
     if args.shots < 0:
         raise UserError("--shots must be 0 (zero-shot) or a positive number of demonstrations")
-    data = load_data_from_args(args)
-    # Check the adapter folder and the verbalizer before spending time on the weights.
+    if args.shots and args.split == "all":
+        raise UserError("--shots draws demonstrations from the train split, which --split all also scores; "
+                        "use --split test for few-shot evaluation")
+    if args.output:
+        check_writable_file(args.output, "--output")
+    if args.reliability_plot:
+        if os.path.splitext(args.reliability_plot)[1].lower() not in PLOT_SUFFIXES:
+            raise UserError(f"--reliability-plot must end in {', '.join(PLOT_SUFFIXES)}: {args.reliability_plot}")
+        check_writable_file(args.reliability_plot, "--reliability-plot")
+
+
+def rows_to_score(args, data):
+    """The rows `afa-llm eval` scores, and a record of which they are (for the report)."""
+    total = len(data.split("all"))
+    split = data.split(args.split)
+    if len(split) == 0:
+        raise UserError(f"{args.data}: the seeded {args.split} split is empty: {total} rows are too few to split "
+                        "(the test split takes 15% of each class, the validation split 10%); "
+                        "score every row with --split all")
+    if args.limit:
+        split = split.select(range(min(args.limit, len(split))))
+    which = "all rows" if args.split == "all" else f"the seeded {args.split} split (split seed {args.split_seed})"
+    which += f", the first {len(split)} (--limit)" if args.limit else ""
+    return split, {"rows": which, "n": len(split), "of": total, "limit": args.limit}
+
+
+def load_scorer(args, label_names: list[str]):
+    """The model (+ ``args.adapter``) and its bound prompt task for eval-style ``args``.
+
+    The adapter folder and the label words are checked before the weights load, so a
+    typo costs no loading time.
+    """
+    from .evaluate import attach_adapter, resolve_adapter_dir
+    from .models import load_model, load_model_tokenizer
+
     if args.adapter:
         resolve_adapter_dir(args.adapter)
-    task = build_task(args, data.label_names, load_model_tokenizer(args.model))
+    task = build_task(args, label_names, load_model_tokenizer(args.model))
     if args.no_progress:
         from transformers.utils import logging as hf_logging
 
@@ -153,21 +193,33 @@ def run(args) -> int:
     task.bind(tokenizer)
     if args.adapter:
         model = attach_adapter(model, args.adapter)
-    split = data.split(args.split)
-    if args.limit:
-        split = split.select(range(min(args.limit, len(split))))
+    return model, task
+
+
+def run(args) -> int:
+    from .evaluate import evaluate_dataset, format_report
+
+    check_eval_args(args)
+    data = load_data_from_args(args)
+    split, scored = rows_to_score(args, data)
+    model, task = load_scorer(args, data.label_names)
     report = evaluate_dataset(model, task, split, data.label_names, batch_size=args.batch_size,
                               shots=args.shots, demo_pool=data.split("train"), seed=args.seed,
                               progress=not args.no_progress)
     report.update({
         "model": args.model, "adapter": args.adapter, "quantization": args.quantization, "data": args.data,
         "split": args.split, "split_seed": args.split_seed, "template": task.template,
-        "label_words": task.label_words, "label_names": data.label_names,
+        "label_words": task.label_words, "label_names": data.label_names, "scored": scored,
     })
     title = f"{args.model}{' + ' + args.adapter if args.adapter else ''} on {args.data}/{args.split}"
+    title += f"\nscored {scored['n']} of {scored['of']} rows: {scored['rows']}"
     print(format_report(report, data.label_names, title=title))
     if args.output:
         write_json(args.output, report)
+    if args.reliability_plot:
+        from .reliability import write_reliability_plot
+
+        write_reliability_plot(report["probabilities"], report["labels"], args.reliability_plot, title=title)
     return 0
 
 

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, concatenate_datasets
 
 from .errors import UserError
 
@@ -43,10 +43,16 @@ class SentimentData:
     label_names: list[str]
     source: str
     split_seed: int
+    # every row of a local file or packaged corpus, in its own order and with duplicates
+    # kept (``split("all")``); None for hub data, whose "all" joins its splits
+    rows: Dataset | None = None
 
     def split(self, name: str) -> Dataset:
+        """A seeded split by name, or "all": every row of the data (whole-file evaluation)."""
+        if name == "all":
+            return self.rows if self.rows is not None else concatenate_datasets(list(self.splits.values()))
         if name not in self.splits:
-            raise UserError(f"unknown split {name!r}; available: {', '.join(self.splits)}")
+            raise UserError(f"unknown split {name!r}; available: {', '.join(self.splits)}, all")
         return self.splits[name]
 
 
@@ -71,10 +77,19 @@ def load_sentiment_data(
         frame = read_table(spec)
     texts, labels, names = _validate_columns(frame, spec, text_column, label_column, label_names)
     splits = stratified_splits(texts, labels, split_seed, validation_fraction, test_fraction)
-    return SentimentData(splits, names, spec, split_seed)
+    return SentimentData(splits, names, spec, split_seed, Dataset.from_dict({"text": texts, "label": labels}))
 
 
 # ---- reading ------------------------------------------------------------------
+READ_ERRORS = (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError)  # what a bad file raises
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one line (parser messages can span several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def read_table(path: str) -> pd.DataFrame:
     """Read a local CSV / JSONL / Parquet file, or fail with a one-line UserError."""
     file = Path(path)
@@ -90,9 +105,8 @@ def read_table(path: str) -> pd.DataFrame:
             return pd.read_json(file, lines=suffix == ".jsonl")
         if suffix == ".parquet":
             return pd.read_parquet(file)
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"cannot read {path}: {first_line}") from exc
+    except READ_ERRORS as exc:
+        raise UserError(f"cannot read {path}: {first_line(exc)}") from exc
     raise UserError(f"unsupported data file type {suffix!r} for {path}; use .csv, .jsonl or .parquet")
 
 

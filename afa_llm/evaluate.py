@@ -17,7 +17,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from .errors import UserError
-from .metrics import classification_report
+from .metrics import brier_score, classification_report, expected_calibration_error, softmax
 from .scoring import class_logits
 from .task import PromptTask, draw_demonstrations
 
@@ -32,22 +32,30 @@ def predict_logits(
     demos: Sequence[Sequence[tuple[str, int]]] | None = None,
     progress: bool = True,
     desc: str = "eval",
+    bar: tqdm | None = None,
 ) -> np.ndarray:
-    """Class logits (N, C) for ``texts``, in their original order."""
+    """Class logits (N, C) for ``texts``, in their original order.
+
+    ``bar``: an open progress bar to advance instead of a new one (a caller that scores
+    a stream chunk by chunk keeps one bar for the whole stream).
+    """
     was_training = model.training
     model.eval()
     lengths = [len(task.text_ids(t)) for t in texts]
     order = np.argsort(lengths, kind="stable")
     device = next(model.parameters()).device
     out = np.zeros((len(texts), task.num_classes), dtype=np.float32)
-    bar = tqdm(total=len(texts), desc=desc, disable=not progress, unit="ex")
+    own_bar = bar is None
+    if own_bar:
+        bar = tqdm(total=len(texts), desc=desc, disable=not progress, unit="ex")
     for start in range(0, len(texts), batch_size):
         idx = order[start : start + batch_size]
         batch = task.encode([texts[i] for i in idx], demos=[demos[i] for i in idx] if demos else None)
         logits = class_logits(model, batch.to(device), task.label_token_ids)
         out[idx] = logits.cpu().numpy()
         bar.update(len(idx))
-    bar.close()
+    if own_bar:
+        bar.close()
     model.train(was_training)
     return out
 
@@ -64,7 +72,13 @@ def evaluate_dataset(
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Evaluate on ``dataset``; returns the report dict with per-example predictions."""
+    """Evaluate on ``dataset``; returns the report dict with per-example predictions.
+
+    Besides accuracy and macro-F1 the report has ``ece`` (expected calibration error,
+    15 equal-width bins on the max probability) and ``brier`` (mean over examples of
+    the sum over classes of (p - onehot)^2), both from ``probabilities``, the softmax
+    of the class logits (see `afa_llm.metrics`).
+    """
     if len(dataset) == 0:
         raise UserError("the evaluation split is empty")
     texts, labels = list(dataset["text"]), list(dataset["label"])
@@ -77,14 +91,18 @@ def evaluate_dataset(
     logits = predict_logits(model, task, texts, batch_size=batch_size, demos=demos, progress=progress)
     seconds = time.perf_counter() - start
     preds = logits.argmax(-1)
+    probs = softmax(logits)
     report = classification_report(labels, preds.tolist(), label_names)
     report.update(
         {
+            "ece": expected_calibration_error(probs, labels),
+            "brier": brier_score(probs, labels),
             "examples_per_second": len(texts) / seconds if seconds > 0 else float("inf"),
             "seconds": seconds,
             "shots": shots,
             "predictions": preds.tolist(),
             "labels": [int(y) for y in labels],
+            "probabilities": probs.round(6).tolist(),  # softmax of the class logits, per example
         }
     )
     return report
@@ -95,7 +113,7 @@ def format_report(report: dict, label_names: Sequence[str], title: str = "") -> 
     lines = [title] if title else []
     lines.append(
         f"n={report['n']}  accuracy={report['accuracy']:.4f}  macro_f1={report['macro_f1']:.4f}  "
-        f"examples/s={report['examples_per_second']:.1f}"
+        f"ece={report['ece']:.4f}  brier={report['brier']:.4f}  examples/s={report['examples_per_second']:.1f}"
     )
     width = max(9, *(len(n) for n in label_names))
     lines.append(f"{'class':<{width}}  precision  recall  f1      support")

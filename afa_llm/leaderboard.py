@@ -33,6 +33,7 @@ import yaml
 
 from .config import PROMPT_KEYS
 from .errors import UserError
+from .io_utils import check_writable_dir, write_json
 from .leaderboard_tables import write_csv, write_markdown, write_plot
 
 TOP_KEYS = {"entries", "limit", "split_seed", "batch_size", "output_dir"}
@@ -114,7 +115,7 @@ def expand_runs(pattern: str, base: Path) -> list[Path]:
 def build_jobs(raw: dict, config_path: str, limit: int | None, need_model: bool = True) -> list[Job]:
     """One job per (entry, run, data set), with every eval option resolved."""
     from .evaluate import resolve_adapter_dir
-    from .merge import MERGE_INFO, RUN_PROMPT_KEYS, find_run
+    from .merge import RUN_PROMPT_KEYS, find_run, read_merge_info
 
     defaults, base = eval_defaults(), Path(config_path).parent
     jobs = []
@@ -131,8 +132,7 @@ def build_jobs(raw: dict, config_path: str, limit: int | None, need_model: bool 
                                                                   "label_names", *RUN_PROMPT_KEYS)})
                 sources.append((settings, run.run_dir))
         elif "merged" in entry:
-            info_file = Path(entry["merged"]) / MERGE_INFO
-            info = json.loads(info_file.read_text()) if info_file.exists() else {}
+            info = read_merge_info(entry["merged"]) or {}
             sources.append(({"model": str(entry["merged"]), **{k: info[k] for k in RUN_PROMPT_KEYS if k in info}}, None))
         else:
             if entry.get("adapter"):
@@ -219,7 +219,7 @@ def cache_path(cache_dir: Path, args: argparse.Namespace) -> Path:
 
 def evaluate_jobs(jobs: list[Job], cache_dir: Path, batch_size: int, progress: bool) -> int:
     """Fill ``job.result`` from the cache or by evaluating; returns the number evaluated."""
-    from .cli import build_task, load_data_from_args, write_json
+    from .cli import build_task, load_data_from_args
     from .evaluate import attach_adapter, evaluate_dataset
     from .models import load_model
 
@@ -324,6 +324,7 @@ def run(args) -> int:
     if args.limit is not None and args.limit <= 0:
         raise UserError("--limit must be a positive number of examples")
     out = Path(args.output_dir or raw.get("output_dir") or Path(args.config).with_suffix(""))
+    check_writable_dir(out, "--output-dir" if args.output_dir else "the leaderboard output folder")
     jobs = build_jobs(raw, args.config, args.limit, need_model=not args.from_results)
     if args.from_results:
         jobs = results_jobs(jobs)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from .io_utils import atomic_path, atomic_write_text, atomic_writer
+
 CSV_COLUMNS = ["data", "name", "runs", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std",
                "examples", "seeds", "focus_share"]
 
@@ -31,11 +33,11 @@ def write_markdown(rows: list[dict], path: Path, title: str, source: str) -> Non
             cells += [_fmt(r["focus_share"], None)] if focus else []
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         lines.append("")
-    path.write_text("\n".join(lines))
+    atomic_write_text(path, "\n".join(lines))
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
+    with atomic_writer(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows({k: ("" if r[k] is None else r[k]) for k in CSV_COLUMNS} for r in rows)
@@ -65,4 +67,5 @@ def write_plot(rows: list[dict], path: Path, title: str) -> None:
         ax.set_ylim(0, 1)
     axes[0].set_ylabel("test accuracy")
     fig.suptitle(title, fontsize=11, parse_math=False)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)

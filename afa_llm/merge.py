@@ -35,6 +35,7 @@ import torch
 
 from .config import PROMPT_KEYS
 from .errors import UserError
+from .io_utils import check_writable_dir
 
 BASES = ("original", "dequantized-nf4")
 MERGE_INFO = "afa_merge.json"
@@ -57,6 +58,20 @@ class RunInfo:
         words = getattr(self.config, "label_words", None)
         return ",".join(words) if words else None
 
+    @property
+    def label_names(self) -> list[str] | None:
+        """The class names the run trained on: results.json's (inferred from the data), else config.yaml's."""
+        names = (self.results or {}).get("label_names") or getattr(self.config, "label_names", None)
+        return list(names) if names else None
+
+    def settings(self) -> dict:
+        """What the run was trained with and scoring must reuse: ``model``, the `PROMPT_KEYS`
+        (``label_words`` as the ``--label-words`` string) and ``label_names``; {} for a bare adapter."""
+        if self.config is None:
+            return {}
+        return {"model": self.config.model, **{key: getattr(self.config, key) for key in PROMPT_KEYS},
+                "label_words": self.label_words, "label_names": self.label_names}
+
 
 def find_run(path: str) -> RunInfo:
     """Accept a run folder (with ``adapter/``) or an adapter folder (maybe inside a run)."""
@@ -77,14 +92,23 @@ def read_run_config(run_dir: Path):
     return load_config(str(file)) if file.exists() else None
 
 
-def read_results(run_dir: Path) -> dict | None:
-    file = run_dir / "results.json"
-    if not file.exists():
+def _read_json(file: Path) -> dict | None:
+    """A JSON file's content, None if there is no such file, a one-line UserError if it is broken."""
+    if not file.is_file():
         return None
     try:
         return json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{file} is not valid JSON: {exc}") from exc
+
+
+def read_results(run_dir: Path) -> dict | None:
+    return _read_json(run_dir / "results.json")
+
+
+def read_merge_info(folder: str | Path) -> dict | None:
+    """``afa_merge.json`` of a folder written by `afa-llm merge` (None for any other model)."""
+    return _read_json(Path(folder) / MERGE_INFO)
 
 
 def base_model_spec(run: RunInfo, model: str | None) -> str:
@@ -174,8 +198,8 @@ def merge_adapter(
         "merge_base": base, "trained_quantization": trained_quantization, "dtype": dtype,
         "nf4_round_tripped_modules": len(quantized),
     }
-    if run.config is not None:  # the prompt the adapter was trained with (the leaderboard reads it)
-        info.update({key: getattr(run.config, key) for key in RUN_PROMPT_KEYS})
+    if run.config is not None:  # the prompt the adapter was trained with (leaderboard and predict read it)
+        info.update({key: getattr(run.config, key) for key in RUN_PROMPT_KEYS}, label_names=run.label_names)
     return merged, tokenizer, info
 
 
@@ -290,6 +314,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     output = Path(args.output)
     check_output(output, args.overwrite)
+    check_writable_dir(output.parent, "--output's folder")  # the merge is written beside output, then renamed
     run_info = find_run(args.adapter)
     merged, tokenizer, info = merge_adapter(run_info, model=args.model, dtype=args.dtype, base=args.base)
     save_merged(merged, tokenizer, output, model_card(info, run_info, str(output)), info, args.overwrite)

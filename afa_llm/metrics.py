@@ -58,3 +58,53 @@ def paired_bootstrap(
     diffs = a[idx].mean(1) - b[idx].mean(1)
     low, high = np.percentile(diffs, [2.5, 97.5])
     return {"diff": float(a.mean() - b.mean()), "ci95": [float(low), float(high)]}
+
+
+# ---- calibration ---------------------------------------------------------------------
+ECE_BINS = 15
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (N, C) logits (shifted by the row max, so no overflow)."""
+    shifted = np.asarray(logits, dtype=np.float64)
+    shifted = np.exp(shifted - shifted.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def reliability_bins(probs: np.ndarray, labels: Sequence[int], bins: int = ECE_BINS) -> list[dict]:
+    """Equal-width bins on the max probability (confidence): count, accuracy, mean confidence.
+
+    Bin b holds confidences in (b/bins, (b+1)/bins]; the first bin also takes 0. Empty
+    bins have count 0 and None for accuracy and confidence.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    confidence, correct = probs.max(-1), probs.argmax(-1) == np.asarray(labels)
+    # searchsorted on the same b / bins edges that the rows report, so a confidence equal
+    # to an edge falls in the lower bin as documented (ceil(conf * bins) can round up)
+    index = np.searchsorted(np.arange(1, bins) / bins, confidence, side="left")
+    out = []
+    for b in range(bins):
+        members = index == b
+        count = int(members.sum())
+        out.append({"low": b / bins, "high": (b + 1) / bins, "count": count,
+                    "accuracy": float(correct[members].mean()) if count else None,
+                    "confidence": float(confidence[members].mean()) if count else None})
+    return out
+
+
+def expected_calibration_error(probs: np.ndarray, labels: Sequence[int], bins: int = ECE_BINS) -> float:
+    """ECE: sum over confidence bins of (bin share of examples) * |bin accuracy - bin mean confidence|."""
+    table = reliability_bins(probs, labels, bins)
+    n = sum(row["count"] for row in table)
+    return float(sum(row["count"] / n * abs(row["accuracy"] - row["confidence"]) for row in table if row["count"]))
+
+
+def brier_score(probs: np.ndarray, labels: Sequence[int]) -> float:
+    """Multi-class Brier score: mean over examples of sum over classes of (p_c - [c == y])^2.
+
+    0 is perfect; 2 is the worst (all mass on one wrong class); always predicting the
+    uniform distribution over C classes scores 1 - 1/C.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    onehot = np.eye(probs.shape[1])[np.asarray(labels, dtype=int)]
+    return float(((probs - onehot) ** 2).sum(-1).mean())
