@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import UserError
+from .io_utils import atomic_path, atomic_write_text, check_writable_dir, write_json
 
 PNG_MAX_TOKENS = 60
 CSS = """
@@ -178,23 +178,13 @@ def render_png(report: dict, path: Path) -> None:
 
 
 # ---- CLI ------------------------------------------------------------------------------
-def _label_names(args, run) -> list[str]:
-    """Class names for --text (no data set): the run's, else the label words, else neg/pos."""
-    if run is not None and getattr(run.config, "label_names", None):
-        return list(run.config.label_names)
-    if args.label_words:
-        return [w.strip() for w in args.label_words.split(",")]
-    return ["negative", "positive"]
-
-
 def _prompt_from_run(args, run) -> None:
     """Where an option is left at its `afa-llm eval` default, take the run's trained value."""
-    from .config import PROMPT_KEYS
     from .leaderboard import eval_defaults
 
     defaults = eval_defaults()
-    trained = {"model": run.config.model, **{key: getattr(run.config, key) for key in PROMPT_KEYS},
-               "label_words": run.label_words}  # the run's words: its own or the defaults it used
+    trained = run.settings()
+    del trained["label_names"]  # --label-names describes the --data file, not the run
     for key, value in trained.items():
         if getattr(args, key) == getattr(defaults, key) and value is not None:
             setattr(args, key, value)
@@ -202,11 +192,12 @@ def _prompt_from_run(args, run) -> None:
 
 def run(args) -> int:
     from .decoder_layers import default_focus_layers, find_decoder_layers
-    from .cli import build_task, load_data_from_args
+    from .cli import build_task, class_names_for, load_data_from_args
     from .evaluate import attach_adapter
     from .merge import find_run
     from .models import load_model
 
+    check_writable_dir(args.output, "--output")
     if bool(args.text) == bool(args.data):
         raise UserError("give the texts to render: --text \"...\" (repeatable) or --data SPEC --n N, not both")
     if args.n <= 0 or args.metric_n < 0 or args.batch_size <= 0:
@@ -224,7 +215,7 @@ def run(args) -> int:
             raise UserError(f"--focus-layers must be comma-separated integers, got {args.focus_layers!r}") from exc
 
     data = load_data_from_args(args) if args.data else None
-    label_names = data.label_names if data else _label_names(args, run_info)
+    label_names = data.label_names if data else class_names_for(run_info and run_info.label_names, args.label_words)
     model, tokenizer = load_model(args.model, quantization=args.quantization, dtype=args.dtype)
     if args.adapter:
         model = attach_adapter(model, str(run_info.adapter_dir))
@@ -258,12 +249,9 @@ def run(args) -> int:
     if frequent is not None:
         report["fake_focus"] = fake_focus_summary(sides, args.data, len(frequent))
     out = Path(args.output)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "focus.html").write_text(render_html(report))
-        (out / "focus.json").write_text(json.dumps(report, indent=1))
-        render_png(report, out / "focus.png")
-    except OSError as exc:
-        raise UserError(f"cannot write to {out}: {exc.strerror or exc}") from exc
+    atomic_write_text(out / "focus.html", render_html(report))
+    write_json(out / "focus.json", report, indent=1)
+    with atomic_path(out / "focus.png") as tmp:
+        render_png(report, tmp)
     print(f"wrote {out / 'focus.html'}, focus.png and focus.json ({len(shown)} texts, layers {layers})")
     return 0
