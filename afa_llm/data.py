@@ -10,6 +10,9 @@ Sources (the ``--data`` spec):
   seeded, stratified train/validation/test splits with no text in two splits.
 - a path to a ``.csv``, ``.jsonl``/``.json`` or ``.parquet`` file (split the same way);
 - ``hub:NAME[:CONFIG]``: ``datasets.load_dataset`` (needs the Hugging Face hub).
+
+``split("all")`` is every row of a file or packaged corpus in its own order, duplicates
+included (whole-file evaluation, `afa-llm eval --split all`); for hub data, the splits joined.
 """
 
 from __future__ import annotations

@@ -153,6 +153,19 @@ def test_plain_model_uses_the_eval_defaults(capsys, tiny_model_dir, tmp_path):
     np.testing.assert_allclose(frame[["prob_negative", "prob_positive"]].to_numpy(float), expected, atol=2e-6)
 
 
+def test_bare_adapter_needs_model_and_says_it_uses_the_default_prompt(capsys, tiny_model_dir, tiny_run, tmp_path):
+    import shutil
+
+    bare = shutil.copytree(tiny_run / "adapter", tmp_path / "bare")  # an adapter with no run folder around it
+    source = tmp_path / "in.csv"
+    pd.DataFrame({"text": ["good"]}).to_csv(source, index=False)
+    code, stdout, err = run_predict(capsys, "--adapter", str(bare), "--model", tiny_model_dir, "--data", str(source))
+    assert code == 0, err
+    assert "bare adapter with no run settings; using the default prompt" in err
+    assert read_preds(io.StringIO(stdout)).columns.tolist() == ["text", "predicted_label", "prob_negative",
+                                                                 "prob_positive"]
+
+
 def test_chunked_run_equals_unchunked(capsys, monkeypatch, tiny_run, tmp_path):
     rng = np.random.default_rng(0)
     words = ["good", "bad", "film", "plot", "dull", "witty", "long", "the", "a", ""]
