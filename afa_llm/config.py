@@ -1,12 +1,24 @@
-"""Training configuration: one flat, typed dataclass, loaded from YAML and validated.
+"""Training configuration: typed dataclasses, loaded from YAML and validated.
 
-Configs are data: a recipe YAML sets any of these keys, and ``key=value`` overrides
-on the command line take precedence. An unknown key, a wrong type or an out-of-range
-value is a `UserError` that names the key. Every switch of docs/AFA.md is a key here.
+Configs are data. `TrainConfig` holds the keys every run has (model, LoRA, data,
+optimisation, evaluation, checkpoints); each training method brings its own keys
+(``methods.<name>.Keys``), which land in ``cfg.method_config``. In a recipe a method's
+keys are written flat (for the recipe's own ``method``) or under the method's name, so
+one recipe can serve several methods::
+
+    method: afa
+    steps: 100
+    afa: {num_masks: 4, lambda_pg_warmup_steps: 10}   # used only when method=afa
+    vat: {adv_eps: 1.0}
+
+``key=value`` overrides on the command line take precedence (``afa.num_masks=8`` works
+too). An unknown key, a key of another method, a wrong type or an out-of-range value is
+a `UserError` that names the key.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -28,7 +40,7 @@ class TrainConfig:
     # --- run ---------------------------------------------------------------------
     output_dir: str = "runs/quickstart"
     overwrite: bool = False  # start over even if output_dir already holds checkpoints
-    method: Literal["afa", "lora"] = "afa"
+    method: str = "afa"  # a name in afa_llm.methods.METHODS
     seed: int = 0
     # --- model -------------------------------------------------------------------
     model: str = "smollm2-135m"
@@ -64,28 +76,8 @@ class TrainConfig:
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
     lr_warmup_steps: int = 0
     max_grad_norm: float = 1.0
-    # --- AFA (ignored by method=lora unless noted) -------------------------------
-    focus_layers: Optional[list] = None  # None: the last third of the layers
-    num_masks: int = 4  # G
-    mask_ratio: float = 0.2  # rho
-    uniform_mix: float = 0.1  # epsilon
-    mask_mode: Literal["attention", "filler"] = "attention"
-    filler_token: Optional[str] = None  # mask_mode=filler; default: the pad token
-    significance: Literal["median", "fixed"] = "median"
-    significance_threshold: float = 0.01  # tau, when significance=fixed
-    median_window: int = 512
-    reward: Literal["delta", "discriminator", "mix"] = "delta"
-    reward_mix_weight: float = 0.5
-    advantage_norm: bool = True
-    entropy_coef: float = 0.0  # beta: + beta * H(focus) is added to the loss (negative favours spread)
-    lambda_pg: float = 0.5
-    lambda_pg_warmup_steps: int = 20
-    discriminator: Literal["pair", "surrogate"] = "pair"
-    discriminator_hidden: int = 256
-    discriminator_lr: float = 1e-3
-    measure_frac: float = 0.25  # surrogate: share of masks whose effect is measured
-    masked_ce: Literal["none", "focus", "fake", "random"] = "none"  # also valid for method=lora
-    masked_ce_weight: float = 0.5
+    # --- shared by every method -------------------------------------------------------
+    focus_layers: Optional[list] = None  # None: the last third of the layers (focus probe, AT/VAT layers)
     # --- evaluation, logging, checkpoints -------------------------------------------
     eval_every: int = 50
     eval_limit: Optional[int] = 200  # validation examples per periodic evaluation
@@ -99,6 +91,12 @@ class TrainConfig:
     log_every: int = 1
     report_to: Literal["auto", "tensorboard", "none"] = "auto"
     progress: bool = True
+    # the method's own keys (methods.<name>.Keys), set by load_config; not a YAML key itself
+    method_config: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.method_config is None and self.method in method_classes():  # built in code: the method's defaults
+            self.method_config = method_classes()[self.method].Keys()
 
     # ------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
@@ -111,28 +109,16 @@ class TrainConfig:
             "batch_size": self.batch_size > 0,
             "gradient_accumulation_steps": self.gradient_accumulation_steps > 0,
             "learning_rate": self.learning_rate > 0,
-            "num_masks": self.num_masks >= 2,
-            "mask_ratio": 0 < self.mask_ratio < 1,
-            "uniform_mix": 0 <= self.uniform_mix <= 1,
-            "measure_frac": 0 < self.measure_frac <= 1,
             "max_text_tokens": self.max_text_tokens > 0,
             "eval_every": self.eval_every >= 0,
             "save_every": self.save_every >= 0,
             "keep_checkpoints": self.keep_checkpoints >= 1,
-            "lambda_pg": self.lambda_pg >= 0,
-            "reward_mix_weight": 0 <= self.reward_mix_weight <= 1,
             "train_limit": self.train_limit is None or self.train_limit > 0,
             "lora_alpha": self.lora_alpha > 0,
             "lora_dropout": 0 <= self.lora_dropout < 1,
             "weight_decay": self.weight_decay >= 0,
             "lr_warmup_steps": self.lr_warmup_steps >= 0,
             "max_grad_norm": self.max_grad_norm >= 0,
-            "median_window": self.median_window >= 1,
-            "significance_threshold": self.significance_threshold >= 0,
-            "lambda_pg_warmup_steps": self.lambda_pg_warmup_steps >= 0,
-            "discriminator_hidden": self.discriminator_hidden >= 1,
-            "discriminator_lr": self.discriminator_lr > 0,
-            "masked_ce_weight": self.masked_ce_weight >= 0,
             "eval_limit": self.eval_limit is None or self.eval_limit > 0,
             "eval_batch_size": self.eval_batch_size > 0,
             "test_limit": self.test_limit is None or self.test_limit > 0,
@@ -142,25 +128,29 @@ class TrainConfig:
         for key, ok in checks.items():
             if not ok:
                 raise UserError(f"config key {key!r} has an invalid value: {getattr(self, key)!r}")
-        if self.method == "lora" and self.masked_ce not in ("none", "random"):
-            raise UserError("config key 'masked_ce' must be none or random with method=lora (no focus masks)")
         if self.template.count("{text}") != 1:
             raise UserError("config key 'template' must contain '{text}' exactly once")
+        if self.method not in method_classes():
+            raise UserError(f"config key 'method' must be one of {', '.join(method_classes())}, got {self.method!r}")
+        if not isinstance(self.method_config, method_classes()[self.method].Keys):
+            raise UserError(f"config of method {self.method} got the keys of another method")
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Flat: the shared keys, then the method's own keys (what config.yaml holds)."""
+        shared = {name: copy.deepcopy(getattr(self, name)) for name in SHARED_KEYS}
+        return {**shared, **self.method_config.to_dict()}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-_HINTS = typing.get_type_hints(TrainConfig)
+SHARED_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "method_config")
 
 
-def _coerce(key: str, value: Any) -> Any:
+def _coerce(key: str, value: Any, hints: dict[str, Any]) -> Any:
     """Check ``value`` against the annotated type of ``key``; YAML strings are parsed."""
-    hint = _HINTS[key]
+    hint = hints[key]
     optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
     base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
     if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~") and optional):
@@ -195,27 +185,94 @@ def _coerce(key: str, value: Any) -> Any:
     raise UserError(f"config key {key!r} expects {getattr(base, '__name__', base)}, got {value!r}")
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Load a recipe YAML, apply ``key=value`` overrides, validate."""
-    raw: dict[str, Any] = {}
-    if path:
-        file = Path(path)
-        if not file.is_file():
-            raise UserError(f"recipe not found: {path}")
-        try:
-            raw = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-        if not isinstance(raw, dict):
-            raise UserError(f"recipe {path} must be a mapping of config keys")
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserError(f"override {item!r} must look like key=value")
+def _read_recipe(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"recipe not found: {path}")
+    try:
+        raw = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(raw, dict):
+        raise UserError(f"recipe {path} must be a mapping of config keys")
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise UserError(f"override {item!r} must look like key=value")
+    section, dot, inner = key.strip().partition(".")
+    if dot:  # afa.num_masks=8
+        target = raw.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise UserError(f"override {item!r}: config key {section!r} is not a section")
+        target[inner] = value
+    else:
         raw[key.strip()] = value
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(raw) - known)
+
+
+def method_classes() -> dict[str, Any]:
+    from .methods import METHODS  # late: the methods import torch and this module
+
+    return METHODS
+
+
+def _owners(key: str) -> list[str]:
+    return [name for name, cls in method_classes().items() if key in _field_names(cls.Keys)]
+
+
+def _field_names(keys_cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(keys_cls)}
+
+
+def _method_keys(name: str, values: dict[str, Any], where: str):
+    """Build and validate method ``name``'s keys from ``values`` (``where`` prefixes errors)."""
+    keys_cls = method_classes()[name].Keys
+    hints = typing.get_type_hints(keys_cls)
+    unknown = sorted(set(values) - set(hints))
     if unknown:
-        raise UserError(f"unknown config key {unknown[0]!r} (see `afa-llm train --help` for the keys)")
-    values = {key: _coerce(key, value) for key, value in raw.items()}
-    return TrainConfig(**values).validate()
+        raise UserError(f"unknown config key {where + unknown[0]!r} for method {name} "
+                        "(see `afa-llm train --help` for each method's keys)")
+    return keys_cls(**{k: _coerce(k, v, hints) for k, v in values.items()}).validate()
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None, *, saved: bool = False) -> TrainConfig:
+    """Load a recipe YAML, apply ``key=value`` overrides, validate.
+
+    ``saved=True`` reads a run's own config.yaml: keys of other methods (which configs
+    written before methods were plug-ins held) are dropped instead of refused.
+    """
+    raw = _read_recipe(path)
+    for item in overrides or []:
+        _apply_override(raw, item)
+    methods = method_classes()
+    method = str(raw.get("method", TrainConfig.method))
+    if method not in methods:
+        raise UserError(f"config key 'method' must be one of {', '.join(methods)}, got {method!r}")
+    raw.setdefault(method, None)  # the chosen method's section, if any, is read below
+    own = _field_names(methods[method].Keys)
+    shared, flat = {}, {}
+    for key, value in raw.items():
+        if key in SHARED_KEYS:
+            shared[key] = value
+        elif key in methods:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise UserError(f"config key {key!r} must be a mapping of {key}'s keys")
+            _method_keys(key, value, f"{key}.")  # every section is checked, the chosen one is used
+        elif key in own:
+            flat[key] = value
+        elif _owners(key):
+            if not saved:
+                raise UserError(f"config key {key!r} belongs to method {'/'.join(_owners(key))}, not {method}; "
+                                f"drop it, or put it under '{_owners(key)[0]}:'")
+        else:
+            raise UserError(f"unknown config key {key!r} (see `afa-llm train --help` for the keys)")
+    hints = typing.get_type_hints(TrainConfig)
+    values = {key: _coerce(key, value, hints) for key, value in shared.items()}
+    method_config = _method_keys(method, {**(raw.get(method) or {}), **flat}, "")
+    return TrainConfig(**values, method_config=method_config).validate()

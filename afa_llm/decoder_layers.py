@@ -3,6 +3,7 @@ and choosing the focus layers. Used by the attention probe and the focus report.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,3 +110,39 @@ def normalise_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]
     if len(set(out)) != len(out):
         raise ValueError(f"duplicate layer indices in {list(layers)}")
     return out
+
+
+def _passthrough(hidden_states, *args, **kwargs):
+    return hidden_states
+
+
+@contextlib.contextmanager
+def start_at_layer(model: nn.Module, index: int, hidden: "torch.Tensor"):
+    """Inside the block, a forward of ``model`` skips layers ``0..index-1`` and feeds
+    ``hidden`` (what the clean pass gave layer ``index``) to layer ``index``.
+
+    Exact when only layers >= ``index`` change (an attention edit there): the lower layers
+    would compute the same tensor again. A ``hidden`` that is part of the clean graph lets
+    gradients reach the lower layers' LoRA weights through it, once, in the joint backward.
+    Not valid under activation checkpointing (the re-run in backward would see the
+    restored layers): callers fall back to a full forward then.
+    """
+    layers = find_decoder_layers(model)
+    if index == 0:
+        yield
+        return
+
+    def feed(module, args, kwargs):
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    for layer in layers[:index]:
+        layer.forward = _passthrough
+    handle = layers[index].register_forward_pre_hook(feed, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for layer in layers[:index]:
+            del layer.forward

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from .afa_math import focus_distribution
+from .focus_math import focus_distribution
 from .attention_probe import AnswerAttentionProbe
 from .scoring import forward_scores
 from .task import EncodedBatch
@@ -24,6 +24,7 @@ class CleanPass:
     focus: torch.Tensor  # (B, L), sums to 1 over text tokens
     answer_hidden: torch.Tensor  # (B, D)
     last_hidden: torch.Tensor  # (B, L, D): final-layer hidden states (surrogate discriminator)
+    layer_inputs: tuple[torch.Tensor, ...] = ()  # [i]: the input of decoder layer i, in the graph
 
 
 def clean_pass(
@@ -31,14 +32,19 @@ def clean_pass(
     batch: EncodedBatch,
     label_token_ids: Sequence[int],
     focus_layers: Sequence[int] | None = None,
+    **forward_kwargs,
 ) -> CleanPass:
-    """Forward ``batch`` once, recording the answer-position attention rows."""
+    """Forward ``batch`` once, recording the answer-position attention rows.
+
+    ``forward_kwargs`` reach the attention functions (a method's ``attention_edits``)."""
     with AnswerAttentionProbe(model, focus_layers, batch.attention_mask) as probe:
-        scores = forward_scores(model, **batch.model_inputs(), label_token_ids=label_token_ids, return_hidden=True)
+        scores = forward_scores(model, **batch.model_inputs(), label_token_ids=label_token_ids, return_hidden=True,
+                                **forward_kwargs)
         rows = probe.answer_attention()
     return CleanPass(
         class_logits=scores.class_logits,
         focus=focus_distribution(rows, batch.text_mask),
         answer_hidden=scores.answer_hidden,
         last_hidden=scores.hidden_states[-1],
+        layer_inputs=scores.hidden_states,
     )

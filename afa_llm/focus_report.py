@@ -66,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ---- computing ----------------------------------------------------------------------
 def side_passes(model, task, texts: list[str], layers, batch_size: int, frequent: torch.Tensor | None) -> dict:
     """Class probabilities, per-text focus over its text tokens, and fake-focus shares."""
-    from . import afa_math as am
+    from . import focus_math as am
     from .focus import clean_pass
 
     device = next(model.parameters()).device
@@ -97,7 +97,7 @@ def compute(model, task, texts: list[str], layers, batch_size: int, has_adapter:
 
 
 def fake_focus_summary(sides: dict[str, dict], data: str, n_frequent: int) -> dict:
-    from . import afa_math as am
+    from . import focus_math as am
 
     token_shares = torch.tensor(next(iter(sides.values()))["token_share"])
     summary = {"data": data, "examples": len(token_shares), "frequent_token_types": n_frequent,

@@ -29,8 +29,11 @@ def forward_scores(
     label_token_ids: list[int] | torch.Tensor,
     *,
     return_hidden: bool = False,
+    **forward_kwargs,
 ) -> ScoreOutput:
-    """One forward pass -> class logits (B, C) (+ the answer-position hidden state)."""
+    """One forward pass -> class logits (B, C) (+ the answer-position hidden state).
+
+    ``forward_kwargs`` reach the attention functions (e.g. ``attention_edits``)."""
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -38,6 +41,7 @@ def forward_scores(
         logits_to_keep=1,
         output_hidden_states=return_hidden,
         use_cache=False,
+        **forward_kwargs,
     )
     ids = torch.as_tensor(label_token_ids, device=out.logits.device)
     class_logits = out.logits[:, -1, :].index_select(-1, ids).float()
@@ -50,3 +54,11 @@ def forward_scores(
 def class_logits(model: torch.nn.Module, batch: EncodedBatch, label_token_ids) -> torch.Tensor:
     """Class logits (B, C) for an encoded batch."""
     return forward_scores(model, **batch.model_inputs(), label_token_ids=label_token_ids).class_logits
+
+
+def class_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the classes (last dim) from logits, float32, clamped at 0 against
+    rounding; broadcasts (AFA: (B, 1, C) against (B, G, C) -> (B, G))."""
+    log_p = torch.log_softmax(p_logits.float(), dim=-1)
+    log_q = torch.log_softmax(q_logits.float(), dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1).clamp_min(0.0)

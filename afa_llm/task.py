@@ -124,6 +124,10 @@ class PromptTask:
             )
 
     # ---- tokenizer binding -------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
     def bind(self, tokenizer) -> "PromptTask":
         """Resolve label words to single token ids; reject multi-token words."""
         ids = []

@@ -1,20 +1,20 @@
-"""afa-llm train: AFA or plain LoRA on a (quantized) decoder LLM, with Accelerate.
+"""afa-llm train: LoRA with a training method (lora, afa, at, vat, ...) on a (quantized) decoder LLM, with Accelerate.
 
     afa-llm train recipes/quickstart.yaml method=lora steps=200
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m afa_llm.train RECIPE.yaml
 
 Features:
 - one YAML recipe (`afa_llm.config.TrainConfig`) + ``key=value`` overrides, validated;
-- ``method: afa | lora``: plain LoRA is the same loop without the AFA terms, so the two
-  differ only in what docs/AFA.md adds (masker policy gradient + discriminator);
-- a masker LoRA (peft) on an nf4 / int8 / full-precision base; the discriminator is a
-  separate module with its own optimiser;
+- ``method``: a plug-in from `afa_llm.methods` (lora, afa, at, vat, attn_rp, iat). The loop
+  knows none of them by name: a method gives the loss of a step from the batch and its
+  clean pass, and its own state for checkpoints; plain LoRA is the same loop with L_cls;
+- a LoRA adapter (peft) on an nf4 / int8 / full-precision base;
 - focus from the answer-position attention probe (the model stays on SDPA);
 - the same label-word scoring as `afa-llm eval`, so train and eval cannot drift;
 - one process, several CPU processes, or multi-GPU DDP: the data order is a pure
   function of (seed, step), and each rank takes its own slice of the global batch;
-- atomic checkpoints every ``save_every`` steps (adapter, discriminator, optimisers,
-  scheduler, RNG states); ``resume_from=latest`` continues exactly;
+- atomic checkpoints every ``save_every`` steps (adapter, optimiser, scheduler, the method's
+  state, RNG states); ``resume_from=latest`` continues exactly;
 - ``mixed_precision: bf16`` autocasts the training steps and the evaluations inside the run
   (Accelerate), so a run's numbers come from one precision; `afa-llm eval` uses ``dtype``;
 - metrics per step to ``metrics.jsonl`` and Accelerate trackers (TensorBoard), tqdm;
@@ -26,6 +26,7 @@ Features:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
@@ -39,17 +40,17 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from . import afa_math as am
-from .afa_step import TrainingObjective
+from . import focus_math as fm
+from .attention_hook import attention_hook
 from .attention_probe import AnswerAttentionProbe
 from .checkpoint import (list_checkpoints, load_adapter_weights, load_trainer_state, resolve_resume,
                          rng_state, save_checkpoint, set_rng_state)
 from .config import TrainConfig, load_config
 from .data import SentimentData, load_sentiment_data
-from .discriminator import build_discriminator
 from .errors import TrainingDiverged, UserError
 from .evaluate import evaluate_dataset
 from .focus import clean_pass
+from .methods import MethodContext, build_method
 from .models import load_model
 from .task import PromptTask, default_label_words
 
@@ -83,22 +84,6 @@ def build_task(cfg: TrainConfig, data: SentimentData, tokenizer) -> PromptTask:
                       truncation=cfg.truncation).bind(tokenizer)
 
 
-def filler_token_id(tokenizer, token: str | None) -> int:
-    """The id that ``mask_mode=filler`` writes over hidden tokens (default: the pad token).
-
-    Accepts a vocabulary entry (``<|endoftext|>``, ``Ġthe``) or a text that is one token
-    (`` the``); anything else is a config error rather than a silent fallback to the unk id.
-    """
-    if not token:
-        return tokenizer.pad_token_id
-    vocab_id = tokenizer.convert_tokens_to_ids(token)
-    if vocab_id is not None and (vocab_id != tokenizer.unk_token_id or token == tokenizer.unk_token):
-        return vocab_id
-    ids = tokenizer.encode(token, add_special_tokens=False)
-    if len(ids) != 1:
-        raise UserError(f"config key 'filler_token': {token!r} is {len(ids)} tokens for this tokenizer; "
-                        "use a single token, e.g. ' the' or the pad token")
-    return ids[0]
 
 
 def frequent_ids(task: PromptTask, texts: list[str], limit: int = 5000) -> torch.Tensor:
@@ -107,7 +92,7 @@ def frequent_ids(task: PromptTask, texts: list[str], limit: int = 5000) -> torch
     for text in texts[:limit]:
         for tok in task.text_ids(text):
             counts[tok] = counts.get(tok, 0) + 1
-    return am.frequent_token_ids(counts, 0.01)
+    return fm.frequent_token_ids(counts, 0.01)
 
 
 def batch_indices(n: int, seed: int, micro_step: int, batch_size: int, world: int, rank: int) -> np.ndarray:
@@ -125,6 +110,9 @@ def batch_indices(n: int, seed: int, micro_step: int, batch_size: int, world: in
 
 # ---- the loop -------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> dict:
+    from .io_utils import check_writable_dir
+
+    check_writable_dir(cfg.output_dir, "output_dir")  # an unwritable output_dir fails before any model loads
     run_dir = Path(cfg.output_dir)
     if not cfg.progress:  # progress=false also silences the weight-loading bars
         from transformers.utils import logging as hf_logging
@@ -157,21 +145,16 @@ def train(cfg: TrainConfig) -> dict:
         raise UserError(f"config key 'focus_layers': {exc}") from exc
     task = build_task(cfg, data, tokenizer)
     frequent = frequent_ids(task, list(train_split["text"]))
-    hidden_size = model.get_base_model().config.get_text_config().hidden_size
-    disc = build_discriminator(cfg.discriminator, hidden_size, cfg.discriminator_hidden)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    disc_opt = torch.optim.AdamW(disc.parameters(), lr=cfg.discriminator_lr)
     from transformers import get_scheduler
 
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                               num_training_steps=cfg.steps)
-    model, optimizer, disc, disc_opt = accelerator.prepare(model, optimizer, disc, disc_opt)
+    model, optimizer = accelerator.prepare(model, optimizer)
     generator = torch.Generator(device=accelerator.device).manual_seed(cfg.seed * 1000 + accelerator.process_index)
-    filler = filler_token_id(tokenizer, cfg.filler_token)
-    objective = TrainingObjective(cfg, task.label_token_ids, filler, disc, disc_opt, backward=accelerator.backward,
-                                  gather=accelerator.gather, generator=generator)
     peft_model = accelerator.unwrap_model(model)
+    method = make_method(cfg, peft_model, task, generator, accelerator)
 
     start_step, history = 0, []
     if resume is not None:
@@ -182,9 +165,7 @@ def train(cfg: TrainConfig) -> dict:
         load_adapter_weights(peft_model, resume)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        accelerator.unwrap_model(disc).load_state_dict(state["discriminator"])
-        disc_opt.load_state_dict(state["discriminator_optimizer"])
-        objective.load_state_dict(state["objective"])
+        method.load_state_dict(state["method"])
         set_rng_state(state["rng"][accelerator.process_index], generator)
         start_step, history = state["step"], state["validation"]
         accelerator.print(f"resumed from {resume} at step {start_step}")
@@ -204,9 +185,7 @@ def train(cfg: TrainConfig) -> dict:
             states = gather_object(states)
         if accelerator.is_main_process:
             state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "discriminator": accelerator.unwrap_model(disc).state_dict(),
-                     "discriminator_optimizer": disc_opt.state_dict(), "objective": objective.state_dict(),
-                     "rng": states, "validation": history}
+                     "method": method.state_dict(), "rng": states, "validation": history}
             save_checkpoint(run_dir, step, peft_model, state, cfg, cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
 
@@ -215,42 +194,46 @@ def train(cfg: TrainConfig) -> dict:
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=cfg.method,
                disable=not (cfg.progress and accelerator.is_local_main_process))
     model.train()
-    for step in bar:
-        started = time.perf_counter()
-        step_metrics: dict[str, float] = {}
-        tokens = 0
-        for micro in range(cfg.gradient_accumulation_steps):
-            idx = batch_indices(len(texts), cfg.seed, step * cfg.gradient_accumulation_steps + micro,
-                                cfg.batch_size, accelerator.num_processes, accelerator.process_index)
-            batch = task.encode([texts[i] for i in idx], labels[idx].tolist()).to(accelerator.device)
-            tokens += int(batch.attention_mask.sum())
-            # autocast explicitly: the objective also forwards through the unwrapped peft model
-            with accelerator.accumulate(model), accelerator.autocast():
-                clean = clean_pass(model, batch, task.label_token_ids, cfg.focus_layers)
-                loss, metrics = objective(peft_model, batch, clean, step)
-                _stop_if_diverged(accelerator, loss, step, run_dir)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            metrics.update(_focus_metrics(clean, batch, frequent))
-            for key, value in metrics.items():
-                step_metrics[key] = step_metrics.get(key, 0.0) + value / cfg.gradient_accumulation_steps
-        scheduler.step()
-        seconds = time.perf_counter() - started
-        step_metrics.update(step_time=seconds, tokens_per_s=tokens * accelerator.num_processes / seconds,
-                            lr=scheduler.get_last_lr()[0], train_acc_batch=_batch_accuracy(clean, batch))
-        done = step + 1
-        if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
-            with accelerator.autocast():  # evaluate in the training precision, like HF Trainer
-                step_metrics["val_accuracy"] = _validate(accelerator, peft_model, task, data, cfg)
-            history.append({"step": done, "accuracy": step_metrics["val_accuracy"]})
-        _log(accelerator, run_dir, done, step_metrics, cfg.log_every)
-        bar.set_postfix({k: f"{step_metrics[k]:.3g}" for k in ("loss_cls", "loss_pg", "val_accuracy")
-                         if k in step_metrics})
-        if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
-            checkpoint(done)
+    # a method that edits attention trains under the hook; validation inside it is unaffected
+    # (no edits: the same SDPA call), and the final evaluation runs on plain SDPA again
+    with attention_hook(model) if method.edits_attention else contextlib.nullcontext():
+        for step in bar:
+            started = time.perf_counter()
+            step_metrics: dict[str, float] = {}
+            tokens = 0
+            for micro in range(cfg.gradient_accumulation_steps):
+                idx = batch_indices(len(texts), cfg.seed, step * cfg.gradient_accumulation_steps + micro,
+                                    cfg.batch_size, accelerator.num_processes, accelerator.process_index)
+                batch = task.encode([texts[i] for i in idx], labels[idx].tolist()).to(accelerator.device)
+                tokens += int(batch.attention_mask.sum())
+                # autocast explicitly: the method also forwards through the unwrapped peft model
+                with accelerator.accumulate(model), accelerator.autocast():
+                    clean = clean_pass(model, batch, task.label_token_ids, cfg.focus_layers,
+                                       **method.forward_kwargs(batch))
+                    loss, metrics = method.loss(peft_model, batch, clean, step)
+                    _stop_if_diverged(accelerator, loss, step, run_dir)
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                metrics.update(_focus_metrics(clean, batch, frequent))
+                for key, value in metrics.items():
+                    step_metrics[key] = step_metrics.get(key, 0.0) + value / cfg.gradient_accumulation_steps
+            scheduler.step()
+            seconds = time.perf_counter() - started
+            step_metrics.update(step_time=seconds, tokens_per_s=tokens * accelerator.num_processes / seconds,
+                                lr=scheduler.get_last_lr()[0], train_acc_batch=_batch_accuracy(clean, batch))
+            done = step + 1
+            if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
+                with accelerator.autocast():  # evaluate in the training precision, like HF Trainer
+                    step_metrics["val_accuracy"] = _validate(accelerator, peft_model, task, data, cfg)
+                history.append({"step": done, "accuracy": step_metrics["val_accuracy"]})
+            _log(accelerator, run_dir, done, step_metrics, cfg.log_every)
+            bar.set_postfix({k: f"{step_metrics[k]:.3g}" for k in ("loss_cls", "loss_pg", "val_accuracy")
+                             if k in step_metrics})
+            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+                checkpoint(done)
     bar.close()
     checkpoint(cfg.steps)
     with accelerator.autocast():
@@ -260,6 +243,19 @@ def train(cfg: TrainConfig) -> dict:
 
 
 # ---- helpers ----------------------------------------------------------------------------------
+def make_method(cfg: TrainConfig, peft_model, task: PromptTask, generator: torch.Generator,
+                accelerator: Accelerator | None = None):
+    """The configured training method for ``peft_model`` (Accelerate's verbs when given)."""
+    text_config = peft_model.get_base_model().config.get_text_config()
+    verbs = {} if accelerator is None else dict(backward=accelerator.backward, gather=accelerator.gather,
+                                                prepare=accelerator.prepare, unwrap=accelerator.unwrap_model)
+    ctx = MethodContext(label_ids=task.label_token_ids, tokenizer=task.tokenizer, hidden_size=text_config.hidden_size,
+                        num_layers=text_config.num_hidden_layers, num_heads=text_config.num_attention_heads,
+                        focus_layers=AnswerAttentionProbe(peft_model, cfg.focus_layers).layers, seed=cfg.seed,
+                        generator=generator, **verbs)
+    return build_method(cfg.method, cfg.method_config, ctx)
+
+
 def _check_run_dir(cfg: TrainConfig, run_dir: Path) -> Path | None:
     resume = resolve_resume(run_dir, cfg.resume_from)
     if resume is None and list_checkpoints(run_dir) and not cfg.overwrite:
@@ -279,9 +275,9 @@ def _stop_if_diverged(accelerator: Accelerator, loss: torch.Tensor, step: int, r
 def _focus_metrics(clean, batch, frequent: torch.Tensor) -> dict[str, float]:
     with torch.no_grad():
         focus = clean.focus.detach()
-        shares = am.frequent_shares(focus, batch.input_ids, batch.text_mask, frequent)
-        entropy = am.focus_entropy(focus, batch.text_mask).mean()
-    return {"fake_focus_share": am.fake_focus_ratio(*shares), "focus_entropy": entropy.item()}
+        shares = fm.frequent_shares(focus, batch.input_ids, batch.text_mask, frequent)
+        entropy = fm.focus_entropy(focus, batch.text_mask).mean()
+    return {"fake_focus_share": fm.fake_focus_ratio(*shares), "focus_entropy": entropy.item()}
 
 
 def _batch_accuracy(clean, batch) -> float:
@@ -324,10 +320,10 @@ def _test_focus_share(peft_model, task, texts, frequent, cfg) -> float:
         for start in range(0, len(texts), cfg.eval_batch_size):
             batch = task.encode(texts[start : start + cfg.eval_batch_size]).to(device)
             focus = clean_pass(peft_model, batch, task.label_token_ids, cfg.focus_layers).focus
-            share, base = am.frequent_shares(focus, batch.input_ids, batch.text_mask, frequent)
+            share, base = fm.frequent_shares(focus, batch.input_ids, batch.text_mask, frequent)
             shares.append(share)
             bases.append(base)
-    return am.fake_focus_ratio(torch.cat(shares), torch.cat(bases))
+    return fm.fake_focus_ratio(torch.cat(shares), torch.cat(bases))
 
 
 def _final_results(accelerator, peft_model, task, data, cfg, frequent, history) -> dict:

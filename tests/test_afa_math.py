@@ -1,4 +1,4 @@
-"""Tests of afa_llm.afa_math: AFA's math on hand-made tensors, no model."""
+"""Tests of the focus math, the masks and AFA's own math on hand-made tensors, no model."""
 
 import math
 from collections import Counter
@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from afa_llm import afa_math as am
+from afa_llm import focus_math as fm
+from afa_llm.methods import masking as mk
+from afa_llm.methods.afa import math as am
 
 # One left-padded example (pos 0 pad, pos 1 template, 2..4 text, 5 template) and one full row.
 TEXT_MASK = torch.tensor([[False, False, True, True, True, False],
@@ -23,7 +25,7 @@ def test_focus_distribution_averages_layers_and_heads_then_renormalises_over_tex
     layer_a = torch.tensor([0.0, 0.2, 0.2, 0.4, 0.0, 0.2])
     layer_b = torch.tensor([0.2, 0.0, 0.2, 0.2, 0.2, 0.2])
     attention = torch.stack([layer_a, layer_b]).view(1, 2, 1, 6).repeat(2, 1, 1, 1)
-    focus = am.focus_distribution(attention, TEXT_MASK)
+    focus = fm.focus_distribution(attention, TEXT_MASK)
     expected = torch.tensor([0.0, 0.0, 0.2, 0.3, 0.1, 0.0]) / 0.6
     torch.testing.assert_close(focus[0], expected)
     torch.testing.assert_close(focus.sum(-1), torch.ones(2))
@@ -33,7 +35,7 @@ def test_focus_distribution_averages_layers_and_heads_then_renormalises_over_tex
 def test_focus_distribution_rejects_an_example_without_text():
     attention = torch.rand(1, 1, 2, 3)
     with pytest.raises(ValueError):
-        am.focus_distribution(attention, torch.zeros(1, 3, dtype=torch.bool))
+        fm.focus_distribution(attention, torch.zeros(1, 3, dtype=torch.bool))
 
 
 def test_mix_uniform_is_a_distribution_over_text():
@@ -44,16 +46,16 @@ def test_mix_uniform_is_a_distribution_over_text():
 
 
 def test_masks_per_example_rounds_and_clamps():
-    k = am.masks_per_example(torch.tensor([1, 3, 10, 12, 40]), 0.2)
+    k = mk.masks_per_example(torch.tensor([1, 3, 10, 12, 40]), 0.2)
     assert k.tolist() == [1, 1, 2, 2, 8]
-    assert am.masks_per_example(torch.tensor([3]), 1.0).tolist() == [3]
+    assert mk.masks_per_example(torch.tensor([3]), 1.0).tolist() == [3]
 
 
 def test_gumbel_top_k_picks_exactly_k_distinct_text_tokens():
     probs = am.mix_uniform(torch.tensor([[0, 0, 0.7, 0.2, 0.1, 0], [0.5, 0.1, 0.1, 0.1, 0.1, 0.1]]),
                            TEXT_MASK, 0.1)
     k = torch.tensor([2, 4])
-    masks = am.gumbel_top_k_masks(probs, TEXT_MASK, k, num_masks=50, generator=_seeded())
+    masks = mk.gumbel_top_k_masks(probs, TEXT_MASK, k, num_masks=50, generator=_seeded())
     assert masks.shape == (2, 50, 6) and masks.dtype == torch.bool
     assert (masks.sum(-1) == k.view(2, 1)).all()
     assert not (masks & ~TEXT_MASK.unsqueeze(1)).any()
@@ -62,40 +64,40 @@ def test_gumbel_top_k_picks_exactly_k_distinct_text_tokens():
 def test_gumbel_top_k_never_picks_text_free_positions_even_if_they_have_mass():
     probs = torch.tensor([[0.9, 0.0, 0.05, 0.05]])  # mass on a non-text token must not matter
     text = torch.tensor([[False, False, True, True]])
-    masks = am.gumbel_top_k_masks(probs, text, torch.tensor([2]), 100, _seeded())
+    masks = mk.gumbel_top_k_masks(probs, text, torch.tensor([2]), 100, _seeded())
     assert (masks[..., :2] == 0).all() and (masks[..., 2:] == 1).all()
 
 
 def test_gumbel_top_k_is_deterministic_under_a_seed():
     probs = torch.softmax(torch.randn(2, 6), -1) * TEXT_MASK
     k = torch.tensor([2, 3])
-    first = am.gumbel_top_k_masks(probs, TEXT_MASK, k, 8, _seeded(7))
-    second = am.gumbel_top_k_masks(probs, TEXT_MASK, k, 8, _seeded(7))
-    other = am.gumbel_top_k_masks(probs, TEXT_MASK, k, 8, _seeded(8))
+    first = mk.gumbel_top_k_masks(probs, TEXT_MASK, k, 8, _seeded(7))
+    second = mk.gumbel_top_k_masks(probs, TEXT_MASK, k, 8, _seeded(7))
+    other = mk.gumbel_top_k_masks(probs, TEXT_MASK, k, 8, _seeded(8))
     assert torch.equal(first, second) and not torch.equal(first, other)
 
 
 def test_gumbel_top_1_samples_from_probs():
     probs = torch.tensor([[0.0, 0.0, 0.6, 0.3, 0.1, 0.0]])
-    masks = am.gumbel_top_k_masks(probs, TEXT_MASK[:1], torch.tensor([1]), 20000, _seeded(1))
+    masks = mk.gumbel_top_k_masks(probs, TEXT_MASK[:1], torch.tensor([1]), 20000, _seeded(1))
     frequency = masks.float().mean(dim=1)
     torch.testing.assert_close(frequency, probs, atol=0.015, rtol=0)
 
 
 def test_gumbel_top_k_includes_likely_tokens_more_often():
     probs = torch.tensor([[0.0, 0.0, 0.6, 0.3, 0.1, 0.0]])
-    masks = am.gumbel_top_k_masks(probs, TEXT_MASK[:1], torch.tensor([2]), 5000, _seeded(2))
+    masks = mk.gumbel_top_k_masks(probs, TEXT_MASK[:1], torch.tensor([2]), 5000, _seeded(2))
     inclusion = masks.float().mean(dim=1)[0]
     assert inclusion[2] > inclusion[3] > inclusion[4] > 0
 
 
 def test_gumbel_top_k_rejects_k_above_text_length():
     with pytest.raises(ValueError):
-        am.gumbel_top_k_masks(torch.full((1, 6), 1 / 6), TEXT_MASK[:1], torch.tensor([4]), 2)
+        mk.gumbel_top_k_masks(torch.full((1, 6), 1 / 6), TEXT_MASK[:1], torch.tensor([4]), 2)
 
 
 def test_uniform_masks_cover_text_tokens_evenly():
-    masks = am.uniform_masks(TEXT_MASK[:1], torch.tensor([1]), 9000, _seeded(3))
+    masks = mk.uniform_masks(TEXT_MASK[:1], torch.tensor([1]), 9000, _seeded(3))
     frequency = masks.float().mean(dim=1)[0, 2:5]
     torch.testing.assert_close(frequency, torch.full((3,), 1 / 3), atol=0.02, rtol=0)
 
@@ -165,7 +167,7 @@ def _pg_step_on_two_tokens(masks: torch.Tensor, high_reward_token: int) -> torch
 
     def focus() -> torch.Tensor:
         attention = torch.softmax(theta, -1).view(1, 1, 1, 2)
-        return am.focus_distribution(attention, text)
+        return fm.focus_distribution(attention, text)
 
     before = focus().detach()
     rewards = masks[..., high_reward_token].float()  # masking that token "mattered"
@@ -182,7 +184,7 @@ def test_policy_gradient_step_moves_focus_to_the_high_reward_token():
     before, after = _pg_step_on_two_tokens(fixed, high_reward_token=1)
     assert after[0, 1] > before[0, 1] + 1e-3
     text = torch.ones(1, 2, dtype=torch.bool)
-    sampled = am.gumbel_top_k_masks(torch.full((1, 2), 0.5), text, torch.tensor([1]), 16, _seeded())
+    sampled = mk.gumbel_top_k_masks(torch.full((1, 2), 0.5), text, torch.tensor([1]), 16, _seeded())
     before, after = _pg_step_on_two_tokens(sampled, high_reward_token=0)
     assert after[0, 0] > before[0, 0] + 1e-3
 
@@ -200,7 +202,7 @@ def test_policy_gradient_loss_treats_advantages_as_constants():
 def test_focus_entropy_uniform_one_hot_and_gradients():
     probs = torch.tensor([[0.0, 0.0, 1 / 3, 1 / 3, 1 / 3, 0.0],
                           [0.0, 0.0, 1.0, 0.0, 0.0, 0.0]], requires_grad=True)
-    entropy = am.focus_entropy(probs, TEXT_MASK)
+    entropy = fm.focus_entropy(probs, TEXT_MASK)
     torch.testing.assert_close(entropy, torch.tensor([math.log(3), 0.0]))
     entropy.sum().backward()
     assert torch.isfinite(probs.grad).all()
@@ -236,22 +238,22 @@ def test_lowest_effect_mask_picks_the_smallest_effect_per_example():
 
 def test_frequent_token_ids_takes_the_top_percent_of_types():
     counts = Counter({token: 1000 - token for token in range(300)})  # ids 0.. most frequent
-    assert am.frequent_token_ids(counts).tolist() == [0, 1, 2]
-    assert am.frequent_token_ids({7: 3, 9: 5}).tolist() == [9]  # at least one
-    assert am.frequent_token_ids({4: 2, 3: 2, 8: 0}, top_fraction=0.5).tolist() == [3]
+    assert fm.frequent_token_ids(counts).tolist() == [0, 1, 2]
+    assert fm.frequent_token_ids({7: 3, 9: 5}).tolist() == [9]  # at least one
+    assert fm.frequent_token_ids({4: 2, 3: 2, 8: 0}, top_fraction=0.5).tolist() == [3]
 
 
 def test_frequent_shares_on_a_hand_example():
     input_ids = torch.tensor([[0, 11, 5, 6, 5, 12], [5, 6, 7, 8, 9, 5]])
     frequent = torch.tensor([5, 12])
     focus = torch.tensor([[0.0, 0.0, 0.5, 0.2, 0.3, 0.0], [0.1, 0.2, 0.2, 0.2, 0.2, 0.1]])
-    share = am.frequent_focus_share(focus, input_ids, frequent)
+    share = fm.frequent_focus_share(focus, input_ids, frequent)
     torch.testing.assert_close(share, torch.tensor([0.8, 0.2]))
-    base = am.frequent_token_share(input_ids, TEXT_MASK, frequent)
+    base = fm.frequent_token_share(input_ids, TEXT_MASK, frequent)
     torch.testing.assert_close(base, torch.tensor([2 / 3, 2 / 6]))
-    both = am.frequent_shares(focus, input_ids, TEXT_MASK, frequent)
+    both = fm.frequent_shares(focus, input_ids, TEXT_MASK, frequent)
     torch.testing.assert_close(both[0], share)
     torch.testing.assert_close(both[1], base)
     # ratio of means, not mean of ratios: (0.8 + 0.2) / (2/3 + 1/3) = 1.0
-    assert am.fake_focus_ratio(*both) == pytest.approx(1.0)
-    assert am.fake_focus_ratio(torch.tensor([0.5]), torch.tensor([0.25])) == pytest.approx(2.0)
+    assert fm.fake_focus_ratio(*both) == pytest.approx(1.0)
+    assert fm.fake_focus_ratio(torch.tensor([0.5]), torch.tensor([0.25])) == pytest.approx(2.0)

@@ -2,7 +2,7 @@
 
 - `hide_tokens` (attention mode) deletes the hidden tokens, keeping the original position
   ids, and scores what each example scores alone with those tokens deleted (to 1e-5);
-- `TrainingObjective` (method=afa): finite loss; the discriminator's own optimiser steps;
+- `AFAMethod` (method=afa): finite loss; the discriminator's own optimiser steps;
   the policy-gradient term reaches the q/k LoRA of the focus layers (and nothing when
   lambda_pg=0); surrogate mode measures only round(measure_frac * G) masks per example;
   every masked_ce mode adds its loss.
@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_ROWS
 
-from afa_llm import afa_math as am
-from afa_llm.afa_step import TrainingObjective, hide_tokens, masked_scores
+from afa_llm import focus_math as fm
+from afa_llm.methods import masking as mk
+from afa_llm.methods.afa import math as am
+from afa_llm.methods import MethodContext, build_method
+from afa_llm.methods.masking import hide_tokens, masked_scores
 from afa_llm.config import load_config
-from afa_llm.discriminator import build_discriminator
 from afa_llm.focus import clean_pass
 from afa_llm.scoring import class_logits, forward_scores
 from afa_llm.task import PromptTask
@@ -30,8 +32,9 @@ B, G = 4, 4
 
 
 def make_cfg(*overrides: str):
-    return load_config(None, ["quantization=none", "max_text_tokens=32", f"batch_size={B}", f"num_masks={G}",
-                              "lambda_pg_warmup_steps=0", "lambda_pg=1.0", "median_window=64", *overrides])
+    afa = [f"afa.num_masks={G}", "afa.lambda_pg_warmup_steps=0", "afa.lambda_pg=1.0", "afa.median_window=64",
+           "afa.discriminator_hidden=32", "afa.discriminator_lr=1e-2"]
+    return load_config(None, ["quantization=none", "max_text_tokens=32", f"batch_size={B}", *afa, *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +66,12 @@ def peft_model(tiny_model_dir):
 
 
 def make_objective(cfg, task, hidden_size=64, seed=0):
+    """The configured method (afa or lora) on the tiny model's shape, as the trainer builds it."""
     torch.manual_seed(seed)
-    disc = build_discriminator(cfg.discriminator, hidden_size, 32)
-    opt = torch.optim.AdamW(disc.parameters(), lr=1e-2)
-    gen = torch.Generator().manual_seed(seed)
-    return TrainingObjective(cfg, task.label_token_ids, filler_id=0, discriminator=disc,
-                             discriminator_optimizer=opt, generator=gen)
+    ctx = MethodContext(label_ids=task.label_token_ids, tokenizer=task.tokenizer, hidden_size=hidden_size,
+                        num_layers=2, num_heads=4, focus_layers=[1], seed=seed,
+                        generator=torch.Generator().manual_seed(seed))
+    return build_method(cfg.method, cfg.method_config, ctx)
 
 
 def lora_params(model, proj: str, layer: int):
@@ -80,8 +83,8 @@ def lora_params(model, proj: str, layer: int):
 def test_attention_hiding_equals_deleting_tokens(tiny_model, task, batch):
     model = tiny_model[0]
     gen = torch.Generator().manual_seed(0)
-    k = am.masks_per_example(batch.text_mask.sum(-1), 0.3)
-    masks = am.uniform_masks(batch.text_mask, k, 2, gen)
+    k = mk.masks_per_example(batch.text_mask.sum(-1), 0.3)
+    masks = mk.uniform_masks(batch.text_mask, k, 2, gen)
     hidden = hide_tokens(batch, masks, "attention", filler_id=0)
     kept = (batch.attention_mask.bool()[:, None] & ~masks).reshape(2 * B, -1)
     assert hidden.input_ids.shape == (2 * B, int(kept.sum(-1).max()))  # the hidden columns are gone
@@ -116,8 +119,8 @@ def test_hidden_tokens_leave_text_mask(batch):
 
 def test_filler_mode_replaces_ids(batch):
     gen = torch.Generator().manual_seed(3)
-    k = am.masks_per_example(batch.text_mask.sum(-1), 0.3)
-    masks = am.uniform_masks(batch.text_mask, k, 3, gen)
+    k = mk.masks_per_example(batch.text_mask.sum(-1), 0.3)
+    masks = mk.uniform_masks(batch.text_mask, k, 3, gen)
     filler = 7
     out = hide_tokens(batch, masks, "filler", filler_id=filler)
     flat = masks.reshape(-1, masks.shape[-1])
@@ -132,18 +135,18 @@ def test_filler_mode_replaces_ids(batch):
 
 
 def test_masked_scores_shapes(tiny_model, task, batch):
-    masks = am.uniform_masks(batch.text_mask, torch.ones(B, dtype=torch.long), 3, torch.Generator().manual_seed(0))
+    masks = mk.uniform_masks(batch.text_mask, torch.ones(B, dtype=torch.long), 3, torch.Generator().manual_seed(0))
     logits, hidden = masked_scores(tiny_model[0], batch, masks, task.label_token_ids, "attention", 0, True)
     assert logits.shape == (B, 3, 2) and hidden.shape == (B, 3, 64)
     assert not logits.requires_grad
 
 
-# ---- TrainingObjective ----------------------------------------------------------------------
+# ---- the methods' losses ----------------------------------------------------------------------
 def run_objective(model, task, batch, cfg, step=5, objective=None):
     objective = objective or make_objective(cfg, task)
     model.zero_grad(set_to_none=True)
     clean = clean_pass(model, batch, task.label_token_ids, cfg.focus_layers)
-    loss, metrics = objective(model, batch, clean, step)
+    loss, metrics = objective.loss(model, batch, clean, step)
     return objective, clean, loss, metrics
 
 
@@ -231,7 +234,7 @@ def test_masked_passes_per_example(peft_model, task, batch, discriminator, measu
     objective = make_objective(cfg, task)
     clean = clean_pass(peft_model, batch, task.label_token_ids, cfg.focus_layers)
     with RowCounter(peft_model) as counter:
-        _, metrics = objective(peft_model, batch, clean, 3)
+        _, metrics = objective.loss(peft_model, batch, clean, 3)
     assert counter.rows == [B * expected]  # one batched no-grad forward of B * measured rows
     assert "disc_acc" in metrics
 
@@ -239,11 +242,11 @@ def test_masked_passes_per_example(peft_model, task, batch, discriminator, measu
 @pytest.mark.parametrize("method, mode", [("afa", "focus"), ("afa", "fake"), ("afa", "random"),
                                           ("lora", "random")])  # lora has no focus masks
 def test_masked_ce_modes_add_their_loss(peft_model, task, batch, method, mode):
-    cfg = make_cfg(f"method={method}", f"masked_ce={mode}", "masked_ce_weight=0.5", "discriminator=pair")
+    cfg = make_cfg(f"method={method}", f"masked_ce={mode}", "masked_ce_weight=0.5", "afa.discriminator=pair")
     objective = make_objective(cfg, task)
     clean = clean_pass(peft_model, batch, task.label_token_ids, cfg.focus_layers)
     with RowCounter(peft_model) as counter:
-        loss, metrics = objective(peft_model, batch, clean, 3)
+        loss, metrics = objective.loss(peft_model, batch, clean, 3)
     assert "loss_masked_ce" in metrics and metrics["loss_masked_ce"] > 0
     # the masked-input CE is one more forward of B rows, with gradient
     assert counter.rows[-1] == B
@@ -268,16 +271,16 @@ def test_fake_mode_uses_the_lowest_effect_mask(peft_model, task, batch, monkeypa
 
     monkeypatch.setattr(objective, "masked_ce_mask", spy)
     clean = clean_pass(peft_model, batch, task.label_token_ids, cfg.focus_layers)
-    objective(peft_model, batch, clean, 3)
+    objective.loss(peft_model, batch, clean, 3)
     best = seen["effect"].argmin(-1)
     assert torch.equal(seen["chosen"], seen["masks"][torch.arange(B), best])
 
 
 def test_lora_method_is_plain_cross_entropy(peft_model, task, batch):
     cfg = make_cfg("method=lora")
-    objective = TrainingObjective(cfg, task.label_token_ids, 0)  # no discriminator needed
+    objective = make_objective(cfg, task)  # lora: no discriminator
     clean = clean_pass(peft_model, batch, task.label_token_ids, cfg.focus_layers)
-    loss, metrics = objective(peft_model, batch, clean, 0)
+    loss, metrics = objective.loss(peft_model, batch, clean, 0)
     assert set(metrics) == {"loss_cls"}
     torch.testing.assert_close(loss, F.cross_entropy(clean.class_logits, batch.labels))
 

@@ -101,7 +101,7 @@ def test_lora_with_focus_masks_is_rejected():
         load_config(None, ["method=lora", "masked_ce=focus"])
     with pytest.raises(UserError, match="masked_ce"):
         load_config(None, ["method=lora", "masked_ce=fake"])
-    assert load_config(None, ["method=lora", "masked_ce=random"]).masked_ce == "random"
+    assert load_config(None, ["method=lora", "masked_ce=random"]).method_config.masked_ce == "random"
 
 
 # ---- recipe files ---------------------------------------------------------------------
@@ -137,14 +137,14 @@ def test_typed_parsing_of_overrides():
     cfg = load_config(None, ["steps=7", "learning_rate=5e-3", "mask_ratio=0.3", "advantage_norm=false",
                              "eval_limit=null", "focus_layers=1", "label_names=[neg, pos]", "lr_scheduler=constant"])
     assert cfg.steps == 7 and cfg.learning_rate == 5e-3 and isinstance(cfg.learning_rate, float)
-    assert cfg.mask_ratio == 0.3 and cfg.advantage_norm is False and cfg.eval_limit is None
+    assert cfg.method_config.mask_ratio == 0.3 and cfg.method_config.advantage_norm is False and cfg.eval_limit is None
     assert cfg.focus_layers == [1] and cfg.label_names == ["neg", "pos"]
 
 
 def test_exponent_floats_without_dot_in_yaml(tmp_path):
     # YAML 1.1 reads `2e-4` as a string; a recipe author writes it anyway.
     cfg = load_config(write(tmp_path / "r.yaml", "learning_rate: 2e-4\ndiscriminator_lr: 1E-3\n"))
-    assert cfg.learning_rate == 2e-4 and cfg.discriminator_lr == 1e-3
+    assert cfg.learning_rate == 2e-4 and cfg.method_config.discriminator_lr == 1e-3
 
 
 def test_saved_config_round_trips(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from afa_llm.discriminator import PairDiscriminator, SurrogateDiscriminator, build_discriminator
+from afa_llm.methods.afa.discriminator import PairDiscriminator, SurrogateDiscriminator, build_discriminator
 
 D, B, G, L = 16, 3, 4, 7
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from afa_llm import cli
-from afa_llm.afa_math import focus_distribution
+from afa_llm.focus_math import focus_distribution
 from afa_llm.attention_probe import AnswerAttentionProbe
 from afa_llm.evaluate import attach_adapter
 from afa_llm.models import load_model

@@ -48,13 +48,15 @@ def _worker(out_dir: str, overrides: list[str]) -> int:
         seen.append([int(i) for i in idx])
         return idx
 
-    class SpyObjective(trainer.TrainingObjective):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            disc = getattr(self.disc, "module", self.disc)  # after prepare(): DDP-wrapped
-            captured["objective"] = self
-            captured["ddp_disc"] = type(self.disc).__name__
-            captured["disc_init"] = {k: v.detach().clone() for k, v in disc.state_dict().items()}
+    original_build = trainer.build_method
+
+    def build_method(*args, **kwargs):
+        method = original_build(*args, **kwargs)
+        disc = getattr(method.disc, "module", method.disc)  # after prepare(): DDP-wrapped
+        captured["objective"] = method
+        captured["ddp_disc"] = type(method.disc).__name__
+        captured["disc_init"] = {k: v.detach().clone() for k, v in disc.state_dict().items()}
+        return method
 
     original_final = trainer._final_results
 
@@ -77,7 +79,7 @@ def _worker(out_dir: str, overrides: list[str]) -> int:
         return original_final(accelerator, peft_model, *args, **kwargs)
 
     trainer.batch_indices = batch_indices
-    trainer.TrainingObjective = SpyObjective
+    trainer.build_method = build_method
     trainer._final_results = final_results
     return trainer.main(overrides)
 
@@ -182,7 +184,7 @@ def test_two_cpu_processes_stay_in_sync(launcher, quantization, tiny_model_dir, 
     state = load_trainer_state(run / "checkpoints" / f"step-{STEPS:06d}")
     assert len(state["rng"]) == 2  # every rank's sampler state, for an exact resume
     assert not torch.equal(state["rng"][0]["sampler"], state["rng"][1]["sampler"])
-    for key, value in state["discriminator"].items():
+    for key, value in state["method"]["discriminator"].items():
         assert torch.equal(value, r1["disc"][key]), key
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))

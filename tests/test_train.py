@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from afa_llm import afa_step
+from afa_llm.methods.lora import LoRAMethod  # afa inherits its loss()
 from afa_llm.checkpoint import list_checkpoints, load_trainer_state
 from afa_llm.cli import main as cli_main
 from afa_llm.config import load_config
@@ -61,7 +61,7 @@ def tiny_overrides(run_dir, model_dir, data, *extra: str) -> list[str]:
     return [f"output_dir={run_dir}", f"model={model_dir}", f"data={data}", "quantization=none",
             "batch_size=4", "max_text_tokens=32", "eval_limit=8", "test_limit=8", "focus_eval_limit=8",
             "eval_batch_size=8", "report_to=none", "progress=false", "learning_rate=5e-3",
-            "lr_scheduler=constant", "lambda_pg_warmup_steps=0", "num_masks=4", *extra]
+            "lr_scheduler=constant", "afa.lambda_pg_warmup_steps=0", "afa.num_masks=4", *extra]
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -84,7 +84,7 @@ def max_diff(a: dict, b: dict) -> float:
 def test_end_to_end(method, tiny_model_dir, learnable_csv, tmp_path):
     run = tmp_path / "run"
     overrides = tiny_overrides(run, tiny_model_dir, learnable_csv, f"method={method}", "steps=30",
-                               "save_every=10", "keep_checkpoints=2", "eval_every=10", "num_masks=2")
+                               "save_every=10", "keep_checkpoints=2", "eval_every=10", "afa.num_masks=2")
     results = train(load_config(None, overrides))
 
     # it learns
@@ -110,7 +110,8 @@ def test_end_to_end(method, tiny_model_dir, learnable_csv, tmp_path):
         assert (ckpt / "config.yaml").exists()
         state = load_trainer_state(ckpt)
         assert state["step"] == int(ckpt.name.split("-")[1])
-        assert {"optimizer", "scheduler", "discriminator", "discriminator_optimizer", "objective", "rng"} <= set(state)
+        assert {"optimizer", "scheduler", "method", "rng"} <= set(state)
+        assert ({"discriminator", "discriminator_optimizer", "median"} <= set(state["method"])) == (method == "afa")
     assert load_config(str(run / "config.yaml")).method == method
 
     # results.json
@@ -180,7 +181,7 @@ def test_multi_token_label_word_is_a_user_error(tiny_model_dir, learnable_csv, t
 # ---- NaN -----------------------------------------------------------------------------------
 @pytest.fixture
 def nan_at_third_step(monkeypatch):
-    original = afa_step.TrainingObjective.__call__
+    original = LoRAMethod.loss
 
     def call(self, model, batch, clean, step):
         loss, metrics = original(self, model, batch, clean, step)
@@ -188,7 +189,7 @@ def nan_at_third_step(monkeypatch):
             loss = loss * float("nan")
         return loss, metrics
 
-    monkeypatch.setattr(afa_step.TrainingObjective, "__call__", call)
+    monkeypatch.setattr(LoRAMethod, "loss", call)
 
 
 def test_nan_stops_training_and_keeps_the_checkpoint(nan_at_third_step, tiny_model_dir, learnable_csv,
@@ -338,9 +339,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, learnabl
     assert max_diff(adapter_state(killed / "adapter"), adapter_state(straight / "adapter")) <= 1e-6
     final_a = load_trainer_state(killed / "checkpoints" / "step-000008")
     final_b = load_trainer_state(straight / "checkpoints" / "step-000008")
-    assert max_diff(final_a["discriminator"], final_b["discriminator"]) <= 1e-6
-    assert final_a["objective"]["median"]["values"] == pytest.approx(final_b["objective"]["median"]["values"],
-                                                                     abs=1e-6)
+    assert max_diff(final_a["method"]["discriminator"], final_b["method"]["discriminator"]) <= 1e-6
+    assert final_a["method"]["median"]["values"] == pytest.approx(final_b["method"]["median"]["values"], abs=1e-6)
     # metrics.jsonl: each step once, the same numbers as the uninterrupted run
     a, b = read_metrics(killed), read_metrics(straight)
     assert [m["step"] for m in a] == list(range(1, 9))
@@ -353,7 +353,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, learnabl
 
 # ---- small helpers -----------------------------------------------------------------------------
 def test_filler_token_id(smollm2_tokenizer):
-    from afa_llm.train import filler_token_id
+    from afa_llm.methods.masking import filler_token_id
 
     tok = smollm2_tokenizer
     assert filler_token_id(tok, None) == tok.pad_token_id

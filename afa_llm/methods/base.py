@@ -1,0 +1,99 @@
+"""What every training method shares, and the one interface each method implements.
+
+A method is a plug-in: one module (or folder) under ``afa_llm/methods/`` with
+- a ``Keys`` dataclass: the config keys it brings (validated at load time, each error
+  naming the key), and
+- a `TrainingMethod` subclass: the loss of one step from the batch and its clean pass,
+  plus the method's own state, which checkpoints save and resume restores.
+
+The training loop (`afa_llm.train`) never branches on a method's name. Per micro-batch:
+
+    kwargs = method.forward_kwargs(batch)                  # e.g. attention edits at r = 0
+    clean  = clean_pass(model, batch, label_ids, focus_layers, **kwargs)   # shared
+    loss, metrics = method.loss(peft_model, batch, clean, step)
+    accelerator.backward(loss)
+
+What all methods share: the label-word scoring (`afa_llm.scoring`), the clean pass with
+its focus probe (`afa_llm.focus`), the masked passes (`methods.masking`) and the one
+attention hook (`afa_llm.attention_hook`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..focus import CleanPass
+from ..task import EncodedBatch
+
+
+@dataclass
+class MethodKeys:
+    """Base of a method's own config keys. Subclasses add fields and range checks."""
+
+    def checks(self) -> dict[str, bool]:
+        """``{key: is_valid}`` for the keys with a range; a False names the key in the error."""
+        return {}
+
+    def validate(self) -> "MethodKeys":
+        for key, ok in self.checks().items():
+            if not ok:
+                raise UserError(f"config key {key!r} has an invalid value: {getattr(self, key)!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class MethodContext:
+    """What the loop hands a method: the model's shape, the task, and Accelerate's verbs."""
+
+    label_ids: list[int]
+    tokenizer: Any
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    focus_layers: list[int]  # resolved (non-negative) indices
+    seed: int
+    generator: torch.Generator  # this rank's sampler (masks); checkpointed by the loop
+    backward: Callable = torch.Tensor.backward  # accelerator.backward
+    gather: Callable = lambda t: t  # accelerator.gather
+    prepare: Callable = lambda *objs: objs if len(objs) > 1 else objs[0]  # accelerator.prepare
+    unwrap: Callable = lambda m: m  # accelerator.unwrap_model
+
+
+def classification_loss(clean: CleanPass, batch: EncodedBatch) -> torch.Tensor:
+    """L_cls: cross-entropy of the label-word logits of the clean pass."""
+    return F.cross_entropy(clean.class_logits, batch.labels)
+
+
+class TrainingMethod:
+    """One training method. Subclasses set ``name``, ``Keys``, ``summary`` and ``loss``."""
+
+    name: ClassVar[str]
+    Keys: ClassVar[type[MethodKeys]] = MethodKeys
+    summary: ClassVar[str] = ""
+    experimental: ClassVar[bool] = False  # shown as such in `afa-llm train --help` and the docs
+    edits_attention: ClassVar[bool] = False  # True: the loop trains under `attention_hook.attention_hook`
+
+    def __init__(self, keys: MethodKeys, ctx: MethodContext):
+        self.keys, self.ctx = keys, ctx
+
+    def forward_kwargs(self, batch: EncodedBatch) -> dict[str, Any]:
+        """Extra keyword arguments for the clean forward pass (default: none)."""
+        return {}
+
+    def loss(self, model, batch: EncodedBatch, clean: CleanPass, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
