@@ -117,7 +117,7 @@ def _passthrough(hidden_states, *args, **kwargs):
 
 
 @contextlib.contextmanager
-def start_at_layer(model: nn.Module, index: int, hidden: "torch.Tensor"):
+def start_at_layer(model: nn.Module, index: int, hidden: Any):
     """Inside the block, a forward of ``model`` skips layers ``0..index-1`` and feeds
     ``hidden`` (what the clean pass gave layer ``index``) to layer ``index``.
 

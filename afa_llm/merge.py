@@ -89,7 +89,7 @@ def read_run_config(run_dir: Path):
     from .config import load_config
 
     file = run_dir / "config.yaml"
-    return load_config(str(file)) if file.exists() else None
+    return load_config(str(file), saved=True) if file.exists() else None
 
 
 def _read_json(file: Path) -> dict | None:

@@ -362,8 +362,9 @@ def _final_results(accelerator, peft_model, task, data, cfg, frequent, history) 
 
 # ---- command line -------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    keys = ", ".join(TrainConfig.__dataclass_fields__)
-    parser.epilog = f"config keys: {keys}\nSee README.md ('Configuration') for what each key does."
+    from .methods import method_help
+
+    parser.epilog = method_help()
     parser.add_argument("recipe", nargs="?", help="a YAML recipe (e.g. recipes/quickstart.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of recipe keys, e.g. method=lora steps=50")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

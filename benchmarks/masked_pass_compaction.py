@@ -18,8 +18,7 @@ import types
 
 import torch
 
-import afa_llm.afa_step as afa_step
-from afa_llm import afa_math as am
+from afa_llm.methods import masking
 from afa_llm.config import load_config
 from afa_llm.data import load_sentiment_data
 from afa_llm.train import build_model, build_task
@@ -41,24 +40,24 @@ def main() -> None:
     for i in range(args.batches):
         rows = slice(cfg.batch_size * i, cfg.batch_size * (i + 1))
         batch = task.encode(train["text"][rows], train["label"][rows])
-        k = am.masks_per_example(batch.text_mask.sum(-1), cfg.mask_ratio)
-        work.append((batch, am.uniform_masks(batch.text_mask, k, cfg.num_masks, torch.Generator().manual_seed(i))))
+        k = masking.masks_per_example(batch.text_mask.sum(-1), cfg.method_config.mask_ratio)
+        work.append((batch, masking.uniform_masks(batch.text_mask, k, cfg.method_config.num_masks, torch.Generator().manual_seed(i))))
 
-    variants = {"attention mask only": lambda batch, pad_id: batch, "tokens deleted": afa_step.drop_unattended}
+    variants = {"attention mask only": lambda batch, pad_id: batch, "tokens deleted": masking.drop_unattended}
     seconds = dict.fromkeys(variants, 0.0)
     logits = {}
     for round_ in range(args.repeats):
         for name, compaction in variants.items():
-            afa_step.drop_unattended = compaction
+            masking.drop_unattended = compaction
             start = time.perf_counter()
-            logits[name] = [afa_step.masked_scores(model, b, m, task.label_token_ids, "attention",
+            logits[name] = [masking.masked_scores(model, b, m, task.label_token_ids, "attention",
                                                    tokenizer.pad_token_id, need_hidden=True)[0] for b, m in work]
             if round_:  # round 0 warms up
                 seconds[name] += time.perf_counter() - start
-    afa_step.drop_unattended = variants["tokens deleted"]
-    widths = [(b.input_ids.shape[1], afa_step.hide_tokens(b, m, "attention", 0).input_ids.shape[1]) for b, m in work]
+    masking.drop_unattended = variants["tokens deleted"]
+    widths = [(b.input_ids.shape[1], masking.hide_tokens(b, m, "attention", 0).input_ids.shape[1]) for b, m in work]
     diff = max((a - b).abs().max().item() for a, b in zip(*logits.values()))
-    print(f"SmolLM2-135M fp32, {args.batches} batches of {cfg.batch_size} x G={cfg.num_masks}, "
+    print(f"SmolLM2-135M fp32, {args.batches} batches of {cfg.batch_size} x G={cfg.method_config.num_masks}, "
           f"torch threads={torch.get_num_threads()}, {args.repeats - 1} timed rounds")
     print("batch width before / after deleting:", ", ".join(f"{a}/{b}" for a, b in widths))
     for name, total in seconds.items():

@@ -20,7 +20,7 @@ def child(path: str, batch: int, length: int, repeats: int) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from afa_llm.afa_math import focus_distribution
+    from afa_llm.focus_math import focus_distribution
     from afa_llm.attention_probe import AnswerAttentionProbe, default_focus_layers, eager_answer_attention
     from afa_llm.models import load_model
 

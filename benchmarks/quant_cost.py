@@ -22,20 +22,16 @@ def child(mode: str, method: str, steps: int) -> dict:
     import torch
     from accelerate import Accelerator
 
-    from afa_llm.afa_step import TrainingObjective
     from afa_llm.config import load_config
     from afa_llm.data import load_sentiment_data
-    from afa_llm.discriminator import build_discriminator
     from afa_llm.focus import clean_pass
-    from afa_llm.train import build_model, build_task
+    from afa_llm.train import build_model, build_task, make_method
 
     cfg = load_config("recipes/quickstart.yaml", [f"quantization={mode}", f"method={method}"])
     data = load_sentiment_data(cfg.data, split_seed=cfg.split_seed)
     model, tokenizer = build_model(cfg, Accelerator())
     task = build_task(cfg, data, tokenizer)
-    disc = build_discriminator(cfg.discriminator, model.get_base_model().config.hidden_size, 256)
-    objective = TrainingObjective(cfg, task.label_token_ids, tokenizer.pad_token_id, disc,
-                                  torch.optim.AdamW(disc.parameters()), generator=torch.Generator().manual_seed(0))
+    objective = make_method(cfg, model, task, torch.Generator().manual_seed(0))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate)
     texts, labels = data.split("train")["text"], data.split("train")["label"]
     rng = np.random.default_rng(0)
@@ -44,7 +40,7 @@ def child(mode: str, method: str, steps: int) -> dict:
         idx = rng.choice(len(texts), cfg.batch_size, replace=False)
         batch = task.encode([texts[i] for i in idx], [labels[i] for i in idx])
         start = time.perf_counter()
-        loss, _ = objective(model, batch, clean_pass(model, batch, task.label_token_ids), step + 100)
+        loss, _ = objective.loss(model, batch, clean_pass(model, batch, task.label_token_ids), step + 100)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -54,7 +50,7 @@ def child(mode: str, method: str, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--method", default="afa", choices=["afa", "lora"])
+    parser.add_argument("--method", default="afa", choices=["afa", "lora"])  # at/vat: see step_cost.py
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--modes", nargs="+", default=["none", "nf4"])
     parser.add_argument("--child", help=argparse.SUPPRESS)

@@ -23,11 +23,14 @@ def _run(script: str, *args: str) -> str:
 
 @pytest.mark.slow  # a fresh process that imports the whole stack
 def test_step_cost_prints_phases_and_ratio(tiny_model_dir, tiny_csv):
-    stdout = _run("step_cost.py", "--steps", "1", "--warmup", "0", f"model={tiny_model_dir}",
-                  f"data={tiny_csv}", "batch_size=4")
+    stdout = _run("step_cost.py", "--steps", "1", "--warmup", "0", "--methods", "lora", "afa", "vat",
+                  f"model={tiny_model_dir}", f"data={tiny_csv}", "batch_size=4")
     assert stdout.startswith(tiny_model_dir)  # the header names the model that ran
-    masked = re.search(r"^masked passes\s+([\d.]+)\s+([\d.]+)$", stdout, re.M)
-    assert masked, stdout
+    row = lambda name: re.search(rf"^{name}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", stdout, re.M)  # noqa: E731
+    masked, perturbed = row("masked passes"), row("perturbed passes")
+    assert masked and perturbed, stdout
     assert float(masked.group(1)) == 0.0 and float(masked.group(2)) > 0.0  # only AFA makes masked passes
-    ratio = re.search(r"AFA / LoRA step time: ([\d.]+)x", stdout)
-    assert ratio and float(ratio.group(1)) > 0, stdout
+    assert float(perturbed.group(2)) == 0.0 and float(perturbed.group(3)) > 0.0  # only VAT perturbs
+    for method in ("afa", "vat"):
+        ratio = re.search(rf"^{method} / LoRA step time: ([\d.]+)x", stdout, re.M)
+        assert ratio and float(ratio.group(1)) > 0, stdout

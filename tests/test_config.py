@@ -5,6 +5,8 @@ Also checks that the shipped recipes and accelerate config files load. No model 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -207,3 +209,33 @@ def test_accelerate_configs_parse(name):
 def test_cpu_2proc_documents_the_env_switch():
     text = (ROOT / "accelerate_configs" / "cpu_2proc.yaml").read_text()
     assert "ACCELERATE_USE_CPU=1" in text
+
+
+# ---- method plug-ins: each method brings its own keys ----------------------------------------
+def test_a_method_key_of_another_method_is_refused_naming_it():
+    with pytest.raises(UserError, match=r"'num_masks' belongs to method afa, not lora"):
+        load_config(None, ["method=lora", "num_masks=4"])
+    with pytest.raises(UserError, match=r"'adv_eps' belongs to method at/vat/attn_rp/iat, not afa"):
+        load_config(None, ["method=afa", "adv_eps=1"])
+    with pytest.raises(UserError, match=r"unknown config key 'afa.num_mask'"):
+        load_config(None, ["method=lora", "afa.num_mask=4"])  # sections of other methods are checked too
+    with pytest.raises(UserError, match=r"'adv_exclude' has an invalid value"):
+        load_config(None, ["method=vat", "adv_exclude=[sink]"])
+
+
+def test_sections_apply_only_to_their_method(tmp_path):
+    recipe = write(tmp_path / "r.yaml", "method: afa\nafa:\n  num_masks: 8\nvat:\n  adv_eps: 3\n")
+    assert load_config(recipe).method_config.num_masks == 8
+    vat = load_config(recipe, ["method=vat", "vat.adv_xi=0.5"])
+    assert (vat.method_config.adv_eps, vat.method_config.adv_xi) == (3.0, 0.5)
+    assert "num_masks" not in vat.to_dict() and vat.to_dict()["adv_eps"] == 3.0
+    # a run's own config.yaml is flat; older ones held every method's keys: read them, drop the others
+    saved = write(tmp_path / "saved.yaml", "method: lora\nnum_masks: 4\nmasked_ce: random\n")
+    assert load_config(saved, saved=True).method_config.masked_ce == "random"
+
+
+def test_train_help_lists_each_methods_keys():
+    out = subprocess.run([sys.executable, "-m", "afa_llm.cli", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for text in ("adv_eps=1.0", "adv_exclude=[]", "num_masks=4", "attn_rp:", "iat [EXPERIMENTAL]"):
+        assert text in out.stdout, text

@@ -34,7 +34,7 @@ def side_cells(page: str) -> list[list[str]]:
 
 
 def direct_focus(model, tokenizer, text: str, layers: list[int]) -> torch.Tensor:
-    """Focus computed here from the probe and afa_math, to compare with the report."""
+    """Focus computed here from the probe and focus_math, to compare with the report."""
     task = PromptTask([" negative", " positive"]).bind(tokenizer)
     batch = task.encode([text])
     with torch.no_grad(), AnswerAttentionProbe(model, layers, batch.attention_mask) as probe:

@@ -150,7 +150,7 @@ class AttentionAT(AdversarialAttention):
 
 class AttentionIAT(AttentionAT):
     name = "iat"
-    summary = "EXPERIMENTAL: the released iAT code, i.e. AT with the sign flipped (loss-decreasing)"
+    summary = "the released iAT code, i.e. AT with the sign flipped (a loss-decreasing perturbation)"
     experimental = True
     sign = -1.0
 
