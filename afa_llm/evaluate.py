@@ -22,6 +22,12 @@ from .scoring import class_logits
 from .task import PromptTask, draw_demonstrations
 
 
+def length_batches(task: PromptTask, texts: Sequence[str], batch_size: int) -> list[np.ndarray]:
+    """Row indices of ``texts`` in batches of similar length (shortest first: less padding)."""
+    order = np.argsort([len(task.text_ids(t)) for t in texts], kind="stable")
+    return [order[start : start + batch_size] for start in range(0, len(texts), batch_size)]
+
+
 @torch.no_grad()
 def predict_logits(
     model: torch.nn.Module,
@@ -41,15 +47,12 @@ def predict_logits(
     """
     was_training = model.training
     model.eval()
-    lengths = [len(task.text_ids(t)) for t in texts]
-    order = np.argsort(lengths, kind="stable")
     device = next(model.parameters()).device
     out = np.zeros((len(texts), task.num_classes), dtype=np.float32)
     own_bar = bar is None
     if own_bar:
         bar = tqdm(total=len(texts), desc=desc, disable=not progress, unit="ex")
-    for start in range(0, len(texts), batch_size):
-        idx = order[start : start + batch_size]
+    for idx in length_batches(task, texts, batch_size):
         batch = task.encode([texts[i] for i in idx], demos=[demos[i] for i in idx] if demos else None)
         logits = class_logits(model, batch.to(device), task.label_token_ids)
         out[idx] = logits.cpu().numpy()

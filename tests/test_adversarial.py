@@ -75,6 +75,12 @@ def test_random_directions_do_not_depend_on_batch_or_padding(rows):
     torch.testing.assert_close(inner, a[0])
 
 
+def test_keep_where_vanished():
+    new = [torch.tensor([[1.0, 2.0], [0.0, 0.0]])]
+    old = [torch.tensor([[5.0, 5.0], [3.0, 4.0]])]
+    assert adv.keep_where_vanished(new, old)[0].tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
 def test_eps_rms_and_key_share():
     valid = adv.valid_entries(MASK, "answer")  # 3 and 5 valid keys
     torch.testing.assert_close(adv.eps_rms(3.0, valid, 2, 4, "example"),

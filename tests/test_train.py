@@ -42,6 +42,7 @@ SUFFIXES = ["today", "for me", "in the end", "really", "to watch", "overall", "a
 AFA_METRICS = {"loss_cls", "loss_pg", "disc_loss", "disc_acc", "reward_mean", "effect_mean", "focus_entropy",
                "fake_focus_share", "step_time", "tokens_per_s"}
 LORA_METRICS = {"loss_cls", "focus_entropy", "fake_focus_share", "step_time", "tokens_per_s"}
+ADV_METRICS = LORA_METRICS | {"adv_ce", "adv_kl", "adv_random_kl", "adv_norm", "adv_eps_rms", "adv_first_token_share"}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,8 @@ def max_diff(a: dict, b: dict) -> float:
 
 
 # ---- end to end -------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["afa", "lora"])
+@pytest.mark.parametrize("method", ["afa", "lora", "vat", pytest.param("at", marks=pytest.mark.slow),
+                                    pytest.param("attn_rp", marks=pytest.mark.slow)])
 def test_end_to_end(method, tiny_model_dir, learnable_csv, tmp_path):
     run = tmp_path / "run"
     overrides = tiny_overrides(run, tiny_model_dir, learnable_csv, f"method={method}", "steps=30",
@@ -93,13 +95,18 @@ def test_end_to_end(method, tiny_model_dir, learnable_csv, tmp_path):
     losses = [m["loss_cls"] for m in metrics]
     assert all(math.isfinite(x) for x in losses)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.1, losses
-    expected = AFA_METRICS if method == "afa" else LORA_METRICS
+    expected = {"afa": AFA_METRICS, "lora": LORA_METRICS}.get(method, ADV_METRICS)
     for m in metrics:
         assert expected <= set(m), expected - set(m)
-        if method == "lora":
+        if method != "afa":
             assert not {"loss_pg", "disc_loss", "disc_acc", "reward_mean"} & set(m)
         else:
             assert 0 <= m["disc_acc"] <= 1 and m["effect_mean"] >= 0
+        if method in ("vat", "attn_rp"):
+            assert m["adv_norm"] == pytest.approx(1.0, rel=1e-3)  # also once VAT's gradient underflows
+        if method in ("at", "vat", "attn_rp"):  # AT's r is 0 where L_cls is flat (a saturated example)
+            assert m["adv_norm"] <= 1.0 + 1e-3 and 0 <= m["adv_first_token_share"] <= 1
+            assert 0 < m["adv_eps_rms"] < 1 and m["adv_kl"] >= 0 and m["adv_random_kl"] >= 0
     assert [m["step"] for m in metrics if "val_accuracy" in m] == [10, 20, 30]
 
     # checkpoints: pruned to the newest two, each complete
@@ -296,12 +303,14 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, learnable_csv, tmp_path):
+@pytest.mark.parametrize("method", ["afa", pytest.param("vat", marks=pytest.mark.slow)])
+def test_resume_after_sigkill_matches_uninterrupted_run(method, tiny_model_dir, learnable_csv, tmp_path):
     # lora_dropout > 0 makes the torch RNG matter too; median significance makes the running
-    # median matter for the discriminator; warm-up 0 makes the mask sampler matter for the adapter.
-    common = ["method=afa", "steps=8", "save_every=2", "eval_every=4", "eval_limit=4", "lora_dropout=0.1",
-              "evaluate_zero_shot=false", "test_limit=4", "focus_eval_limit=4", "keep_checkpoints=2",
-              "significance=median"]
+    # median matter for the discriminator; warm-up 0 makes the mask sampler matter for the adapter;
+    # VAT's random start is drawn per example and step, so it needs no state of its own.
+    own = ["significance=median"] if method == "afa" else ["adv_eps=1"]
+    common = [f"method={method}", "steps=8", "save_every=2", "eval_every=4", "eval_limit=4", "lora_dropout=0.1",
+              "evaluate_zero_shot=false", "test_limit=4", "focus_eval_limit=4", "keep_checkpoints=2", *own]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     victim = _launch(tiny_overrides(killed, tiny_model_dir, learnable_csv, *common), tmp_path / "killed.log")
     outcome: dict = {}
@@ -339,13 +348,16 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir, learnabl
     assert max_diff(adapter_state(killed / "adapter"), adapter_state(straight / "adapter")) <= 1e-6
     final_a = load_trainer_state(killed / "checkpoints" / "step-000008")
     final_b = load_trainer_state(straight / "checkpoints" / "step-000008")
-    assert max_diff(final_a["method"]["discriminator"], final_b["method"]["discriminator"]) <= 1e-6
-    assert final_a["method"]["median"]["values"] == pytest.approx(final_b["method"]["median"]["values"], abs=1e-6)
+    if method == "afa":
+        assert max_diff(final_a["method"]["discriminator"], final_b["method"]["discriminator"]) <= 1e-6
+        assert final_a["method"]["median"]["values"] == pytest.approx(final_b["method"]["median"]["values"],
+                                                                      abs=1e-6)
     # metrics.jsonl: each step once, the same numbers as the uninterrupted run
     a, b = read_metrics(killed), read_metrics(straight)
     assert [m["step"] for m in a] == list(range(1, 9))
     for x, y in zip(a, b):
-        for key in ("loss_cls", "loss_pg", "disc_loss", "effect_mean"):
+        keys = ("loss_cls", "loss_pg", "disc_loss", "effect_mean") if method == "afa" else ("loss_cls", "adv_kl")
+        for key in keys:
             assert x[key] == pytest.approx(y[key], abs=1e-6), (x["step"], key)
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (killed, straight))
     assert ra["validation"] == rb["validation"] and ra["test"]["predictions"] == rb["test"]["predictions"]

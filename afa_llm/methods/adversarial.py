@@ -167,7 +167,8 @@ class AttentionVAT(AdversarialAttention):
         for _ in range(keys.adv_power_iters):
             probe = [t.detach().requires_grad_() for t in adv.normalise(d, valid, keys.adv_xi, keys.adv_norm_scope)]
             kl = class_kl(p_hat, self.perturbed_logits(model, batch, clean, probe, grad=False)).sum()
-            d = list(torch.autograd.grad(kl, probe))  # only r: the power iteration leaves no parameter grads
+            grads = torch.autograd.grad(kl, probe)  # only r: the power iteration leaves no parameter grads
+            d = adv.keep_where_vanished(list(grads), d)
         return d
 
 

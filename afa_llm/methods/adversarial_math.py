@@ -17,6 +17,7 @@ padded, causally hidden or excluded keys.
         make-up or the padding width.
     eps_rms(eps, valid, n_layers, n_heads, scope) -> (B,) eps as the RMS per edited entry
     key_share(directions, key_mask) -> (B,) share of the squared norm on chosen keys
+    keep_where_vanished(new, old) -> new, but old for examples whose new direction is 0
 """
 
 from __future__ import annotations
@@ -123,3 +124,14 @@ def key_share(directions: Sequence[torch.Tensor], key_mask: torch.Tensor) -> tor
              for d in directions)
     total = sum(d.pow(2).flatten(1).sum(1) for d in directions)
     return on / total.clamp_min(_TINY)
+
+
+def keep_where_vanished(new: Sequence[torch.Tensor], old: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per example, ``new`` unless it is all zero, then ``old``.
+
+    A VAT power-iteration gradient underflows to exactly 0 once the model is saturated on an
+    example (p^ one-hot in fp32); the iteration then keeps its start instead of dropping r.
+    """
+    norm = sum(t.pow(2).flatten(1).sum(1) for t in new)
+    dead = norm <= _TINY
+    return [torch.where(dead.view(-1, *([1] * (n.dim() - 1))), o, n) for n, o in zip(new, old)]
