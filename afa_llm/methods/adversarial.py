@@ -15,7 +15,8 @@ every row) of the ``adv_layers``, for all query heads, through the one attention
 Perturbed passes start at the lowest perturbed layer from the clean pass's hidden state
 (`decoder_layers.start_at_layer`): the layers below are unchanged by ``r``, so this is
 exact, and the gradient reaches their LoRA weights once through the clean graph. Each
-step logs the adversarial CE and KL, the KL of a random direction of the same norm, the
+step logs the adversarial CE and KL, the KL of a random direction of the same norm (VAT's
+random start when ``adv_xi == adv_eps``, RP's own perturbation; otherwise one more pass), the
 perturbation norm, epsilon as the RMS per edited entry, and the share of the squared norm
 on the first real token (the attention sink).
 """
@@ -118,21 +119,26 @@ class AdversarialAttention(TrainingMethod):
         ce = F.cross_entropy(logits, batch.labels)
         term = ce if self.adversarial_loss == "ce" else kl
         metrics = {"loss_cls": loss_cls.item(), "adv_ce": ce.item(), "adv_kl": kl.item(),
-                   **self.diagnostics(model, batch, clean, r, valid, step)}
+                   **self.diagnostics(model, batch, clean, r, valid, step, kl)}
         return loss_cls + keys.adv_lambda * term, metrics
 
-    def diagnostics(self, model, batch, clean, r, valid, step) -> dict[str, float]:
+    def random_kl(self, model, batch, clean, valid, step, adv_kl: torch.Tensor) -> float:
+        """KL(p^ || p(s + r_random)) for a random centred direction of norm eps: one more pass."""
         keys = self.keys
         random = adv.normalise(self.random_direction(batch, valid, step, salt=1), valid, keys.adv_eps,
                                keys.adv_norm_scope)
         with torch.no_grad():
-            random_kl = class_kl(clean.class_logits.detach(), self.perturbed_logits(model, batch, clean, random,
-                                                                                   grad=False)).mean()
+            logits = self.perturbed_logits(model, batch, clean, random, grad=False)
+        return class_kl(clean.class_logits.detach(), logits).mean().item()
+
+    def diagnostics(self, model, batch, clean, r, valid, step, adv_kl: torch.Tensor) -> dict[str, float]:
+        keys = self.keys
+        random_kl = self.random_kl(model, batch, clean, valid, step, adv_kl)
         first = torch.zeros_like(batch.attention_mask, dtype=torch.bool)
         first[torch.arange(first.shape[0]), adv.first_real_token(batch.attention_mask)] = True
         norm = sum(t.pow(2).flatten(1).sum(1) for t in r).sqrt()
         rms = adv.eps_rms(keys.adv_eps, valid, len(self.layers), self.ctx.num_heads, keys.adv_norm_scope)
-        return {"adv_random_kl": random_kl.item(), "adv_norm": norm.mean().item(), "adv_eps_rms": rms.mean().item(),
+        return {"adv_random_kl": random_kl, "adv_norm": norm.mean().item(), "adv_eps_rms": rms.mean().item(),
                 "adv_first_token_share": adv.key_share(r, first).mean().item()}
 
 
@@ -164,12 +170,20 @@ class AttentionVAT(AdversarialAttention):
         keys = self.keys
         p_hat = clean.class_logits.detach()
         d = self.random_direction(batch, valid, step)
-        for _ in range(keys.adv_power_iters):
+        self._start_kl = None
+        for iteration in range(keys.adv_power_iters):
             probe = [t.detach().requires_grad_() for t in adv.normalise(d, valid, keys.adv_xi, keys.adv_norm_scope)]
-            kl = class_kl(p_hat, self.perturbed_logits(model, batch, clean, probe, grad=False)).sum()
-            grads = torch.autograd.grad(kl, probe)  # only r: the power iteration leaves no parameter grads
+            kl = class_kl(p_hat, self.perturbed_logits(model, batch, clean, probe, grad=False))
+            if iteration == 0 and keys.adv_xi == keys.adv_eps:  # the start is a random direction of norm eps
+                self._start_kl = kl.detach().mean().item()
+            grads = torch.autograd.grad(kl.sum(), probe)  # only r: the power iteration leaves no parameter grads
             d = adv.keep_where_vanished(list(grads), d)
         return d
+
+    def random_kl(self, model, batch, clean, valid, step, adv_kl):
+        if self._start_kl is not None:  # no extra pass: the power iteration's start already measured it
+            return self._start_kl
+        return super().random_kl(model, batch, clean, valid, step, adv_kl)
 
 
 class AttentionRP(AdversarialAttention):
@@ -178,3 +192,6 @@ class AttentionRP(AdversarialAttention):
 
     def direction(self, model, batch, clean, loss_cls, valid, step):
         return self.random_direction(batch, valid, step)
+
+    def random_kl(self, model, batch, clean, valid, step, adv_kl):
+        return adv_kl.item()  # its own perturbation is the random direction of norm eps
