@@ -21,6 +21,8 @@ SUBCOMMANDS = {
     "predict": ("afa_llm.predict", "Classify new texts (CSV, JSONL, parquet, or lines on stdin) with a trained run or "
                                    "merged model: predicted label and class probabilities per row."),
     "merge": ("afa_llm.merge", "Merge a trained LoRA adapter into a full-precision base for deployment."),
+    "calibrate": ("afa_llm.act_search", "ACT: search the attention heads whose sink calibration helps (training-free), "
+                                        "write act.json for eval/predict --act."),
     "focus": ("afa_llm.focus_report", "Render where the model looks (answer-position focus) as HTML and PNG."),
     "leaderboard": ("afa_llm.leaderboard", "Evaluate many runs/models and write leaderboard.md/.csv/.png."),
 }
@@ -134,7 +136,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reliability-plot", default=None, metavar="FILE.png",
                         help="also draw the reliability diagram (accuracy per confidence bin, the 15 bins of "
                              "the expected calibration error) to this .png/.pdf/.svg file")
+    add_act_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_act_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--act", default=None, metavar="ACT.json",
+                        help="apply an ACT attention-sink calibration written by `afa-llm calibrate` (refused if "
+                             "it was made for another model or adapter)")
 
 
 def check_eval_args(args) -> None:
@@ -199,19 +208,26 @@ def load_scorer(args, label_names: list[str]):
 def run(args) -> int:
     from .evaluate import evaluate_dataset, format_report
 
+    from .act import act_enabled, load_act
+
     check_eval_args(args)
+    act = load_act(args.act) if args.act else None
     data = load_data_from_args(args)
     split, scored = rows_to_score(args, data)
     model, task = load_scorer(args, data.label_names)
-    report = evaluate_dataset(model, task, split, data.label_names, batch_size=args.batch_size,
-                              shots=args.shots, demo_pool=data.split("train"), seed=args.seed,
-                              progress=not args.no_progress)
+    with act_enabled(model, act, args.act):
+        report = evaluate_dataset(model, task, split, data.label_names, batch_size=args.batch_size,
+                                  shots=args.shots, demo_pool=data.split("train"), seed=args.seed,
+                                  progress=not args.no_progress)
     report.update({
         "model": args.model, "adapter": args.adapter, "quantization": args.quantization, "data": args.data,
         "split": args.split, "split_seed": args.split_seed, "template": task.template,
         "label_words": task.label_words, "label_names": data.label_names, "scored": scored,
+        "act": act.summary(args.act) if act else None,
     })
     title = f"{args.model}{' + ' + args.adapter if args.adapter else ''} on {args.data}/{args.split}"
+    if act:
+        title += f" + ACT ({act.n_heads} heads, beta {act.beta}, tau {act.tau}: {args.act})"
     title += f"\nscored {scored['n']} of {scored['of']} rows: {scored['rows']}"
     print(format_report(report, data.label_names, title=title))
     if args.output:

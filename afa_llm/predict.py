@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rows read, scored and written at a time; memory stays bounded by this, not the "
                              "input size (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (stderr)")
+    from .cli import add_act_argument
+
+    add_act_argument(parser)
 
 
 # ---- settings -----------------------------------------------------------------------------
@@ -243,19 +246,22 @@ def _first_chunk(args) -> Iterator[pd.DataFrame]:
 
 
 def run(args) -> int:
+    from .act import act_enabled, load_act
     from .cli import load_scorer
 
     _check_args(args)
+    act = load_act(args.act) if args.act else None
     scorer, label_names = resolve_settings(args)
     chunks = _first_chunk(args)
     model, task = load_scorer(scorer, label_names)
-    if args.output:
-        fmt = Path(args.output).suffix.lower().lstrip(".")
-        with atomic_writer(args.output, newline="", encoding="utf-8") as handle:
-            rows, empty = predict_stream(model, task, label_names, chunks, ChunkWriter(handle, fmt), args)
-        print(f"wrote {rows} predictions to {args.output}", file=sys.stderr)
-    else:
-        rows, empty = predict_stream(model, task, label_names, chunks, ChunkWriter(sys.stdout, "csv"), args)
+    with act_enabled(model, act, args.act):
+        if args.output:
+            fmt = Path(args.output).suffix.lower().lstrip(".")
+            with atomic_writer(args.output, newline="", encoding="utf-8") as handle:
+                rows, empty = predict_stream(model, task, label_names, chunks, ChunkWriter(handle, fmt), args)
+            print(f"wrote {rows} predictions to {args.output}", file=sys.stderr)
+        else:
+            rows, empty = predict_stream(model, task, label_names, chunks, ChunkWriter(sys.stdout, "csv"), args)
     if empty:
         print(f"{empty} of {rows} rows have empty text: they got no prediction (empty {PRED_COLUMN})",
               file=sys.stderr)

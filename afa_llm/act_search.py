@@ -1,0 +1,366 @@
+"""``afa-llm calibrate``: ACT's head search (`afa_llm.act`), and its controls.
+
+Each eligible (layer, head) is calibrated alone and scored on N calibration examples with the
+evaluator's label-word scoring: accuracy and the mean gold-label margin (gold class logit minus
+the best other one). A selection rule then keeps heads (the authors' code has none; this is the
+likely one, see ../shared/design/ACT.md):
+
+- ``faithful``: solo accuracy > the uncalibrated baseline's;
+- ``strict``: that, and a higher mean gold margin than the baseline's.
+
+The search is exact and faster than one full forward per candidate: the calibration rows are
+batched by length, only the last position is scored (``logits_to_keep=1``), and each layer's
+input is computed once (the baseline pass's hidden states, per batch) and fed to layers >= l for
+every head of layer l (`afa_llm.decoder_layers.start_at_layer`); layers below l are unchanged by
+an edit of layer l, so the numbers are those of the full forward. ``--bf16`` runs everything
+under bf16 autocast (faster on AMX CPUs; other numbers, recorded in act.json).
+
+Controls: ``--heads random --draw K`` (the same number of heads per layer as the rule selects,
+drawn at random with seed (--seed, K)) and ``--heads all`` (every eligible head, no search).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .act import ACT_FILE, DEFAULT_BETA, DEFAULT_TAU, ACTConfig, ACTEdit, default_eligible_layers, \
+    model_fingerprint, save_act
+from .attention_hook import attention_hook, set_module_edits
+from .decoder_layers import find_decoder_layers, start_at_layer
+from .errors import UserError
+from .io_utils import atomic_write_text, check_writable_dir
+
+SEARCH_FILE = "search.jsonl"
+RULES = ("faithful", "strict")
+HEADS = ("search", "random", "all")
+VALIDATION_NOTE = ("the seeded validation split: disjoint from the train split by construction "
+                   "(afa_llm.data.stratified_splits drops duplicate texts, then splits)")
+
+
+# ------------------------------------------------------------------------- pure functions
+def accuracy_and_margin(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Label-word accuracy and the mean gold margin of class logits (N, C)."""
+    logits = logits.float()
+    gold = logits.gather(1, labels[:, None])[:, 0]
+    other = logits.scatter(1, labels[:, None], float("-inf")).max(-1).values
+    return {"accuracy": (logits.argmax(-1) == labels).float().mean().item(),
+            "margin": (gold - other).mean().item(), "n": len(labels)}
+
+
+def select_heads(results: list[dict], baseline: dict, rule: str = "faithful") -> dict[int, list[int]]:
+    """The heads whose solo calibration beats the baseline under ``rule`` (see the module doc)."""
+    if rule not in RULES:
+        raise UserError(f"unknown --rule {rule!r}; use one of {', '.join(RULES)}")
+    heads: dict[int, list[int]] = {}
+    for r in results:
+        better = r["accuracy"] > baseline["accuracy"]
+        if rule == "strict":
+            better = better and r["margin"] > baseline["margin"]
+        if better:
+            heads.setdefault(int(r["layer"]), []).append(int(r["head"]))
+    return {layer: sorted(h) for layer, h in sorted(heads.items())}
+
+
+def random_heads(counts: dict[int, int], n_heads: int, seed: int, draw: int) -> dict[int, list[int]]:
+    """The same number of heads per layer as ``counts``, drawn uniformly (seeded by seed and draw)."""
+    rng = np.random.default_rng([seed, draw])
+    return {layer: sorted(int(h) for h in rng.choice(n_heads, size=k, replace=False))
+            for layer, k in sorted(counts.items()) if k}
+
+
+def all_heads(layers: list[int], n_heads: int) -> dict[int, list[int]]:
+    return {layer: list(range(n_heads)) for layer in layers}
+
+
+def setup_hash(setup: dict) -> str:
+    return hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_search(path: Path, setup: str) -> dict[tuple[int, int], dict]:
+    """The finished candidates of a search.jsonl made with the same setup (a torn last line is dropped)."""
+    if not path.exists():
+        return {}
+    done = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # an interrupted write; the candidate runs again
+        if record.get("setup") != setup:
+            raise UserError(f"{path} comes from another search (model, adapter, calibration examples, beta, tau or "
+                            "--bf16 differ); use another --output or delete it")
+        done[(record["layer"], record["head"])] = record
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in done.values()))
+    return done
+
+
+# ---------------------------------------------------------------------------- the search
+@dataclass
+class HeadSearch:
+    """Scores ACT configurations on calibration batches; ``fast`` reuses each layer's input."""
+
+    model: torch.nn.Module
+    batches: list  # EncodedBatch, on the model's device
+    labels: torch.Tensor  # in batch order
+    label_token_ids: list[int]
+    beta: float = DEFAULT_BETA
+    tau: float = DEFAULT_TAU
+    fast: bool = True
+    bf16: bool = False
+    layer_inputs: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    forwards: float = 0.0  # full-forward equivalents run so far (per example)
+
+    def _autocast(self):
+        device = self.labels.device.type
+        return torch.autocast(device, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    def _logits(self, index: int, start: int = 0) -> torch.Tensor:
+        """Class logits of batch ``index``; ``start`` > 0 feeds the cached input of that layer."""
+        from .scoring import forward_scores
+
+        batch = self.batches[index]
+        feed = start_at_layer(self.model, start, self.layer_inputs[start][index]) if start else \
+            contextlib.nullcontext()
+        with feed:
+            return forward_scores(self.model, **batch.model_inputs(), label_token_ids=self.label_token_ids).class_logits
+
+    @torch.no_grad()
+    def baseline(self, layers: list[int]) -> dict:
+        """The uncalibrated scores; with ``fast``, also keeps the inputs of ``layers`` per batch."""
+        from .scoring import forward_scores
+
+        self.layer_inputs = {layer: [] for layer in layers} if self.fast else {}
+        logits = []
+        with attention_hook(self.model), self._autocast():
+            for batch in self.batches:
+                out = forward_scores(self.model, **batch.model_inputs(), label_token_ids=self.label_token_ids,
+                                     return_hidden=self.fast)
+                logits.append(out.class_logits)
+                for layer in self.layer_inputs:
+                    self.layer_inputs[layer].append(out.hidden_states[layer])
+        self.forwards += 1
+        return accuracy_and_margin(torch.cat(logits), self.labels)
+
+    @torch.no_grad()
+    def score(self, heads: dict[int, list[int]]) -> dict:
+        """Accuracy and margin with ``heads`` calibrated (all at once)."""
+        config = ACTConfig(heads=heads, beta=self.beta, tau=self.tau)
+        edits = config.edits()
+        start = min(edits) if self.fast and edits and all(l in self.layer_inputs for l in edits) else 0
+        with attention_hook(self.model), self._autocast():
+            set_module_edits(self.model, edits)
+            try:
+                logits = [self._logits(index, start) for index in range(len(self.batches))]
+            finally:
+                set_module_edits(self.model, None)
+        n_layers = len(find_decoder_layers(self.model))
+        self.forwards += (n_layers - start) / n_layers
+        return accuracy_and_margin(torch.cat(logits), self.labels)
+
+    def candidate(self, layer: int, head: int) -> dict:
+        return {"layer": layer, "head": head, **self.score({layer: [head]})}
+
+
+def prepare_batches(task, texts: list[str], labels: list[int], batch_size: int, device) -> tuple[list, torch.Tensor]:
+    """Length-sorted encoded batches and the labels in the same order."""
+    from .evaluate import length_batches
+
+    groups = length_batches(task, texts, batch_size)
+    batches = [task.encode([texts[i] for i in idx]).to(device) for idx in groups]
+    order = np.concatenate(groups) if groups else np.zeros(0, dtype=int)
+    return batches, torch.as_tensor(np.asarray(labels)[order], device=device)
+
+
+def run_search(search: HeadSearch, candidates: list[tuple[int, int]], done: dict, baseline: dict,
+               log: Path | None, setup: str, progress: bool = True) -> list[dict]:
+    """Score every candidate not in ``done``, appending each result to ``log``; all results in order."""
+    from tqdm.auto import tqdm
+
+    results = dict(done)
+    best = max(done.values(), key=lambda r: r["accuracy"], default=None)
+    todo = [c for c in candidates if c not in done]
+    with tqdm(total=len(candidates), initial=len(candidates) - len(todo), desc="ACT search", unit="head",
+              disable=not progress, file=sys.stderr) as bar:
+        for layer, head in todo:
+            result = search.candidate(layer, head)
+            results[(layer, head)] = result
+            if log is not None:
+                with open(log, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps({**result, "setup": setup}) + "\n")
+            if best is None or result["accuracy"] > best["accuracy"]:
+                best = result
+            bar.set_postfix_str(f"baseline {baseline['accuracy']:.4f}, best L{best['layer']}H{best['head']} "
+                                f"{best['accuracy']:.4f}")
+            bar.update(1)
+    return [results[c] for c in candidates]
+
+
+# -------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .cli import add_data_arguments, add_model_arguments, add_task_arguments
+
+    add_model_arguments(parser)
+    parser.add_argument("--adapter", default=None,
+                        help="a training run folder (its config gives the model, prompt, data and split seed) "
+                             "or a peft adapter folder")
+    add_data_arguments(parser)
+    add_task_arguments(parser)
+    parser.set_defaults(model=None, quantization=None, dtype=None, data=None, text_column=None, label_column=None,
+                        split_seed=None, template=None, max_text_tokens=None, truncation=None)
+    # None above: the run's setting where --adapter is a run folder, else the eval default
+    parser.add_argument("--split", default="validation", choices=["validation", "train"],
+                        help="where the calibration examples come from; never test, and never the train split "
+                             "of the run's own data (default: %(default)s)")
+    parser.add_argument("--calibration-size", type=int, default=500,
+                        help="calibration examples drawn from the split (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draw (and of --heads random)")
+    parser.add_argument("--output", required=True, help=f"folder for {ACT_FILE} and {SEARCH_FILE}")
+    parser.add_argument("--resume", action="store_true", help=f"continue the search in --output's {SEARCH_FILE}")
+    parser.add_argument("--rule", default="faithful", choices=list(RULES),
+                        help="faithful: solo accuracy above the baseline; strict: also a higher mean gold margin "
+                             "(default: %(default)s)")
+    parser.add_argument("--heads", default="search", choices=list(HEADS),
+                        help="search; random: the rule's count per layer, random heads (control); "
+                             "all: every eligible head, no search (control) (default: %(default)s)")
+    parser.add_argument("--draw", type=int, default=0, help="which random draw, with --heads random")
+    parser.add_argument("--layers", default=None,
+                        help="comma-separated eligible layers (default: 2..L-2, as the authors)")
+    parser.add_argument("--beta", type=float, default=DEFAULT_BETA, help="sink scale (default: %(default)s)")
+    parser.add_argument("--tau", type=float, default=DEFAULT_TAU, help="sink score threshold (default: %(default)s)")
+    parser.add_argument("--bf16", action="store_true", help="run the search under bf16 autocast (faster, inexact)")
+    parser.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def act_file_name(heads: str, rule: str, draw: int) -> str:
+    prefix = "act" if rule == "faithful" else f"act-{rule}"
+    return {"search": f"{prefix}.json", "random": f"{prefix}-random-{draw}.json", "all": "act-all.json"}[heads]
+
+
+def resolve_calibration(args) -> tuple[argparse.Namespace, object]:
+    """The scorer settings (model, adapter, prompt, data) and the run's config (None without a run)."""
+    from .config import PROMPT_KEYS
+    from .merge import find_run
+    from .predict import resolve_settings
+
+    prompt = {key: getattr(args, key) for key in PROMPT_KEYS}
+    if not args.adapter and not args.model:
+        args.model = "smollm2-135m"
+    scorer, _ = resolve_settings(args)
+    for key, value in prompt.items():  # given on the command line: wins over the run's
+        if value is not None:
+            setattr(scorer, key, value)
+    cfg = find_run(args.adapter).config if args.adapter else None
+    own_data = cfg is not None and args.data in (None, cfg.data)
+    defaults = {"data": "rotten_tomatoes", "text_column": "text", "label_column": "label", "label_names": None,
+                "split_seed": 0}
+    for key, default in defaults.items():
+        value = getattr(args, key)
+        if value is None:
+            value = getattr(cfg, key) if own_data else default
+        setattr(scorer, key, value)
+    if isinstance(scorer.label_names, list):
+        scorer.label_names = ",".join(scorer.label_names)
+    if own_data and args.split == "train":
+        raise UserError(f"the run trained on the train split of {cfg.data}; calibrate on --split validation")
+    if own_data and scorer.split_seed != cfg.split_seed:
+        raise UserError(f"the run split {cfg.data} with split seed {cfg.split_seed}; another seed's validation split "
+                        f"overlaps its training examples: use --split-seed {cfg.split_seed}")
+    return scorer, cfg
+
+
+def calibration_rows(args, scorer, data) -> tuple[list[int], dict]:
+    """The drawn example ids of the split and the record of where they came from."""
+    split = data.split(args.split)
+    if len(split) == 0:
+        raise UserError(f"{scorer.data}: the {args.split} split is empty; nothing to calibrate on")
+    if args.calibration_size > len(split):
+        raise UserError(f"--calibration-size {args.calibration_size} is larger than the {args.split} split "
+                        f"({len(split)} examples)")
+    ids = sorted(np.random.default_rng(args.seed).choice(len(split), args.calibration_size, replace=False).tolist())
+    record = {"data": scorer.data, "split": args.split, "split_seed": scorer.split_seed, "seed": args.seed,
+              "n": len(ids), "of": len(split), "ids": ids,
+              "note": VALIDATION_NOTE if args.split == "validation" else "the train split (the model never trained on it)"}
+    return ids, record
+
+
+def _check_args(args) -> None:
+    if args.calibration_size <= 0 or args.batch_size <= 0:
+        raise UserError("--calibration-size and --batch-size must be positive")
+    if not 0 <= args.beta <= 1 or args.tau < 0:
+        raise UserError("--beta must be in [0, 1] and --tau must not be negative")
+    check_writable_dir(args.output, "--output")
+    log = Path(args.output) / SEARCH_FILE
+    if args.heads == "search" and log.exists() and log.stat().st_size and not args.resume:
+        raise UserError(f"{log} exists: pass --resume to continue that search, or choose another --output")
+
+
+def _eligible(args, n_layers: int) -> list[int]:
+    if args.layers is None:
+        layers = default_eligible_layers(n_layers)
+    else:
+        try:
+            layers = sorted({int(v) for v in args.layers.split(",")})
+        except ValueError as exc:
+            raise UserError(f"--layers must be comma-separated integers, got {args.layers!r}") from exc
+    if not layers or not all(0 <= l < n_layers for l in layers):
+        raise UserError(f"no eligible layers ({layers}) in a model with {n_layers} layers; set --layers")
+    return layers
+
+
+def run(args) -> int:
+    from .cli import load_data_from_args, load_scorer
+
+    _check_args(args)
+    scorer, _ = resolve_calibration(args)
+    data = load_data_from_args(scorer)
+    ids, record = calibration_rows(args, scorer, data)
+    model, task = load_scorer(scorer, data.label_names)
+    model.eval()
+    split = data.split(args.split).select(ids)
+    batches, labels = prepare_batches(task, list(split["text"]), list(split["label"]), args.batch_size,
+                                      next(model.parameters()).device)
+    layers = _eligible(args, len(find_decoder_layers(model)))
+    fingerprint = model_fingerprint(model)
+    n_heads = fingerprint["heads"]
+    setup = setup_hash({"fingerprint": fingerprint, "ids": ids, "data": record, "beta": args.beta, "tau": args.tau,
+                        "bf16": args.bf16, "prompt": [task.template, task.label_words, task.max_text_tokens,
+                                                      task.truncation]})
+    search = HeadSearch(model, batches, labels, task.label_token_ids, beta=args.beta, tau=args.tau, bf16=args.bf16)
+    start = time.perf_counter()
+    baseline = search.baseline(layers)
+    info = {"eligible_layers": layers, "baseline": baseline, "bf16": args.bf16, "model": scorer.model,
+            "adapter": scorer.adapter, "prompt": {"template": task.template, "label_words": task.label_words}}
+    if args.heads == "all":
+        heads, rule = all_heads(layers, n_heads), None
+    else:
+        log = Path(args.output) / SEARCH_FILE
+        log.parent.mkdir(parents=True, exist_ok=True)
+        candidates = [(layer, head) for layer in layers for head in range(n_heads)]
+        results = run_search(search, candidates, read_search(log, setup), baseline, log, setup,
+                             progress=not args.no_progress)
+        heads, rule = select_heads(results, baseline, args.rule), args.rule
+        if args.heads == "random":
+            heads = random_heads({l: len(h) for l, h in heads.items()}, n_heads, args.seed, args.draw)
+            info["draw"] = args.draw
+        info["candidates"] = len(candidates)
+    info["selected"] = search.score(heads)
+    info.update(forwards_per_example=round(search.forwards, 2), seconds=round(time.perf_counter() - start, 1))
+    config = ACTConfig(heads=heads, beta=args.beta, tau=args.tau, selection=args.heads, rule=rule,
+                       fingerprint=fingerprint, calibration=record, info=info)
+    path = Path(args.output) / act_file_name(args.heads, args.rule, args.draw)
+    save_act(path, config)
+    print(f"{config.n_heads} heads in {len(config.edits())} layers ({args.heads}"
+          f"{', rule ' + rule if rule else ''}); calibration accuracy {baseline['accuracy']:.4f} -> "
+          f"{info['selected']['accuracy']:.4f} on {record['n']} {args.split} examples; wrote {path}")
+    return 0

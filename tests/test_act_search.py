@@ -1,0 +1,213 @@
+"""ACT head search (afa_llm.act_search): the pure functions, the fast search against the plain
+one (a full forward per candidate) on tiny random Llama / Qwen3 / Gemma3 models, and
+`afa-llm calibrate` (resume, controls, errors, eval --act)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import TINY_ROWS
+
+from afa_llm import act_search
+from afa_llm.act import load_act
+from afa_llm.act_search import (HeadSearch, accuracy_and_margin, all_heads, prepare_batches, random_heads,
+                                select_heads)
+from afa_llm.cli import main
+from afa_llm.task import PromptTask
+
+
+# ------------------------------------------------------------------------------ pure functions
+def test_accuracy_and_margin():
+    logits = torch.tensor([[2.0, 0.0, 1.0], [0.0, 3.0, 1.0], [1.0, 1.5, 0.0]])
+    labels = torch.tensor([0, 2, 0])
+    out = accuracy_and_margin(logits, labels)
+    assert out["accuracy"] == pytest.approx(1 / 3) and out["n"] == 3
+    assert out["margin"] == pytest.approx(((2 - 1) + (1 - 3) + (1 - 1.5)) / 3)
+
+
+def test_selection_rules():
+    baseline = {"accuracy": 0.5, "margin": 0.2}
+    results = [{"layer": 3, "head": 1, "accuracy": 0.6, "margin": 0.1},  # better accuracy, lower margin
+               {"layer": 3, "head": 0, "accuracy": 0.6, "margin": 0.3},
+               {"layer": 2, "head": 4, "accuracy": 0.5, "margin": 0.9},  # a tie is no gain
+               {"layer": 5, "head": 2, "accuracy": 0.4, "margin": 0.9}]
+    assert select_heads(results, baseline, "faithful") == {3: [0, 1]}
+    assert select_heads(results, baseline, "strict") == {3: [0]}
+
+
+def test_random_heads_keep_the_count_per_layer_and_are_seeded():
+    counts = {2: 3, 5: 1, 7: 0}
+    draws = [random_heads(counts, 9, seed=0, draw=k) for k in range(3)]
+    for heads in draws:
+        assert {layer: len(h) for layer, h in heads.items()} == {2: 3, 5: 1}
+        assert all(len(set(h)) == len(h) and all(0 <= x < 9 for x in h) for h in heads.values())
+    assert draws[0] == random_heads(counts, 9, seed=0, draw=0)
+    assert len({json.dumps(d) for d in draws}) > 1
+    assert all_heads([2, 3], 3) == {2: [0, 1, 2], 3: [0, 1, 2]}
+
+
+# ------------------------------------------------------------------------- fast == plain
+def _tiny(arch: str, tokenizer):
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Qwen3Config
+
+    common = dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, initializer_range=0.2,
+                  pad_token_id=tokenizer.pad_token_id)
+    config = {"llama": lambda: LlamaConfig(**common),
+              "qwen3": lambda: Qwen3Config(head_dim=16, **common),
+              "gemma3": lambda: Gemma3TextConfig(head_dim=16, sliding_window=6, query_pre_attn_scalar=24,
+                                                 layer_types=["sliding_attention", "full_attention"] * 2,
+                                                 **common)}[arch]()
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+
+
+def _search(model, tokenizer, fast: bool) -> list[dict]:
+    task = PromptTask([" negative", " positive"]).bind(tokenizer)
+    texts, labels = [t for t, _ in TINY_ROWS[:12]], [y for _, y in TINY_ROWS[:12]]
+    batches, ordered = prepare_batches(task, texts, labels, 5, "cpu")
+    search = HeadSearch(model, batches, ordered, task.label_token_ids, fast=fast)
+    baseline = search.baseline([1, 2, 3])
+    return [baseline] + [search.candidate(layer, head) for layer in (1, 2, 3) for head in range(4)]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
+def test_fast_search_reproduces_the_plain_search_exactly(arch, smollm2_tokenizer):
+    model = _tiny(arch, smollm2_tokenizer)
+    plain = _search(model, smollm2_tokenizer, fast=False)
+    fast = _search(model, smollm2_tokenizer, fast=True)
+    assert fast == plain  # accuracy and margin of every candidate, to the last bit
+    assert len({r["margin"] for r in plain}) > len(plain) // 2  # the candidates really differ
+
+
+def test_fast_search_would_see_a_wrong_layer_input(smollm2_tokenizer, monkeypatch):
+    """The comparison above can fail: feeding another layer's cached input changes the numbers."""
+    model = _tiny("llama", smollm2_tokenizer)
+    plain = _search(model, smollm2_tokenizer, fast=False)
+    original = HeadSearch.baseline
+
+    def shifted(self, layers):
+        out = original(self, layers)
+        self.layer_inputs = {layer: self.layer_inputs[max(layers)] for layer in layers}
+        return out
+
+    monkeypatch.setattr(HeadSearch, "baseline", shifted)
+    assert _search(model, smollm2_tokenizer, fast=True) != plain
+
+
+# ------------------------------------------------------------------------------------ CLI
+@pytest.fixture(scope="module")
+def tiny4_dir(tmp_path_factory, smollm2_tokenizer) -> str:
+    folder = tmp_path_factory.mktemp("tiny4")
+    _tiny("llama", smollm2_tokenizer).save_pretrained(folder)
+    smollm2_tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def _calibrate(model_dir, data, out, *extra) -> int:
+    argv = ["calibrate", "--model", model_dir, "--data", data, "--calibration-size", "4", "--output", str(out),
+            "--layers", "1,2", "--no-progress", *extra]
+    try:
+        return main(argv)
+    except SystemExit as exc:  # a usage error (argparse)
+        return exc.code
+
+
+def test_calibrate_writes_act_and_search_log(tiny4_dir, tiny_csv, tmp_path, capsys):
+    assert _calibrate(tiny4_dir, tiny_csv, tmp_path) == 0
+    lines = [json.loads(line) for line in (tmp_path / "search.jsonl").read_text().splitlines()]
+    assert [(r["layer"], r["head"]) for r in lines] == [(l, h) for l in (1, 2) for h in range(4)]
+    assert all(r["n"] == 4 for r in lines)
+    act = load_act(tmp_path / "act.json")
+    baseline = act.info["baseline"]
+    assert act.heads == select_heads(lines, baseline, "faithful")
+    assert act.calibration["split"] == "validation" and len(act.calibration["ids"]) == 4
+    assert act.calibration["data"] == tiny_csv and act.fingerprint["layers"] == 4
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_resume_skips_done_candidates(tiny4_dir, tiny_csv, tmp_path, monkeypatch):
+    assert _calibrate(tiny4_dir, tiny_csv, tmp_path) == 0
+    log = tmp_path / "search.jsonl"
+    full = log.read_text().splitlines()
+    log.write_text("\n".join(full[:3]) + "\n" + full[3][:20])  # 3 done, one torn line
+    assert _calibrate(tiny4_dir, tiny_csv, tmp_path) == 2  # no --resume: refused
+    calls = []
+    original = HeadSearch.candidate
+    monkeypatch.setattr(HeadSearch, "candidate", lambda self, l, h: calls.append((l, h)) or original(self, l, h))
+    assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--resume") == 0
+    assert calls == [(1, 3), (2, 0), (2, 1), (2, 2), (2, 3)]
+    assert log.read_text().splitlines() == full
+    assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--resume", "--beta", "0.5") == 2  # another setup
+
+
+def test_controls_write_act_files(tiny4_dir, tiny_csv, tmp_path):
+    assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--heads", "all") == 0
+    assert load_act(tmp_path / "act-all.json").heads == {1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}
+    assert not (tmp_path / "search.jsonl").exists()  # no search for the all-heads control
+    assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--rule", "strict") == 0
+    searched = load_act(tmp_path / "act-strict.json")
+    for draw in (0, 1):
+        assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--rule", "strict", "--heads", "random",
+                          "--draw", str(draw)) == 0
+        drawn = load_act(tmp_path / f"act-strict-random-{draw}.json")
+        assert {l: len(h) for l, h in drawn.heads.items()} == {l: len(h) for l, h in searched.heads.items()}
+        assert drawn.selection == "random" and drawn.info["draw"] == draw
+
+
+def test_eval_applies_the_calibration_and_records_it(tiny4_dir, tiny_csv, tmp_path):
+    assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--heads", "all") == 0
+    base = ["eval", "--model", tiny4_dir, "--data", tiny_csv, "--no-progress", "--limit", "6"]
+    assert main(base + ["--output", str(tmp_path / "plain.json")]) == 0
+    assert main(base + ["--act", str(tmp_path / "act-all.json"), "--output", str(tmp_path / "act.json")]) == 0
+    plain, calibrated = (json.loads((tmp_path / f).read_text()) for f in ("plain.json", "act.json"))
+    assert plain["act"] is None
+    assert calibrated["act"]["heads"] == 8 and calibrated["act"]["beta"] == 0.4 and calibrated["act"]["tau"] == 0.1
+    assert calibrated["act"]["path"] == str(tmp_path / "act-all.json")
+    assert calibrated["probabilities"] != plain["probabilities"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "split is empty"),
+    ("too_many", "larger than the validation split"),
+    ("test_split", "invalid choice"),
+])
+def test_calibrate_errors_are_one_line_exit_2(case, message, tiny4_dir, make_csv, tiny_csv, tmp_path, capsys):
+    data, extra = tiny_csv, []
+    if case == "empty":
+        data = make_csv(rows=TINY_ROWS[:4], name="four.csv")  # 10% of 2 per class rounds to 0
+    elif case == "too_many":
+        extra = ["--calibration-size", "50"]
+    else:
+        extra = ["--split", "test"]
+    assert _calibrate(tiny4_dir, data, tmp_path / "out", *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_calibration_never_uses_the_runs_training_examples(monkeypatch):
+    import argparse
+    from types import SimpleNamespace
+
+    from afa_llm.errors import UserError
+
+    cfg = SimpleNamespace(data="rotten_tomatoes", split_seed=3, text_column="text", label_column="label",
+                          label_names=None)
+    monkeypatch.setattr("afa_llm.predict.resolve_settings", lambda args: (argparse.Namespace(), None))
+    monkeypatch.setattr("afa_llm.merge.find_run", lambda path: SimpleNamespace(config=cfg))
+    parser = argparse.ArgumentParser()
+    act_search.add_arguments(parser)
+
+    def resolve(*argv):
+        return act_search.resolve_calibration(parser.parse_args(["--output", "x", "--adapter", "run", *argv]))
+
+    scorer, _ = resolve()
+    assert (scorer.data, scorer.split_seed) == ("rotten_tomatoes", 3)  # the run's data and split seed
+    with pytest.raises(UserError, match="trained on the train split"):
+        resolve("--split", "train")
+    with pytest.raises(UserError, match="overlaps its training examples"):
+        resolve("--split-seed", "0")
+    scorer, _ = resolve("--data", "imdb", "--split", "train")  # another data set's train split is unseen
+    assert scorer.data == "imdb"
