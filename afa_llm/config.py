@@ -79,6 +79,9 @@ class TrainConfig:
     # --- shared by every method -------------------------------------------------------
     focus_layers: Optional[list] = None  # None: the last third of the layers (focus probe, AT/VAT layers)
     # --- evaluation, logging, checkpoints -------------------------------------------
+    early_stopping_patience: Optional[int] = None  # stop after this many validations without improvement
+    early_stopping_metric: Literal["val_accuracy", "val_loss"] = "val_accuracy"
+    select_best: bool = False  # adapter/ and the test score come from the best validation
     eval_every: int = 50
     eval_limit: Optional[int] = 200  # validation examples per periodic evaluation
     eval_batch_size: int = 32
@@ -124,10 +127,14 @@ class TrainConfig:
             "test_limit": self.test_limit is None or self.test_limit > 0,
             "focus_eval_limit": self.focus_eval_limit > 0,
             "log_every": self.log_every >= 1,
+            "early_stopping_patience": self.early_stopping_patience is None or self.early_stopping_patience >= 1,
         }
         for key, ok in checks.items():
             if not ok:
                 raise UserError(f"config key {key!r} has an invalid value: {getattr(self, key)!r}")
+        if (self.early_stopping_patience or self.select_best) and not self.eval_every:
+            key = "early_stopping_patience" if self.early_stopping_patience else "select_best"
+            raise UserError(f"config key {key!r} needs validations: set eval_every > 0")
         if self.template.count("{text}") != 1:
             raise UserError("config key 'template' must contain '{text}' exactly once")
         if self.method not in method_classes():

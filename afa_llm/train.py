@@ -52,6 +52,7 @@ from .evaluate import evaluate_dataset
 from .focus import clean_pass
 from .methods import MethodContext, build_method
 from .models import load_model
+from .run_eval import EarlyStopping, save_best_adapter, selected_test, validate
 from .task import PromptTask, default_label_words
 
 
@@ -191,8 +192,11 @@ def train(cfg: TrainConfig) -> dict:
 
     labels = np.asarray(train_split["label"])
     texts = train_split["text"]
-    bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, desc=cfg.method,
-               disable=not (cfg.progress and accelerator.is_local_main_process))
+    stopper = EarlyStopping(cfg.early_stopping_metric, cfg.early_stopping_patience)
+    stopped = stopper.should_stop(history)  # a run that stopped early resumes as finished
+    bar = tqdm(range(start_step, start_step if stopped else cfg.steps), initial=start_step, total=cfg.steps,
+               desc=cfg.method, disable=not (cfg.progress and accelerator.is_local_main_process))
+    done = start_step
     model.train()
     # a method that edits attention trains under the hook; validation inside it is unaffected
     # (no edits: the same SDPA call), and the final evaluation runs on plain SDPA again
@@ -227,17 +231,25 @@ def train(cfg: TrainConfig) -> dict:
             done = step + 1
             if cfg.eval_every and (done % cfg.eval_every == 0 or done == cfg.steps):
                 with accelerator.autocast():  # evaluate in the training precision, like HF Trainer
-                    step_metrics["val_accuracy"] = _validate(accelerator, peft_model, task, data, cfg)
-                history.append({"step": done, "accuracy": step_metrics["val_accuracy"]})
+                    history.append(validate(accelerator, peft_model, task, data, cfg, done))
+                step_metrics.update(val_accuracy=history[-1]["accuracy"], val_loss=history[-1]["loss"])
+                if cfg.select_best and stopper.is_best(history) and accelerator.is_main_process:
+                    save_best_adapter(peft_model, run_dir)
+                stopped = stopper.should_stop(history)
             _log(accelerator, run_dir, done, step_metrics, cfg.log_every)
             bar.set_postfix({k: f"{step_metrics[k]:.3g}" for k in ("loss_cls", "loss_pg", "val_accuracy")
                              if k in step_metrics})
+            if stopped:
+                accelerator.print(f"early stopping at step {done}: no better {cfg.early_stopping_metric} in "
+                                  f"{cfg.early_stopping_patience} validations (best at step "
+                                  f"{stopper.best(history)['step']})")
+                break
             if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
                 checkpoint(done)
     bar.close()
-    checkpoint(cfg.steps)
+    checkpoint(done)
     with accelerator.autocast():
-        results = _final_results(accelerator, peft_model, task, data, cfg, frequent, history)
+        results = _final_results(accelerator, peft_model, task, data, cfg, frequent, history, stopper, done)
     accelerator.end_training()
     return results
 
@@ -284,18 +296,6 @@ def _batch_accuracy(clean, batch) -> float:
     return (clean.class_logits.argmax(-1) == batch.labels).float().mean().item()
 
 
-def _validate(accelerator, peft_model, task, data, cfg) -> float:
-    accuracy = 0.0
-    if accelerator.is_main_process:
-        split = data.split("validation")
-        if cfg.eval_limit:
-            split = split.select(range(min(cfg.eval_limit, len(split))))
-        accuracy = evaluate_dataset(peft_model, task, split, data.label_names, batch_size=cfg.eval_batch_size,
-                                    progress=False)["accuracy"]
-    accelerator.wait_for_everyone()
-    return accuracy
-
-
 def _log(accelerator, run_dir: Path, step: int, metrics: dict, every: int) -> None:
     if step % every and "val_accuracy" not in metrics:
         return
@@ -326,7 +326,7 @@ def _test_focus_share(peft_model, task, texts, frequent, cfg) -> float:
     return fm.fake_focus_ratio(torch.cat(shares), torch.cat(bases))
 
 
-def _final_results(accelerator, peft_model, task, data, cfg, frequent, history) -> dict:
+def _final_results(accelerator, peft_model, task, data, cfg, frequent, history, stopper, last_step) -> dict:
     results: dict = {}
     if accelerator.is_main_process:
         test = data.split("test")
@@ -341,7 +341,9 @@ def _final_results(accelerator, peft_model, task, data, cfg, frequent, history) 
                    "num_processes": accelerator.num_processes,  # a silently single-process launch shows here
                    "global_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes,
                    "label_names": data.label_names, "label_words": task.label_words, "template": task.template,
-                   "validation": history, "test": evaluate(),
+                   "validation": history, "stopped_early": last_step < cfg.steps,
+                   **selected_test(peft_model, Path(cfg.output_dir), history, stopper, cfg.select_best, last_step,
+                                   evaluate),
                    "fake_focus_share": {"adapter": _test_focus_share(peft_model, task, focus_texts, frequent, cfg)}}
         if cfg.evaluate_zero_shot:
             with peft_model.disable_adapter():

@@ -21,6 +21,9 @@ Fixtures
     tiny_model (session) -> (model, tokenizer)
         ``load_model(tiny_model_dir)`` in fp32, eval mode. Shared: do not train it or
         change its weights; load your own copy for that.
+    learnable_csv (session) -> str
+        a CSV of 128 distinct texts whose label is one word, 'good' (1) or 'bad' (0): a tiny
+        model learns it in ~30 steps (training tests).
     make_csv (function) -> callable
         ``make_csv(rows=None, name="data.csv", header=("text", "label")) -> str``
         writes a CSV under tmp_path. ``rows`` is a list of tuples (default:
@@ -166,3 +169,23 @@ def make_csv(tmp_path):
 @pytest.fixture
 def tiny_csv(make_csv) -> str:
     return make_csv()
+
+
+LEARNABLE_PREFIXES = ["the movie was", "i found it", "honestly it is", "this film is", "overall it was",
+                      "the story is", "the acting was", "the ending was"]
+LEARNABLE_SUFFIXES = ["today", "for me", "in the end", "really", "to watch", "overall", "at times", "mostly"]
+
+
+@pytest.fixture(scope="session")
+def learnable_csv(tmp_path_factory) -> str:
+    """128 distinct texts whose label is given by one word: 'good' (1) or 'bad' (0)."""
+    import itertools
+
+    path = tmp_path_factory.mktemp("data") / "good_bad.csv"
+    rows = [(f"{p} {word} {s}", label) for p, s in itertools.product(LEARNABLE_PREFIXES, LEARNABLE_SUFFIXES)
+            for word, label in (("good", 1), ("bad", 0))]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+    return str(path)

@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
-import itertools
 import json
 import math
 import os
@@ -36,26 +34,10 @@ from afa_llm.errors import TrainingDiverged, UserError
 from afa_llm.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-PREFIXES = ["the movie was", "i found it", "honestly it is", "this film is", "overall it was",
-            "the story is", "the acting was", "the ending was"]
-SUFFIXES = ["today", "for me", "in the end", "really", "to watch", "overall", "at times", "mostly"]
 AFA_METRICS = {"loss_cls", "loss_pg", "disc_loss", "disc_acc", "reward_mean", "effect_mean", "focus_entropy",
                "fake_focus_share", "step_time", "tokens_per_s"}
 LORA_METRICS = {"loss_cls", "focus_entropy", "fake_focus_share", "step_time", "tokens_per_s"}
 ADV_METRICS = LORA_METRICS | {"adv_ce", "adv_kl", "adv_random_kl", "adv_norm", "adv_eps_rms", "adv_first_token_share"}
-
-
-@pytest.fixture(scope="module")
-def learnable_csv(tmp_path_factory) -> str:
-    """128 distinct texts whose label is given by one word: 'good' (1) or 'bad' (0)."""
-    path = tmp_path_factory.mktemp("data") / "good_bad.csv"
-    rows = [(f"{p} {word} {s}", label) for p, s in itertools.product(PREFIXES, SUFFIXES)
-            for word, label in (("good", 1), ("bad", 0))]
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        writer.writerows(rows)
-    return str(path)
 
 
 def tiny_overrides(run_dir, model_dir, data, *extra: str) -> list[str]:
