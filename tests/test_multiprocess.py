@@ -213,3 +213,27 @@ def test_two_cpu_processes_stay_in_sync_with_attention_perturbations(method, tin
     assert any("lora_B" in k and v.abs().max() > 0 for k, v in r0["adapter"].items())
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all(m["adv_norm"] == pytest.approx(1.0, rel=1e-3) and m["adv_kl"] >= 0 for m in metrics)
+
+
+@pytest.mark.slow  # an extra two-process variant
+def test_two_cpu_processes_stop_early_together(tiny_model_dir, words_csv, tmp_path):
+    # a learning rate too small to change a prediction: validation 2 ties validation 1, so
+    # patience 1 stops at step 4 on rank 0, and rank 1 must stop there too (it gets rank 0's record)
+    run, dumps = tmp_path / "run", tmp_path / "dumps"
+    dumps.mkdir()
+    overrides = [f"output_dir={run}", f"model={tiny_model_dir}", f"data={words_csv}", "quantization=none",
+                 "method=lora", "steps=20", f"batch_size={BATCH}", "max_text_tokens=32", "learning_rate=1e-12",
+                 "eval_every=2", "eval_limit=8", "early_stopping_patience=1", "select_best=true", "save_every=2",
+                 "test_limit=4", "focus_eval_limit=4", "evaluate_zero_shot=false", "report_to=none",
+                 "progress=false"]
+    command = [*_launch_command("accelerate", _free_port()), str(Path(__file__)), str(dumps), *overrides]
+    proc = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    log = proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert proc.returncode == 0, log
+    results = json.loads((run / "results.json").read_text())
+    assert results["num_processes"] == 2 and results["stopped_early"], log
+    assert (results["best_step"], results["last_step"]) == (2, 4)
+    r0, r1 = (torch.load(dumps / f"rank{i}.pt", weights_only=False) for i in (0, 1))
+    assert len(r0["seen"]) == len(r1["seen"]) == 4  # both ranks trained exactly 4 steps
+    for key in r0["adapter"]:
+        assert torch.equal(r0["adapter"][key], r1["adapter"][key]), key
