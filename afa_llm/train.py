@@ -326,7 +326,10 @@ def _test_focus_share(peft_model, task, texts, frequent, cfg) -> float:
     return fm.fake_focus_ratio(torch.cat(shares), torch.cat(bases))
 
 
-def _final_results(accelerator, peft_model, task, data, cfg, frequent, history, stopper, last_step) -> dict:
+def _final_results(accelerator, peft_model, task, data, cfg, frequent, history, stopper, last_step,
+                   name: str | None = None) -> dict:
+    """Test the run (the selected checkpoint, the base), save adapter/ and results.json.
+    ``name`` labels the run when another trainer made it (eval/trl_baseline.py)."""
     results: dict = {}
     if accelerator.is_main_process:
         test = data.split("test")
@@ -336,7 +339,7 @@ def _final_results(accelerator, peft_model, task, data, cfg, frequent, history, 
         peft_model.eval()
         evaluate = lambda: evaluate_dataset(peft_model, task, test, data.label_names,  # noqa: E731
                                             batch_size=cfg.eval_batch_size, progress=cfg.progress)
-        results = {"method": cfg.method, "model": cfg.model, "quantization": cfg.quantization, "data": cfg.data,
+        results = {"method": name or cfg.method, "model": cfg.model, "quantization": cfg.quantization, "data": cfg.data,
                    "split_seed": cfg.split_seed, "seed": cfg.seed, "steps": cfg.steps,
                    "num_processes": accelerator.num_processes,  # a silently single-process launch shows here
                    "global_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes,
@@ -357,7 +360,7 @@ def _final_results(accelerator, peft_model, task, data, cfg, frequent, history, 
         summary = f"test accuracy {results['test']['accuracy']:.4f} (macro-F1 {results['test']['macro_f1']:.4f})"
         if "zero_shot" in results:
             summary += f"; zero-shot base {results['zero_shot']['accuracy']:.4f}"
-        accelerator.print(f"[{cfg.method}] {summary} -> {run_dir / 'results.json'}")
+        accelerator.print(f"[{name or cfg.method}] {summary} -> {run_dir / 'results.json'}")
     accelerator.wait_for_everyone()
     return results
 

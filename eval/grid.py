@@ -5,7 +5,8 @@
     .venv/bin/python eval/grid.py eval/grids/rt_smollm2.yaml --report-only
 
 A grid YAML names a recipe, seeds, common overrides and variants (name -> overrides);
-the first variant is the baseline that the others are compared with. Each cell trains
+the first variant is the baseline that the others are compared with; a variant with
+``runner=trl`` is trained by eval/trl_baseline.py (TRL's SFTTrainer) with the same keys. Each cell trains
 into ``output_root/<variant>-seed<N>``; finished cells are skipped and interrupted ones
 resume from their last checkpoint, so a long grid can be completed in pieces. The
 report (Markdown) gives, per variant, test accuracy and macro-F1 as mean ± std over
@@ -31,6 +32,7 @@ from afa_llm.errors import TrainingDiverged, UserError  # noqa: E402
 from afa_llm.metrics import mcnemar_test  # noqa: E402
 
 GRID_KEYS = {"recipe", "output_root", "seeds", "common", "variants", "title"}
+TRL_RUNNER = "runner=trl"  # a variant trained by TRL's SFTTrainer instead of afa_llm.train
 
 
 def load_grid(path: str) -> dict:
@@ -67,9 +69,15 @@ def run_grid(grid: dict, only: list[str] | None, seeds: list[int] | None = None)
             if (cell_dir(grid, variant, seed) / "results.json").exists():
                 continue
             print(f"=== {variant} seed {seed}", flush=True)
-            cfg = load_config(grid["recipe"], cell_overrides(grid, variant, seed, baseline))
+            overrides = cell_overrides(grid, variant, seed, baseline)
+            runner = train
+            if TRL_RUNNER in overrides:  # the ecosystem's baseline: TRL's SFTTrainer (eval/trl_baseline.py)
+                from trl_baseline import train_trl
+
+                overrides, runner = [o for o in overrides if o != TRL_RUNNER] + ["method=lora"], train_trl
+            cfg = load_config(grid["recipe"], overrides)
             try:
-                train(cfg)
+                runner(cfg)
             except TrainingDiverged as exc:  # record it and go on: every run is reported
                 print(f"diverged: {exc}", flush=True)
                 (cell_dir(grid, variant, seed) / "DIVERGED").write_text(str(exc))

@@ -1,0 +1,87 @@
+"""eval/trl_baseline.py: TRL's SFTTrainer as the ecosystem's LoRA baseline, on the tiny model.
+
+- the rows are our prompt tokens plus the label word, in the LoRA loop's exact order;
+- the first logged loss is the label word's cross-entropy over the vocabulary on the LoRA
+  loop's first batch (so: completion-only loss, our tokens, our data order);
+- the run folder reads like any run: results.json (method trl_sft, validation history),
+  config.yaml, an adapter that PeftModel loads; a bad key is one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from afa_llm.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "eval"))
+spec = importlib.util.spec_from_file_location("trl_baseline", ROOT / "eval" / "trl_baseline.py")
+trl_baseline = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(trl_baseline)
+
+
+def _cfg(tmp_path, model_dir, data, *extra):
+    return load_config(None, [f"output_dir={tmp_path / 'trl'}", f"model={model_dir}", f"data={data}",
+                              "quantization=none", "method=lora", "steps=4", "batch_size=4", "max_text_tokens=32",
+                              "eval_every=2", "eval_limit=8", "test_limit=8", "focus_eval_limit=8",
+                              "evaluate_zero_shot=false", "progress=false", "report_to=none", *extra])
+
+
+def _task(cfg, tiny_model):
+    from afa_llm.data import load_sentiment_data
+    from afa_llm.train import build_task
+
+    data = load_sentiment_data(cfg.data, split_seed=cfg.split_seed)
+    return build_task(cfg, data, tiny_model[1]), data.split("train")
+
+
+def test_rows_are_our_prompts_in_our_order(tmp_path, tiny_model, tiny_model_dir, learnable_csv):
+    from afa_llm.train import batch_indices
+
+    cfg = _cfg(tmp_path, tiny_model_dir, learnable_csv)
+    task, train = _task(cfg, tiny_model)
+    rows = trl_baseline.ordered_examples(cfg, task, list(train["text"]), list(train["label"]))
+    assert len(rows) == cfg.steps * cfg.batch_size
+    order = [i for step in range(cfg.steps) for i in batch_indices(len(train), cfg.seed, step, cfg.batch_size, 1, 0)]
+    for row, i in zip(rows, order):
+        prompt = task.prompt_ids(train["text"][i])[0]
+        assert row["input_ids"] == [*prompt, task.label_token_ids[train["label"][i]]]
+        assert row["completion_mask"] == [0] * len(prompt) + [1]
+
+
+def test_trains_completion_only_and_writes_a_run(tmp_path, tiny_model, tiny_model_dir, learnable_csv, capsys):
+    from peft import PeftModel
+
+    from afa_llm.models import load_model
+    from afa_llm.train import batch_indices
+
+    cfg = _cfg(tmp_path, tiny_model_dir, learnable_csv)
+    results = trl_baseline.train_trl(cfg)
+    run = Path(cfg.output_dir)
+    assert results["method"] == "trl_sft" and json.loads((run / "results.json").read_text())["method"] == "trl_sft"
+    assert [h["step"] for h in results["validation"]] == [2, 4] and results["test"]["n"] == 8
+    assert load_config(str(run / "config.yaml"), saved=True).lora_r == cfg.lora_r
+    PeftModel.from_pretrained(load_model(tiny_model_dir)[0], str(run / "adapter"))
+
+    # step 1's loss: the label word's CE over the vocabulary on our first batch (the adapter starts at 0)
+    task, train = _task(cfg, tiny_model)
+    first = batch_indices(len(train), cfg.seed, 0, cfg.batch_size, 1, 0)
+    batch = task.encode([train["text"][i] for i in first])
+    with torch.no_grad():
+        logits = tiny_model[0](**batch.model_inputs()).logits[:, -1].float()
+    gold = torch.tensor([task.label_token_ids[train["label"][i]] for i in first])
+    expected = torch.nn.functional.cross_entropy(logits, gold).item()
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert next(m for m in logged if m["step"] == 1 and "loss" in m)["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_bad_key_is_one_line(capsys):
+    assert trl_baseline.main(["steps=4", "no_such_key=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "no_such_key" in err and "\n" not in err
