@@ -103,12 +103,17 @@ class ACTEdit(AttentionEdit):
     rows: str = "all"
     beta: float = DEFAULT_BETA
     tau: float = DEFAULT_TAU
+    capture: bool = False  # keep the calibrated answer rows (the focus report shows them)
+    last_rows: torch.Tensor | None = None  # (B, h, K) of the last forward, with ``capture``
 
     def probs(self, probs: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         if probs.shape[-2] == 1 and visible.shape[-1] > 1:  # decoding with a cache: no map to score sinks on
             warnings.warn("ACT is skipped for single-query (cached decoding) forwards", stacklevel=2)
             return probs
-        return act_probs(probs, visible, self.beta, self.tau)
+        out = act_probs(probs, visible, self.beta, self.tau)
+        if self.capture:
+            self.last_rows = out[..., -1, :].detach()
+        return out
 
 
 def default_eligible_layers(num_layers: int) -> list[int]:
@@ -134,8 +139,8 @@ class ACTConfig:
     def n_heads(self) -> int:
         return sum(len(h) for h in self.heads.values())
 
-    def edits(self) -> dict[int, ACTEdit]:
-        return {layer: ACTEdit(heads=sorted(h), beta=self.beta, tau=self.tau)
+    def edits(self, capture: bool = False) -> dict[int, ACTEdit]:
+        return {layer: ACTEdit(heads=sorted(h), beta=self.beta, tau=self.tau, capture=capture)
                 for layer, h in self.heads.items() if h}
 
     def summary(self, path: str | Path | None = None) -> dict:
@@ -241,16 +246,18 @@ def merged_copy(config: ACTConfig, merged_model: nn.Module) -> ACTConfig:
 
 # ------------------------------------------------------------------------- applying it
 @contextlib.contextmanager
-def act_enabled(model: nn.Module, config: ACTConfig | None, where: str = "the ACT file") -> Iterator[nn.Module]:
-    """Inside the block the model runs with the calibration on (None: unchanged)."""
+def act_enabled(model: nn.Module, config: ACTConfig | None, where: str = "the ACT file",
+                capture: bool = False) -> Iterator[dict[int, ACTEdit]]:
+    """Inside the block the model runs with the calibration on (None: unchanged); yields the edits."""
     if config is None:
-        yield model
+        yield {}
         return
     check_fingerprint(config, model, where)
+    edits = config.edits(capture)
     with attention_hook(model):
-        set_module_edits(model, config.edits())
+        set_module_edits(model, edits)
         try:
-            yield model
+            yield edits
         finally:
             set_module_edits(model, None)
 

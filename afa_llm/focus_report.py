@@ -7,6 +7,10 @@ sum to 1 over the text. With ``--adapter`` the base (the adapter disabled with p
 ``disable_adapter()``) and the adapter are shown side by side, each with its predicted
 label and class probabilities.
 
+With ``--act FILE`` (from ``afa-llm calibrate``) one more side shows the model with the ACT
+calibration on (the adapter too, if given); in the calibrated heads of the focus layers its focus
+uses the calibrated attention rows.
+
 With ``--data``, the page also reports the fake-focus share per data set: the focus on
 the most frequent 1% of token types of the train split, divided by those tokens' share
 of the text (1 = no preference for frequent words), for the base and the adapter.
@@ -28,6 +32,7 @@ from .errors import UserError
 from .io_utils import atomic_path, atomic_write_text, check_writable_dir, write_json
 
 PNG_MAX_TOKENS = 60
+SIDE_TITLES = {"base": "base (adapter disabled)", "adapter": "adapter", "act": "with ACT calibration"}
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; margin-bottom: 1.5em; }
@@ -61,11 +66,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "focus_layers, else the last third of the layers)")
     parser.add_argument("--batch-size", type=int, default=16, help="texts per forward pass (default: %(default)s)")
     parser.add_argument("--output", required=True, help="folder for focus.html, focus.png and focus.json")
+    parser.add_argument("--act", default=None, metavar="ACT.json",
+                        help="add a side with this ACT calibration on (afa-llm calibrate)")
 
 
 # ---- computing ----------------------------------------------------------------------
-def side_passes(model, task, texts: list[str], layers, batch_size: int, frequent: torch.Tensor | None) -> dict:
-    """Class probabilities, per-text focus over its text tokens, and fake-focus shares."""
+def calibrated_pass(model, batch, label_token_ids, layers, edits: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class logits and focus with ACT on: the probe's answer rows, with the calibrated heads'
+    rows replaced by what the ACT edits computed (the probe recomputes plain softmax rows)."""
+    from .attention_probe import AnswerAttentionProbe
+    from .focus_math import focus_distribution
+    from .scoring import forward_scores
+
+    with AnswerAttentionProbe(model, layers, batch.attention_mask) as probe:
+        logits = forward_scores(model, **batch.model_inputs(), label_token_ids=label_token_ids).class_logits
+        rows = probe.answer_attention()
+    for slot, layer in enumerate(layers):
+        if layer in edits:
+            rows[:, slot, list(edits[layer].heads)] = edits[layer].last_rows.to(rows.dtype)
+    return logits, focus_distribution(rows, batch.text_mask)
+
+
+def side_passes(model, task, texts: list[str], layers, batch_size: int, frequent: torch.Tensor | None,
+                act_edits: dict | None = None) -> dict:
+    """Class probabilities, per-text focus over its text tokens, and fake-focus shares
+    (``act_edits``: the capturing edits of an active ACT calibration)."""
     from . import focus_math as am
     from .focus import clean_pass
 
@@ -74,26 +99,36 @@ def side_passes(model, task, texts: list[str], layers, batch_size: int, frequent
     for start in range(0, len(texts), batch_size):
         batch = task.encode(texts[start : start + batch_size]).to(device)
         with torch.no_grad():
-            clean = clean_pass(model, batch, task.label_token_ids, layers)
-        out["probs"] += clean.class_logits.softmax(-1).tolist()
-        out["focus"] += [row[mask].tolist() for row, mask in zip(clean.focus, batch.text_mask)]
+            if act_edits is None:
+                clean = clean_pass(model, batch, task.label_token_ids, layers)
+                logits, focus = clean.class_logits, clean.focus
+            else:
+                logits, focus = calibrated_pass(model, batch, task.label_token_ids, layers, act_edits)
+        out["probs"] += logits.softmax(-1).tolist()
+        out["focus"] += [row[mask].tolist() for row, mask in zip(focus, batch.text_mask)]
         if frequent is not None:
-            share, token_share = am.frequent_shares(clean.focus, batch.input_ids, batch.text_mask, frequent)
+            share, token_share = am.frequent_shares(focus, batch.input_ids, batch.text_mask, frequent)
             out["share"] += share.tolist()
             out["token_share"] += token_share.tolist()
     return out
 
 
 def compute(model, task, texts: list[str], layers, batch_size: int, has_adapter: bool,
-            frequent: torch.Tensor | None = None) -> dict[str, dict]:
-    """``{"base": ..., "adapter": ...}`` (only "base" without an adapter)."""
+            frequent: torch.Tensor | None = None, act=None) -> dict[str, dict]:
+    """``{"base": ..., "adapter": ..., "act": ...}`` ("adapter" only with an adapter, "act" only with ``act``)."""
+    from .act import act_enabled
+
     model.eval()
-    if not has_adapter:
-        return {"base": side_passes(model, task, texts, layers, batch_size, frequent)}
-    sides = {"adapter": side_passes(model, task, texts, layers, batch_size, frequent)}
-    with model.disable_adapter():
-        sides["base"] = side_passes(model, task, texts, layers, batch_size, frequent)
-    return {"base": sides["base"], "adapter": sides["adapter"]}
+    if has_adapter:
+        with model.disable_adapter():
+            base = side_passes(model, task, texts, layers, batch_size, frequent)
+        sides = {"base": base, "adapter": side_passes(model, task, texts, layers, batch_size, frequent)}
+    else:
+        sides = {"base": side_passes(model, task, texts, layers, batch_size, frequent)}
+    if act is not None:
+        with act_enabled(model, act, "--act", capture=True) as edits:
+            sides["act"] = side_passes(model, task, texts, layers, batch_size, frequent, act_edits=edits)
+    return sides
 
 
 def fake_focus_summary(sides: dict[str, dict], data: str, n_frequent: int) -> dict:
@@ -134,7 +169,7 @@ def render_html(report: dict) -> str:
                   f"<td>{summary['frequent_token_types']}</td><td>{summary['frequent_token_share']:.3f}</td>"
                   + "".join(f"<td>{summary[s]['focus_share']:.3f} ({summary[s]['normalised']:.3f})</td>"
                             for s in sides) + "</tr></table>"]
-    header = "".join(f"<th>{'base (adapter disabled)' if s == 'base' else 'adapter'}</th>" for s in sides)
+    header = "".join(f"<th>{SIDE_TITLES.get(s, s)}</th>" for s in sides)
     parts.append(f'<table class="focus"><tr><th>#</th>{header}</tr>')
     for i, item in enumerate(report["texts"], start=1):
         label = f"<br>label: {html.escape(names[item['label']])}" if item.get("label") is not None else ""
@@ -197,7 +232,10 @@ def run(args) -> int:
     from .merge import find_run
     from .models import load_model
 
+    from .act import load_act
+
     check_writable_dir(args.output, "--output")
+    act = load_act(args.act) if args.act else None
     if bool(args.text) == bool(args.data):
         raise UserError("give the texts to render: --text \"...\" (repeatable) or --data SPEC --n N, not both")
     if args.n <= 0 or args.metric_n < 0 or args.batch_size <= 0:
@@ -235,12 +273,12 @@ def run(args) -> int:
         frequent = frequent_ids(task, list(data.split("train")["text"]))
     else:
         texts = list(args.text)
-    sides = compute(model, task, texts, layers, args.batch_size, bool(args.adapter), frequent)
+    sides = compute(model, task, texts, layers, args.batch_size, bool(args.adapter), frequent, act)
     shown = texts[: args.n] if data is not None else texts
     report = {
         "model": args.model, "adapter": str(run_info.adapter_dir) if run_info else None, "focus_layers": layers,
         "template": task.template, "label_words": task.label_words, "label_names": label_names,
-        "sides": list(sides),
+        "sides": list(sides), "act": act.summary(args.act) if act else None,
         "texts": [{"text": text, "label": labels[i] if labels else None,
                    "tokens": [tokenizer.decode([t]) for t in task.text_ids(text)],
                    **{s: {"focus": v["focus"][i], "probs": v["probs"][i]} for s, v in sides.items()}}

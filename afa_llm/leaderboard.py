@@ -7,8 +7,9 @@ or glob; model, quantization, dtype, split seed, prompt and data default to the 
 config.yaml) or ``merged`` (a folder from `afa-llm merge`); ``data`` (specs, or mappings
 with ``data``/``text_column``/``label_column``/``label_names``); optional ``split_seed``,
 ``seed``, ``group``, ``quantization``, ``dtype``, ``template``, ``label_words``,
-``max_text_tokens``, ``truncation``. Entries with the same ``group`` (default: the name) form one row per
-data set: mean ± std over their runs.
+``max_text_tokens``, ``truncation``, ``act`` (an act.json from `afa-llm calibrate`, applied with
+`afa_llm.act.act_enabled`; a path relative to the YAML's folder is found too). Entries with the
+same ``group`` (default: the name) form one row per data set: mean ± std over their runs.
 
 Every (entry, data set) goes through `afa_llm.evaluate.evaluate_dataset` on the test
 split of the entry's split seed. Reports are cached in ``OUT/cache/<hash>.json``, keyed
@@ -38,7 +39,7 @@ from .leaderboard_tables import write_csv, write_markdown, write_plot
 
 TOP_KEYS = {"entries", "limit", "split_seed", "batch_size", "output_dir"}
 MODEL_KEYS = ("model", "adapter", "quantization", "dtype")
-ENTRY_KEYS = {"name", "run", "merged", "data", "split_seed", "seed", "group", *MODEL_KEYS, *PROMPT_KEYS}
+ENTRY_KEYS = {"name", "run", "merged", "data", "split_seed", "seed", "group", "act", *MODEL_KEYS, *PROMPT_KEYS}
 DATA_KEYS = {"data", "text_column", "label_column", "label_names"}
 SOURCES = ("model", "run", "merged")
 
@@ -140,6 +141,8 @@ def build_jobs(raw: dict, config_path: str, limit: int | None, need_model: bool 
             sources.append(({"model": entry["model"], "adapter": entry.get("adapter")}, None))
         for settings, run_dir in sources:
             merged = {**settings, **{k: v for k, v in entry.items() if k not in ("data", "run", "merged")}}
+            if merged.get("act"):
+                merged["act"] = _act_path(str(merged["act"]), base)
             if need_model and not merged.get("model"):
                 raise UserError(f"entry {entry['name']}: no model (the run has no config.yaml); add a 'model' key")
             data_items = _as_list(entry.get("data")) or ([settings["data"]] if settings.get("data") else [])
@@ -151,6 +154,15 @@ def build_jobs(raw: dict, config_path: str, limit: int | None, need_model: bool 
                 jobs.append(Job(entry["name"], str(entry.get("group", entry["name"])), merged.get("seed"),
                                 args, run_dir))
     return jobs
+
+
+def _act_path(path: str, base: Path) -> str:
+    """An entry's act file, as given or relative to the YAML's folder; checked before any evaluation."""
+    from .act import load_act
+
+    found = next((p for p in (Path(path), base / path) if p.is_file()), Path(path))
+    load_act(found)
+    return str(found)
 
 
 def _apply(args: argparse.Namespace, settings: dict, item, raw: dict, limit: int | None) -> None:
@@ -165,6 +177,7 @@ def _apply(args: argparse.Namespace, settings: dict, item, raw: dict, limit: int
     for key, value in data.items():
         setattr(args, key, value)
     args.adapter = settings.get("adapter")
+    args.act = settings.get("act")
     words = settings.get("label_words")
     args.label_words = ",".join(words) if isinstance(words, list) else words
     if isinstance(args.label_names, list):
@@ -209,6 +222,7 @@ def cache_key(args: argparse.Namespace) -> dict:
         "columns": [args.text_column, args.label_column, args.label_names], "split": "test",
         "split_seed": args.split_seed, "limit": args.limit, "shots": 0,
         **{key: getattr(args, key) for key in PROMPT_KEYS},
+        **({"act": _fingerprint(args.act)} if getattr(args, "act", None) else {}),  # old cache keys stay valid
     }
 
 
@@ -219,6 +233,7 @@ def cache_path(cache_dir: Path, args: argparse.Namespace) -> Path:
 
 def evaluate_jobs(jobs: list[Job], cache_dir: Path, batch_size: int, progress: bool) -> int:
     """Fill ``job.result`` from the cache or by evaluating; returns the number evaluated."""
+    from .act import act_enabled, load_act
     from .cli import build_task, load_data_from_args
     from .evaluate import attach_adapter, evaluate_dataset
     from .models import load_model
@@ -245,8 +260,10 @@ def evaluate_jobs(jobs: list[Job], cache_dir: Path, batch_size: int, progress: b
             test = data.split("test")
             if a.limit:
                 test = test.select(range(min(int(a.limit), len(test))))
-            report = evaluate_dataset(model, build_task(a, data.label_names, tokenizer), test, data.label_names,
-                                      batch_size=batch_size, progress=progress)
+            act = load_act(a.act) if getattr(a, "act", None) else None
+            with act_enabled(model, act, f"entry {job.name}: act {a.act}"):
+                report = evaluate_dataset(model, build_task(a, data.label_names, tokenizer), test, data.label_names,
+                                          batch_size=batch_size, progress=progress)
             job.result = {k: report[k] for k in ("accuracy", "macro_f1", "n", "per_class", "predictions", "labels")}
             write_json(str(cache_path(cache_dir, a)), {"key": cache_key(a), "report": job.result})
             print(f"{job.name} / {a.data}: accuracy {report['accuracy']:.4f} (n={report['n']})", file=sys.stderr)

@@ -169,13 +169,15 @@ def dequantize_nf4_(model: torch.nn.Module, quant_dtype: torch.dtype) -> list[st
 
 # ---- merging ------------------------------------------------------------------------
 def merge_adapter(
-    run: RunInfo, *, model: str | None = None, dtype: str = "fp32", base: str | None = None
+    run: RunInfo, *, model: str | None = None, dtype: str = "fp32", base: str | None = None, act=None
 ) -> tuple[torch.nn.Module, object, dict]:
     """Load the base in fp32, (optionally) round-trip it through nf4, merge, cast to ``dtype``.
 
     ``run`` comes from `find_run`. Returns ``(merged_model, tokenizer, info)``; ``info``
-    records what was merged.
+    records what was merged. ``act`` (an `afa_llm.act.ACTConfig`) is refused unless it was
+    calibrated for this adapter.
     """
+    from .act import check_fingerprint
     from .evaluate import attach_adapter
     from .models import DTYPES, load_model
 
@@ -191,8 +193,10 @@ def merge_adapter(
     if base == "dequantized-nf4":
         quant_dtype = DTYPES[getattr(run.config, "dtype", None) or "fp32"]
         quantized = dequantize_nf4_(full, quant_dtype)
-    merged = attach_adapter(full, str(run.adapter_dir)).merge_and_unload()
-    merged = merged.to(DTYPES[dtype])
+    adapted = attach_adapter(full, str(run.adapter_dir))
+    if act is not None:
+        check_fingerprint(act, adapted, "--act")
+    merged = adapted.merge_and_unload().to(DTYPES[dtype])
     info = {
         "base_model": spec, "adapter": str(run.adapter_dir), "run": str(run.run_dir) if run.run_dir else None,
         "merge_base": base, "trained_quantization": trained_quantization, "dtype": dtype,
@@ -200,6 +204,8 @@ def merge_adapter(
     }
     if run.config is not None:  # the prompt the adapter was trained with (leaderboard and predict read it)
         info.update({key: getattr(run.config, key) for key in RUN_PROMPT_KEYS}, label_names=run.label_names)
+    if act is not None:
+        info["act"] = act.summary()
     return merged, tokenizer, info
 
 
@@ -240,6 +246,10 @@ def model_card(info: dict, run: RunInfo, output: str) -> str:
                   f"{b.get('n', '')} |" for name, b in blocks]
     else:
         lines.append("No results.json was found next to the adapter, so no metrics are reported.")
+    if info.get("act"):
+        from .act import model_card_lines
+
+        lines += ["", *model_card_lines(output)]
     return "\n".join(lines) + "\n"
 
 
@@ -262,8 +272,8 @@ def check_output(output: Path, overwrite: bool) -> None:
         raise UserError(f"--output {output} exists and is not empty; pass --overwrite to replace it")
 
 
-def save_merged(model, tokenizer, output: Path, card: str, info: dict, overwrite: bool = False) -> None:
-    """Save into a temp folder beside ``output``, then rename it into place."""
+def save_merged(model, tokenizer, output: Path, card: str, info: dict, overwrite: bool = False, act=None) -> None:
+    """Save into a temp folder beside ``output``, then rename it into place (with ``act``'s act.json)."""
     check_output(output, overwrite)
     tmp = None
     try:
@@ -274,6 +284,10 @@ def save_merged(model, tokenizer, output: Path, card: str, info: dict, overwrite
         tokenizer.save_pretrained(tmp)
         (tmp / "README.md").write_text(card)
         (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2))
+        if act is not None:
+            from .act import ACT_FILE, save_act
+
+            save_act(tmp / ACT_FILE, act)
         _move_into_place(tmp, output)
     except OSError as exc:
         raise UserError(f"cannot write the merged model to {output}: {exc.strerror or exc}") from exc
@@ -309,6 +323,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "adapter was trained against (default: dequantized-nf4 if the run used nf4, "
                              "else original)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    parser.add_argument("--act", default=None, metavar="ACT.json",
+                        help="an ACT calibration of this adapter (afa-llm calibrate) to copy into the merged folder "
+                             "(default: RUN/act.json if there is one)")
 
 
 def run(args) -> int:
@@ -316,8 +333,22 @@ def run(args) -> int:
     check_output(output, args.overwrite)
     check_writable_dir(output.parent, "--output's folder")  # the merge is written beside output, then renamed
     run_info = find_run(args.adapter)
-    merged, tokenizer, info = merge_adapter(run_info, model=args.model, dtype=args.dtype, base=args.base)
-    save_merged(merged, tokenizer, output, model_card(info, run_info, str(output)), info, args.overwrite)
+    act = _act_to_copy(args.act, run_info)
+    merged, tokenizer, info = merge_adapter(run_info, model=args.model, dtype=args.dtype, base=args.base, act=act)
+    if act is not None:
+        from .act import merged_copy
+
+        act = merged_copy(act, merged)  # fits the merged weights, which no longer carry an adapter
+    save_merged(merged, tokenizer, output, model_card(info, run_info, str(output)), info, args.overwrite, act)
     print(f"merged {info['adapter']} into {info['base_model']} (base: {info['merge_base']}, "
           f"{info['dtype']}) -> {output}")
     return 0
+
+
+def _act_to_copy(path: str | None, run: RunInfo):
+    """The ACT config that --act names, else the run folder's act.json, else None."""
+    from .act import ACT_FILE, load_act
+
+    if path is None and run.run_dir is not None and (run.run_dir / ACT_FILE).is_file():
+        path = str(run.run_dir / ACT_FILE)
+    return load_act(path) if path else None

@@ -37,13 +37,15 @@ def test_sink_score_is_the_mean_over_the_queries_that_see_the_key():
 
 
 def test_pad_queries_are_excluded_from_the_scores():
+    """Right padding: pad queries 5 and 6 see the real keys 0..4 but not their own key."""
     probs, visible = _causal_map(batch=1)
     visible = visible.clone()
-    visible[..., 0, :] = False  # query 0 is padding: it does not see its own key
-    garbage = probs.clone()
-    garbage[..., 0, :] = 1.0  # what a pad row may hold
-    assert not real_queries(visible)[..., 0].any() and real_queries(visible)[..., 1:].all()
-    torch.testing.assert_close(sink_scores(garbage, visible), sink_scores(probs, visible))
+    visible[..., 5:] = False  # pad keys
+    probs = torch.softmax(torch.randn(probs.shape).masked_fill(~visible, float("-inf")), -1)
+    assert real_queries(visible)[..., :5].all() and not real_queries(visible)[..., 5:].any()
+    expected = probs[..., :5, :5].sum(-2) / (5 - torch.arange(5))  # the unpadded 5-token example
+    torch.testing.assert_close(sink_scores(probs, visible)[..., :5], expected)
+    assert sink_scores(probs, visible)[..., 5:].abs().max() == 0
 
 
 def test_the_lowest_index_sink_is_spared():

@@ -211,3 +211,52 @@ def test_calibration_never_uses_the_runs_training_examples(monkeypatch):
         resolve("--split-seed", "0")
     scorer, _ = resolve("--data", "imdb", "--split", "train")  # another data set's train split is unseen
     assert scorer.data == "imdb"
+
+
+def test_a_run_calibrated_then_eval_predict_merge_leaderboard_focus(tiny4_dir, tiny_csv, tmp_path, capsys):
+    """End to end on a run folder: the calibration follows the adapter into the merge, and every
+    command that takes --act (or an entry's act key) applies it or refuses a mismatch."""
+    import yaml
+    from tiny_runs import make_run
+
+    run = make_run(tmp_path / "run", tiny4_dir, data=tiny_csv)
+    assert main(["calibrate", "--adapter", str(run), "--output", str(run), "--calibration-size", "4",
+                 "--layers", "1,2", "--heads", "all", "--no-progress"]) == 0
+    act_file = str(run / "act-all.json")
+    assert load_act(act_file).calibration["data"] == tiny_csv  # the run's own data, validation split
+    evaluate = ["eval", "--data", tiny_csv, "--no-progress", "--limit", "6"]
+    assert main(evaluate + ["--model", tiny4_dir, "--adapter", str(run), "--act", act_file,
+                            "--output", str(tmp_path / "adapter.json")]) == 0
+    assert main(evaluate + ["--model", tiny4_dir, "--act", act_file]) == 2  # the base alone: refused
+    assert "calibrated with another adapter" in capsys.readouterr().err
+
+    merged = tmp_path / "merged"
+    assert main(["merge", "--adapter", str(run), "--output", str(merged), "--act", act_file]) == 0
+    card = (merged / "README.md").read_text()
+    assert "inference-time" in card and "enable_act" in card and str(merged / "act.json") in card
+    assert main(evaluate + ["--model", str(merged), "--act", str(merged / "act.json"),
+                            "--output", str(tmp_path / "merged.json")]) == 0
+    expected, got = (json.loads((tmp_path / f).read_text())["probabilities"] for f in ("adapter.json", "merged.json"))
+    assert torch.allclose(torch.tensor(got), torch.tensor(expected), atol=1e-4)
+    assert main(evaluate + ["--model", str(merged), "--act", act_file]) == 2  # the run's file: not the merge's
+    capsys.readouterr()
+
+    out = tmp_path / "preds.csv"
+    assert main(["predict", "--adapter", str(run), "--data", tiny_csv, "--output", str(out), "--act", act_file,
+                 "--no-progress"]) == 0
+    assert out.read_text().count("\n") == 41
+
+    board = tmp_path / "board.yaml"
+    board.write_text(yaml.safe_dump({"limit": 6, "entries": [
+        {"name": "lora", "model": tiny4_dir, "adapter": str(run), "data": tiny_csv},
+        {"name": "lora+act", "model": tiny4_dir, "adapter": str(run), "act": "run/act-all.json", "data": tiny_csv}]}))
+    assert main(["leaderboard", str(board), "--no-progress"]) == 0
+    assert len(list((tmp_path / "board" / "cache").glob("*.json"))) == 2  # the act file is part of the key
+
+    assert main(["focus", "--adapter", str(run), "--act", act_file, "--text", "A wonderful film.",
+                 "--output", str(tmp_path / "focus")]) == 0
+    report = json.loads((tmp_path / "focus" / "focus.json").read_text())
+    assert report["sides"] == ["base", "adapter", "act"] and report["act"]["heads"] == 8
+    item = report["texts"][0]
+    assert item["act"]["focus"] != item["adapter"]["focus"]
+    assert abs(sum(item["act"]["focus"]) - 1) < 1e-5

@@ -1,0 +1,94 @@
+"""ACT head search: the fast search (`afa_llm.act_search.HeadSearch`, each layer's input cached)
+against the naive one (a full forward per candidate), on SmolLM2-135M / Rotten Tomatoes.
+
+    .venv/bin/python benchmarks/act_search.py [--n 500] [--per-layer 1] [--naive 9] [--bf16] [--threads 1]
+
+Both searches batch by length and score only the last position, so the ratio is what the layer-
+input cache buys. A candidate's cost depends only on its layer (the layers >= l run again), so by
+default one head per eligible layer is timed (``--per-layer 9``: every head) and the time is
+scaled to all candidates; the naive search is timed on ``--naive`` candidates spread over the
+layers and scaled the same way (a full forward costs the same for every candidate). Both are
+said in the output. The per-candidate accuracies and margins of the candidates that both
+searches ran are compared for equality. ``--bf16`` also times the fast search under bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from afa_llm.act import default_eligible_layers
+from afa_llm.act_search import HeadSearch, prepare_batches
+from afa_llm.cli import build_task
+from afa_llm.data import load_sentiment_data
+from afa_llm.decoder_layers import find_decoder_layers
+from afa_llm.leaderboard import eval_defaults
+from afa_llm.models import load_model
+
+
+def timed_search(search: HeadSearch, layers: list[int], candidates: list[tuple[int, int]],
+                 n_all: int) -> tuple[float, float, dict]:
+    """Seconds for the baseline pass and ``candidates``, that time scaled to ``n_all`` candidates, the results."""
+    start = time.perf_counter()
+    search.baseline(layers)
+    baseline_s = time.perf_counter() - start
+    results = {c: search.candidate(*c) for c in candidates}
+    seconds = time.perf_counter() - start
+    return seconds, baseline_s + (seconds - baseline_s) * n_all / len(candidates), results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=500, help="calibration examples (default: %(default)s)")
+    parser.add_argument("--per-layer", type=int, default=1, help="heads timed per eligible layer (default: 1)")
+    parser.add_argument("--naive", type=int, default=9, help="candidates timed with the naive search (default: 9)")
+    parser.add_argument("--bf16", action="store_true", help="also time the fast search under bf16 autocast")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model, tokenizer = load_model("smollm2-135m")
+    model.eval()
+    data = load_sentiment_data("rotten_tomatoes")
+    split = data.split("validation")
+    ids = sorted(np.random.default_rng(0).choice(len(split), min(args.n, len(split)), replace=False).tolist())
+    split = split.select(ids)
+    task = build_task(eval_defaults(), data.label_names, tokenizer)
+    batches, labels = prepare_batches(task, list(split["text"]), list(split["label"]), args.batch_size, "cpu")
+    n_layers, n_heads = len(find_decoder_layers(model)), model.config.num_attention_heads
+    layers = default_eligible_layers(n_layers)
+    all_candidates = [(l, h) for l in layers for h in range(n_heads)]
+    timed = [(l, h) for l in layers for h in range(min(args.per_layer, n_heads))]
+    naive = [timed[i] for i in np.linspace(0, len(timed) - 1, min(args.naive, len(timed))).round().astype(int)]
+
+    def search(fast: bool, bf16: bool = False) -> HeadSearch:
+        return HeadSearch(model, batches, labels, task.label_token_ids, fast=fast, bf16=bf16)
+
+    print(f"SmolLM2-135M, rotten_tomatoes validation, N={len(ids)}, batch {args.batch_size}, "
+          f"threads {torch.get_num_threads()}, {len(all_candidates)} candidates (layers {layers[0]}..{layers[-1]} "
+          f"x {n_heads} heads)")
+    fast_s, fast_total, fast_results = timed_search(search(True), layers, timed, len(all_candidates))
+    print(f"fast search: {fast_s:.1f} s for the baseline + {len(timed)} candidates; "
+          f"all {len(all_candidates)}: {fast_total / 60:.1f} min (candidates scaled x{len(all_candidates) / len(timed):.1f})")
+    naive_s, naive_total, naive_results = timed_search(search(False), [], naive, len(all_candidates))
+    same = all(naive_results[c] == fast_results[c] for c in naive)
+    print(f"naive search: {naive_s:.1f} s for the baseline + {len(naive)} candidates; "
+          f"all {len(all_candidates)}: {naive_total / 60:.1f} min (candidates scaled x{len(all_candidates) / len(naive):.1f})")
+    print(f"naive / fast: {naive_total / fast_total:.2f}x; identical results on the {len(naive)} shared "
+          f"candidates: {same}")
+    if args.bf16:
+        _, bf16_total, _ = timed_search(search(True, bf16=True), layers, timed, len(all_candidates))
+        print(f"fast search, bf16 autocast: {bf16_total / 60:.1f} min for all candidates; "
+              f"naive fp32 / fast bf16: {naive_total / bf16_total:.2f}x")
+    if len(ids) != 500:
+        scale = 500 / len(ids)
+        print(f"at N=500 (scaled linearly in N): fast fp32 {fast_total * scale / 60:.1f} min, naive "
+              f"{naive_total * scale / 60:.1f} min" + (f", fast bf16 {bf16_total * scale / 60:.1f} min" if args.bf16 else ""))
+
+
+if __name__ == "__main__":
+    main()
