@@ -175,7 +175,8 @@ def load_act(path: str | Path) -> ACTConfig:
 def _sample_bytes(tensor: torch.Tensor, n: int = 64) -> bytes:
     """A strided sample, rounded to bf16: the same weights loaded in fp32 or bf16 hash alike."""
     flat = tensor.detach().reshape(-1)
-    index = torch.linspace(0, flat.numel() - 1, min(n, flat.numel()), device=flat.device).long()
+    k = min(n, flat.numel())  # integer steps: a float linspace over 28M elements rounds past the end
+    index = torch.arange(k, device=flat.device) * (flat.numel() - 1) // max(k - 1, 1)
     return flat[index].float().to(torch.bfloat16).float().cpu().numpy().tobytes()
 
 

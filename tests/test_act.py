@@ -294,3 +294,13 @@ def test_eval_act_errors_are_one_line_exit_2(tiny_model_dir, tiny_csv, tmp_path,
     assert main(argv + ["--act", str(tmp_path / "act.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert "calibrated for another model" in err and "\n" not in err
+
+
+def test_weights_sample_stays_inside_a_large_tensor():
+    """A float linspace over SmolLM2's 28,311,552-element embedding rounded past its end."""
+    from afa_llm.act import _sample_bytes
+
+    big = torch.zeros(28311552)
+    big[-1] = 7.0
+    sample = torch.frombuffer(bytearray(_sample_bytes(big)), dtype=torch.float32)
+    assert len(sample) == 64 and sample[-1] == 7.0 and sample[:-1].abs().max() == 0

@@ -260,3 +260,13 @@ def test_a_run_calibrated_then_eval_predict_merge_leaderboard_focus(tiny4_dir, t
     item = report["texts"][0]
     assert item["act"]["focus"] != item["adapter"]["focus"]
     assert abs(sum(item["act"]["focus"]) - 1) < 1e-5
+
+
+@pytest.mark.slow
+def test_calibrate_and_eval_on_the_real_smollm2(tmp_path):
+    assert main(["calibrate", "--model", "smollm2-135m", "--data", "rotten_tomatoes", "--calibration-size", "8",
+                 "--layers", "2", "--output", str(tmp_path), "--no-progress"]) == 0
+    act = load_act(tmp_path / "act.json")
+    assert act.fingerprint["layers"] == 30 and act.fingerprint["heads"] == 9 and act.info["candidates"] == 9
+    assert main(["eval", "--model", "smollm2-135m", "--data", "rotten_tomatoes", "--limit", "8", "--no-progress",
+                 "--act", str(tmp_path / "act.json")]) == 0
