@@ -1,6 +1,6 @@
 """Step cost: each method's step time / a plain-LoRA step, with a breakdown by phase.
 
-    .venv/bin/python benchmarks/step_cost.py [--methods lora afa at vat lora] [--steps 10] [key=value ...]
+    .venv/bin/python benchmarks/step_cost.py [--methods lora,afa,at,vat,lora] [--steps 10] [key=value ...]
 
 Runs the methods in ONE process, back to back, on the same batches (SmolLM2-135M,
 Rotten Tomatoes, batch 8, texts up to 96 tokens by default), after warm-up steps, through
@@ -86,7 +86,8 @@ def measure(cfg, model, task, texts, labels, steps: int, warmup: int, autocast) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quantization", default="none", choices=["none", "nf4", "int8"])
-    parser.add_argument("--methods", nargs="+", default=["lora", "afa", "at", "vat", "lora"])
+    parser.add_argument("--methods", default="lora,afa,at,vat,lora", type=lambda text: text.split(","),
+                        help="comma-separated methods, in order (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("overrides", nargs="*")

@@ -23,7 +23,7 @@ def _run(script: str, *args: str) -> str:
 
 @pytest.mark.slow  # a fresh process that imports the whole stack
 def test_step_cost_prints_phases_and_ratio(tiny_model_dir, tiny_csv):
-    stdout = _run("step_cost.py", "--steps", "1", "--warmup", "0", "--methods", "lora", "afa", "vat",
+    stdout = _run("step_cost.py", "--steps", "1", "--warmup", "0", "--methods", "lora,afa,vat",
                   f"model={tiny_model_dir}", f"data={tiny_csv}", "batch_size=4")
     assert stdout.startswith(tiny_model_dir)  # the header names the model that ran
     row = lambda name: re.search(rf"^{name}\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", stdout, re.M)  # noqa: E731
