@@ -1,0 +1,93 @@
+"""The ACT result table: each model without ACT, with the searched heads, and the controls.
+
+    .venv/bin/python eval/act_report.py act_results [--archive docs/results_data/act]
+
+``act_results/<name>/`` is what eval/act_rows.sh writes: ``test.json`` (no ACT),
+``test-<act file>.json`` per calibration and the ``act*.json`` files. Each row gives the
+heads, the calibration-set accuracy before and after (N labelled validation examples), the
+test accuracy, the paired difference against the same model without ACT with an exact
+McNemar p-value, and for the search its cost (candidates, full-forward equivalents per
+example, minutes). ``--archive`` copies the JSON files into the repository first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from afa_llm.metrics import mcnemar_test  # noqa: E402
+
+ROWS = [("act", "ACT, searched heads (faithful rule)"), ("act-strict", "ACT, searched heads (strict rule)"),
+        ("act-random-0", "control: random heads, draw 0"), ("act-random-1", "control: random heads, draw 1"),
+        ("act-random-2", "control: random heads, draw 2"), ("act-all", "control: all eligible heads")]
+
+
+def _correct(report: dict) -> np.ndarray:
+    return np.asarray(report["predictions"]) == np.asarray(report["labels"])
+
+
+def folder_rows(folder: Path) -> list[str]:
+    base_file = folder / "test.json"
+    if not base_file.exists():
+        return []
+    base = json.loads(base_file.read_text())
+    lines = [f"| {folder.name} | no ACT | - | - | {base['accuracy']:.4f} | - | - |"]
+    for name, label in ROWS:
+        act_file, test_file = folder / f"{name}.json", folder / f"test-{name}.json"
+        if not (act_file.exists() and test_file.exists()):
+            continue
+        act, test = json.loads(act_file.read_text()), json.loads(test_file.read_text())
+        info = act["info"]
+        n_heads = sum(len(h) for h in act["heads"].values())
+        calib = f"{info['baseline']['accuracy']:.4f} → {info['selected']['accuracy']:.4f}"
+        p = mcnemar_test(_correct(test), _correct(base))["p_value"]
+        cost = "-"
+        if name == "act":
+            cost = f"{info.get('candidates', '-')} candidates, {info['forwards_per_example']} fwd/ex"
+        lines.append(f"| {folder.name} | {label} | {n_heads} | {calib} (N={act['calibration']['n']}) | "
+                     f"{test['accuracy']:.4f} | {test['accuracy'] - base['accuracy']:+.4f} (p={p:.2f}) | {cost} |")
+    return lines
+
+
+def report(root: Path) -> str:
+    lines = ["| model | row | heads | calibration acc before → after | test acc | Δ vs no ACT (McNemar p) | "
+             "search cost |", "|---|---|---|---|---|---|---|"]
+    for folder in sorted(p for p in root.rglob("*") if (p / "test.json").exists()):
+        lines += folder_rows(folder)
+    return "\n".join(lines)
+
+
+def archive(root: Path, target: Path) -> int:
+    copied = 0
+    for file in root.rglob("*.json"):
+        dest = target / file.relative_to(root)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, dest)
+        copied += 1
+    return copied
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="the folder eval/act_rows.sh wrote into (e.g. act_results)")
+    parser.add_argument("--archive", help="copy the JSON files here first (e.g. docs/results_data/act)")
+    args = parser.parse_args(argv)
+    root = Path(args.root)
+    if not root.is_dir():
+        print(f"error: {root} is not a folder", file=sys.stderr)
+        return 2
+    if args.archive:
+        print(f"archived {archive(root, Path(args.archive))} files into {args.archive}", file=sys.stderr)
+    print(report(root))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

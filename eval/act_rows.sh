@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The ACT result rows (issue 12): a model without ACT, with the searched heads (faithful and
+# strict rules), and the two controls (3 draws of random heads with the same count per layer;
+# all eligible heads), each scored on the Rotten Tomatoes test split. Resumable: the search
+# continues its search.jsonl, and finished evaluations are skipped.
+#
+#   eval/act_rows.sh zero-shot MODEL DRAW OUT     # e.g. smollm2-135m 0 act_results/zs-smollm2/draw0
+#   eval/act_rows.sh adapter RUN OUT              # e.g. runs/grid/rt_smollm2/lora-seed0 act_results/lora-seed0
+#
+# Then: .venv/bin/python eval/act_report.py act_results   (the table with McNemar tests)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1
+BIN=.venv/bin
+kind=$1
+if [ "$kind" = zero-shot ]; then
+  model=$2; draw=$3; out=$4
+  target=(--model "$model"); calib=(--model "$model" --data rotten_tomatoes --seed "$draw")
+else
+  run=$2; out=$3
+  target=(--adapter "$run"); calib=(--adapter "$run")
+fi
+mkdir -p "$out"
+evaluate() {  # $1: output name, then extra eval flags
+  local name=$1; shift
+  [ -f "$out/$name.json" ] || $BIN/afa-llm eval "${target[@]}" --data rotten_tomatoes --split test --no-progress \
+      --output "$out/$name.json" "$@" > /dev/null
+}
+calibrate() { $BIN/afa-llm calibrate "${calib[@]}" --calibration-size 500 --output "$out" --bf16 --resume --no-progress "$@"; }
+evaluate test
+calibrate
+evaluate test-act --act "$out/act.json"
+calibrate --rule strict
+evaluate test-act-strict --act "$out/act-strict.json"
+for k in 0 1 2; do
+  calibrate --heads random --draw "$k"
+  evaluate "test-act-random-$k" --act "$out/act-random-$k.json"
+done
+calibrate --heads all
+evaluate test-act-all --act "$out/act-all.json"
+echo "done: $out"
