@@ -91,6 +91,20 @@ def steps_to_reach(history: list[dict], target: float) -> int | None:
     return next((h["step"] for h in history if h["accuracy"] >= target), None)
 
 
+def _mean_std(values: list[float]) -> str:
+    arr = np.asarray(values)
+    return f"{arr.mean():.4f}" + (f" ± {arr.std(ddof=1):.4f}" if len(arr) > 1 else "")
+
+
+def converged_cells(done: dict) -> str:
+    """For runs with select_best: the last checkpoint's test accuracy and macro-F1, and per seed
+    the best / last step (the table's own columns are the best checkpoint's)."""
+    last = [r["test_last"]["accuracy"] for r in done.values()]
+    f1 = [r["test_last"]["macro_f1"] for r in done.values()]
+    steps = ", ".join(f"{r.get('best_step')}/{r.get('last_step')}" for r in done.values())
+    return f"{_mean_std(last)} | {np.mean(f1):.4f} | {steps}"
+
+
 def report(grid: dict) -> str:
     baseline = next(iter(grid["variants"]))
     results = {v: {s: _load(cell_dir(grid, v, s)) for s in grid["seeds"]} for v in grid["variants"]}
@@ -108,9 +122,14 @@ def report(grid: dict) -> str:
                      f"macro-F1 {zero['zero_shot']['macro_f1']:.4f}, fake-focus share "
                      f"{zero['fake_focus_share'].get('base', float('nan')):.3f}.")
         lines.append("")
+    # grids with select_best (runs that have test_last): the best checkpoint's test in the main
+    # columns, the last one's beside it, and the steps to the baseline's BEST validation accuracy
+    converged = any("test_last" in r for runs in results.values() for r in runs.values() if r)
+    which = "best" if converged else "final"
+    extra_head = " last-checkpoint test acc | its macro-F1 | best/last step per seed |" if converged else ""
     lines += ["| variant | overrides | n seeds | test acc (mean ± std) | macro-F1 | Δ acc vs "
-              f"{baseline} per seed (McNemar p) | steps to {baseline}'s final val acc | fake-focus share |",
-              "|---|---|---|---|---|---|---|---|"]
+              f"{baseline} per seed (McNemar p) | steps to {baseline}'s {which} val acc | fake-focus share |"
+              + extra_head, "|---|---|---|---|---|---|---|---|" + ("---|---|---|" if converged else "")]
     for variant, runs in results.items():
         done = {s: r for s, r in runs.items() if r}
         if not done:
@@ -126,15 +145,17 @@ def report(grid: dict) -> str:
                 p = mcnemar_test(_correct(r["test"]), _correct(base["test"]))["p_value"]
                 delta.append(r['test']['accuracy'] - base['test']['accuracy'])
                 paired.append(f"{delta[-1]:+.4f} (p={p:.2f})")
-                target = base["validation"][-1]["accuracy"] if base["validation"] else None
+                accuracies = [h["accuracy"] for h in base["validation"]]
+                target = (max(accuracies) if converged else accuracies[-1]) if accuracies else None
                 hit = steps_to_reach(r["validation"], target) if target is not None else None
                 reach.append(str(hit) if hit else "not reached")
         std = f" ± {acc.std(ddof=1):.4f}" if len(acc) > 1 else ""
         if len(delta) > 1:
             paired = [f"mean {np.mean(delta):+.4f}: " + ", ".join(paired)]
+        tail = f" {converged_cells(done)} |" if converged else ""
         lines.append(f"| {variant} | `{' '.join(grid['variants'][variant]) or '-'}` | {len(acc)} | "
                      f"{acc.mean():.4f}{std} | {f1.mean():.4f} | {', '.join(paired) or '-'} | "
-                     f"{', '.join(reach) or '-'} | {np.mean(share):.3f} |")
+                     f"{', '.join(reach) or '-'} | {np.mean(share):.3f} |" + tail)
     return "\n".join(lines)
 
 

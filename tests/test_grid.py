@@ -43,6 +43,23 @@ def test_report_pairs_each_seed_with_the_baseline(tmp_path):
     assert "Zero-shot base: accuracy 0.5000" in text
 
 
+def test_report_of_a_converged_grid_has_best_and_last(tmp_path):
+    grid = {"recipe": "r.yaml", "output_root": str(tmp_path), "seeds": [0],
+            "variants": {"lora": ["method=lora"], "afa": ["method=afa"]}}
+    # lora's best validation (0.9 at step 10) is not its last (0.8): afa reaches 0.9 at step 20
+    _write(tmp_path / "lora-seed0", 4, [{"step": 10, "accuracy": 0.9}, {"step": 20, "accuracy": 0.8}])
+    _write(tmp_path / "afa-seed0", 2, [{"step": 10, "accuracy": 0.85}, {"step": 20, "accuracy": 0.9}])
+    for name, best, last in (("lora", 10, 20), ("afa", 20, 30)):
+        path = tmp_path / f"{name}-seed0" / "results.json"
+        result = grid_mod.json.loads(path.read_text())
+        result.update(test_last=dict(result["test"], accuracy=0.5, macro_f1=0.4), best_step=best, last_step=last)
+        path.write_text(grid_mod.json.dumps(result))
+    text = grid_mod.report(grid)
+    assert "steps to lora's best val acc | fake-focus share | last-checkpoint test acc |" in text
+    afa_row = next(line for line in text.splitlines() if line.startswith("| afa "))
+    assert afa_row.endswith("| 20 | 0.900 | 0.5000 | 0.4000 | 20/30 |"), afa_row
+
+
 def test_cells_and_overrides(tmp_path):
     grid = {"recipe": "r.yaml", "output_root": "runs/g", "seeds": [3], "common": ["steps=5"],
             "variants": {"lora": ["method=lora"], "afa": ["method=afa"]}}
