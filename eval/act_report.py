@@ -59,9 +59,10 @@ def folder_rows(folder: Path) -> list[str]:
 def report(root: Path) -> str:
     lines = ["| model | row | heads | calibration acc before → after | test acc | Δ vs no ACT (McNemar p) | "
              "search cost |", "|---|---|---|---|---|---|---|"]
-    for folder in sorted(p for p in root.rglob("*") if (p / "test.json").exists()):
+    folders = sorted(p for p in root.rglob("*") if (p / "test.json").exists()) if root.is_dir() else []
+    for folder in folders:
         lines += folder_rows(folder)
-    return "\n".join(lines)
+    return "\n".join(lines) if folders else "no ACT rows yet"
 
 
 def archive(root: Path, target: Path) -> int:

@@ -7,7 +7,8 @@ runs/ is not in git, so every finished cell's results.json (with per-example tes
 predictions), metrics.jsonl and config.yaml are copied to docs/results_data/<grid>/<cell>/.
 In docs/RESULTS.md, each block between ``<!-- grid: eval/grids/NAME.yaml -->`` and
 ``<!-- end grid -->`` is replaced by `eval/grid.py`'s report of that grid, computed from
-the archived copies; the prose around the blocks is left alone.
+the archived copies; the prose around the blocks is left alone. Each ``<!-- act: FOLDER -->`` ... ``<!-- end act -->``
+block gets eval/act_report.py's table of that (archived) folder.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT / "docs" / "results_data"
 KEPT_FILES = ("results.json", "metrics.jsonl", "config.yaml")
 BLOCK = re.compile(r"<!-- grid: (\S+) -->\n.*?<!-- end grid -->", re.S)
+# the ACT rows (eval/act_report.py over an archived act_results folder)
+ACT_BLOCK = re.compile(r"<!-- act: (\S+) -->\n.*?<!-- end act -->", re.S)
 
 
 def archive_runs(grid_root: Path = ROOT / "runs" / "grid", archive: Path = ARCHIVE) -> int:
@@ -52,11 +55,19 @@ def grid_table(grid_file: str, archive: Path = ARCHIVE) -> str:
     return "#" + text if text.startswith("## ") else text  # a sub-heading under the document's own
 
 
+def act_table(folder: str) -> str:
+    from act_report import report as act_report
+
+    return act_report(ROOT / folder)
+
+
 def refresh(doc: Path, archive: Path = ARCHIVE) -> int:
     text, count = BLOCK.subn(lambda m: f"<!-- grid: {m.group(1)} -->\n{grid_table(m.group(1), archive)}\n"
                                        "<!-- end grid -->", doc.read_text())
+    text, acts = ACT_BLOCK.subn(lambda m: f"<!-- act: {m.group(1)} -->\n{act_table(m.group(1))}\n"
+                                          "<!-- end act -->", text)
     doc.write_text(text)
-    return count
+    return count + acts
 
 
 def main(argv: list[str] | None = None) -> int:
