@@ -25,8 +25,11 @@ import numpy as np  # noqa: E402
 from afa_llm.metrics import mcnemar_test  # noqa: E402
 
 ROWS = [("act", "ACT, searched heads (faithful rule)"), ("act-strict", "ACT, searched heads (strict rule)"),
-        ("act-random-0", "control: random heads, draw 0"), ("act-random-1", "control: random heads, draw 1"),
-        ("act-random-2", "control: random heads, draw 2"), ("act-all", "control: all eligible heads")]
+        ("act-random-0", "control for faithful: random heads, draw 0"),
+        ("act-random-1", "control for faithful: random heads, draw 1"),
+        ("act-random-2", "control for faithful: random heads, draw 2"),
+        *((f"act-strict-random-{k}", f"control for strict: random heads, draw {k}") for k in range(3)),
+        ("act-all", "control: all eligible heads")]
 
 
 def _correct(report: dict) -> np.ndarray:

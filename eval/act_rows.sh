@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ACT result rows (issue 12): a model without ACT, with the searched heads (faithful and
-# strict rules), and the two controls (3 draws of random heads with the same count per layer;
-# all eligible heads), each scored on the Rotten Tomatoes test split. Resumable: the search
+# strict rules), and the two controls (3 draws of random heads with the same count per layer
+# as each rule; all eligible heads), each scored on the Rotten Tomatoes test split. Resumable: the search
 # continues its search.jsonl, and finished evaluations are skipped.
 #
 #   eval/act_rows.sh zero-shot MODEL DRAW OUT     # e.g. smollm2-135m 0 act_results/zs-smollm2/draw0
@@ -32,6 +32,10 @@ calibrate
 evaluate test-act --act "$out/act.json"
 calibrate --rule strict
 evaluate test-act-strict --act "$out/act-strict.json"
+for k in 0 1 2; do  # the strict rule's own control: random heads with its (smaller) count per layer
+  calibrate --rule strict --heads random --draw "$k"
+  evaluate "test-act-strict-random-$k" --act "$out/act-strict-random-$k.json"
+done
 for k in 0 1 2; do
   calibrate --heads random --draw "$k"
   evaluate "test-act-random-$k" --act "$out/act-random-$k.json"
