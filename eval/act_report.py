@@ -36,12 +36,12 @@ def _correct(report: dict) -> np.ndarray:
     return np.asarray(report["predictions"]) == np.asarray(report["labels"])
 
 
-def folder_rows(folder: Path) -> list[str]:
+def folder_rows(folder: Path, model: str) -> list[str]:
     base_file = folder / "test.json"
     if not base_file.exists():
         return []
     base = json.loads(base_file.read_text())
-    lines = [f"| {folder.name} | no ACT | - | - | {base['accuracy']:.4f} | - | - |"]
+    lines = [f"| {model} | no ACT | - | - | {base['accuracy']:.4f} | - | - |"]
     for name, label in ROWS:
         act_file, test_file = folder / f"{name}.json", folder / f"test-{name}.json"
         if not (act_file.exists() and test_file.exists()):
@@ -53,8 +53,9 @@ def folder_rows(folder: Path) -> list[str]:
         p = mcnemar_test(_correct(test), _correct(base))["p_value"]
         cost = "-"
         if name == "act":
-            cost = f"{info.get('candidates', '-')} candidates, {info['forwards_per_example']} fwd/ex"
-        lines.append(f"| {folder.name} | {label} | {n_heads} | {calib} (N={act['calibration']['n']}) | "
+            cost = (f"{info.get('candidates', '-')} candidates, {info['forwards_per_example']} fwd/ex, "
+                    f"{info['seconds'] / 60:.0f} min")
+        lines.append(f"| {model} | {label} | {n_heads} | {calib} (N={act['calibration']['n']}) | "
                      f"{test['accuracy']:.4f} | {test['accuracy'] - base['accuracy']:+.4f} (p={p:.2f}) | {cost} |")
     return lines
 
@@ -64,7 +65,7 @@ def report(root: Path) -> str:
              "search cost |", "|---|---|---|---|---|---|---|"]
     folders = sorted(p for p in root.rglob("*") if (p / "test.json").exists()) if root.is_dir() else []
     for folder in folders:
-        lines += folder_rows(folder)
+        lines += folder_rows(folder, str(folder.relative_to(root)))
     return "\n".join(lines) if folders else "no ACT rows yet"
 
 

@@ -23,11 +23,12 @@ def test_table_rows_and_mcnemar(tmp_path, capsys):
     (folder / "test-act.json").write_text(json.dumps(_report(labels, labels)))  # 1.0: 10 discordant, all for ACT
     act = {"heads": {"3": [1, 2], "5": [0]}, "calibration": {"n": 500},
            "info": {"baseline": {"accuracy": 0.7}, "selected": {"accuracy": 0.75}, "candidates": 243,
-                    "forwards_per_example": 120.5}}
+                    "forwards_per_example": 120.5, "seconds": 1800}}
     (folder / "act.json").write_text(json.dumps(act))
     assert act_report.main([str(tmp_path / "act_results"), "--archive", str(tmp_path / "archive")]) == 0
     out = capsys.readouterr().out
-    assert "| draw0 | no ACT | - | - | 0.5000 |" in out
-    assert "| 3 | 0.7000 → 0.7500 (N=500) | 1.0000 | +0.5000 (p=0.00) | 243 candidates, 120.5 fwd/ex |" in out
+    assert "| zs/draw0 | no ACT | - | - | 0.5000 |" in out
+    assert ("| zs/draw0 | ACT, searched heads (faithful rule) | 3 | 0.7000 → 0.7500 (N=500) | 1.0000 | +0.5000 (p=0.00) | "
+            "243 candidates, 120.5 fwd/ex, 30 min |") in out
     assert (tmp_path / "archive" / "zs" / "draw0" / "act.json").exists()
     assert act_report.main([str(tmp_path / "missing")]) == 2
