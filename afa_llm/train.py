@@ -109,6 +109,16 @@ def batch_indices(n: int, seed: int, micro_step: int, batch_size: int, world: in
     return chunk[rank * batch_size : (rank + 1) * batch_size]
 
 
+def load_training_data(cfg: TrainConfig) -> tuple[SentimentData, object]:
+    """The run's data set and its training split (the first ``train_limit`` rows, if set)."""
+    data = load_sentiment_data(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column,
+                               label_names=cfg.label_names, split_seed=cfg.split_seed)
+    train_split = data.split("train")
+    if cfg.train_limit:
+        train_split = train_split.select(range(min(cfg.train_limit, len(train_split))))
+    return data, train_split
+
+
 # ---- the loop -------------------------------------------------------------------------------
 def train(cfg: TrainConfig) -> dict:
     from .io_utils import check_writable_dir
@@ -134,11 +144,7 @@ def train(cfg: TrainConfig) -> dict:
                               log_with=None if report_to == "none" else report_to, project_dir=str(run_dir))
     resume = _check_run_dir(cfg, run_dir)
     set_seed(cfg.seed)
-    data = load_sentiment_data(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column,
-                               label_names=cfg.label_names, split_seed=cfg.split_seed)
-    train_split = data.split("train")
-    if cfg.train_limit:
-        train_split = train_split.select(range(min(cfg.train_limit, len(train_split))))
+    data, train_split = load_training_data(cfg)
     model, tokenizer = build_model(cfg, accelerator)
     try:  # an out-of-range focus layer is a config error, not a traceback at the first step
         AnswerAttentionProbe(model, cfg.focus_layers)

@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from afa_llm.config import TrainConfig, load_config  # noqa: E402
-from afa_llm.data import load_sentiment_data  # noqa: E402
 from afa_llm.errors import UserError  # noqa: E402
 from afa_llm.io_utils import check_writable_dir  # noqa: E402
 from afa_llm.run_eval import EarlyStopping, save_best_adapter, validate  # noqa: E402
@@ -107,11 +106,7 @@ def train_trl(cfg: TrainConfig) -> dict:
     run_dir = check_writable_dir(cfg.output_dir, "output_dir")
     if (run_dir / "results.json").exists() and not cfg.overwrite:
         raise UserError(f"{run_dir} already holds a finished run; pass overwrite=true or another output_dir")
-    data = load_sentiment_data(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column,
-                               label_names=cfg.label_names, split_seed=cfg.split_seed)
-    train_split = data.split("train")
-    if cfg.train_limit:
-        train_split = train_split.select(range(min(cfg.train_limit, len(train_split))))
+    data, train_split = trainer.load_training_data(cfg)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_model(cfg.model, quantization=cfg.quantization, dtype=cfg.dtype)
     task = trainer.build_task(cfg, data, tokenizer)

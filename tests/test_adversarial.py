@@ -12,6 +12,7 @@ batch make-up.
 
 from __future__ import annotations
 
+import contextlib
 import types
 
 import pytest
@@ -134,7 +135,7 @@ def _step(model, task, batch, *overrides, backward=True):
     cfg = _cfg(*overrides)
     method = make_method(cfg, model, task, torch.Generator().manual_seed(0))
     model.zero_grad(set_to_none=True)
-    with attention_hook(model) if method.edits_attention else _null():
+    with attention_hook(model) if method.edits_attention else contextlib.nullcontext():
         clean = clean_pass(model, batch, task.label_token_ids, cfg.focus_layers, **method.forward_kwargs(batch))
         loss, metrics = method.loss(model, batch, clean, 0)
         if backward:
@@ -142,14 +143,6 @@ def _step(model, task, batch, *overrides, backward=True):
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     return loss, metrics, grads
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _close(a: dict, b: dict, scale: float = 1.0, tol: float = 1e-6):
@@ -204,7 +197,7 @@ def test_starting_at_the_lowest_layer_gives_full_forward_gradients(peft_model, t
     import afa_llm.methods.adversarial as module
 
     ref = _step(peft_model, task, batch, f"method={method}", "adv_eps=2", "adv_layers=[1]")
-    monkeypatch.setattr(module, "start_at_layer", lambda *a, **k: _null())  # a full forward instead
+    monkeypatch.setattr(module, "start_at_layer", lambda *a, **k: contextlib.nullcontext())  # a full forward instead
     full = _step(peft_model, task, batch, f"method={method}", "adv_eps=2", "adv_layers=[1]")
     assert ref[0].item() == pytest.approx(full[0].item(), rel=1e-6)
     _close(ref[2], full[2])
