@@ -14,11 +14,19 @@ the same seed, and its loss, the cross-entropy of the label word over the whole 
 (ours is over the label words only). Validation, early stopping, best-checkpoint selection
 and the final test go through afa-llm's own `run_eval` and `train._final_results`, so the
 run folder (config.yaml, adapter/, results.json, metrics.jsonl) reads like any other run's.
+
+Checkpoints are TRL's own (``trl_checkpoints/checkpoint-N`` every ``save_every`` steps, the
+newest ``keep_checkpoints`` kept); each also holds our validation history, written last, so a
+checkpoint without it (a kill mid-save) is never resumed. ``resume_from=latest`` continues the
+newest complete one through ``Trainer.train(resume_from_checkpoint=...)``, which restores the
+adapter, optimizer, schedule, RNG states and the data position; the folder is removed once
+results.json is written.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -28,10 +36,12 @@ import torch  # noqa: E402
 
 from afa_llm.config import TrainConfig, load_config  # noqa: E402
 from afa_llm.errors import UserError  # noqa: E402
-from afa_llm.io_utils import check_writable_dir  # noqa: E402
+from afa_llm.io_utils import atomic_write_text, check_writable_dir  # noqa: E402
 from afa_llm.run_eval import EarlyStopping, save_best_adapter, validate  # noqa: E402
 
 RUNNER = "trl_sft"
+CHECKPOINTS = "trl_checkpoints"  # TRL's checkpoint-N folders, under the run folder
+HISTORY_FILE = "afa_validation.json"  # our validation history, in each complete checkpoint
 
 
 def ordered_examples(cfg: TrainConfig, task, texts: list[str], labels: list[int]) -> list[dict]:
@@ -47,18 +57,47 @@ def ordered_examples(cfg: TrainConfig, task, texts: list[str], labels: list[int]
     return rows
 
 
-def sft_config(cfg: TrainConfig, scratch: Path):
+def sft_config(cfg: TrainConfig, checkpoints: Path):
     from trl import SFTConfig
 
-    return SFTConfig(output_dir=str(scratch), max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
+    saving = {"save_strategy": "steps", "save_steps": cfg.save_every, "save_total_limit": cfg.keep_checkpoints} \
+        if cfg.save_every else {"save_strategy": "no"}
+    return SFTConfig(output_dir=str(checkpoints), **saving, max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
                      gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
                      lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.lr_warmup_steps,
                      weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, optim="adamw_torch",
-                     seed=cfg.seed, completion_only_loss=True, max_length=None, save_strategy="no", report_to=[],
+                     seed=cfg.seed, completion_only_loss=True, max_length=None, report_to=[],
                      logging_steps=cfg.log_every, use_cpu=not torch.cuda.is_available(),
                      bf16=cfg.mixed_precision == "bf16", fp16=cfg.mixed_precision == "fp16",
                      gradient_checkpointing=cfg.gradient_checkpointing, disable_tqdm=not cfg.progress,
                      dataloader_drop_last=False)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete TRL checkpoint (one whose validation history was written)."""
+    found = [p for p in (run_dir / CHECKPOINTS).glob("checkpoint-*") if (p / HISTORY_FILE).exists()]
+    return max(found, key=step_of, default=None)
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[1])
+
+
+def _resume_point(cfg: TrainConfig, run_dir: Path) -> Path | None:
+    """Where to resume (None: a fresh start), refusing to start over a run's checkpoints unasked."""
+    resume = None
+    if cfg.resume_from == "latest":
+        resume = latest_checkpoint(run_dir)
+    elif cfg.resume_from:
+        resume = Path(cfg.resume_from)
+        if not (resume / HISTORY_FILE).exists():
+            raise UserError(f"resume_from: {cfg.resume_from} is not a complete TRL checkpoint (no {HISTORY_FILE})")
+    if resume is None and (run_dir / CHECKPOINTS).exists():
+        if not cfg.overwrite:
+            raise UserError(f"{run_dir} already holds TRL checkpoints; pass resume_from=latest to continue, "
+                            "or overwrite=true to start over")
+        shutil.rmtree(run_dir / CHECKPOINTS)
+    return resume
 
 
 def _callback(cfg: TrainConfig, task, data, history: list[dict], accelerator):
@@ -88,13 +127,15 @@ def _callback(cfg: TrainConfig, task, data, history: list[dict], accelerator):
             if stopper.should_stop(history):
                 control.should_training_stop = True
 
+        def on_save(self, args, state, control, **kwargs):  # written last: marks the checkpoint complete
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            atomic_write_text(folder / HISTORY_FILE, json.dumps(history))
+
     return AfaValidation(), stopper
 
 
 def train_trl(cfg: TrainConfig) -> dict:
     """Train ``cfg`` (read as method=lora) with TRL's SFTTrainer; returns results.json's content."""
-    import tempfile
-
     from accelerate import Accelerator
     from datasets import Dataset
     from peft import LoraConfig
@@ -114,27 +155,36 @@ def train_trl(cfg: TrainConfig) -> dict:
     targets = list(cfg.lora_target_modules) + (["gate_proj", "up_proj", "down_proj"] if cfg.lora_on_mlp else [])
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=targets, task_type="CAUSAL_LM")
+    resume = _resume_point(cfg, run_dir)
+    history: list[dict] = json.loads((resume / HISTORY_FILE).read_text()) if resume else []
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.jsonl").write_text("")
+    (run_dir / "metrics.jsonl").touch()
+    trainer._truncate_metrics(run_dir / "metrics.jsonl", step_of(resume) if resume else 0)
     cfg.save(run_dir / "config.yaml")
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision)
-    history: list[dict] = []
     callback, stopper = _callback(cfg, task, data, history, accelerator)
 
     class InOrder(SFTTrainer):  # our data order: the rows are already laid out step by step
         def _get_train_sampler(self, train_dataset=None):
             return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
 
-    with tempfile.TemporaryDirectory(dir=run_dir) as scratch:
-        sft = InOrder(model=model, args=sft_config(cfg, Path(scratch)), train_dataset=Dataset.from_list(rows),
-                      processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
-        sft.train()
-    peft_model = sft.model
-    last_step = sft.state.global_step
+    sft = InOrder(model=model, args=sft_config(cfg, run_dir / CHECKPOINTS), train_dataset=Dataset.from_list(rows),
+                  processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
+    if resume and stopper.should_stop(history):  # it had stopped early: take its weights, train no further
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(sft.model, load_file(str(resume / "adapter_model.safetensors")))
+        last_step = step_of(resume)
+    else:
+        sft.train(resume_from_checkpoint=str(resume) if resume else None)
+        last_step = sft.state.global_step
     frequent = trainer.frequent_ids(task, list(train_split["text"]))
     with accelerator.autocast():
-        return trainer._final_results(accelerator, peft_model, task, data, cfg, frequent, history, stopper,
-                                      last_step, name=RUNNER)
+        results = trainer._final_results(accelerator, sft.model, task, data, cfg, frequent, history, stopper,
+                                         last_step, name=RUNNER)
+    shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)  # results.json is written: nothing to resume
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,3 +85,49 @@ def test_bad_key_is_one_line(capsys):
     assert trl_baseline.main(["steps=4", "no_such_key=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "no_such_key" in err and "\n" not in err
+
+
+def _adapter(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_model_dir, learnable_csv, monkeypatch):
+    """A kill after step 2's checkpoint, then resume_from=latest: the same adapter and history."""
+    extra = ("steps=4", "save_every=2", "keep_checkpoints=1", "lora_dropout=0.1")
+    straight = trl_baseline.train_trl(_cfg(tmp_path / "a", tiny_model_dir, learnable_csv, *extra))
+
+    real = trl_baseline._callback
+
+    def killed_after_first_save(*args):
+        callback, stopper = real(*args)
+
+        class Killed(type(callback)):
+            def on_save(self, args, state, control, **kwargs):
+                super().on_save(args, state, control, **kwargs)
+                raise KeyboardInterrupt
+
+        return Killed(), stopper
+
+    cfg = _cfg(tmp_path / "b", tiny_model_dir, learnable_csv, *extra)
+    monkeypatch.setattr(trl_baseline, "_callback", killed_after_first_save)
+    with pytest.raises(KeyboardInterrupt):
+        trl_baseline.train_trl(cfg)
+    run = Path(cfg.output_dir)
+    assert trl_baseline.latest_checkpoint(run).name == "checkpoint-2" and not (run / "results.json").exists()
+    monkeypatch.setattr(trl_baseline, "_callback", real)
+    with pytest.raises(Exception, match="resume_from=latest"):  # no silent restart over a run's checkpoints
+        trl_baseline.train_trl(cfg)
+    resumed = trl_baseline.train_trl(_cfg(tmp_path / "b", tiny_model_dir, learnable_csv, *extra,
+                                          "resume_from=latest"))
+
+    assert resumed["validation"] == straight["validation"]
+    a, b = _adapter(tmp_path / "a" / "trl"), _adapter(run)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert any(a[k].abs().max() > 0 for k in a if "lora_B" in k)  # it trained
+    assert not (run / trl_baseline.CHECKPOINTS).exists()
+    def logged(folder):
+        return [json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert logged(run) == logged(tmp_path / "a" / "trl")  # nothing the killed run logged is doubled
