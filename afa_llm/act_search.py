@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .act import ACT_FILE, DEFAULT_BETA, DEFAULT_TAU, ACTConfig, ACTEdit, default_eligible_layers, \
+from .act import ACT_FILE, DEFAULT_BETA, DEFAULT_TAU, ACTConfig, default_eligible_layers, \
     model_fingerprint, save_act
 from .attention_hook import attention_hook, set_module_edits
 from .decoder_layers import find_decoder_layers, start_at_layer

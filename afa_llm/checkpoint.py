@@ -13,17 +13,16 @@ never leaves a folder that looks complete; only complete ones are resumed from.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import UserError
+from .io_utils import atomic_dir
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -53,17 +52,10 @@ def save_checkpoint(run_dir: Path, step: int, peft_model, state: dict, config, k
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
-    try:
+    with atomic_dir(target) as tmp:
         peft_model.save_pretrained(tmp / "adapter")
         torch.save(state, tmp / "trainer_state.pt")
         config.save(tmp / "config.yaml")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,11 +69,15 @@ def check_writable_dir(path: str | Path, key: str) -> Path:
 
 
 # ---- atomic writes ------------------------------------------------------------------------
-def _default_file_mode() -> int:
-    """What ``open(..., "w")`` would give a new file (mkstemp makes it owner-only)."""
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _default_file_mode() -> int:
+    """What ``open(..., "w")`` would give a new file (mkstemp makes it owner-only)."""
+    return 0o666 & ~_umask()
 
 
 @contextmanager
@@ -99,6 +104,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path``.
+
+    A file, a link or an empty folder at ``path`` is removed; a full folder is first moved
+    aside, so ``path`` is at every moment either the old folder or the complete new one. On
+    any error the temporary folder is removed and ``path`` is untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
+        yield tmp
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        elif target.is_dir():
+            os.replace(target, old / "x")
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager

@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +32,7 @@ import torch
 
 from .config import PROMPT_KEYS
 from .errors import UserError
-from .io_utils import check_writable_dir
+from .io_utils import atomic_dir, check_writable_dir
 
 BASES = ("original", "dequantized-nf4")
 MERGE_INFO = "afa_merge.json"
@@ -275,39 +272,18 @@ def check_output(output: Path, overwrite: bool) -> None:
 def save_merged(model, tokenizer, output: Path, card: str, info: dict, overwrite: bool = False, act=None) -> None:
     """Save into a temp folder beside ``output``, then rename it into place (with ``act``'s act.json)."""
     check_output(output, overwrite)
-    tmp = None
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
-        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "README.md").write_text(card)
-        (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2))
-        if act is not None:
-            from .act import ACT_FILE, save_act
+        with atomic_dir(output) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "README.md").write_text(card)
+            (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2))
+            if act is not None:
+                from .act import ACT_FILE, save_act
 
-            save_act(tmp / ACT_FILE, act)
-        _move_into_place(tmp, output)
+                save_act(tmp / ACT_FILE, act)
     except OSError as exc:
         raise UserError(f"cannot write the merged model to {output}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp is not None and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _move_into_place(tmp: Path, output: Path) -> None:
-    if output.is_file() or output.is_symlink():
-        output.unlink()
-    elif output.is_dir() and not any(output.iterdir()):
-        output.rmdir()
-    elif output.is_dir():  # --overwrite: swap, then delete the old folder
-        old = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.old-"))
-        os.replace(output, old / "x")
-        os.replace(tmp, output)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    os.replace(tmp, output)
 
 
 # ---- CLI ------------------------------------------------------------------------------

@@ -16,9 +16,6 @@ and the final test results (``results.json``).
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -26,6 +23,7 @@ from typing import Callable
 import numpy as np
 
 from .evaluate import evaluate_dataset
+from .io_utils import atomic_dir
 
 BEST_DIR = "best"  # under checkpoints/; not a step-N folder, so pruning and resume never touch it
 
@@ -85,20 +83,9 @@ def validate(accelerator, peft_model, task, data, cfg, step: int) -> dict:
 
 def save_best_adapter(peft_model, run_dir: Path) -> Path:
     """Write the adapter to ``checkpoints/best/adapter`` atomically (main process only)."""
-    root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-best-"))
-    target = root / BEST_DIR
-    try:
+    target = run_dir / "checkpoints" / BEST_DIR
+    with atomic_dir(target) as tmp:
         peft_model.save_pretrained(tmp / "adapter")
-        old = target.with_name(f".old-{BEST_DIR}")
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

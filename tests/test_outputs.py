@@ -112,3 +112,24 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_atomic_dir_swaps_a_full_folder_and_keeps_it_on_error(tmp_path):
+    from afa_llm.io_utils import atomic_dir
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "new.txt").write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert [p.name for p in target.iterdir()] == ["old.txt"]
+    with atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary or old folder left
+    (tmp_path / "file").write_text("x")
+    with atomic_dir(tmp_path / "file") as tmp:
+        (tmp / "a").write_text("a")
+    assert (tmp_path / "file" / "a").read_text() == "a"
