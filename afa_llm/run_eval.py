@@ -12,6 +12,9 @@ and the final test results (``results.json``).
 - With ``select_best``, the adapter of the best validation is kept in
   ``checkpoints/best/adapter`` (written atomically when it improves); at the end the run is
   tested with it and with the last weights, and ``adapter/`` is the best one.
+- `final_results` tests the run at its end (the selected checkpoint, the last one, the base
+  if asked, and the fake-focus share) and writes ``adapter/`` and ``results.json``; our loop
+  and eval/trl_baseline.py both end with it, so their run folders read alike.
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
+from . import focus_math as fm
 from .evaluate import evaluate_dataset
-from .io_utils import atomic_dir
+from .focus import clean_pass
+from .io_utils import atomic_dir, write_json
 
 BEST_DIR = "best"  # under checkpoints/; not a step-N folder, so pruning and resume never touch it
 
@@ -105,3 +111,54 @@ def selected_test(peft_model, run_dir: Path, history: list[dict], stopper: Early
     else:
         fields.update(test=last, selected="best" if select_best and best is not None else "last")
     return fields
+
+
+def fake_focus_share_on(peft_model, task, texts: list[str], frequent, cfg) -> float:
+    """The adapter's fake-focus share on ``texts`` (`focus_math.fake_focus_ratio`)."""
+    shares, bases = [], []
+    device = next(peft_model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(texts), cfg.eval_batch_size):
+            batch = task.encode(texts[start : start + cfg.eval_batch_size]).to(device)
+            focus = clean_pass(peft_model, batch, task.label_token_ids, cfg.focus_layers).focus
+            share, base = fm.frequent_shares(focus, batch.input_ids, batch.text_mask, frequent)
+            shares.append(share)
+            bases.append(base)
+    return fm.fake_focus_ratio(torch.cat(shares), torch.cat(bases))
+
+
+def final_results(accelerator, peft_model, task, data, cfg, frequent, history, stopper, last_step,
+                   name: str | None = None) -> dict:
+    """Test the run (the selected checkpoint, the base), save adapter/ and results.json.
+    ``name`` labels the run when another trainer made it (eval/trl_baseline.py)."""
+    results: dict = {}
+    if accelerator.is_main_process:
+        test = data.split("test")
+        if cfg.test_limit:
+            test = test.select(range(min(cfg.test_limit, len(test))))
+        focus_texts = list(test["text"][: cfg.focus_eval_limit])
+        peft_model.eval()
+        evaluate = lambda: evaluate_dataset(peft_model, task, test, data.label_names,  # noqa: E731
+                                            batch_size=cfg.eval_batch_size, progress=cfg.progress)
+        results = {"method": name or cfg.method, "model": cfg.model, "quantization": cfg.quantization, "data": cfg.data,
+                   "split_seed": cfg.split_seed, "seed": cfg.seed, "steps": cfg.steps,
+                   "num_processes": accelerator.num_processes,  # a silently single-process launch shows here
+                   "global_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes,
+                   "label_names": data.label_names, "label_words": task.label_words, "template": task.template,
+                   "validation": history, "stopped_early": last_step < cfg.steps,
+                   **selected_test(peft_model, Path(cfg.output_dir), history, stopper, cfg.select_best, last_step,
+                                   evaluate),
+                   "fake_focus_share": {"adapter": fake_focus_share_on(peft_model, task, focus_texts, frequent, cfg)}}
+        if cfg.evaluate_zero_shot:
+            with peft_model.disable_adapter():
+                results["zero_shot"] = evaluate()
+                results["fake_focus_share"]["base"] = fake_focus_share_on(peft_model, task, focus_texts, frequent, cfg)
+        run_dir = Path(cfg.output_dir)
+        peft_model.save_pretrained(run_dir / "adapter")
+        write_json(run_dir / "results.json", results)
+        summary = f"test accuracy {results['test']['accuracy']:.4f} (macro-F1 {results['test']['macro_f1']:.4f})"
+        if "zero_shot" in results:
+            summary += f"; zero-shot base {results['zero_shot']['accuracy']:.4f}"
+        accelerator.print(f"[{name or cfg.method}] {summary} -> {run_dir / 'results.json'}")
+    accelerator.wait_for_everyone()
+    return results

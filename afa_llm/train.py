@@ -48,11 +48,10 @@ from .checkpoint import (list_checkpoints, load_adapter_weights, load_trainer_st
 from .config import TrainConfig, load_config
 from .data import SentimentData, load_sentiment_data
 from .errors import TrainingDiverged, UserError
-from .evaluate import evaluate_dataset
 from .focus import clean_pass
 from .methods import MethodContext, build_method
 from .models import load_model
-from .run_eval import EarlyStopping, save_best_adapter, selected_test, validate
+from .run_eval import EarlyStopping, final_results, save_best_adapter, validate
 from .task import PromptTask, default_label_words
 
 
@@ -255,7 +254,7 @@ def train(cfg: TrainConfig) -> dict:
     bar.close()
     checkpoint(done)
     with accelerator.autocast():
-        results = _final_results(accelerator, peft_model, task, data, cfg, frequent, history, stopper, done)
+        results = final_results(accelerator, peft_model, task, data, cfg, frequent, history, stopper, done)
     accelerator.end_training()
     return results
 
@@ -317,58 +316,6 @@ def _truncate_metrics(path: Path, last_step: int) -> None:
         return
     keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
     path.write_text("".join(line + "\n" for line in keep))
-
-
-def _test_focus_share(peft_model, task, texts, frequent, cfg) -> float:
-    shares, bases = [], []
-    device = next(peft_model.parameters()).device
-    with torch.no_grad():
-        for start in range(0, len(texts), cfg.eval_batch_size):
-            batch = task.encode(texts[start : start + cfg.eval_batch_size]).to(device)
-            focus = clean_pass(peft_model, batch, task.label_token_ids, cfg.focus_layers).focus
-            share, base = fm.frequent_shares(focus, batch.input_ids, batch.text_mask, frequent)
-            shares.append(share)
-            bases.append(base)
-    return fm.fake_focus_ratio(torch.cat(shares), torch.cat(bases))
-
-
-def _final_results(accelerator, peft_model, task, data, cfg, frequent, history, stopper, last_step,
-                   name: str | None = None) -> dict:
-    """Test the run (the selected checkpoint, the base), save adapter/ and results.json.
-    ``name`` labels the run when another trainer made it (eval/trl_baseline.py)."""
-    results: dict = {}
-    if accelerator.is_main_process:
-        test = data.split("test")
-        if cfg.test_limit:
-            test = test.select(range(min(cfg.test_limit, len(test))))
-        focus_texts = list(test["text"][: cfg.focus_eval_limit])
-        peft_model.eval()
-        evaluate = lambda: evaluate_dataset(peft_model, task, test, data.label_names,  # noqa: E731
-                                            batch_size=cfg.eval_batch_size, progress=cfg.progress)
-        results = {"method": name or cfg.method, "model": cfg.model, "quantization": cfg.quantization, "data": cfg.data,
-                   "split_seed": cfg.split_seed, "seed": cfg.seed, "steps": cfg.steps,
-                   "num_processes": accelerator.num_processes,  # a silently single-process launch shows here
-                   "global_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes,
-                   "label_names": data.label_names, "label_words": task.label_words, "template": task.template,
-                   "validation": history, "stopped_early": last_step < cfg.steps,
-                   **selected_test(peft_model, Path(cfg.output_dir), history, stopper, cfg.select_best, last_step,
-                                   evaluate),
-                   "fake_focus_share": {"adapter": _test_focus_share(peft_model, task, focus_texts, frequent, cfg)}}
-        if cfg.evaluate_zero_shot:
-            with peft_model.disable_adapter():
-                results["zero_shot"] = evaluate()
-                results["fake_focus_share"]["base"] = _test_focus_share(peft_model, task, focus_texts, frequent, cfg)
-        run_dir = Path(cfg.output_dir)
-        peft_model.save_pretrained(run_dir / "adapter")
-        from .cli import write_json
-
-        write_json(str(run_dir / "results.json"), results)
-        summary = f"test accuracy {results['test']['accuracy']:.4f} (macro-F1 {results['test']['macro_f1']:.4f})"
-        if "zero_shot" in results:
-            summary += f"; zero-shot base {results['zero_shot']['accuracy']:.4f}"
-        accelerator.print(f"[{name or cfg.method}] {summary} -> {run_dir / 'results.json'}")
-    accelerator.wait_for_everyone()
-    return results
 
 
 # ---- command line -------------------------------------------------------------------------------

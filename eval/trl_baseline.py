@@ -12,7 +12,7 @@ whose rows are laid out in the exact order `afa_llm.train.batch_indices` visits 
 sequentially. What differs is TRL's own: its loop, its initialisation of the adapter under
 the same seed, and its loss, the cross-entropy of the label word over the whole vocabulary
 (ours is over the label words only). Validation, early stopping, best-checkpoint selection
-and the final test go through afa-llm's own `run_eval` and `train._final_results`, so the
+and the final test go through afa-llm's own `run_eval` and `run_eval.final_results`, so the
 run folder (config.yaml, adapter/, results.json, metrics.jsonl) reads like any other run's.
 
 Checkpoints are TRL's own (``trl_checkpoints/checkpoint-N`` every ``save_every`` steps, the
@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from afa_llm.config import TrainConfig, load_config  # noqa: E402
 from afa_llm.errors import UserError  # noqa: E402
 from afa_llm.io_utils import atomic_write_text, check_writable_dir  # noqa: E402
-from afa_llm.run_eval import EarlyStopping, save_best_adapter, validate  # noqa: E402
+from afa_llm.run_eval import EarlyStopping, final_results, save_best_adapter, validate  # noqa: E402
 
 RUNNER = "trl_sft"
 CHECKPOINTS = "trl_checkpoints"  # TRL's checkpoint-N folders, under the run folder
@@ -62,7 +62,8 @@ def sft_config(cfg: TrainConfig, checkpoints: Path):
 
     saving = {"save_strategy": "steps", "save_steps": cfg.save_every, "save_total_limit": cfg.keep_checkpoints} \
         if cfg.save_every else {"save_strategy": "no"}
-    return SFTConfig(output_dir=str(checkpoints), **saving, max_steps=cfg.steps, per_device_train_batch_size=cfg.batch_size,
+    return SFTConfig(output_dir=str(checkpoints), **saving, max_steps=cfg.steps,
+                     per_device_train_batch_size=cfg.batch_size,
                      gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
                      lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.lr_warmup_steps,
                      weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, optim="adamw_torch",
@@ -181,7 +182,7 @@ def train_trl(cfg: TrainConfig) -> dict:
         last_step = sft.state.global_step
     frequent = trainer.frequent_ids(task, list(train_split["text"]))
     with accelerator.autocast():
-        results = trainer._final_results(accelerator, sft.model, task, data, cfg, frequent, history, stopper,
+        results = final_results(accelerator, sft.model, task, data, cfg, frequent, history, stopper,
                                          last_step, name=RUNNER)
     shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)  # results.json is written: nothing to resume
     return results

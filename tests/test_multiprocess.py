@@ -59,7 +59,7 @@ def _worker(out_dir: str, overrides: list[str]) -> int:
             captured["disc_init"] = {k: v.detach().clone() for k, v in disc.state_dict().items()}
         return method
 
-    original_final = trainer._final_results
+    original_final = trainer.final_results
 
     def final_results(accelerator, peft_model, *args, **kwargs):
         from peft import get_peft_model_state_dict
@@ -81,7 +81,7 @@ def _worker(out_dir: str, overrides: list[str]) -> int:
 
     trainer.batch_indices = batch_indices
     trainer.build_method = build_method
-    trainer._final_results = final_results
+    trainer.final_results = final_results
     return trainer.main(overrides)
 
 
