@@ -209,15 +209,12 @@ def run_search(search: HeadSearch, candidates: list[tuple[int, int]], done: dict
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .cli import add_data_arguments, add_model_arguments, add_task_arguments
 
-    add_model_arguments(parser)
+    add_model_arguments(parser, from_run=True)
     parser.add_argument("--adapter", default=None,
                         help="a training run folder (its config gives the model, prompt, data and split seed) "
                              "or a peft adapter folder")
-    add_data_arguments(parser)
-    add_task_arguments(parser)
-    parser.set_defaults(model=None, quantization=None, dtype=None, data=None, text_column=None, label_column=None,
-                        split_seed=None, template=None, max_text_tokens=None, truncation=None)
-    # None above: the run's setting where --adapter is a run folder, else the eval default
+    add_data_arguments(parser, from_run=True)
+    add_task_arguments(parser, from_run=True)
     parser.add_argument("--split", default="validation", choices=["validation", "train"],
                         help="where the calibration examples come from; never test, and never the train split "
                              "of the run's own data (default: %(default)s)")
@@ -247,48 +244,30 @@ def act_file_name(heads: str, rule: str, draw: int) -> str:
     return {"search": f"{prefix}.json", "random": f"{prefix}-random-{draw}.json", "all": "act-all.json"}[heads]
 
 
-def resolve_calibration(args) -> tuple[argparse.Namespace, object]:
-    """The scorer settings (model, adapter, prompt, data) and the run's config (None without a run)."""
-    from .config import PROMPT_KEYS
-    from .merge import find_run
-    from .predict import resolve_settings
+def resolve_calibration(args) -> object:
+    """Fill the scorer settings (model, adapter, prompt, data) in ``args``; the run's config
+    (None without a run), after refusing calibration rows the run trained on."""
+    from .predict import resolve_run_args
 
-    prompt = {key: getattr(args, key) for key in PROMPT_KEYS}
-    if not args.adapter and not args.model:
-        args.model = "smollm2-135m"
-    scorer, _ = resolve_settings(args)
-    for key, value in prompt.items():  # given on the command line: wins over the run's
-        if value is not None:
-            setattr(scorer, key, value)
-    cfg = find_run(args.adapter).config if args.adapter else None
-    own_data = cfg is not None and args.data in (None, cfg.data)
-    defaults = {"data": "rotten_tomatoes", "text_column": "text", "label_column": "label", "label_names": None,
-                "split_seed": 0}
-    for key, default in defaults.items():
-        value = getattr(args, key)
-        if value is None:
-            value = getattr(cfg, key) if own_data else default
-        setattr(scorer, key, value)
-    if isinstance(scorer.label_names, list):
-        scorer.label_names = ",".join(scorer.label_names)
+    cfg, own_data = resolve_run_args(args)
     if own_data and args.split == "train":
         raise UserError(f"the run trained on the train split of {cfg.data}; calibrate on --split validation")
-    if own_data and scorer.split_seed != cfg.split_seed:
+    if own_data and args.split_seed != cfg.split_seed:
         raise UserError(f"the run split {cfg.data} with split seed {cfg.split_seed}; another seed's validation split "
                         f"overlaps its training examples: use --split-seed {cfg.split_seed}")
-    return scorer, cfg
+    return cfg
 
 
-def calibration_rows(args, scorer, data) -> tuple[list[int], dict]:
+def calibration_rows(args, data) -> tuple[list[int], dict]:
     """The drawn example ids of the split and the record of where they came from."""
     split = data.split(args.split)
     if len(split) == 0:
-        raise UserError(f"{scorer.data}: the {args.split} split is empty; nothing to calibrate on")
+        raise UserError(f"{args.data}: the {args.split} split is empty; nothing to calibrate on")
     if args.calibration_size > len(split):
         raise UserError(f"--calibration-size {args.calibration_size} is larger than the {args.split} split "
                         f"({len(split)} examples)")
     ids = sorted(np.random.default_rng(args.seed).choice(len(split), args.calibration_size, replace=False).tolist())
-    record = {"data": scorer.data, "split": args.split, "split_seed": scorer.split_seed, "seed": args.seed,
+    record = {"data": args.data, "split": args.split, "split_seed": args.split_seed, "seed": args.seed,
               "n": len(ids), "of": len(split), "ids": ids,
               "note": VALIDATION_NOTE if args.split == "validation" else "the train split (the model never trained on it)"}
     return ids, record
@@ -322,10 +301,10 @@ def run(args) -> int:
     from .cli import load_data_from_args, load_scorer
 
     _check_args(args)
-    scorer, _ = resolve_calibration(args)
-    data = load_data_from_args(scorer)
-    ids, record = calibration_rows(args, scorer, data)
-    model, task = load_scorer(scorer, data.label_names)
+    resolve_calibration(args)
+    data = load_data_from_args(args)
+    ids, record = calibration_rows(args, data)
+    model, task = load_scorer(args, data.label_names)
     model.eval()
     split = data.split(args.split).select(ids)
     batches, labels = prepare_batches(task, list(split["text"]), list(split["label"]), args.batch_size,
@@ -339,8 +318,8 @@ def run(args) -> int:
     search = HeadSearch(model, batches, labels, task.label_token_ids, beta=args.beta, tau=args.tau, bf16=args.bf16)
     start = time.perf_counter()
     baseline = search.baseline(layers)
-    info = {"eligible_layers": layers, "baseline": baseline, "bf16": args.bf16, "model": scorer.model,
-            "adapter": scorer.adapter, "prompt": {"template": task.template, "label_words": task.label_words}}
+    info = {"eligible_layers": layers, "baseline": baseline, "bf16": args.bf16, "model": args.model,
+            "adapter": args.adapter, "prompt": {"template": task.template, "label_words": task.label_words}}
     if args.heads == "all":
         heads, rule = all_heads(layers, n_heads), None
     else:

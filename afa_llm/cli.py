@@ -29,47 +29,65 @@ SUBCOMMANDS = {
 
 
 # ---- shared option groups -----------------------------------------------------------
-def add_model_arguments(parser: argparse.ArgumentParser, default_quantization: str = "none") -> None:
+# With ``from_run``, an option left out is None and filled in later from the run that
+# --adapter names (its config.yaml), else from the default shown (`predict.resolve_run_args`).
+def _default(value, from_run: bool, fmt: str = "s") -> tuple:
+    shown = f"%(default){fmt}" if not from_run else (repr(value) if fmt == "r" else str(value))
+    return (None, f"(default: the run's with --adapter RUN, else {shown})") if from_run else \
+        (value, f"(default: {shown})")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_quantization: str = "none",
+                        from_run: bool = False) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", default="smollm2-135m",
+    default, shown = _default("smollm2-135m", from_run)
+    group.add_argument("--model", default=default,
                        help="built-in name (smollm2-135m, gemma3-270m), a local HF folder, a .gguf file, "
-                            "or a hub id (default: %(default)s)")
-    group.add_argument("--quantization", default=default_quantization, choices=["nf4", "int8", "none"],
-                       help="load the base in bitsandbytes 4-bit (nf4), 8-bit, or full precision "
-                            "(default: %(default)s)")
-    group.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"],
-                       help="weight / compute dtype (default: %(default)s)")
+                            f"or a hub id {shown}")
+    default, shown = _default(default_quantization, from_run)
+    group.add_argument("--quantization", default=default, choices=["nf4", "int8", "none"],
+                       help=f"load the base in bitsandbytes 4-bit (nf4), 8-bit, or full precision {shown}")
+    default, shown = _default("fp32", from_run)
+    group.add_argument("--dtype", default=default, choices=["fp32", "bf16", "fp16"],
+                       help=f"weight / compute dtype {shown}")
 
 
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+def add_data_arguments(parser: argparse.ArgumentParser, from_run: bool = False) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--data", default="rotten_tomatoes",
+    default, shown = _default("rotten_tomatoes", from_run)
+    group.add_argument("--data", default=default,
                        help="rotten_tomatoes, imdb, tweets (offline packaged), a .csv/.jsonl/.parquet file, "
-                            "or hub:NAME[:CONFIG] (default: %(default)s)")
-    group.add_argument("--text-column", default="text", help="text column of a local file (default: %(default)s)")
-    group.add_argument("--label-column", default="label", help="label column of a local file (default: %(default)s)")
+                            f"or hub:NAME[:CONFIG] {shown}")
+    default, shown = _default("text", from_run)
+    group.add_argument("--text-column", default=default, help=f"text column of a local file {shown}")
+    default, shown = _default("label", from_run)
+    group.add_argument("--label-column", default=default, help=f"label column of a local file {shown}")
     group.add_argument("--label-names", default=None,
                        help="comma-separated class names in label order, e.g. negative,positive "
-                            "(default: inferred; 0/1 labels mean negative,positive)")
-    group.add_argument("--split-seed", type=int, default=0,
-                       help="seed of the stratified train/validation/test split (default: %(default)s)")
+                            "(default: " + ("the run's with --adapter RUN, else " if from_run else "") +
+                            "inferred; 0/1 labels mean negative,positive)")
+    default, shown = _default(0, from_run)
+    group.add_argument("--split-seed", type=int, default=default,
+                       help=f"seed of the stratified train/validation/test split {shown}")
 
 
-def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+def add_task_arguments(parser: argparse.ArgumentParser, from_run: bool = False) -> None:
     from .config import TRUNCATIONS
 
     group = parser.add_argument_group("prompt")
-    group.add_argument("--template", default="Review: {text}\nSentiment:",
-                       help="prompt template with one {text} slot (default: %(default)r)")
+    default, shown = _default("Review: {text}\nSentiment:", from_run, fmt="r")
+    group.add_argument("--template", default=default, help=f"prompt template with one {{text}} slot {shown}")
     group.add_argument("--label-words", default=None,
                        help="comma-separated label words, one single-token word per class, in class order "
-                            "(default: ' '+class name, e.g. ' negative,positive' -> ' negative',' positive')")
-    group.add_argument("--max-text-tokens", type=int, default=256,
-                       help="longer texts are truncated inside the text; the template is never cut "
-                            "(default: %(default)s)")
-    group.add_argument("--truncation", default="head", choices=TRUNCATIONS,
-                       help="keep the head of an over-long text, or its first quarter and last three quarters "
-                            "(default: %(default)s)")
+                            "(default: " + ("the run's with --adapter RUN, else " if from_run else "") +
+                            "' '+class name, e.g. ' negative,positive' -> ' negative',' positive')")
+    default, shown = _default(256, from_run)
+    group.add_argument("--max-text-tokens", type=int, default=default,
+                       help=f"longer texts are truncated inside the text; the template is never cut {shown}")
+    default, shown = _default("head", from_run)
+    group.add_argument("--truncation", default=default, choices=TRUNCATIONS,
+                       help=f"keep the head of an over-long text, or its first quarter and last three quarters "
+                            f"{shown}")
 
 
 def split_list(value: str | None) -> list[str] | None:
@@ -118,10 +136,12 @@ def build_task(args, label_names: list[str], tokenizer):
 
 # ---- eval -----------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
-    parser.add_argument("--adapter", default=None, help="a peft adapter folder or a training run folder")
-    add_data_arguments(parser)
-    add_task_arguments(parser)
+    add_model_arguments(parser, from_run=True)
+    parser.add_argument("--adapter", default=None,
+                        help="a training run folder (its config.yaml gives the base model, prompt, and unless "
+                             "--data names other data, the data set and split seed) or a peft adapter folder")
+    add_data_arguments(parser, from_run=True)
+    add_task_arguments(parser, from_run=True)
     parser.add_argument("--split", default="test", choices=["train", "validation", "test", "all"],
                         help="which seeded split to score, or all: every row of the data in its own order "
                              "(whole-file evaluation; for hub data, the splits joined) (default: %(default)s)")
@@ -210,7 +230,10 @@ def run(args) -> int:
 
     from .act import act_enabled, load_act
 
+    from .predict import resolve_run_args
+
     check_eval_args(args)
+    resolve_run_args(args)
     act = load_act(args.act) if args.act else None
     data = load_data_from_args(args)
     split, scored = rows_to_score(args, data)

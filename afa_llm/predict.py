@@ -101,6 +101,45 @@ def resolve_settings(args) -> tuple[argparse.Namespace, list[str]]:
     return scorer, class_names_for(saved.get("label_names"), scorer.label_words)
 
 
+RUN_DATA_KEYS = {"data": "rotten_tomatoes", "text_column": "text", "label_column": "label", "label_names": None,
+                 "split_seed": 0}  # filled from the run when its own data is scored, else these defaults
+RUN_MODEL_KEYS = ("model", "adapter", "quantization", "dtype", "template", "label_words", "max_text_tokens",
+                  "truncation")
+
+
+def resolve_run_args(args) -> tuple[object, bool]:
+    """Fill the options of an eval-style ``args`` left unset (None) in place; returns the run's
+    config (None without a run folder) and whether the data scored is the run's own.
+
+    With ``--adapter RUN``: the base model, quantization, dtype and prompt come from the run (a
+    merged folder given as ``--model`` brings its run's prompt); the data set, its columns,
+    class names and split seed too when ``--data`` is unset or names the run's data. Options
+    given on the command line always win; anything still unset gets `afa-llm eval`'s default.
+    """
+    from .config import PROMPT_KEYS
+    from .merge import find_run
+
+    prompt = {key: getattr(args, key) for key in PROMPT_KEYS}
+    if not args.adapter and not args.model:
+        args.model = "smollm2-135m"
+    scorer, _ = resolve_settings(args)
+    for key, value in prompt.items():  # given on the command line: wins over the run's
+        if value is not None:
+            setattr(scorer, key, value)
+    cfg = find_run(args.adapter).config if args.adapter else None
+    own_data = cfg is not None and args.data in (None, cfg.data)
+    for key, default in RUN_DATA_KEYS.items():
+        value = getattr(args, key)
+        if value is None:
+            value = getattr(cfg, key) if own_data else default
+        setattr(scorer, key, value)
+    if isinstance(scorer.label_names, list):
+        scorer.label_names = ",".join(scorer.label_names)
+    for key in (*RUN_MODEL_KEYS, *RUN_DATA_KEYS):
+        setattr(args, key, getattr(scorer, key))
+    return cfg, own_data
+
+
 # ---- reading -----------------------------------------------------------------------------
 def _line_chunks(handle: IO[str], column: str, size: int) -> Iterator[pd.DataFrame]:
     while lines := list(itertools.islice(handle, size)):

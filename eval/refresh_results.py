@@ -27,7 +27,7 @@ from afa_llm.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT / "docs" / "results_data"
-KEPT_FILES = ("results.json", "metrics.jsonl", "config.yaml")
+KEPT_FILES = ("results.json", "metrics.jsonl", "config.yaml", "validation_full.json")  # the last: eval/pick_setting.py
 BLOCK = re.compile(r"<!-- grid: (\S+) -->\n.*?<!-- end grid -->", re.S)
 # the ACT rows (eval/act_report.py over an archived act_results folder)
 ACT_BLOCK = re.compile(r"<!-- act: (\S+) -->\n.*?<!-- end act -->", re.S)

@@ -195,22 +195,27 @@ def test_calibration_never_uses_the_runs_training_examples(monkeypatch):
 
     cfg = SimpleNamespace(data="rotten_tomatoes", split_seed=3, text_column="text", label_column="label",
                           label_names=None)
-    monkeypatch.setattr("afa_llm.predict.resolve_settings", lambda args: (argparse.Namespace(), None))
+    from afa_llm.predict import RUN_MODEL_KEYS
+
+    monkeypatch.setattr("afa_llm.predict.resolve_settings",
+                        lambda args: (argparse.Namespace(**dict.fromkeys(RUN_MODEL_KEYS)), None))
     monkeypatch.setattr("afa_llm.merge.find_run", lambda path: SimpleNamespace(config=cfg))
     parser = argparse.ArgumentParser()
     act_search.add_arguments(parser)
 
     def resolve(*argv):
-        return act_search.resolve_calibration(parser.parse_args(["--output", "x", "--adapter", "run", *argv]))
+        args = parser.parse_args(["--output", "x", "--adapter", "run", *argv])
+        act_search.resolve_calibration(args)
+        return args
 
-    scorer, _ = resolve()
-    assert (scorer.data, scorer.split_seed) == ("rotten_tomatoes", 3)  # the run's data and split seed
+    args = resolve()
+    assert (args.data, args.split_seed) == ("rotten_tomatoes", 3)  # the run's data and split seed
     with pytest.raises(UserError, match="trained on the train split"):
         resolve("--split", "train")
     with pytest.raises(UserError, match="overlaps its training examples"):
         resolve("--split-seed", "0")
-    scorer, _ = resolve("--data", "imdb", "--split", "train")  # another data set's train split is unseen
-    assert scorer.data == "imdb"
+    args = resolve("--data", "imdb", "--split", "train")  # another data set's train split is unseen
+    assert (args.data, args.split_seed) == ("imdb", 0)
 
 
 def test_a_run_calibrated_then_eval_predict_merge_leaderboard_focus(tiny4_dir, tiny_csv, tmp_path, capsys):

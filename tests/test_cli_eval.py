@@ -210,6 +210,32 @@ def test_local_csv_end_to_end_with_tiny_model(capsys, tiny_csv, tiny_model_dir, 
     assert f"n=6  accuracy={report['accuracy']:.4f}" in out
 
 
+def test_a_run_folder_brings_its_base_prompt_and_data(capsys, make_csv, tiny_model_dir, tmp_path):
+    """`eval --adapter RUN` scores the run's own test split on its base with its prompt; flags win."""
+    import yaml
+    from tiny_runs import make_run
+
+    data = make_csv(name="run_data.csv")
+    run = make_run(tmp_path / "run", tiny_model_dir, data=data)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config.update(split_seed=3, template="Text: {text}\nLabel:")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    output = tmp_path / "eval.json"
+    code, _, err = run_eval(capsys, "--adapter", str(run), "--output", str(output))
+    assert code == 0, err
+    report = json.loads(output.read_text())
+    assert (report["model"], report["data"], report["split_seed"]) == (tiny_model_dir, data, 3)
+    assert report["template"] == "Text: {text}\nLabel:"
+    assert report["labels"] == list(load_sentiment_data(data, split_seed=3).split("test")["label"])
+
+    other = make_csv(name="other.csv")  # other data: the default split seed, the flags given
+    code, _, err = run_eval(capsys, "--adapter", str(run), "--data", other, "--template", "T: {text}\nS:",
+                            "--output", str(output))
+    assert code == 0, err
+    report = json.loads(output.read_text())
+    assert (report["data"], report["split_seed"], report["template"]) == (other, 0, "T: {text}\nS:")
+
+
 def test_string_labels_label_names_limit_and_shots(capsys, make_csv, tiny_model_dir, tmp_path):
     rows = [(t, "good" if y else "bad") for t, y in TINY_ROWS]
     output = tmp_path / "eval.json"
