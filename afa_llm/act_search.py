@@ -207,14 +207,9 @@ def run_search(search: HeadSearch, candidates: list[tuple[int, int]], done: dict
 
 # -------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli import add_data_arguments, add_model_arguments, add_task_arguments
+    from .cli import add_scorer_arguments
 
-    add_model_arguments(parser, from_run=True)
-    parser.add_argument("--adapter", default=None,
-                        help="a training run folder (its config gives the model, prompt, data and split seed) "
-                             "or a peft adapter folder")
-    add_data_arguments(parser, from_run=True)
-    add_task_arguments(parser, from_run=True)
+    add_scorer_arguments(parser)
     parser.add_argument("--split", default="validation", choices=["validation", "train"],
                         help="where the calibration examples come from; never test, and never the train split "
                              "of the run's own data (default: %(default)s)")

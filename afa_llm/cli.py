@@ -135,13 +135,18 @@ def build_task(args, label_names: list[str], tokenizer):
 
 
 # ---- eval -----------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_scorer_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model, --adapter, data and prompt options whose defaults come from the run (`predict.resolve_run_args`)."""
     add_model_arguments(parser, from_run=True)
     parser.add_argument("--adapter", default=None,
                         help="a training run folder (its config.yaml gives the base model, prompt, and unless "
                              "--data names other data, the data set and split seed) or a peft adapter folder")
     add_data_arguments(parser, from_run=True)
     add_task_arguments(parser, from_run=True)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_scorer_arguments(parser)
     parser.add_argument("--split", default="test", choices=["train", "validation", "test", "all"],
                         help="which seeded split to score, or all: every row of the data in its own order "
                              "(whole-file evaluation; for hub data, the splits joined) (default: %(default)s)")
