@@ -99,8 +99,8 @@ def _mean_std(values: list[float]) -> str:
 def converged_cells(done: dict) -> str:
     """For runs with select_best: the last checkpoint's test accuracy and macro-F1, and per seed
     the best / last step (the table's own columns are the best checkpoint's)."""
-    last = [r["test_last"]["accuracy"] for r in done.values()]
-    f1 = [r["test_last"]["macro_f1"] for r in done.values()]
+    last = [r.get("test_last", r["test"])["accuracy"] for r in done.values()]  # older runs: test is the last
+    f1 = [r.get("test_last", r["test"])["macro_f1"] for r in done.values()]
     steps = ", ".join(f"{r.get('best_step')}/{r.get('last_step')}" for r in done.values())
     return f"{_mean_std(last)} | {np.mean(f1):.4f} | {steps}"
 
@@ -122,9 +122,9 @@ def report(grid: dict) -> str:
                      f"macro-F1 {zero['zero_shot']['macro_f1']:.4f}, fake-focus share "
                      f"{zero['fake_focus_share'].get('base', float('nan')):.3f}.")
         lines.append("")
-    # grids with select_best (runs that have test_last): the best checkpoint's test in the main
+    # grids with select_best (runs whose test is the best validation's): the best checkpoint's test in the main
     # columns, the last one's beside it, and the steps to the baseline's BEST validation accuracy
-    converged = any("test_last" in r for runs in results.values() for r in runs.values() if r)
+    converged = any(r.get("selected") == "best" for runs in results.values() for r in runs.values() if r)
     which = "best" if converged else "final"
     extra_head = " last-checkpoint test acc | its macro-F1 | best/last step per seed |" if converged else ""
     lines += ["| variant | overrides | n seeds | test acc (mean ± std) | macro-F1 | Δ acc vs "

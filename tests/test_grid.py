@@ -52,12 +52,27 @@ def test_report_of_a_converged_grid_has_best_and_last(tmp_path):
     for name, best, last in (("lora", 10, 20), ("afa", 20, 30)):
         path = tmp_path / f"{name}-seed0" / "results.json"
         result = grid_mod.json.loads(path.read_text())
-        result.update(test_last=dict(result["test"], accuracy=0.5, macro_f1=0.4), best_step=best, last_step=last)
+        result.update(test_last=dict(result["test"], accuracy=0.5, macro_f1=0.4), best_step=best, last_step=last,
+                      selected="best")
         path.write_text(grid_mod.json.dumps(result))
     text = grid_mod.report(grid)
     assert "steps to lora's best val acc | fake-focus share | last-checkpoint test acc |" in text
     afa_row = next(line for line in text.splitlines() if line.startswith("| afa "))
     assert afa_row.endswith("| 20 | 0.900 | 0.5000 | 0.4000 | 20/30 |"), afa_row
+
+
+def test_runs_without_select_best_keep_the_plain_report(tmp_path):
+    """Newer runs record test_last even without select_best; an older cell beside them has none."""
+    grid = {"recipe": "r.yaml", "output_root": str(tmp_path), "seeds": [0],
+            "variants": {"lora": ["method=lora"], "at": ["method=at"]}}
+    _write(tmp_path / "lora-seed0", 4, [{"step": 10, "accuracy": 0.8}])
+    _write(tmp_path / "at-seed0", 2, [{"step": 10, "accuracy": 0.85}])
+    path = tmp_path / "at-seed0" / "results.json"
+    result = grid_mod.json.loads(path.read_text())
+    result.update(test_last=result["test"], best_step=10, last_step=10, selected="last")
+    path.write_text(grid_mod.json.dumps(result))
+    text = grid_mod.report(grid)
+    assert "last-checkpoint" not in text and "steps to lora's final val acc" in text
 
 
 def test_cells_and_overrides(tmp_path):
