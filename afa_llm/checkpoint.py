@@ -86,12 +86,13 @@ def load_trainer_state(checkpoint: Path) -> dict:
     return torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False)
 
 
-def load_adapter_weights(peft_model, checkpoint: Path) -> None:
+def load_adapter_weights(peft_model, adapter_dir: Path) -> None:
+    """Load the adapter saved in ``adapter_dir`` (its adapter_model.safetensors) into ``peft_model``."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    weights = load_file(str(checkpoint / "adapter" / "adapter_model.safetensors"))
+    weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
     result = set_peft_model_state_dict(peft_model, weights)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
-        raise UserError(f"checkpoint {checkpoint} does not fit this model ({len(unexpected)} unexpected keys)")
+        raise UserError(f"checkpoint {adapter_dir} does not fit this model ({len(unexpected)} unexpected keys)")

@@ -101,8 +101,7 @@ def resolve_settings(args) -> tuple[argparse.Namespace, list[str]]:
     return scorer, class_names_for(saved.get("label_names"), scorer.label_words)
 
 
-RUN_DATA_KEYS = {"data": "rotten_tomatoes", "text_column": "text", "label_column": "label", "label_names": None,
-                 "split_seed": 0}  # filled from the run when its own data is scored, else these defaults
+RUN_DATA_KEYS = ("data", "text_column", "label_column", "label_names", "split_seed")  # from the run's own data
 RUN_MODEL_KEYS = ("model", "adapter", "quantization", "dtype", "template", "label_words", "max_text_tokens",
                   "truncation")
 
@@ -117,22 +116,23 @@ def resolve_run_args(args) -> tuple[object, bool]:
     given on the command line always win; anything still unset gets `afa-llm eval`'s default.
     """
     from .config import PROMPT_KEYS
+    from .leaderboard import eval_defaults
     from .merge import find_run
 
     prompt = {key: getattr(args, key) for key in PROMPT_KEYS}
     if not args.adapter and not args.model:
-        args.model = "smollm2-135m"
-    scorer, _ = resolve_settings(args)
+        args.model = eval_defaults().model
+    scorer, _ = resolve_settings(args)  # starts from eval's defaults: the data keys are still those
     for key, value in prompt.items():  # given on the command line: wins over the run's
         if value is not None:
             setattr(scorer, key, value)
     cfg = find_run(args.adapter).config if args.adapter else None
     own_data = cfg is not None and args.data in (None, cfg.data)
-    for key, default in RUN_DATA_KEYS.items():
-        value = getattr(args, key)
-        if value is None:
-            value = getattr(cfg, key) if own_data else default
-        setattr(scorer, key, value)
+    for key in RUN_DATA_KEYS:
+        if getattr(args, key) is not None:
+            setattr(scorer, key, getattr(args, key))
+        elif own_data:
+            setattr(scorer, key, getattr(cfg, key))
     if isinstance(scorer.label_names, list):
         scorer.label_names = ",".join(scorer.label_names)
     for key in (*RUN_MODEL_KEYS, *RUN_DATA_KEYS):

@@ -106,7 +106,7 @@ def selected_test(peft_model, run_dir: Path, history: list[dict], stopper: Early
     fields = {"test_last": last, "last_step": last_step,
               "best_step": best["step"] if best else None, "selected": "last"}
     if select_best and best is not None and best is not history[-1] and (run_dir / "checkpoints" / BEST_DIR).exists():
-        load_adapter_weights(peft_model, run_dir / "checkpoints" / BEST_DIR)
+        load_adapter_weights(peft_model, run_dir / "checkpoints" / BEST_DIR / "adapter")
         fields.update(test=evaluate(), selected="best")
     else:
         fields.update(test=last, selected="best" if select_best and best is not None else "last")

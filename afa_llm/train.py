@@ -168,7 +168,7 @@ def train(cfg: TrainConfig) -> dict:
         if len(state["rng"]) != accelerator.num_processes:  # the data slices and mask samplers are per rank
             raise UserError(f"{resume} was written by {len(state['rng'])} process(es); resume it with the same "
                             f"number, not {accelerator.num_processes}")
-        load_adapter_weights(peft_model, resume)
+        load_adapter_weights(peft_model, resume / "adapter")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         method.load_state_dict(state["method"])

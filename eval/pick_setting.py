@@ -38,17 +38,16 @@ def variant_method(overrides: list[str]) -> str:
 
 def score_cell(cell: Path) -> dict:
     """The cell's whole-validation-split accuracy, macro-F1 and loss (cached in the cell)."""
-    from afa_llm.cli import main as cli_main
+    from afa_llm.cli import build_parser
 
     cached = cell / SCORE_FILE
     if cached.exists():
         return json.loads(cached.read_text())
     report_file = cell / ".validation_report.json"
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = cli_main(["eval", "--adapter", str(cell), "--split", "validation", "--output", str(report_file),
-                         "--no-progress"])
-    if code:
-        raise UserError(f"afa-llm eval failed on {cell} (exit {code})")
+    args = build_parser("eval").parse_args(["eval", "--adapter", str(cell), "--split", "validation",
+                                            "--output", str(report_file), "--no-progress"])
+    with contextlib.redirect_stdout(io.StringIO()):  # its table; a UserError reaches main() as one line
+        args.handler(args)
     report = json.loads(report_file.read_text())
     report_file.unlink()
     record = validation_record(report, step=-1)

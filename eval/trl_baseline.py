@@ -172,10 +172,9 @@ def train_trl(cfg: TrainConfig) -> dict:
     sft = InOrder(model=model, args=sft_config(cfg, run_dir / CHECKPOINTS), train_dataset=Dataset.from_list(rows),
                   processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
     if resume and stopper.should_stop(history):  # it had stopped early: take its weights, train no further
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
+        from afa_llm.checkpoint import load_adapter_weights
 
-        set_peft_model_state_dict(sft.model, load_file(str(resume / "adapter_model.safetensors")))
+        load_adapter_weights(sft.model, resume)  # TRL saves the adapter at the checkpoint's top level
         last_step = step_of(resume)
     else:
         sft.train(resume_from_checkpoint=str(resume) if resume else None)
@@ -183,7 +182,7 @@ def train_trl(cfg: TrainConfig) -> dict:
     frequent = trainer.frequent_ids(task, list(train_split["text"]))
     with accelerator.autocast():
         results = final_results(accelerator, sft.model, task, data, cfg, frequent, history, stopper,
-                                         last_step, name=RUNNER)
+                                last_step, name=RUNNER)
     shutil.rmtree(run_dir / CHECKPOINTS, ignore_errors=True)  # results.json is written: nothing to resume
     return results
 

@@ -195,10 +195,11 @@ def test_calibration_never_uses_the_runs_training_examples(monkeypatch):
 
     cfg = SimpleNamespace(data="rotten_tomatoes", split_seed=3, text_column="text", label_column="label",
                           label_names=None)
-    from afa_llm.predict import RUN_MODEL_KEYS
+    from afa_llm.leaderboard import eval_defaults
 
+    # resolve_settings's namespace: eval's defaults plus the (here unread) adapter
     monkeypatch.setattr("afa_llm.predict.resolve_settings",
-                        lambda args: (argparse.Namespace(**dict.fromkeys(RUN_MODEL_KEYS)), None))
+                        lambda args: (argparse.Namespace(**vars(eval_defaults()), adapter=None), None))
     monkeypatch.setattr("afa_llm.merge.find_run", lambda path: SimpleNamespace(config=cfg))
     parser = argparse.ArgumentParser()
     act_search.add_arguments(parser)

@@ -47,3 +47,15 @@ def test_scores_the_validation_split_and_reuses_the_score(tmp_path, tiny_model_d
     (root / "at_x-seed0" / pick.SCORE_FILE).write_text(json.dumps(dict(score, accuracy=1.0)))  # cached: not re-run
     assert pick.main([str(grid_file)]) == 0
     assert "| at | at_x | 1.0000 |" in capsys.readouterr().out and "| at | at_x | 1.0000 |" not in first
+
+
+def test_a_cell_that_cannot_be_scored_is_one_line(tmp_path, capsys):
+    cell = tmp_path / "cells" / "lora-seed0"
+    cell.mkdir(parents=True)
+    (cell / "results.json").write_text("{}")  # finished, but its adapter is gone
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump({"recipe": "r.yaml", "output_root": str(tmp_path / "cells"), "seeds": [0],
+                                         "variants": {"lora": ["method=lora"]}}))
+    assert pick.main([str(grid_file)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "adapter" in err
