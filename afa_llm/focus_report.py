@@ -46,21 +46,19 @@ td.side { max-width: 40em; }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli import add_data_arguments, add_model_arguments, add_task_arguments
+    from .cli import add_scorer_arguments
 
-    add_model_arguments(parser)
-    parser.add_argument("--adapter", default=None,
-                        help="a peft adapter folder or a training run folder (a run's config.yaml then supplies "
-                             "--model, --template, --label-words and --max-text-tokens left at their defaults)")
+    add_scorer_arguments(parser)  # a run's model, prompt and (for its own --data) split seed, as in eval
     parser.add_argument("--text", action="append", default=None, help="a text to render (repeat for several)")
-    add_data_arguments(parser)
-    parser.set_defaults(data=None)  # here --data is optional: --text or --data
+    for action in parser._actions:  # here --data is optional: --text or --data
+        if action.dest == "data":
+            action.help = ("texts to render (instead of --text): rotten_tomatoes, imdb, tweets, a .csv/.jsonl/"
+                           ".parquet file or hub:NAME[:CONFIG]; the run's own data set uses the run's split seed")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"],
                         help="split the --data texts come from (default: %(default)s)")
     parser.add_argument("--n", type=int, default=8, help="texts of --data to render (default: %(default)s)")
     parser.add_argument("--metric-n", type=int, default=256,
                         help="texts of --data for the fake-focus share (default: %(default)s)")
-    add_task_arguments(parser)
     parser.add_argument("--focus-layers", default=None,
                         help="comma-separated layer indices, negative from the end (default: the run's "
                              "focus_layers, else the last third of the layers)")
@@ -213,24 +211,13 @@ def render_png(report: dict, path: Path) -> None:
 
 
 # ---- CLI ------------------------------------------------------------------------------
-def _prompt_from_run(args, run) -> None:
-    """Where an option is left at its `afa-llm eval` default, take the run's trained value."""
-    from .leaderboard import eval_defaults
-
-    defaults = eval_defaults()
-    trained = run.settings()
-    del trained["label_names"]  # --label-names describes the --data file, not the run
-    for key, value in trained.items():
-        if getattr(args, key) == getattr(defaults, key) and value is not None:
-            setattr(args, key, value)
-
-
 def run(args) -> int:
     from .decoder_layers import default_focus_layers, find_decoder_layers
     from .cli import build_task, class_names_for, load_data_from_args
     from .evaluate import attach_adapter
     from .merge import find_run
     from .models import load_model
+    from .predict import resolve_run_args
 
     from .act import load_act
 
@@ -243,8 +230,9 @@ def run(args) -> int:
     if args.text and not all(t.strip() for t in args.text):
         raise UserError("--text must not be empty")
     run_info = find_run(args.adapter) if args.adapter else None
-    if run_info is not None and run_info.config is not None:
-        _prompt_from_run(args, run_info)
+    resolve_run_args(args)  # options left out: the run's (model, prompt, its data's columns and split seed)
+    if args.text:
+        args.data = None  # resolve_run_args fills the run's data set; --text replaces it
     layers = getattr(run_info.config, "focus_layers", None) if run_info and run_info.config else None
     if args.focus_layers:
         try:

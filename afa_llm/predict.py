@@ -97,7 +97,7 @@ def resolve_settings(args) -> tuple[argparse.Namespace, list[str]]:
             setattr(scorer, key, value)
     scorer.quantization = args.quantization or getattr(run_config, "quantization", None) or "none"
     scorer.dtype = args.dtype or getattr(run_config, "dtype", None) or "fp32"
-    scorer.no_progress = args.no_progress
+    scorer.no_progress = getattr(args, "no_progress", False)  # `afa-llm focus` has no progress bar
     return scorer, class_names_for(saved.get("label_names"), scorer.label_words)
 
 

@@ -110,3 +110,28 @@ def test_bad_input(tiny, tmp_path, capsys):
                                             "--text", "a fine film", *out])
     assert "--n" in _refused(capsys, ["focus", "--model", tiny["base"], "--data", "rt", "--n", "0", *out])
     assert not Path(tmp_path / "o").exists()
+
+
+def test_a_run_folder_brings_its_prompt_and_its_datas_split_seed(make_csv, tiny_model_dir, tmp_path, capsys):
+    """`focus --adapter RUN --data <the run's data>` renders the run's own test split, with its prompt."""
+    import yaml
+
+    from afa_llm.data import load_sentiment_data
+
+    data = make_csv(name="run_data.csv")
+    run = make_run(tmp_path / "run", tiny_model_dir, data=data, seed=1)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config.update(split_seed=3, template="Text: {text}\nLabel:")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "report"
+    assert cli.main(["focus", "--adapter", str(run), "--data", data, "--n", "3", "--output", str(out)]) == 0
+    report = json.loads((out / "focus.json").read_text())
+    test_texts = list(load_sentiment_data(data, split_seed=3).split("test")["text"][:3])
+    assert [item["text"] for item in report["texts"]] == test_texts
+    assert load_sentiment_data(data, split_seed=0).split("test")["text"][:3] != test_texts  # the seed matters
+    assert report["template"] == "Text: {text}\nLabel:" and report["model"] == tiny_model_dir
+
+    assert cli.main(["focus", "--adapter", str(run), "--text", "a fine film", "--output", str(out)]) == 0
+    report = json.loads((out / "focus.json").read_text())
+    assert [item["text"] for item in report["texts"]] == ["a fine film"] and "fake_focus" not in report
+    capsys.readouterr()

@@ -90,7 +90,7 @@ class AdversarialAttention(TrainingMethod):
         """Class logits with ``r`` added; from layer `lowest` on, unless checkpointing forbids it."""
         base = unwrap_model(model)
         start = clean.layer_inputs[self.lowest]
-        skip = not getattr(base, "is_gradient_checkpointing", False)
+        skip = not getattr(base, "is_activation_checkpointing", False)  # transformers 5.x name
         hidden = start if grad else start.detach()
         with torch.set_grad_enabled(grad or any(t.requires_grad for t in r)), \
                 (start_at_layer(model, self.lowest, hidden) if skip else contextlib.nullcontext()):
