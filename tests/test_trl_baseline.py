@@ -131,3 +131,43 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_model_dir, learn
         return [json.loads(line)["step"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
     assert logged(run) == logged(tmp_path / "a" / "trl")  # nothing the killed run logged is doubled
+
+
+def test_killed_after_stopping_early_resumes_without_training(tmp_path, tiny_model_dir, learnable_csv, monkeypatch):
+    """A kill between the early stop's checkpoint and results.json: the resume trains no further
+    and ends with the uninterrupted run's adapter, history and test scores."""
+    extra = ("steps=8", "eval_every=1", "save_every=1", "keep_checkpoints=1", "early_stopping_patience=1",
+             "early_stopping_metric=val_loss", "select_best=true", "learning_rate=0.5")
+    straight = trl_baseline.train_trl(_cfg(tmp_path / "a", tiny_model_dir, learnable_csv, *extra))
+    assert straight["stopped_early"], straight["validation"]  # the setting must stop before step 8
+
+    real = trl_baseline._callback
+
+    def killed_at_the_stop(*args):
+        callback, stopper = real(*args)
+
+        class Killed(type(callback)):
+            def on_save(self, args, state, control, **kwargs):
+                super().on_save(args, state, control, **kwargs)
+                if control.should_training_stop:
+                    raise KeyboardInterrupt
+
+        return Killed(), stopper
+
+    monkeypatch.setattr(trl_baseline, "_callback", killed_at_the_stop)
+    cfg = _cfg(tmp_path / "b", tiny_model_dir, learnable_csv, *extra)
+    with pytest.raises(KeyboardInterrupt):
+        trl_baseline.train_trl(cfg)
+    monkeypatch.setattr(trl_baseline, "_callback", real)
+    import trl
+
+    monkeypatch.setattr(trl.SFTTrainer, "train", lambda *a, **k: pytest.fail("a run that had stopped trained on"))
+    resumed = trl_baseline.train_trl(_cfg(tmp_path / "b", tiny_model_dir, learnable_csv, *extra, "resume_from=latest"))
+
+    for key in ("validation", "stopped_early", "best_step", "last_step"):
+        assert resumed.get(key) == straight.get(key), key
+    for key in ("test", "test_last"):
+        for field in ("accuracy", "predictions", "probabilities"):
+            assert resumed[key].get(field) == straight[key].get(field), (key, field)
+    a, b = _adapter(tmp_path / "a" / "trl"), _adapter(tmp_path / "b" / "trl")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
