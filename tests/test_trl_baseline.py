@@ -93,25 +93,32 @@ def _adapter(run: Path) -> dict:
     return load_file(str(run / "adapter" / "adapter_model.safetensors"))
 
 
+def _killed_on_save(when):
+    """trl_baseline._callback whose checkpoint save raises KeyboardInterrupt once ``when(control)``."""
+    real = trl_baseline._callback
+
+    def patched(*args):
+        callback, stopper = real(*args)
+
+        class Killed(type(callback)):
+            def on_save(self, args, state, control, **kwargs):
+                super().on_save(args, state, control, **kwargs)
+                if when(control):
+                    raise KeyboardInterrupt
+
+        return Killed(), stopper
+
+    return patched
+
+
 def test_killed_and_resumed_equals_uninterrupted(tmp_path, tiny_model_dir, learnable_csv, monkeypatch):
     """A kill after step 2's checkpoint, then resume_from=latest: the same adapter and history."""
     extra = ("steps=4", "save_every=2", "keep_checkpoints=1", "lora_dropout=0.1")
     straight = trl_baseline.train_trl(_cfg(tmp_path / "a", tiny_model_dir, learnable_csv, *extra))
 
     real = trl_baseline._callback
-
-    def killed_after_first_save(*args):
-        callback, stopper = real(*args)
-
-        class Killed(type(callback)):
-            def on_save(self, args, state, control, **kwargs):
-                super().on_save(args, state, control, **kwargs)
-                raise KeyboardInterrupt
-
-        return Killed(), stopper
-
     cfg = _cfg(tmp_path / "b", tiny_model_dir, learnable_csv, *extra)
-    monkeypatch.setattr(trl_baseline, "_callback", killed_after_first_save)
+    monkeypatch.setattr(trl_baseline, "_callback", _killed_on_save(lambda control: True))  # at the first save
     with pytest.raises(KeyboardInterrupt):
         trl_baseline.train_trl(cfg)
     run = Path(cfg.output_dir)
@@ -142,19 +149,7 @@ def test_killed_after_stopping_early_resumes_without_training(tmp_path, tiny_mod
     assert straight["stopped_early"], straight["validation"]  # the setting must stop before step 8
 
     real = trl_baseline._callback
-
-    def killed_at_the_stop(*args):
-        callback, stopper = real(*args)
-
-        class Killed(type(callback)):
-            def on_save(self, args, state, control, **kwargs):
-                super().on_save(args, state, control, **kwargs)
-                if control.should_training_stop:
-                    raise KeyboardInterrupt
-
-        return Killed(), stopper
-
-    monkeypatch.setattr(trl_baseline, "_callback", killed_at_the_stop)
+    monkeypatch.setattr(trl_baseline, "_callback", _killed_on_save(lambda control: control.should_training_stop))
     cfg = _cfg(tmp_path / "b", tiny_model_dir, learnable_csv, *extra)
     with pytest.raises(KeyboardInterrupt):
         trl_baseline.train_trl(cfg)
