@@ -60,12 +60,40 @@ def folder_rows(folder: Path, model: str) -> list[str]:
     return lines
 
 
+def deltas(folder: Path) -> dict[str, float]:
+    """Test accuracy with each calibration minus without ACT, per row name present."""
+    base = json.loads((folder / "test.json").read_text())["accuracy"]
+    return {name: json.loads((folder / f"test-{name}.json").read_text())["accuracy"] - base
+            for name, _ in ROWS if (folder / f"test-{name}.json").exists()}
+
+
+def summary_rows(groups: dict[str, list[Path]]) -> list[str]:
+    """Per group of folders (e.g. the calibration draws of one model), each row's mean Δ over them."""
+    lines = []
+    for group, members in groups.items():
+        per_folder = [deltas(f) for f in members]
+        for name, label in ROWS:
+            values = [d[name] for d in per_folder if name in d]
+            if values:
+                listed = ", ".join(f"{v:+.4f}" for v in values)
+                spread = f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else ""
+                lines.append(f"| {group} | {label} | {len(values)} | {np.mean(values):+.4f}{spread} | {listed} |")
+    return lines
+
+
 def report(root: Path) -> str:
     lines = ["| model | row | heads | calibration acc before → after | test acc | Δ vs no ACT (McNemar p) | "
              "search cost |", "|---|---|---|---|---|---|---|"]
     folders = sorted(p for p in root.rglob("*") if (p / "test.json").exists()) if root.is_dir() else []
+    groups: dict[str, list[Path]] = {}
     for folder in folders:
         lines += folder_rows(folder, str(folder.relative_to(root)))
+        groups.setdefault(str(folder.parent.relative_to(root)), []).append(folder)
+    groups = {g: members for g, members in groups.items() if len(members) > 1 and g != "."}
+    if groups:  # draws of one model's calibration, or seeds of one adapter: their mean
+        lines += ["", "Mean over the folders of each group (calibration draws, or adapter seeds):", "",
+                  "| group | row | folders | mean Δ vs no ACT (± std) | per folder |", "|---|---|---|---|---|",
+                  *summary_rows(groups)]
     return "\n".join(lines) if folders else "no ACT rows yet"
 
 

@@ -32,3 +32,24 @@ def test_table_rows_and_mcnemar(tmp_path, capsys):
             "243 candidates, 120.5 fwd/ex, 30 min |") in out
     assert (tmp_path / "archive" / "zs" / "draw0" / "act.json").exists()
     assert act_report.main([str(tmp_path / "missing")]) == 2
+
+
+def test_groups_of_draws_get_their_mean(tmp_path, capsys):
+    labels = [0, 1] * 10
+    for draw, right in enumerate((12, 16)):  # ACT right on 12 and 16 of 20; 10 without
+        folder = tmp_path / "act_results" / "zs" / f"draw{draw}"
+        folder.mkdir(parents=True)
+        (folder / "test.json").write_text(json.dumps(_report([0] * 20, labels)))
+        preds = labels[:right] + [1 - y for y in labels[right:]]
+        (folder / "test-act.json").write_text(json.dumps(_report(preds, labels)))
+        (folder / "act.json").write_text(json.dumps({"heads": {"3": [1]}, "calibration": {"n": 500},
+                                                     "info": {"baseline": {"accuracy": 0.7}, "selected":
+                                                              {"accuracy": 0.8}, "forwards_per_example": 1,
+                                                              "seconds": 60}}))
+    single = tmp_path / "act_results" / "lora-seed0"  # a group of one gets no summary line
+    single.mkdir()
+    (single / "test.json").write_text(json.dumps(_report([0] * 20, labels)))
+    assert act_report.main([str(tmp_path / "act_results")]) == 0
+    out = capsys.readouterr().out
+    assert "| zs | ACT, searched heads (faithful rule) | 2 | +0.2000 ± 0.1414 | +0.1000, +0.3000 |" in out
+    assert "| lora-seed0 |" in out and not any(line.startswith("| . |") for line in out.splitlines())
