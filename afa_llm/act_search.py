@@ -231,6 +231,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tau", type=float, default=DEFAULT_TAU, help="sink score threshold (default: %(default)s)")
     parser.add_argument("--bf16", action="store_true", help="run the search under bf16 autocast (faster, inexact)")
     parser.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="score the candidates in this many processes, each with its share of the torch threads "
+                             "(2 on a 2-core CPU: 1.2-1.3x faster at N=200; the numbers then are those of a "
+                             "1-thread search) (default: 1)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -269,8 +273,8 @@ def calibration_rows(args, data) -> tuple[list[int], dict]:
 
 
 def _check_args(args) -> None:
-    if args.calibration_size <= 0 or args.batch_size <= 0:
-        raise UserError("--calibration-size and --batch-size must be positive")
+    if args.calibration_size <= 0 or args.batch_size <= 0 or args.workers <= 0:
+        raise UserError("--calibration-size, --batch-size and --workers must be positive")
     if not 0 <= args.beta <= 1 or args.tau < 0:
         raise UserError("--beta must be in [0, 1] and --tau must not be negative")
     check_writable_dir(args.output, "--output")
@@ -292,11 +296,26 @@ def _eligible(args, n_layers: int) -> list[int]:
     return layers
 
 
-def run(args) -> int:
+@dataclass
+class Calibration:
+    """What the search (and each of its worker processes) needs: the scorer on the drawn rows."""
+
+    search: HeadSearch
+    task: object
+    record: dict  # where the calibration rows came from
+    layers: list[int]  # eligible
+    fingerprint: dict
+    setup: str  # hash of everything a search.jsonl line depends on
+
+    @property
+    def candidates(self) -> list[tuple[int, int]]:
+        return [(layer, head) for layer in self.layers for head in range(self.fingerprint["heads"])]
+
+
+def prepare(args) -> Calibration:
+    """Load the data, the drawn rows and the model of resolved ``args`` (see `resolve_calibration`)."""
     from .cli import load_data_from_args, load_scorer
 
-    _check_args(args)
-    resolve_calibration(args)
     data = load_data_from_args(args)
     ids, record = calibration_rows(args, data)
     model, task = load_scorer(args, data.label_names)
@@ -306,32 +325,44 @@ def run(args) -> int:
                                       next(model.parameters()).device)
     layers = _eligible(args, len(find_decoder_layers(model)))
     fingerprint = model_fingerprint(model)
-    n_heads = fingerprint["heads"]
     setup = setup_hash({"fingerprint": fingerprint, "ids": ids, "data": record, "beta": args.beta, "tau": args.tau,
                         "bf16": args.bf16, "prompt": [task.template, task.label_words, task.max_text_tokens,
                                                       task.truncation]})
     search = HeadSearch(model, batches, labels, task.label_token_ids, beta=args.beta, tau=args.tau, bf16=args.bf16)
+    return Calibration(search, task, record, layers, fingerprint, setup)
+
+
+def run(args) -> int:
+    from .act_workers import search_in_workers, worker_threads
+
+    _check_args(args)
+    resolve_calibration(args)
+    cal = prepare(args)
+    search, task, record, n_heads = cal.search, cal.task, cal.record, cal.fingerprint["heads"]
     start = time.perf_counter()
-    baseline = search.baseline(layers)
-    info = {"eligible_layers": layers, "baseline": baseline, "bf16": args.bf16, "model": args.model,
+    baseline = search.baseline(cal.layers)
+    info = {"eligible_layers": cal.layers, "baseline": baseline, "bf16": args.bf16, "model": args.model,
             "adapter": args.adapter, "prompt": {"template": task.template, "label_words": task.label_words}}
     if args.heads == "all":
-        heads, rule = all_heads(layers, n_heads), None
+        heads, rule = all_heads(cal.layers, n_heads), None
     else:
         log = Path(args.output) / SEARCH_FILE
         log.parent.mkdir(parents=True, exist_ok=True)
-        candidates = [(layer, head) for layer in layers for head in range(n_heads)]
-        results = run_search(search, candidates, read_search(log, setup), baseline, log, setup,
-                             progress=not args.no_progress)
+        done = read_search(log, cal.setup)
+        if args.workers > 1:  # the rest in parallel processes, appending to the same log
+            done = search_in_workers(args, cal, done, log, progress=not args.no_progress)
+        results = run_search(search, cal.candidates, done, baseline, log, cal.setup, progress=not args.no_progress)
         heads, rule = select_heads(results, baseline, args.rule), args.rule
         if args.heads == "random":
             heads = random_heads({l: len(h) for l, h in heads.items()}, n_heads, args.seed, args.draw)
             info["draw"] = args.draw
-        info["candidates"] = len(candidates)
+        info["candidates"] = len(cal.candidates)
+        info["workers"] = args.workers  # the numbers depend on the threads per process (docs/PERFORMANCE.md)
+        info["threads_per_process"] = worker_threads(args.workers) if args.workers > 1 else torch.get_num_threads()
     info["selected"] = search.score(heads)
     info.update(forwards_per_example=round(search.forwards, 2), seconds=round(time.perf_counter() - start, 1))
     config = ACTConfig(heads=heads, beta=args.beta, tau=args.tau, selection=args.heads, rule=rule,
-                       fingerprint=fingerprint, calibration=record, info=info)
+                       fingerprint=cal.fingerprint, calibration=record, info=info)
     path = Path(args.output) / act_file_name(args.heads, args.rule, args.draw)
     save_act(path, config)
     print(f"{config.n_heads} heads in {len(config.edits())} layers ({args.heads}"

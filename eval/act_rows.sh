@@ -8,6 +8,7 @@
 #   eval/act_rows.sh adapter RUN OUT              # e.g. runs/grid/rt_smollm2/lora-seed0 act_results/lora-seed0
 #
 # Then: .venv/bin/python eval/act_report.py act_results   (the table with McNemar tests)
+# Rows made alongside each other ran one 1-thread process each (OMP_NUM_THREADS=1, the default here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} HF_HUB_OFFLINE=1
@@ -26,7 +27,8 @@ evaluate() {  # $1: output name, then extra eval flags
   [ -f "$out/$name.json" ] || $BIN/afa-llm eval "${target[@]}" --data rotten_tomatoes --split test --no-progress \
       --output "$out/$name.json" "$@" > /dev/null
 }
-calibrate() { $BIN/afa-llm calibrate "${calib[@]}" --calibration-size 500 --output "$out" --bf16 --resume --no-progress "$@"; }
+calibrate() { $BIN/afa-llm calibrate "${calib[@]}" --calibration-size 500 --output "$out" --bf16 --resume --no-progress \
+    --workers "${ACT_WORKERS:-1}" "$@"; }  # ACT_WORKERS=2 on an otherwise idle 2-core machine
 evaluate test
 calibrate
 evaluate test-act --act "$out/act.json"

@@ -143,6 +143,35 @@ def test_resume_skips_done_candidates(tiny4_dir, tiny_csv, tmp_path, monkeypatch
     assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--resume", "--beta", "0.5") == 2  # another setup
 
 
+def test_workers_score_the_same_candidates_as_one_process(tiny4_dir, tiny_csv, tmp_path):
+    """--workers 2 after a partial search: every candidate once, with the one-process numbers."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert _calibrate(tiny4_dir, tiny_csv, one) == 0
+    full = (one / "search.jsonl").read_text().splitlines()
+    two.mkdir()
+    (two / "search.jsonl").write_text("\n".join(full[:3]) + "\n")  # 3 done before
+    assert _calibrate(tiny4_dir, tiny_csv, two, "--resume", "--workers", "2") == 0
+    by_candidate = lambda lines: {(r["layer"], r["head"]): r for r in map(json.loads, lines)}
+    lines = (two / "search.jsonl").read_text().splitlines()
+    assert len(lines) == len(full) and by_candidate(lines) == by_candidate(full)
+    assert load_act(two / "act.json").heads == load_act(one / "act.json").heads
+    assert load_act(two / "act.json").info["workers"] == 2 and load_act(two / "act.json").info["threads_per_process"] >= 1
+    assert _calibrate(tiny4_dir, tiny_csv, two, "--workers", "0") == 2
+
+
+def test_a_worker_that_fails_is_one_line_and_keeps_the_log(tiny4_dir, tiny_csv, tmp_path, capsys, monkeypatch):
+    from afa_llm import act_workers
+
+    monkeypatch.setattr(act_workers, "_worker", _failing_worker)
+    assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--workers", "2") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "rerun with --resume" in err[0]
+
+
+def _failing_worker(*args) -> None:  # module level: a spawned process imports it by name
+    raise SystemExit(3)
+
+
 def test_controls_write_act_files(tiny4_dir, tiny_csv, tmp_path):
     assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--heads", "all") == 0
     assert load_act(tmp_path / "act-all.json").heads == {1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}
