@@ -1,0 +1,66 @@
+"""Paired per-seed differences between variants of an archived grid, with exact McNemar p-values.
+
+    .venv/bin/python eval/paired.py GRID_FOLDER VARIANT --against OTHER [OTHER ...] [--seeds 0 1 2]
+    .venv/bin/python eval/paired.py docs/results_data/tweets_smollm2 at_eps3 vat_eps3 --against afa attn_rp_eps3
+
+One markdown row per variant: for each OTHER, the test-accuracy difference in points per seed
+and its McNemar p on the same test examples (from the cells' per-example predictions).
+The grid report (eval/grid.py) pairs every variant with its baseline only; this pairs any two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from afa_llm.metrics import mcnemar_test  # noqa: E402
+
+
+def _test(folder: Path, variant: str, seed: int) -> dict:
+    path = folder / f"{variant}-seed{seed}" / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (no finished cell)")
+    return json.loads(path.read_text())["test"]
+
+
+def paired(a: dict, b: dict) -> tuple[float, float]:
+    """Accuracy difference a - b in points and the McNemar p on the same examples."""
+    if a["labels"] != b["labels"]:
+        raise ValueError("the two runs were scored on different test examples")
+    hits = [[p == y for p, y in zip(r["predictions"], r["labels"])] for r in (a, b)]
+    return 100 * (a["accuracy"] - b["accuracy"]), mcnemar_test(*hits)["p_value"]
+
+
+def table(folder: Path, variants: list[str], others: list[str], seeds: list[int]) -> str:
+    lines = ["| variant | " + " | ".join(f"vs `{o}`: points (p) per seed" for o in others) + " |",
+             "|---|" + "---|" * len(others)]
+    for variant in variants:
+        cells = []
+        for other in others:
+            pairs = [paired(_test(folder, variant, s), _test(folder, other, s)) for s in seeds]
+            cells.append(", ".join(f"{d:+.2f} ({p:.2f})" for d, p in pairs))
+        lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", help="an archived grid, e.g. docs/results_data/rt_gemma")
+    parser.add_argument("variants", nargs="+")
+    parser.add_argument("--against", nargs="+", required=True, help="the variants to pair each with")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    args = parser.parse_args(argv)
+    try:
+        print(table(Path(args.folder), args.variants, args.against, args.seeds))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""eval/paired.py: per-seed paired differences between any two archived variants."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("paired", ROOT / "eval" / "paired.py")
+paired = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(paired)
+
+
+def _cell(folder: Path, name: str, preds: list[int], labels: list[int]) -> None:
+    (folder / name).mkdir(parents=True)
+    accuracy = sum(p == y for p, y in zip(preds, labels)) / len(labels)
+    (folder / name / "results.json").write_text(json.dumps({"test": {"accuracy": accuracy, "predictions": preds,
+                                                                     "labels": labels}}))
+
+
+def test_rows_points_and_mcnemar(tmp_path, capsys):
+    labels = [0, 1] * 10
+    _cell(tmp_path, "at-seed0", labels, labels)  # 1.0
+    _cell(tmp_path, "lora-seed0", [0] * 20, labels)  # 0.5: 10 discordant, all for `at`
+    assert paired.main([str(tmp_path), "at", "--against", "lora", "--seeds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "| `at` | +50.00 (0.00) |" in out
+
+
+def test_missing_cell_or_other_examples_is_one_line(tmp_path, capsys):
+    labels = [0, 1] * 4
+    _cell(tmp_path, "a-seed0", labels, labels)
+    _cell(tmp_path, "b-seed0", labels, labels[::-1])
+    assert paired.main([str(tmp_path), "a", "--against", "c", "--seeds", "0"]) == 2
+    assert paired.main([str(tmp_path), "a", "--against", "b", "--seeds", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "does not exist" in err[0] and "different test examples" in err[1]
