@@ -349,8 +349,11 @@ def run(args) -> int:
         log = Path(args.output) / SEARCH_FILE
         log.parent.mkdir(parents=True, exist_ok=True)
         done = read_search(log, cal.setup)
+        info["resumed_candidates"] = len(done)  # scored by an earlier run: not in this run's seconds
         if args.workers > 1:  # the rest in parallel processes, appending to the same log
             done = search_in_workers(args, cal, done, log, progress=not args.no_progress)
+        n_layers = len(find_decoder_layers(search.model))
+        search.forwards += sum((n_layers - layer) / n_layers for layer, _ in done)  # as if run here
         results = run_search(search, cal.candidates, done, baseline, log, cal.setup, progress=not args.no_progress)
         heads, rule = select_heads(results, baseline, args.rule), args.rule
         if args.heads == "random":

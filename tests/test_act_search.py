@@ -155,7 +155,9 @@ def test_workers_score_the_same_candidates_as_one_process(tiny4_dir, tiny_csv, t
     lines = (two / "search.jsonl").read_text().splitlines()
     assert len(lines) == len(full) and by_candidate(lines) == by_candidate(full)
     assert load_act(two / "act.json").heads == load_act(one / "act.json").heads
-    assert load_act(two / "act.json").info["workers"] == 2 and load_act(two / "act.json").info["threads_per_process"] >= 1
+    info_one, info_two = load_act(one / "act.json").info, load_act(two / "act.json").info
+    assert info_two["workers"] == 2 and info_two["threads_per_process"] >= 1 and info_two["resumed_candidates"] == 3
+    assert info_two["forwards_per_example"] == info_one["forwards_per_example"]  # the workers' passes counted
     assert _calibrate(tiny4_dir, tiny_csv, two, "--workers", "0") == 2
 
 
