@@ -86,16 +86,23 @@ def setup_hash(setup: dict) -> str:
     return hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def search_records(path: Path) -> list[dict]:
+    """The whole lines of a search.jsonl (a torn line, from an interrupted or ongoing write, is skipped)."""
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # the candidate runs again
+    return records
+
+
 def read_search(path: Path, setup: str) -> dict[tuple[int, int], dict]:
-    """The finished candidates of a search.jsonl made with the same setup (a torn last line is dropped)."""
+    """The finished candidates of a search.jsonl made with the same setup; the log is rewritten without torn lines."""
     if not path.exists():
         return {}
     done = {}
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # an interrupted write; the candidate runs again
+    for record in search_records(path):
         if record.get("setup") != setup:
             raise UserError(f"{path} comes from another search (model, adapter, calibration examples, beta, tau or "
                             "--bf16 differ); use another --output or delete it")
@@ -163,9 +170,13 @@ class HeadSearch:
                 logits = [self._logits(index, start) for index in range(len(self.batches))]
             finally:
                 set_module_edits(self.model, None)
-        n_layers = len(find_decoder_layers(self.model))
-        self.forwards += (n_layers - start) / n_layers
+        self.forwards += self.cost_from(start)
         return accuracy_and_margin(torch.cat(logits), self.labels)
+
+    def cost_from(self, layer: int) -> float:
+        """Full-forward equivalents of a pass that starts at ``layer`` (the layers below it are cached)."""
+        n_layers = len(find_decoder_layers(self.model))
+        return (n_layers - layer) / n_layers
 
     def candidate(self, layer: int, head: int) -> dict:
         return {"layer": layer, "head": head, **self.score({layer: [head]})}
@@ -352,8 +363,7 @@ def run(args) -> int:
         info["resumed_candidates"] = len(done)  # scored by an earlier run: not in this run's seconds
         if args.workers > 1:  # the rest in parallel processes, appending to the same log
             done = search_in_workers(args, cal, done, log, progress=not args.no_progress)
-        n_layers = len(find_decoder_layers(search.model))
-        search.forwards += sum((n_layers - layer) / n_layers for layer, _ in done)  # as if run here
+        search.forwards += sum(search.cost_from(layer) for layer, _ in done)  # as if scored here
         results = run_search(search, cal.candidates, done, baseline, log, cal.setup, progress=not args.no_progress)
         heads, rule = select_heads(results, baseline, args.rule), args.rule
         if args.heads == "random":
@@ -361,7 +371,7 @@ def run(args) -> int:
             info["draw"] = args.draw
         info["candidates"] = len(cal.candidates)
         info["workers"] = args.workers  # the numbers depend on the threads per process (docs/PERFORMANCE.md)
-        info["threads_per_process"] = worker_threads(args.workers) if args.workers > 1 else torch.get_num_threads()
+        info["threads_per_process"] = worker_threads(args.workers)
     info["selected"] = search.score(heads)
     info.update(forwards_per_example=round(search.forwards, 2), seconds=round(time.perf_counter() - start, 1))
     config = ACTConfig(heads=heads, beta=args.beta, tau=args.tau, selection=args.heads, rule=rule,

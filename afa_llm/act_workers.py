@@ -5,8 +5,8 @@ model are small): on this project's 2-core CPU, two 1-thread processes scored th
 of SmolLM2 at N=200 1.18-1.34x faster than one 2-thread process (at N=64 not faster: each
 worker runs its own baseline pass; docs/PERFORMANCE.md). The numbers of a search depend on the
 threads per process (the sums run in another order; bf16 flips some accuracies), so act.json
-records them: N workers of T threads each give what one process of T threads gives. Each worker is a fresh (spawned) process that loads the same model and
-calibration rows, checks that its setup hash equals the parent's, computes its own baseline
+records them: N workers of T threads each give what one process of T threads gives. Each
+worker is a fresh (spawned) process that loads the same model and calibration rows, checks that its setup hash equals the parent's, computes its own baseline
 pass and layer inputs, and scores its share of the remaining candidates, appending one line
 per candidate to the shared search.jsonl (single short appends: whole lines). The parent
 only shows the progress and, once all have finished, reads the log as a resumed search would.
@@ -15,7 +15,6 @@ A worker that dies loses nothing finished: ``--resume`` continues.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import sys
@@ -53,23 +52,11 @@ def shares(todo: list, workers: int) -> list[list]:
     return [todo[k::workers] for k in range(workers) if todo[k::workers]]
 
 
-def _finished(log: Path, setup: str) -> list[dict]:
-    records = []
-    for line in log.read_text().splitlines() if log.exists() else []:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line being written
-        if record.get("setup") == setup:
-            records.append(record)
-    return records
-
-
 def search_in_workers(args, cal, done: dict, log: Path, progress: bool = True) -> dict:
     """Score the candidates not in ``done`` in ``args.workers`` processes; the finished records by candidate."""
     from tqdm.auto import tqdm
 
-    from .act_search import read_search
+    from .act_search import read_search, search_records
 
     todo = [c for c in cal.candidates if c not in done]
     if not todo:
@@ -93,7 +80,7 @@ def search_in_workers(args, cal, done: dict, log: Path, progress: bool = True) -
               disable=not progress, file=sys.stderr) as bar:
         while any(proc.is_alive() for proc in procs):
             time.sleep(POLL_S)
-            records = _finished(log, cal.setup)
+            records = [r for r in search_records(log) if r.get("setup") == cal.setup]
             bar.update(len(records) - bar.n)
             if records:
                 best = max(records, key=lambda r: r["accuracy"])

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from afa_llm.act import default_eligible_layers
+from afa_llm.act_workers import shares
 from afa_llm.act_search import HeadSearch, prepare_batches
 from afa_llm.cli import build_task
 from afa_llm.data import load_sentiment_data
@@ -79,8 +80,8 @@ def timed_workers(args, timed: list, n_all: int) -> tuple[float, dict]:
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     threads = max(1, args.threads // args.workers)
-    procs = [context.Process(target=_worker_search, args=(args.n, args.batch_size, args.bf16, timed[k::args.workers],
-                                                          threads, out)) for k in range(args.workers)]
+    procs = [context.Process(target=_worker_search, args=(args.n, args.batch_size, args.bf16, share, threads, out))
+             for share in shares(timed, args.workers)]
     for proc in procs:
         proc.start()
     times = [out.get() for _ in procs]

@@ -54,10 +54,11 @@ def folder_rows(folder: Path, model: str) -> list[str]:
         cost = "-"
         if name == "act":
             cost = (f"{info.get('candidates', '-')} candidates, {info['forwards_per_example']} fwd/ex, "
-                    f"{info['seconds'] / 60:.0f} min" + (f" with {info['workers']} workers" if info.get("workers", 1) > 1
-                                                         else "")
-                    + (f" ({info['resumed_candidates']} candidates scored before)" if info.get("resumed_candidates")
-                       else ""))
+                    f"{info['seconds'] / 60:.0f} min")
+            if info.get("workers", 1) > 1:
+                cost += f" with {info['workers']} workers"
+            if info.get("resumed_candidates"):
+                cost += f" ({info['resumed_candidates']} candidates scored before)"
         lines.append(f"| {model} | {label} | {n_heads} | {calib} (N={act['calibration']['n']}) | "
                      f"{test['accuracy']:.4f} | {test['accuracy'] - base['accuracy']:+.4f} (p={p:.2f}) | {cost} |")
     return lines
