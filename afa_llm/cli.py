@@ -52,12 +52,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_quantization: s
                        help=f"weight / compute dtype {shown}")
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, from_run: bool = False) -> None:
+def add_data_arguments(parser: argparse.ArgumentParser, from_run: bool = False, data_help: str | None = None) -> None:
     group = parser.add_argument_group("data")
     default, shown = _default("rotten_tomatoes", from_run)
     group.add_argument("--data", default=default,
-                       help="rotten_tomatoes, imdb, tweets (offline packaged), a .csv/.jsonl/.parquet file, "
-                            f"or hub:NAME[:CONFIG] {shown}")
+                       help=data_help or "rotten_tomatoes, imdb, tweets (offline packaged), a .csv/.jsonl/.parquet "
+                                         f"file, or hub:NAME[:CONFIG] {shown}")
     default, shown = _default("text", from_run)
     group.add_argument("--text-column", default=default, help=f"text column of a local file {shown}")
     default, shown = _default("label", from_run)
@@ -135,13 +135,13 @@ def build_task(args, label_names: list[str], tokenizer):
 
 
 # ---- eval -----------------------------------------------------------------------------
-def add_scorer_arguments(parser: argparse.ArgumentParser) -> None:
+def add_scorer_arguments(parser: argparse.ArgumentParser, data_help: str | None = None) -> None:
     """--model, --adapter, data and prompt options whose defaults come from the run (`predict.resolve_run_args`)."""
     add_model_arguments(parser, from_run=True)
     parser.add_argument("--adapter", default=None,
                         help="a training run folder (its config.yaml gives the base model, prompt, and unless "
                              "--data names other data, the data set and split seed) or a peft adapter folder")
-    add_data_arguments(parser, from_run=True)
+    add_data_arguments(parser, from_run=True, data_help=data_help)
     add_task_arguments(parser, from_run=True)
 
 

@@ -48,12 +48,11 @@ td.side { max-width: 40em; }
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .cli import add_scorer_arguments
 
-    add_scorer_arguments(parser)  # a run's model, prompt and (for its own --data) split seed, as in eval
+    # a run's model, prompt and (for its own --data) split seed, as in eval; --data is one of two sources
+    add_scorer_arguments(parser, data_help="texts to render (instead of --text): rotten_tomatoes, imdb, tweets, a "
+                         ".csv/.jsonl/.parquet file or hub:NAME[:CONFIG]; the run's own data set uses the run's "
+                         "split seed")
     parser.add_argument("--text", action="append", default=None, help="a text to render (repeat for several)")
-    for action in parser._actions:  # here --data is optional: --text or --data
-        if action.dest == "data":
-            action.help = ("texts to render (instead of --text): rotten_tomatoes, imdb, tweets, a .csv/.jsonl/"
-                           ".parquet file or hub:NAME[:CONFIG]; the run's own data set uses the run's split seed")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"],
                         help="split the --data texts come from (default: %(default)s)")
     parser.add_argument("--n", type=int, default=8, help="texts of --data to render (default: %(default)s)")

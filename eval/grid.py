@@ -58,6 +58,15 @@ def cell_overrides(grid: dict, variant: str, seed: int, baseline: str) -> list[s
             f"evaluate_zero_shot={variant == baseline and seed == grid['seeds'][0]}"]
 
 
+def cell_config(grid: dict, variant: str, seed: int, baseline: str):
+    """The cell's validated TrainConfig, and whether TRL's SFTTrainer trains it (``runner=trl``)."""
+    overrides = cell_overrides(grid, variant, seed, baseline)
+    uses_trl = TRL_RUNNER in overrides
+    if uses_trl:
+        overrides = [o for o in overrides if o != TRL_RUNNER] + ["method=lora"]
+    return load_config(grid["recipe"], overrides), uses_trl
+
+
 def run_grid(grid: dict, only: list[str] | None, seeds: list[int] | None = None) -> None:
     from afa_llm.train import train
 
@@ -69,13 +78,12 @@ def run_grid(grid: dict, only: list[str] | None, seeds: list[int] | None = None)
             if (cell_dir(grid, variant, seed) / "results.json").exists():
                 continue
             print(f"=== {variant} seed {seed}", flush=True)
-            overrides = cell_overrides(grid, variant, seed, baseline)
+            cfg, uses_trl = cell_config(grid, variant, seed, baseline)
             runner = train
-            if TRL_RUNNER in overrides:  # the ecosystem's baseline: TRL's SFTTrainer (eval/trl_baseline.py)
+            if uses_trl:  # the ecosystem's baseline: TRL's SFTTrainer (eval/trl_baseline.py)
                 from trl_baseline import train_trl
 
-                overrides, runner = [o for o in overrides if o != TRL_RUNNER] + ["method=lora"], train_trl
-            cfg = load_config(grid["recipe"], overrides)
+                runner = train_trl
             try:
                 runner(cfg)
             except TrainingDiverged as exc:  # record it and go on: every run is reported

@@ -129,3 +129,15 @@ def test_refresh_results_names_a_missing_grid_file_in_one_line(tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "grid file not found" in err and "no_such_grid.yaml" in err
     assert doc.read_text() == "<!-- grid: eval/grids/no_such_grid.yaml -->\n<!-- end grid -->\n"  # untouched
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "eval" / "grids").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_cell_of_every_grid_is_a_valid_config(path, monkeypatch):
+    # a typo in a grid key would otherwise surface hours into a grid, at the cell that has it
+    monkeypatch.chdir(ROOT)
+    grid = grid_mod.load_grid(str(path))
+    baseline = next(iter(grid["variants"]))
+    for variant in grid["variants"]:
+        cfg, uses_trl = grid_mod.cell_config(grid, variant, grid["seeds"][-1], baseline)
+        assert cfg.seed == grid["seeds"][-1] and cfg.resume_from == "latest"
+        assert uses_trl == ("runner=trl" in grid["variants"][variant])
