@@ -60,7 +60,8 @@ def plot(grid: dict, output: str, title: str | None = None) -> int:
         if not curves:
             continue
         steps, mean, low, high = mean_band(curves)
-        line, = ax.plot(steps, mean, marker="o", markersize=3, label=f"{variant} ({len(curves)} seeds)")
+        seeds = f"{len(curves)} seed" + ("s" if len(curves) > 1 else "")
+        line, = ax.plot(steps, mean, marker="o", markersize=3, label=f"{variant} ({seeds})")
         ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
         drawn += 1
     if not drawn:
