@@ -96,3 +96,7 @@ def load_adapter_weights(peft_model, adapter_dir: Path) -> None:
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
         raise UserError(f"checkpoint {adapter_dir} does not fit this model ({len(unexpected)} unexpected keys)")
+    # Inside an autocast region (a bf16 run's final tests), torch keeps the low-precision casts of
+    # trainable weights until the outermost region exits: without this, forwards after the load
+    # silently keep using the old weights (the best checkpoint was tested as the last one).
+    torch.clear_autocast_cache()
