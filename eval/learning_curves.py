@@ -1,5 +1,6 @@
 """Learning curves of a grid: validation accuracy against steps, one line per variant, the
-mean over seeds with a band from the lowest to the highest seed.
+mean over seeds with a band from the lowest to the highest seed (over the steps every seed
+reached), and each seed as a thin line to its own last validation.
 
     .venv/bin/python eval/learning_curves.py eval/grids/rt_converge.yaml --output docs/curves_rt.png
     .venv/bin/python eval/learning_curves.py GRID --archive --output FILE.png   # from docs/results_data
@@ -63,6 +64,8 @@ def plot(grid: dict, output: str, title: str | None = None) -> int:
         seeds = f"{len(curves)} seed" + ("s" if len(curves) > 1 else "")
         line, = ax.plot(steps, mean, marker="o", markersize=3, label=f"{variant} ({seeds})")
         ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+        for curve in curves:  # each seed to its own end: early stopping ends seeds at different steps
+            ax.plot(*zip(*curve), color=line.get_color(), alpha=0.35, linewidth=0.7)
         drawn += 1
     if not drawn:
         raise UserError(f"no cell of {grid['output_root']} has a validation record yet")
