@@ -48,6 +48,12 @@ def mcnemar_test(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict:
     return {"only_a_correct": only_a, "only_b_correct": only_b, "p_value": p}
 
 
+def reports_mcnemar_p(report_a: dict, report_b: dict) -> float:
+    """`mcnemar_test`'s p-value for two evaluation reports (``predictions``, ``labels``) of the same examples."""
+    correct = [np.asarray(r["predictions"]) == np.asarray(r["labels"]) for r in (report_a, report_b)]
+    return mcnemar_test(*correct)["p_value"]
+
+
 def paired_bootstrap(
     correct_a: Sequence[bool], correct_b: Sequence[bool], samples: int = 2000, seed: int = 0
 ) -> dict:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from afa_llm.metrics import mcnemar_test  # noqa: E402
+from afa_llm.metrics import reports_mcnemar_p  # noqa: E402
 
 ROWS = [("act", "ACT, searched heads (faithful rule)"), ("act-strict", "ACT, searched heads (strict rule)"),
         ("act-random-0", "control for faithful: random heads, draw 0"),
@@ -30,10 +30,6 @@ ROWS = [("act", "ACT, searched heads (faithful rule)"), ("act-strict", "ACT, sea
         ("act-random-2", "control for faithful: random heads, draw 2"),
         *((f"act-strict-random-{k}", f"control for strict: random heads, draw {k}") for k in range(3)),
         ("act-all", "control: all eligible heads")]
-
-
-def _correct(report: dict) -> np.ndarray:
-    return np.asarray(report["predictions"]) == np.asarray(report["labels"])
 
 
 def folder_rows(folder: Path, model: str) -> list[str]:
@@ -50,7 +46,7 @@ def folder_rows(folder: Path, model: str) -> list[str]:
         info = act["info"]
         n_heads = sum(len(h) for h in act["heads"].values())
         calib = f"{info['baseline']['accuracy']:.4f} → {info['selected']['accuracy']:.4f}"
-        p = mcnemar_test(_correct(test), _correct(base))["p_value"]
+        p = reports_mcnemar_p(test, base)
         cost = "-"
         if name == "act":
             cost = (f"{info.get('candidates', '-')} candidates, {info['forwards_per_example']} fwd/ex, "

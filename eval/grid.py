@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from afa_llm.config import load_config  # noqa: E402
 from afa_llm.errors import TrainingDiverged, UserError  # noqa: E402
-from afa_llm.metrics import mcnemar_test  # noqa: E402
+from afa_llm.metrics import reports_mcnemar_p  # noqa: E402
 
 GRID_KEYS = {"recipe", "output_root", "seeds", "common", "variants", "title"}
 TRL_RUNNER = "runner=trl"  # a variant trained by TRL's SFTTrainer instead of afa_llm.train
@@ -91,10 +91,6 @@ def run_grid(grid: dict, only: list[str] | None, seeds: list[int] | None = None)
                 (cell_dir(grid, variant, seed) / "DIVERGED").write_text(str(exc))
 
 
-def _correct(report: dict) -> np.ndarray:
-    return np.asarray(report["predictions"]) == np.asarray(report["labels"])
-
-
 def steps_to_reach(history: list[dict], target: float) -> int | None:
     return next((h["step"] for h in history if h["accuracy"] >= target), None)
 
@@ -150,7 +146,7 @@ def report(grid: dict) -> str:
             base = runs_of(results, baseline, seed)
             share.append(r["fake_focus_share"]["adapter"])
             if base and variant != baseline:
-                p = mcnemar_test(_correct(r["test"]), _correct(base["test"]))["p_value"]
+                p = reports_mcnemar_p(r["test"], base["test"])
                 delta.append(r['test']['accuracy'] - base['test']['accuracy'])
                 paired.append(f"{delta[-1]:+.4f} (p={p:.2f})")
                 accuracies = [h["accuracy"] for h in base["validation"]]

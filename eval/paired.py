@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from afa_llm.metrics import mcnemar_test  # noqa: E402
+from afa_llm.metrics import reports_mcnemar_p  # noqa: E402
 
 
 def _test(folder: Path, variant: str, seed: int) -> dict:
@@ -31,8 +31,7 @@ def paired(a: dict, b: dict) -> tuple[float, float]:
     """Accuracy difference a - b in points and the McNemar p on the same examples."""
     if a["labels"] != b["labels"]:
         raise ValueError("the two runs were scored on different test examples")
-    hits = [[p == y for p, y in zip(r["predictions"], r["labels"])] for r in (a, b)]
-    return 100 * (a["accuracy"] - b["accuracy"]), mcnemar_test(*hits)["p_value"]
+    return 100 * (a["accuracy"] - b["accuracy"]), reports_mcnemar_p(a, b)
 
 
 def table(folder: Path, variants: list[str], others: list[str], seeds: list[int]) -> str:

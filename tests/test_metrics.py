@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from afa_llm.metrics import classification_report, confusion_matrix, mcnemar_test, paired_bootstrap
+from afa_llm.metrics import classification_report, confusion_matrix, mcnemar_test, paired_bootstrap, reports_mcnemar_p
 
 LABELS = [0, 0, 0, 1, 1, 1, 1, 2]
 PREDS = [0, 1, 0, 1, 1, 0, 2, 2]
@@ -71,6 +71,14 @@ def test_mcnemar_exact_p_values(only_a, only_b, p):
     swapped = mcnemar_test(*reversed(_pairs(only_a, only_b)))
     assert swapped["p_value"] == pytest.approx(p)
     assert (swapped["only_a_correct"], swapped["only_b_correct"]) == (only_b, only_a)
+
+
+def test_reports_mcnemar_p_pairs_per_example_correctness():
+    labels = [0, 1] * 5
+    right = {"predictions": labels, "labels": labels}
+    five_wrong = {"predictions": [1 - y if i < 5 else y for i, y in enumerate(labels)], "labels": labels}
+    assert reports_mcnemar_p(right, five_wrong) == pytest.approx(2 / 32)
+    assert reports_mcnemar_p(right, right) == 1.0
 
 
 def test_mcnemar_large_counts_stay_finite():
