@@ -8,8 +8,11 @@ A grid YAML names a recipe, seeds, common overrides and variants (name -> overri
 the first variant is the baseline that the others are compared with; a variant with
 ``runner=trl`` is trained by eval/trl_baseline.py (TRL's SFTTrainer) with the same keys. Each cell trains
 into ``output_root/<variant>-seed<N>``; finished cells are skipped and interrupted ones
-resume from their last checkpoint, so a long grid can be completed in pieces. The
-report (Markdown) gives, per variant, test accuracy and macro-F1 as mean ± std over
+resume from their last checkpoint, so a long grid can be completed in pieces. A process
+claims a cell (``<cell>/.grid-claim``, with its host and pid) before training it, so the same
+command started twice side by side shares the grid, each process training the cells the other
+has not claimed (on 2 cores: ``OMP_NUM_THREADS=1`` each); a claim whose process has died is taken
+over. The report (Markdown) gives, per variant, test accuracy and macro-F1 as mean ± std over
 seeds, the paired difference against the baseline per seed with a McNemar p-value on
 the same test examples, the steps needed to reach the baseline's final validation
 accuracy, and the fake-focus share of the adapter (base in brackets).
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -67,28 +72,73 @@ def cell_config(grid: dict, variant: str, seed: int, baseline: str):
     return load_config(grid["recipe"], overrides), uses_trl
 
 
+CLAIM_FILE = ".grid-claim"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def claim_cell(cell: Path) -> bool:
+    """Claim ``cell`` for this process; False if a live process on this host holds it."""
+    cell.mkdir(parents=True, exist_ok=True)
+    claim, me = cell / CLAIM_FILE, f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            host, _, pid = claim.read_text().partition(" ")
+            if host == socket.gethostname() and pid.strip().isdigit() and not _alive(int(pid)):
+                claim.unlink(missing_ok=True)  # its process died: take the cell over (it resumes)
+                continue
+            return host == me.split(" ")[0] and pid.strip() == str(os.getpid())
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return True
+    return False
+
+
+def release_cell(cell: Path) -> None:
+    (cell / CLAIM_FILE).unlink(missing_ok=True)
+
+
+def pending_cells(grid: dict, only: list[str] | None, seeds: list[int] | None) -> list[tuple[str, int]]:
+    """Unfinished (variant, seed) cells in run order: seeds outer, variants in the grid's order."""
+    return [(variant, seed) for seed in seeds or grid["seeds"] for variant in grid["variants"]
+            if not (only and variant not in only) and not (cell_dir(grid, variant, seed) / "results.json").exists()]
+
+
 def run_grid(grid: dict, only: list[str] | None, seeds: list[int] | None = None) -> None:
     from afa_llm.train import train
 
     baseline = next(iter(grid["variants"]))
-    for seed in seeds or grid["seeds"]:
-        for variant in grid["variants"]:
-            if only and variant not in only:
-                continue
-            if (cell_dir(grid, variant, seed) / "results.json").exists():
-                continue
-            print(f"=== {variant} seed {seed}", flush=True)
-            cfg, uses_trl = cell_config(grid, variant, seed, baseline)
-            runner = train
-            if uses_trl:  # the ecosystem's baseline: TRL's SFTTrainer (eval/trl_baseline.py)
-                from trl_baseline import train_trl
+    for variant, seed in pending_cells(grid, only, seeds):
+        cell = cell_dir(grid, variant, seed)
+        if (cell / "results.json").exists():  # finished by a process beside this one
+            continue
+        cfg, uses_trl = cell_config(grid, variant, seed, baseline)  # a bad cell fails before claiming
+        if not claim_cell(cell):
+            print(f"=== {variant} seed {seed}: skipped, a live process holds {cell / CLAIM_FILE}", flush=True)
+            continue
+        print(f"=== {variant} seed {seed}", flush=True)
+        runner = train
+        if uses_trl:  # the ecosystem's baseline: TRL's SFTTrainer (eval/trl_baseline.py)
+            from trl_baseline import train_trl
 
-                runner = train_trl
-            try:
-                runner(cfg)
-            except TrainingDiverged as exc:  # record it and go on: every run is reported
-                print(f"diverged: {exc}", flush=True)
-                (cell_dir(grid, variant, seed) / "DIVERGED").write_text(str(exc))
+            runner = train_trl
+        try:
+            runner(cfg)
+        except TrainingDiverged as exc:  # record it and go on: every run is reported
+            print(f"diverged: {exc}", flush=True)
+            (cell / "DIVERGED").write_text(str(exc))
+        finally:
+            release_cell(cell)
 
 
 def steps_to_reach(history: list[dict], target: float) -> int | None:

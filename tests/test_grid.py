@@ -141,3 +141,69 @@ def test_every_cell_of_every_grid_is_a_valid_config(path, monkeypatch):
         cfg, uses_trl = grid_mod.cell_config(grid, variant, grid["seeds"][-1], baseline)
         assert cfg.seed == grid["seeds"][-1] and cfg.resume_from == "latest"
         assert uses_trl == ("runner=trl" in grid["variants"][variant])
+
+
+def _finished_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_cell_claim_keeps_a_second_process_out_until_its_owner_dies(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    cell = tmp_path / "lora-seed0"
+    assert grid_mod.claim_cell(cell) and grid_mod.claim_cell(cell)  # ours, and ours again
+    assert (cell / ".grid-claim").read_text() == f"{socket.gethostname()} {os.getpid()}"
+    grid_mod.release_cell(cell)
+    assert not (cell / ".grid-claim").exists()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (cell / ".grid-claim").write_text(f"{socket.gethostname()} {other.pid}")
+        assert not grid_mod.claim_cell(cell)  # a live process trains it
+    finally:
+        other.kill()
+        other.wait()
+    assert grid_mod.claim_cell(cell)  # its process died: taken over
+    assert (cell / ".grid-claim").read_text().endswith(f" {os.getpid()}")
+    (cell / ".grid-claim").write_text(f"another-host {_finished_pid()}")
+    assert not grid_mod.claim_cell(cell)  # a pid on another host cannot be checked: left alone
+
+
+def test_run_grid_trains_the_unclaimed_cells_and_releases_them(tmp_path, monkeypatch):
+    import socket
+    import subprocess
+    import sys
+
+    import afa_llm.train
+
+    monkeypatch.chdir(ROOT)
+    grid = {"recipe": "recipes/quickstart.yaml", "output_root": str(tmp_path), "seeds": [0, 1],
+            "common": ["steps=5"], "variants": {"lora": ["method=lora"], "afa": ["method=afa"]}}
+    trained = []
+
+    def fake_train(cfg):  # records the cell and finishes it as a real run would
+        trained.append(Path(cfg.output_dir).name)
+        assert (Path(cfg.output_dir) / ".grid-claim").exists()
+        (Path(cfg.output_dir) / "results.json").write_text("{}")
+
+    monkeypatch.setattr(afa_llm.train, "train", fake_train)
+    (tmp_path / "lora-seed1").mkdir()
+    (tmp_path / "lora-seed1" / "results.json").write_text("{}")  # finished before
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "afa-seed0").mkdir()
+        (tmp_path / "afa-seed0" / ".grid-claim").write_text(f"{socket.gethostname()} {other.pid}")
+        grid_mod.run_grid(grid, None)
+    finally:
+        other.kill()
+        other.wait()
+    assert trained == ["lora-seed0", "afa-seed1"]  # seeds outer; the claimed and the finished cells skipped
+    assert not (tmp_path / "lora-seed0" / ".grid-claim").exists()
+    assert (tmp_path / "afa-seed0" / ".grid-claim").exists()  # the other process's claim is left alone
