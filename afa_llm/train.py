@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import shutil
 import sys
@@ -130,11 +131,7 @@ def train(cfg: TrainConfig) -> dict:
         hf_logging.disable_progress_bar()
     report_to = cfg.report_to
     if report_to == "auto":
-        try:
-            import tensorboard  # noqa: F401
-            report_to = "tensorboard"
-        except ImportError:
-            report_to = "none"
+        report_to = "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
     # train() runs several times in one process (eval/grid.py, tests): forget the previous run's
     # precision; the process group (PartialState) is kept
     AcceleratorState._reset_state()

@@ -17,9 +17,7 @@ import torch
 import torch.nn.functional as F
 from conftest import TINY_ROWS
 
-from afa_llm import focus_math as fm
 from afa_llm.methods import masking as mk
-from afa_llm.methods.afa import math as am
 from afa_llm.methods import MethodContext, build_method
 from afa_llm.methods.masking import hide_tokens, masked_scores
 from afa_llm.config import load_config
