@@ -86,20 +86,25 @@ def _alive(pid: int) -> bool:
 
 
 def claim_cell(cell: Path) -> bool:
-    """Claim ``cell`` for this process; False if a live process on this host holds it."""
+    """Claim ``cell`` for this process; False if a live process on this host (or any on another) holds it."""
     cell.mkdir(parents=True, exist_ok=True)
-    claim, me = cell / CLAIM_FILE, f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
+    claim, host, pid = cell / CLAIM_FILE, socket.gethostname(), str(os.getpid())
+    for _ in range(2):  # the second try follows the removal of a dead process's claim
         try:
             fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            host, _, pid = claim.read_text().partition(" ")
-            if host == socket.gethostname() and pid.strip().isdigit() and not _alive(int(pid)):
+            held_host, _, held_pid = claim.read_text().partition(" ")
+            held_pid = held_pid.strip()
+            if held_host != host:
+                return False  # another host's pid cannot be checked from here
+            if held_pid == pid:
+                return True  # ours already
+            if held_pid.isdigit() and not _alive(int(held_pid)):
                 claim.unlink(missing_ok=True)  # its process died: take the cell over (it resumes)
                 continue
-            return host == me.split(" ")[0] and pid.strip() == str(os.getpid())
+            return False
         with os.fdopen(fd, "w") as f:
-            f.write(me)
+            f.write(f"{host} {pid}")
         return True
     return False
 
@@ -120,11 +125,12 @@ def run_grid(grid: dict, only: list[str] | None, seeds: list[int] | None = None)
     baseline = next(iter(grid["variants"]))
     for variant, seed in pending_cells(grid, only, seeds):
         cell = cell_dir(grid, variant, seed)
-        if (cell / "results.json").exists():  # finished by a process beside this one
-            continue
         cfg, uses_trl = cell_config(grid, variant, seed, baseline)  # a bad cell fails before claiming
         if not claim_cell(cell):
             print(f"=== {variant} seed {seed}: skipped, a live process holds {cell / CLAIM_FILE}", flush=True)
+            continue
+        if (cell / "results.json").exists():  # finished by a process beside this one since the list was made
+            release_cell(cell)
             continue
         print(f"=== {variant} seed {seed}", flush=True)
         runner = train
