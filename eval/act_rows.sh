@@ -5,7 +5,7 @@
 # continues its search.jsonl, and finished evaluations are skipped.
 #
 #   eval/act_rows.sh zero-shot MODEL DRAW OUT     # e.g. smollm2-135m 0 act_results/zs-smollm2/draw0
-#   eval/act_rows.sh adapter RUN OUT              # e.g. runs/grid/rt_smollm2/lora-seed0 act_results/lora-seed0
+#   eval/act_rows.sh adapter RUN OUT              # e.g. runs/grid/rt_converge/lora-seed0 act_results/conv-lora/seed0
 #
 # Then: .venv/bin/python eval/act_report.py act_results   (the table with McNemar tests)
 # Rows made alongside each other ran one 1-thread process each (OMP_NUM_THREADS=1, the default here).

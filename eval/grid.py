@@ -9,10 +9,11 @@ the first variant is the baseline that the others are compared with; a variant w
 ``runner=trl`` is trained by eval/trl_baseline.py (TRL's SFTTrainer) with the same keys. Each cell trains
 into ``output_root/<variant>-seed<N>``; finished cells are skipped and interrupted ones
 resume from their last checkpoint, so a long grid can be completed in pieces. A process
-claims a cell (``<cell>/.grid-claim``, with its host and pid) before training it, so the same
-command started twice side by side shares the grid, each process training the cells the other
-has not claimed (on 2 cores: ``OMP_NUM_THREADS=1`` each); a claim whose process has died is taken
-over. The report (Markdown) gives, per variant, test accuracy and macro-F1 as mean ± std over
+claims a cell (``<cell>/.grid-claim``: host, pid and the pid's start time) before training it,
+so the same command started twice side by side shares the grid, each process training the
+cells the other has not claimed (on 2 cores: ``OMP_NUM_THREADS=1`` each); a claim whose
+process has died is taken over, also where a new process has since been given its pid.
+The report (Markdown) gives, per variant, test accuracy and macro-F1 as mean ± std over
 seeds, the paired difference against the baseline per seed with a McNemar p-value on
 the same test examples, the steps needed to reach the baseline's final validation
 accuracy, and the fake-focus share of the adapter (base in brackets).
@@ -85,26 +86,46 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux ``/proc``); "" where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": comm may hold spaces
+    return fields[19] if len(fields) > 19 else ""  # field 22 of stat(5); state is field 3
+
+
+def _holds(pid: str, started: str) -> bool:
+    """Whether the claim's process still runs: alive, and not a later process that reused its pid."""
+    if not pid.isdigit() or not _alive(int(pid)):
+        return False
+    now = _start_time(int(pid))
+    return not (started and now and now != started)
+
+
 def claim_cell(cell: Path) -> bool:
-    """Claim ``cell`` for this process; False if a live process on this host (or any on another) holds it."""
+    """Claim ``cell`` for this process; False if a live process on this host (or any on another) holds it.
+
+    The claim reads ``host pid start-time``; the start time tells a dead owner from a new process
+    that was given its pid (claims written without one are judged by the pid alone)."""
     cell.mkdir(parents=True, exist_ok=True)
     claim, host, pid = cell / CLAIM_FILE, socket.gethostname(), str(os.getpid())
     for _ in range(2):  # the second try follows the removal of a dead process's claim
         try:
             fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            held_host, _, held_pid = claim.read_text().partition(" ")
-            held_pid = held_pid.strip()
+            held_host, held_pid, held_start = (claim.read_text().split() + ["", "", ""])[:3]
             if held_host != host:
                 return False  # another host's pid cannot be checked from here
             if held_pid == pid:
                 return True  # ours already
-            if held_pid.isdigit() and not _alive(int(held_pid)):
+            if not _holds(held_pid, held_start):
                 claim.unlink(missing_ok=True)  # its process died: take the cell over (it resumes)
                 continue
             return False
         with os.fdopen(fd, "w") as f:
-            f.write(f"{host} {pid}")
+            f.write(f"{host} {pid} {_start_time(os.getpid())}".rstrip())
         return True
     return False
 

@@ -171,6 +171,10 @@ def train_trl(cfg: TrainConfig) -> dict:
 
     sft = InOrder(model=model, args=sft_config(cfg, run_dir / CHECKPOINTS), train_dataset=Dataset.from_list(rows),
                   processing_class=tokenizer, peft_config=peft_config, callbacks=[callback])
+    if not cfg.progress:  # without tqdm, Trainer prints each log dict; metrics.jsonl already holds them
+        from transformers.trainer_callback import PrinterCallback
+
+        sft.remove_callback(PrinterCallback)
     if resume and stopper.should_stop(history):  # it had stopped early: take its weights, train no further
         from afa_llm.checkpoint import load_adapter_weights
 

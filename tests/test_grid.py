@@ -160,18 +160,24 @@ def test_a_cell_claim_keeps_a_second_process_out_until_its_owner_dies(tmp_path):
 
     cell = tmp_path / "lora-seed0"
     assert grid_mod.claim_cell(cell) and grid_mod.claim_cell(cell)  # ours, and ours again
-    assert (cell / ".grid-claim").read_text() == f"{socket.gethostname()} {os.getpid()}"
+    host, pid, started = (cell / ".grid-claim").read_text().split()
+    assert (host, pid) == (socket.gethostname(), str(os.getpid())) and started.isdigit()
     grid_mod.release_cell(cell)
     assert not (cell / ".grid-claim").exists()
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (cell / ".grid-claim").write_text(f"{socket.gethostname()} {other.pid}")
-        assert not grid_mod.claim_cell(cell)  # a live process trains it
+        assert not grid_mod.claim_cell(cell)  # a live process trains it (a claim without a start time)
+        (cell / ".grid-claim").write_text(f"{socket.gethostname()} {other.pid} {grid_mod._start_time(other.pid)}")
+        assert not grid_mod.claim_cell(cell)  # the same, with its start time
+        (cell / ".grid-claim").write_text(f"{socket.gethostname()} {other.pid} 1")
+        assert grid_mod.claim_cell(cell)  # that pid now belongs to a later process: the owner died
     finally:
         other.kill()
         other.wait()
+    (cell / ".grid-claim").write_text(f"{socket.gethostname()} {other.pid}")
     assert grid_mod.claim_cell(cell)  # its process died: taken over
-    assert (cell / ".grid-claim").read_text().endswith(f" {os.getpid()}")
+    assert (cell / ".grid-claim").read_text().split()[1] == str(os.getpid())
     (cell / ".grid-claim").write_text(f"another-host {_finished_pid()}")
     assert not grid_mod.claim_cell(cell)  # a pid on another host cannot be checked: left alone
 

@@ -68,6 +68,7 @@ def test_trains_completion_only_and_writes_a_run(tmp_path, tiny_model, tiny_mode
     assert [h["step"] for h in results["validation"]] == [2, 4] and results["test"]["n"] == 8
     assert load_config(str(run / "config.yaml"), saved=True).lora_r == cfg.lora_r
     PeftModel.from_pretrained(load_model(tiny_model_dir)[0], str(run / "adapter"))
+    assert "'loss'" not in capsys.readouterr().out  # no log dict per step on stdout (progress off)
 
     # step 1's loss: the label word's CE over the vocabulary on our first batch (the adapter starts at 0)
     task, train = _task(cfg, tiny_model)
