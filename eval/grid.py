@@ -8,7 +8,10 @@ A grid YAML names a recipe, seeds, common overrides and variants (name -> overri
 the first variant is the baseline that the others are compared with; a variant with
 ``runner=trl`` is trained by eval/trl_baseline.py (TRL's SFTTrainer) with the same keys. Each cell trains
 into ``output_root/<variant>-seed<N>``; finished cells are skipped and interrupted ones
-resume from their last checkpoint, so a long grid can be completed in pieces. A process
+resume from their last checkpoint, so a long grid can be completed in pieces. A cell archived in
+``docs/results_data/<output_root's name>/`` (eval/refresh_results.py) counts as finished too: runs/ is
+not in git, so a fresh clone goes on with the cells that are missing instead of training the grid
+again (``--ignore-archive`` retrains them; a cell interrupted in a checkout that is gone starts over). A process
 claims a cell (``<cell>/.grid-claim``: host, pid and the pid's start time) before training it,
 so the same command started twice side by side shares the grid, each process training the
 cells the other has not claimed (on 2 cores: ``OMP_NUM_THREADS=1`` each); a claim whose
@@ -37,6 +40,7 @@ from afa_llm.config import load_config  # noqa: E402
 from afa_llm.errors import TrainingDiverged, UserError  # noqa: E402
 from afa_llm.metrics import reports_mcnemar_p  # noqa: E402
 
+ARCHIVE = Path(__file__).resolve().parents[1] / "docs" / "results_data"  # finished cells, in git
 GRID_KEYS = {"recipe", "output_root", "seeds", "common", "variants", "title"}
 TRL_RUNNER = "runner=trl"  # a variant trained by TRL's SFTTrainer instead of afa_llm.train
 
@@ -134,17 +138,29 @@ def release_cell(cell: Path) -> None:
     (cell / CLAIM_FILE).unlink(missing_ok=True)
 
 
-def pending_cells(grid: dict, only: list[str] | None, seeds: list[int] | None) -> list[tuple[str, int]]:
+def archived_cell(grid: dict, variant: str, seed: int, archive: Path = ARCHIVE) -> Path:
+    return archive / Path(grid["output_root"]).name / f"{variant}-seed{seed}"
+
+
+def finished(grid: dict, variant: str, seed: int, archive: Path | None = ARCHIVE) -> bool:
+    """Trained here (results.json in the cell) or archived from an earlier checkout (``archive=None``: not looked at)."""
+    return ((cell_dir(grid, variant, seed) / "results.json").exists()
+            or (archive is not None and (archived_cell(grid, variant, seed, archive) / "results.json").exists()))
+
+
+def pending_cells(grid: dict, only: list[str] | None, seeds: list[int] | None,
+                  archive: Path | None = ARCHIVE) -> list[tuple[str, int]]:
     """Unfinished (variant, seed) cells in run order: seeds outer, variants in the grid's order."""
     return [(variant, seed) for seed in seeds or grid["seeds"] for variant in grid["variants"]
-            if not (only and variant not in only) and not (cell_dir(grid, variant, seed) / "results.json").exists()]
+            if not (only and variant not in only) and not finished(grid, variant, seed, archive)]
 
 
-def run_grid(grid: dict, only: list[str] | None, seeds: list[int] | None = None) -> None:
+def run_grid(grid: dict, only: list[str] | None, seeds: list[int] | None = None,
+             archive: Path | None = ARCHIVE) -> None:
     from afa_llm.train import train
 
     baseline = next(iter(grid["variants"]))
-    for variant, seed in pending_cells(grid, only, seeds):
+    for variant, seed in pending_cells(grid, only, seeds, archive):
         cell = cell_dir(grid, variant, seed)
         cfg, uses_trl = cell_config(grid, variant, seed, baseline)  # a bad cell fails before claiming
         if not claim_cell(cell):
@@ -255,12 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="run only these variants")
     parser.add_argument("--seeds", nargs="*", type=int, help="run only these seeds of the grid")
     parser.add_argument("--report-only", action="store_true", help="do not train; report finished cells")
+    parser.add_argument("--ignore-archive", action="store_true",
+                        help=f"retrain cells archived in {ARCHIVE.parent.name}/{ARCHIVE.name} (by default they count as finished)")
     parser.add_argument("--output", help="also write the Markdown report here")
     args = parser.parse_args(argv)
     try:
         grid = load_grid(args.grid)
         if not args.report_only:
-            run_grid(grid, args.only, args.seeds)
+            run_grid(grid, args.only, args.seeds, None if args.ignore_archive else ARCHIVE)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -21,12 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grid import load_grid, report  # noqa: E402
+from grid import ARCHIVE, load_grid, report  # noqa: E402
 
 from afa_llm.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ARCHIVE = ROOT / "docs" / "results_data"
 KEPT_FILES = ("results.json", "metrics.jsonl", "config.yaml", "validation_full.json")  # the last: eval/pick_setting.py
 BLOCK = re.compile(r"<!-- grid: (\S+) -->\n.*?<!-- end grid -->", re.S)
 # the ACT rows (eval/act_report.py over an archived act_results folder)

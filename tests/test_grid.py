@@ -206,10 +206,22 @@ def test_run_grid_trains_the_unclaimed_cells_and_releases_them(tmp_path, monkeyp
     try:
         (tmp_path / "afa-seed0").mkdir()
         (tmp_path / "afa-seed0" / ".grid-claim").write_text(f"{socket.gethostname()} {other.pid}")
-        grid_mod.run_grid(grid, None)
+        grid_mod.run_grid(grid, None, archive=None)
     finally:
         other.kill()
         other.wait()
     assert trained == ["lora-seed0", "afa-seed1"]  # seeds outer; the claimed and the finished cells skipped
     assert not (tmp_path / "lora-seed0" / ".grid-claim").exists()
     assert (tmp_path / "afa-seed0" / ".grid-claim").exists()  # the other process's claim is left alone
+
+
+def test_a_cell_archived_by_an_earlier_checkout_is_not_trained_again(tmp_path):
+    grid = {"output_root": str(tmp_path / "runs" / "g"), "seeds": [0, 1], "variants": {"lora": [], "afa": []}}
+    archive = tmp_path / "archive"
+    (archive / "g" / "afa-seed0").mkdir(parents=True)
+    (archive / "g" / "afa-seed0" / "results.json").write_text("{}")  # finished in a checkout that is gone
+    (archive / "g" / "lora-seed1").mkdir(parents=True)  # archived folder without results.json: not finished
+    everything = [("lora", 0), ("afa", 0), ("lora", 1), ("afa", 1)]
+    assert grid_mod.pending_cells(grid, None, None, archive) == [("lora", 0), ("lora", 1), ("afa", 1)]
+    assert grid_mod.pending_cells(grid, None, None, archive=None) == everything  # --ignore-archive
+    assert grid_mod.pending_cells(grid, ["afa"], [0], archive) == []
