@@ -6,6 +6,10 @@
 #
 #   eval/act_rows.sh zero-shot MODEL DRAW OUT     # e.g. smollm2-135m 0 act_results/zs-smollm2/draw0
 #   eval/act_rows.sh adapter RUN OUT              # e.g. runs/grid/rt_converge/lora-seed0 act_results/conv-lora/seed0
+#   eval/act_rows.sh cell GRID VARIANT SEED OUT   # e.g. eval/grids/rt_converge.yaml lora 2 act_results/conv-lora/seed2
+#
+# `cell` first trains (or resumes) the grid cell in runs/ even where it is archived: the archive keeps
+# results, not adapters (3.7 MB each), and runs/ is gone in a fresh checkout.
 #
 # Then: .venv/bin/python eval/act_report.py act_results   (the table with McNemar tests)
 # Rows made alongside each other ran one 1-thread process each (OMP_NUM_THREADS=1, the default here).
@@ -18,7 +22,13 @@ if [ "$kind" = zero-shot ]; then
   model=$2; draw=$3; out=$4
   target=(--model "$model"); calib=(--model "$model" --data rotten_tomatoes --seed "$draw")
 else
-  run=$2; out=$3
+  if [ "$kind" = cell ]; then
+    grid=$2; variant=$3; seed=$4; out=$5
+    $BIN/python eval/grid.py "$grid" --only "$variant" --seeds "$seed" --ignore-archive > /dev/null
+    run=$($BIN/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['output_root'])" "$grid")/$variant-seed$seed
+  else
+    run=$2; out=$3
+  fi
   target=(--adapter "$run"); calib=(--adapter "$run")
 fi
 mkdir -p "$out"
