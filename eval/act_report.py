@@ -7,7 +7,7 @@
 heads, the calibration-set accuracy before and after (N labelled validation examples), the
 test accuracy, the paired difference against the same model without ACT with an exact
 McNemar p-value, and for the search its cost (candidates, full-forward equivalents per
-example, minutes). ``--archive`` copies the JSON files into the repository first.
+example, minutes). ``--archive`` copies the JSON files (and the search logs) into the repository first.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def report(root: Path) -> str:
 
 def archive(root: Path, target: Path) -> int:
     copied = 0
-    for file in root.rglob("*.json"):
+    for file in sorted([*root.rglob("*.json"), *root.rglob("*.jsonl")]):  # .jsonl: the search logs, to resume
         dest = target / file.relative_to(root)
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(file, dest)

@@ -32,6 +32,13 @@ else
   target=(--adapter "$run"); calib=(--adapter "$run")
 fi
 mkdir -p "$out"
+archived=docs/results_data/act/${out#act_results/}
+if [ "$kind" = zero-shot ] && [ -d "$archived" ]; then
+  # a fresh checkout has no act_results/: go on from the archived row (eval/act_report.py --archive),
+  # its finished evaluations and its search log (whose lines are re-scored if the model's setup differs).
+  # Not for adapter rows: a retrained adapter may differ, and its evaluations must be its own.
+  cp -rn "$archived"/. "$out"/
+fi
 evaluate() {  # $1: output name, then extra eval flags
   local name=$1; shift
   [ -f "$out/$name.json" ] || $BIN/afa-llm eval "${target[@]}" --data rotten_tomatoes --split test --no-progress \

@@ -25,12 +25,14 @@ def test_table_rows_and_mcnemar(tmp_path, capsys):
            "info": {"baseline": {"accuracy": 0.7}, "selected": {"accuracy": 0.75}, "candidates": 243,
                     "forwards_per_example": 120.5, "seconds": 1800}}
     (folder / "act.json").write_text(json.dumps(act))
+    (folder / "search.jsonl").write_text('{"layer": 3, "head": 1}\n')  # the search log: archived so a row resumes
     assert act_report.main([str(tmp_path / "act_results"), "--archive", str(tmp_path / "archive")]) == 0
     out = capsys.readouterr().out
     assert "| zs/draw0 | no ACT | - | - | 0.5000 |" in out
     assert ("| zs/draw0 | ACT, searched heads (faithful rule) | 3 | 0.7000 → 0.7500 (N=500) | 1.0000 | +0.5000 (p=0.00) | "
             "243 candidates, 120.5 fwd/ex, 30 min |") in out
     assert (tmp_path / "archive" / "zs" / "draw0" / "act.json").exists()
+    assert (tmp_path / "archive" / "zs" / "draw0" / "search.jsonl").read_text() == '{"layer": 3, "head": 1}\n'
     assert act_report.main([str(tmp_path / "missing")]) == 2
 
 
