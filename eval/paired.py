@@ -4,7 +4,8 @@
     .venv/bin/python eval/paired.py docs/results_data/tweets_smollm2 at_eps3 vat_eps3 --against afa attn_rp_eps3
 
 One markdown row per variant: for each OTHER, the test-accuracy difference in points per seed
-and its McNemar p on the same test examples (from the cells' per-example predictions).
+and its McNemar p on the same test examples (from the cells' per-example predictions), led by
+the mean ± std over the seeds where there are several.
 The grid report (eval/grid.py) pairs every variant with its baseline only; this pairs any two.
 """
 
@@ -34,6 +35,15 @@ def paired(a: dict, b: dict) -> tuple[float, float]:
     return 100 * (a["accuracy"] - b["accuracy"]), reports_mcnemar_p(a, b)
 
 
+def mean_std(points: list[float]) -> str:
+    """``"mean +0.50 ± 0.20: "`` over several seeds (sample std), nothing for one."""
+    if len(points) < 2:
+        return ""
+    mean = sum(points) / len(points)
+    std = (sum((x - mean) ** 2 for x in points) / (len(points) - 1)) ** 0.5
+    return f"mean {mean:+.2f} ± {std:.2f}: "
+
+
 def table(folder: Path, variants: list[str], others: list[str], seeds: list[int]) -> str:
     lines = ["| variant | " + " | ".join(f"vs `{o}`: points (p) per seed" for o in others) + " |",
              "|---|" + "---|" * len(others)]
@@ -41,7 +51,7 @@ def table(folder: Path, variants: list[str], others: list[str], seeds: list[int]
         cells = []
         for other in others:
             pairs = [paired(_test(folder, variant, s), _test(folder, other, s)) for s in seeds]
-            cells.append(", ".join(f"{d:+.2f} ({p:.2f})" for d, p in pairs))
+            cells.append(mean_std([d for d, _ in pairs]) + ", ".join(f"{d:+.2f} ({p:.2f})" for d, p in pairs))
         lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -26,6 +26,15 @@ def test_rows_points_and_mcnemar(tmp_path, capsys):
     assert "| `at` | +50.00 (0.00) |" in out
 
 
+def test_several_seeds_lead_with_mean_and_std(tmp_path, capsys):
+    labels = [0, 1] * 10
+    for seed, wrong in enumerate((0, 2)):  # `at` 1.0 and 0.9 against lora's 0.5: +50 and +40 points
+        _cell(tmp_path, f"at-seed{seed}", [1 - y if i < wrong else y for i, y in enumerate(labels)], labels)
+        _cell(tmp_path, f"lora-seed{seed}", [0] * 20, labels)
+    assert paired.main([str(tmp_path), "at", "--against", "lora", "--seeds", "0", "1"]) == 0
+    assert "| `at` | mean +45.00 ± 7.07: +50.00 (0.00), +40.00 (" in capsys.readouterr().out
+
+
 def test_missing_cell_or_other_examples_is_one_line(tmp_path, capsys):
     labels = [0, 1] * 4
     _cell(tmp_path, "a-seed0", labels, labels)
