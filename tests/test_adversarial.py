@@ -227,4 +227,8 @@ def test_per_example_perturbation_does_not_depend_on_the_batch(peft_model, task,
             r = adv.normalise(method.direction(peft_model, b, clean, loss, valid, 0), valid, 1.0)
         n = int(b.attention_mask[0].sum())
         outs.append(torch.stack([t[0, :, -n:].detach() for t in r]))
-    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-4)
+    # VAT's direction is a finite-difference power step, which amplifies the rounding that padding and
+    # 2-thread matmul blocking bring (seen: 4e-4 after test_act*.py in one 2-thread process). Mixing the
+    # examples' norms, the bug this guards against, moves entries by ~1e-1 (entries are ~0.15).
+    tol = 1e-5 if cfg.method == "at" else 2e-3
+    torch.testing.assert_close(outs[0], outs[1], atol=tol, rtol=1e-4 if cfg.method == "at" else 1e-2)
