@@ -25,7 +25,8 @@ else
   if [ "$kind" = cell ]; then
     grid=$2; variant=$3; seed=$4; out=$5
     $BIN/python eval/grid.py "$grid" --only "$variant" --seeds "$seed" --ignore-archive > /dev/null
-    run=$($BIN/python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['output_root'])" "$grid")/$variant-seed$seed
+    run=$($BIN/python -c "import sys; sys.path.insert(0, 'eval'); from grid import cell_dir, load_grid
+print(cell_dir(load_grid(sys.argv[1]), sys.argv[2], int(sys.argv[3])))" "$grid" "$variant" "$seed")
   else
     run=$2; out=$3
   fi

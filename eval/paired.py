@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -39,9 +40,7 @@ def mean_std(points: list[float]) -> str:
     """``"mean +0.50 ± 0.20: "`` over several seeds (sample std), nothing for one."""
     if len(points) < 2:
         return ""
-    mean = sum(points) / len(points)
-    std = (sum((x - mean) ** 2 for x in points) / (len(points) - 1)) ** 0.5
-    return f"mean {mean:+.2f} ± {std:.2f}: "
+    return f"mean {statistics.mean(points):+.2f} ± {statistics.stdev(points):.2f}: "
 
 
 def table(folder: Path, variants: list[str], others: list[str], seeds: list[int]) -> str:
