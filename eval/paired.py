@@ -22,11 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from afa_llm.metrics import reports_mcnemar_p  # noqa: E402
 
 
-def _test(folder: Path, variant: str, seed: int) -> dict:
+def _test(folder: Path, variant: str, seed: int, key: str = "test") -> dict:
+    """The cell's test report: ``test`` (with select_best, the best validation checkpoint's) or ``test_last``."""
     path = folder / f"{variant}-seed{seed}" / "results.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (no finished cell)")
-    return json.loads(path.read_text())["test"]
+    results = json.loads(path.read_text())
+    if key not in results:
+        raise FileNotFoundError(f"{path} has no {key!r} (a run without select_best)")
+    return results[key]
 
 
 def paired(a: dict, b: dict) -> tuple[float, float]:
@@ -43,13 +47,13 @@ def mean_std(points: list[float]) -> str:
     return f"mean {statistics.mean(points):+.2f} ± {statistics.stdev(points):.2f}: "
 
 
-def table(folder: Path, variants: list[str], others: list[str], seeds: list[int]) -> str:
+def table(folder: Path, variants: list[str], others: list[str], seeds: list[int], key: str = "test") -> str:
     lines = ["| variant | " + " | ".join(f"vs `{o}`: points (p) per seed" for o in others) + " |",
              "|---|" + "---|" * len(others)]
     for variant in variants:
         cells = []
         for other in others:
-            pairs = [paired(_test(folder, variant, s), _test(folder, other, s)) for s in seeds]
+            pairs = [paired(_test(folder, variant, s, key), _test(folder, other, s, key)) for s in seeds]
             cells.append(mean_std([d for d, _ in pairs]) + ", ".join(f"{d:+.2f} ({p:.2f})" for d, p in pairs))
         lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -61,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("variants", nargs="+")
     parser.add_argument("--against", nargs="+", required=True, help="the variants to pair each with")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--last", action="store_true",
+                        help="pair the last checkpoints' test predictions (test_last) instead of the selected ones")
     args = parser.parse_args(argv)
     try:
-        print(table(Path(args.folder), args.variants, args.against, args.seeds))
+        print(table(Path(args.folder), args.variants, args.against, args.seeds, "test_last" if args.last else "test"))
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -24,6 +24,8 @@ def test_rows_points_and_mcnemar(tmp_path, capsys):
     assert paired.main([str(tmp_path), "at", "--against", "lora", "--seeds", "0"]) == 0
     out = capsys.readouterr().out
     assert "| `at` | +50.00 (0.00) |" in out
+    assert paired.main([str(tmp_path), "at", "--against", "lora", "--seeds", "0", "--last"]) == 2  # no test_last
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'at-seed0' / 'results.json'} has no 'test_last' (a run without select_best)"
 
 
 def test_several_seeds_lead_with_mean_and_std(tmp_path, capsys):
