@@ -138,8 +138,13 @@ def release_cell(cell: Path) -> None:
     (cell / CLAIM_FILE).unlink(missing_ok=True)
 
 
+def archived_grid(grid: dict, archive: Path = ARCHIVE) -> Path:
+    """Where eval/refresh_results.py keeps this grid's finished cells."""
+    return archive / Path(grid["output_root"]).name
+
+
 def archived_cell(grid: dict, variant: str, seed: int, archive: Path = ARCHIVE) -> Path:
-    return archive / Path(grid["output_root"]).name / f"{variant}-seed{seed}"
+    return archived_grid(grid, archive) / f"{variant}-seed{seed}"
 
 
 def finished(grid: dict, variant: str, seed: int, archive: Path | None = ARCHIVE) -> bool:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grid import ARCHIVE, load_grid, report  # noqa: E402
+from grid import ARCHIVE, archived_grid, load_grid, report  # noqa: E402
 
 from afa_llm.errors import UserError  # noqa: E402
 
@@ -48,7 +48,7 @@ def archive_runs(grid_root: Path = ROOT / "runs" / "grid", archive: Path = ARCHI
 
 def grid_table(grid_file: str, archive: Path = ARCHIVE) -> str:
     grid = load_grid(str(ROOT / grid_file))
-    cells = archive / Path(grid["output_root"]).name
+    cells = archived_grid(grid, archive)
     grid["output_root"] = str(cells.relative_to(ROOT) if cells.is_relative_to(ROOT) else cells)
     text = report(grid)
     return "#" + text if text.startswith("## ") else text  # a sub-heading under the document's own
