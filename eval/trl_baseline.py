@@ -70,7 +70,7 @@ def sft_config(cfg: TrainConfig, checkpoints: Path):
                      seed=cfg.seed, completion_only_loss=True, max_length=None, report_to=[],
                      logging_steps=cfg.log_every, use_cpu=not torch.cuda.is_available(),
                      bf16=cfg.mixed_precision == "bf16", fp16=cfg.mixed_precision == "fp16",
-                     gradient_checkpointing=cfg.gradient_checkpointing, disable_tqdm=not cfg.progress,
+                     activation_checkpointing=cfg.gradient_checkpointing, disable_tqdm=not cfg.progress,
                      dataloader_drop_last=False)
 
 

@@ -82,6 +82,16 @@ def test_trains_completion_only_and_writes_a_run(tmp_path, tiny_model, tiny_mode
     assert next(m for m in logged if m["step"] == 1 and "loss" in m)["loss"] == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_checkpointing_follows_our_config_not_trls_default(tmp_path, checkpointing, recwarn):
+    """TRL turns activation checkpointing on by default (~20% slower); the baseline must match `method=lora`,
+    and be set through transformers 5's name so that no deprecation warning is printed per run."""
+    cfg = _cfg(tmp_path, "tiny", "data.csv", f"gradient_checkpointing={str(checkpointing).lower()}")
+    args = trl_baseline.sft_config(cfg, tmp_path / "checkpoints")
+    assert args.activation_checkpointing is checkpointing and args.gradient_checkpointing is checkpointing
+    assert not [w for w in recwarn if "deprecated" in str(w.message) and "checkpointing" in str(w.message)]
+
+
 def test_bad_key_is_one_line(capsys):
     assert trl_baseline.main(["steps=4", "no_such_key=1"]) == 2
     err = capsys.readouterr().err.strip()
