@@ -7,7 +7,8 @@
 heads, the calibration-set accuracy before and after (N labelled validation examples), the
 test accuracy, the paired difference against the same model without ACT with an exact
 McNemar p-value, and for the search its cost (candidates, full-forward equivalents per
-example, minutes). ``--archive`` copies the JSON files (and the search logs) into the repository first.
+example, minutes). A second table pairs each searched row with its controls (all eligible
+heads; the random heads of the same count per layer), so that a gain can be attributed to the search. ``--archive`` copies the JSON files (and the search logs) into the repository first.
 """
 
 from __future__ import annotations
@@ -60,6 +61,31 @@ def folder_rows(folder: Path, model: str) -> list[str]:
     return lines
 
 
+SEARCHED = {"act": "faithful", "act-strict": "strict"}  # each searched row and the prefix of its random controls
+
+
+def _test(folder: Path, name: str) -> dict | None:
+    file = folder / f"test-{name}.json"
+    return json.loads(file.read_text()) if file.exists() else None
+
+
+def _paired(a: dict, b: dict | None) -> str:
+    return "-" if b is None else f"{a['accuracy'] - b['accuracy']:+.4f} (p={reports_mcnemar_p(a, b):.2f})"
+
+
+def control_rows(folder: Path, model: str) -> list[str]:
+    """Each searched row paired with its controls on the same test examples: does the search beat chance?"""
+    lines = []
+    for name, rule in SEARCHED.items():
+        searched = _test(folder, name)
+        if searched is None:
+            continue
+        prefix = "act-random" if name == "act" else "act-strict-random"
+        randoms = [_paired(searched, _test(folder, f"{prefix}-{k}")) for k in range(3)]
+        lines.append(f"| {model} | {rule} | {_paired(searched, _test(folder, 'act-all'))} | {' | '.join(randoms)} |")
+    return lines
+
+
 def deltas(folder: Path) -> dict[str, float]:
     """Test accuracy with each calibration minus without ACT, per row name present."""
     base = json.loads((folder / "test.json").read_text())["accuracy"]
@@ -89,6 +115,11 @@ def report(root: Path) -> str:
     for folder in folders:
         lines += folder_rows(folder, str(folder.relative_to(root)))
         groups.setdefault(str(folder.parent.relative_to(root)), []).append(folder)
+    controls = [line for folder in folders for line in control_rows(folder, str(folder.relative_to(root)))]
+    if controls:
+        lines += ["", "Searched heads against their controls (same test examples; Δ accuracy, exact McNemar p):", "",
+                  "| model | rule | vs all eligible heads | vs random draw 0 | vs random draw 1 | vs random draw 2 |",
+                  "|---|---|---|---|---|---|", *controls]
     groups = {g: members for g, members in groups.items() if len(members) > 1 and g != "."}
     if groups:  # draws of one model's calibration, or seeds of one adapter: their mean
         lines += ["", "Mean over the folders of each group (calibration draws, or adapter seeds):", "",

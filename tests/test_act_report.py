@@ -55,3 +55,18 @@ def test_groups_of_draws_get_their_mean(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| zs | ACT, searched heads (faithful rule) | 2 | +0.2000 ± 0.1414 | +0.1000, +0.3000 |" in out
     assert "| lora-seed0 |" in out and not any(line.startswith("| . |") for line in out.splitlines())
+
+
+def test_searched_heads_are_paired_with_their_controls(tmp_path, capsys):
+    folder = tmp_path / "act_results" / "gemma"
+    folder.mkdir(parents=True)
+    labels = [0, 1] * 10
+    (folder / "test.json").write_text(json.dumps(_report([0] * 20, labels)))
+    (folder / "test-act.json").write_text(json.dumps(_report(labels, labels)))  # right on all 20
+    (folder / "test-act-all.json").write_text(json.dumps(_report(labels[:16] + [1, 0, 1, 0], labels)))  # 16
+    (folder / "test-act-random-1.json").write_text(json.dumps(_report(labels, labels)))  # equal to the search
+    assert act_report.main([str(tmp_path / "act_results")]) == 0
+    out = capsys.readouterr().out
+    # 4 discordant pairs, all for the search: exact two-sided p = 2 * 0.5**4 = 0.125
+    assert "| gemma | faithful | +0.2000 (p=0.12) | - | +0.0000 (p=1.00) | - |" in out
+    assert "| gemma | strict |" not in out  # no strict row was evaluated

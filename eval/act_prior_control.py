@@ -1,0 +1,114 @@
+"""A label-prior control for ACT: does calibrating attention do more than correcting the label bias?
+
+    .venv/bin/afa-llm eval --model gemma3-270m --split validation --output act_results/zs-gemma/validation.json
+    .venv/bin/python eval/act_prior_control.py act_results/zs-gemma/validation.json act_results/zs-gemma/draw*
+
+ACT's search uses N labelled validation sentences. The same sentences can fix a model's preference
+for one label word with no attention edit at all. For each folder of eval/act_rows.sh (its
+``act.json`` names the calibration ids; ``test.json`` is the model without ACT) this fits two
+corrections of the output probabilities on those sentences alone and applies them to the stored
+test probabilities:
+- prior normalisation: divide each class's probability by its mean over the calibration sentences
+  (labels unused; the idea of Zhao et al. 2021's contextual calibration, with real inputs);
+- fitted offset (two classes): the shift of the log-odds that maximises calibration accuracy.
+Each is paired with ACT's searched heads on the same test sentences (exact McNemar p).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from afa_llm.metrics import mcnemar_test  # noqa: E402
+
+
+def prior_weights(probs: np.ndarray) -> np.ndarray:
+    """Per-class weights 1 / mean probability: after weighting, every class has the same mean."""
+    return 1.0 / probs.mean(axis=0)
+
+
+def log_odds(probs: np.ndarray) -> np.ndarray:
+    """log p(class 1) - log p(class 0) per example (two classes)."""
+    eps = 1e-12
+    return np.log(probs[:, 1] + eps) - np.log(probs[:, 0] + eps)
+
+
+def fitted_offset(margins: np.ndarray, labels: np.ndarray) -> float:
+    """The offset b that maximises the accuracy of ``margin + b > 0``; among ties, the smallest |b|.
+
+    Candidates are 0 and the midpoints between neighbouring sorted margins (and beyond both ends),
+    which covers every distinct decision.
+    """
+    s = np.sort(margins)
+    cuts = np.concatenate([[s[0] - 1.0], (s[:-1] + s[1:]) / 2, [s[-1] + 1.0]])
+    candidates = np.concatenate([[0.0], -cuts])
+    accuracy = [((margins + b > 0).astype(int) == labels).mean() for b in candidates]
+    best = max(accuracy)
+    return float(min((b for b, a in zip(candidates, accuracy) if a == best), key=abs))
+
+
+RULES = {"act": "faithful", "act-strict": "strict"}  # the searched rows of eval/act_rows.sh
+
+
+def corrected_predictions(folder: Path, validation: dict) -> tuple[dict[str, np.ndarray | None], np.ndarray]:
+    """Test predictions of the model without ACT, uncorrected and with each correction fitted on ACT's calibration ids."""
+    act = json.loads((folder / "act.json").read_text())
+    test = json.loads((folder / "test.json").read_text())
+    ids = act["calibration"]["ids"]
+    if act["calibration"]["split"] != validation["split"] or len(validation["labels"]) != act["calibration"]["of"]:
+        raise ValueError(f"{folder}: its calibration ids index another split than the validation report's")
+    cal_probs, cal_labels = np.asarray(validation["probabilities"])[ids], np.asarray(validation["labels"])[ids]
+    probs = np.asarray(test["probabilities"])
+    rows = {"no correction": probs.argmax(1), "prior normalisation": (probs * prior_weights(cal_probs)).argmax(1),
+            "fitted offset": None}  # the offset is defined for two classes only
+    if probs.shape[1] == 2:
+        rows["fitted offset"] = (log_odds(probs) + fitted_offset(log_odds(cal_probs), cal_labels) > 0).astype(int)
+    return rows, np.asarray(test["labels"])
+
+
+def folder_rows(folder: Path, validation: dict) -> list[str]:
+    """Per searched ACT rule: its test accuracy, and its paired difference with each correction."""
+    corrections, labels = corrected_predictions(folder, validation)
+    lines = []
+    for name, rule in RULES.items():
+        act_file = folder / f"test-{name}.json"
+        if not act_file.exists():
+            continue
+        act_correct = np.asarray(json.loads(act_file.read_text())["predictions"]) == labels
+        cells = []
+        for preds in corrections.values():
+            if preds is None:
+                cells.append("-")
+                continue
+            correct = preds == labels
+            p = mcnemar_test(act_correct, correct)["p_value"]
+            cells.append(f"{correct.mean():.4f}: ACT {act_correct.mean() - correct.mean():+.4f} (p={p:.2f})")
+        lines.append(f"| {folder.name} | {rule} | {act_correct.mean():.4f} | {' | '.join(cells)} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("validation", help="`afa-llm eval --split validation --output` of the model without ACT")
+    parser.add_argument("folders", nargs="+", help="eval/act_rows.sh output folders (act.json, test.json, test-act.json)")
+    args = parser.parse_args(argv)
+    try:
+        validation = json.loads(Path(args.validation).read_text())
+        lines = ["| folder | ACT rule | ACT test acc | no correction: Δ (p) | prior normalisation: Δ (p) | "
+                 "fitted offset: Δ (p) |", "|---|---|---|---|---|---|",
+                 *(line for f in args.folders for line in folder_rows(Path(f), validation))]
+    except (OSError, KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

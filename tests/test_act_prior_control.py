@@ -1,0 +1,64 @@
+"""eval/act_prior_control.py: the label-prior corrections ACT is compared with, without a model."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("act_prior_control", ROOT / "eval" / "act_prior_control.py")
+prior = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(prior)
+
+
+def test_prior_weights_equalise_the_class_means():
+    probs = np.array([[0.1, 0.9], [0.3, 0.7], [0.2, 0.8]])
+    weighted = probs * prior.prior_weights(probs)
+    assert np.allclose(weighted.mean(0), [1.0, 1.0])
+
+
+def test_fitted_offset_fixes_a_biased_threshold_and_prefers_no_shift_among_ties():
+    labels = np.array([0, 0, 1, 1])
+    assert prior.fitted_offset(np.array([1.0, 2.0, 3.0, 4.0]), labels) == -2.5  # all say 1: the cut moves between 2 and 3
+    assert prior.fitted_offset(np.array([-1.0, -0.5, 0.5, 1.0]), labels) == 0.0  # already right: no shift
+    # the returned offset really reaches the best accuracy
+    margins = np.random.default_rng(0).normal(size=50) + 1.5
+    y = (np.random.default_rng(1).random(50) < 0.5).astype(int)
+    b = prior.fitted_offset(margins, y)
+    best = max(((margins + c > 0) == y).mean() for c in np.linspace(-6, 6, 2001))
+    assert ((margins + b > 0) == y).mean() == best
+
+
+def _report(probs, labels):
+    probs = np.asarray(probs)
+    return {"probabilities": probs.tolist(), "labels": labels, "predictions": probs.argmax(1).tolist(), "split": "validation"}
+
+
+def test_table_row_pairs_the_corrections_with_act(tmp_path, capsys):
+    # the model says "1" too often: on validation everything leans to class 1
+    val_labels = [0, 1] * 4
+    validation = _report([[0.4, 0.6] if y == 0 else [0.1, 0.9] for y in val_labels], val_labels)
+    (tmp_path / "validation.json").write_text(json.dumps(validation))
+    folder = tmp_path / "draw0"
+    folder.mkdir()
+    test_labels = [0, 1] * 5
+    (folder / "test.json").write_text(json.dumps(_report([[0.45, 0.55] if y == 0 else [0.2, 0.8] for y in test_labels],
+                                                         test_labels)))
+    (folder / "test-act.json").write_text(json.dumps({"predictions": test_labels}))
+    (folder / "act.json").write_text(json.dumps({"calibration": {"ids": [0, 1, 2, 3, 4, 5], "split": "validation", "of": 8}}))
+    assert prior.main([str(tmp_path / "validation.json"), str(folder)]) == 0
+    out = capsys.readouterr().out
+    # no correction: 5 of 10; both corrections separate the classes, as ACT does (no discordant pairs: p = 1)
+    assert "| draw0 | faithful | 1.0000 | 0.5000: ACT +0.5000 (p=0.06) | 1.0000: ACT +0.0000 (p=1.00) | 1.0000: ACT +0.0000 (p=1.00) |" in out
+    assert "strict" not in out  # no strict row was evaluated
+
+
+def test_calibration_ids_of_another_split_are_refused(tmp_path, capsys):
+    (tmp_path / "validation.json").write_text(json.dumps(_report([[0.5, 0.5]] * 4, [0, 1, 0, 1])))
+    folder = tmp_path / "draw0"
+    folder.mkdir()
+    (folder / "act.json").write_text(json.dumps({"calibration": {"ids": [0], "split": "validation", "of": 852}}))
+    (folder / "test.json").write_text(json.dumps(_report([[0.5, 0.5]], [0])))
+    assert prior.main([str(tmp_path / "validation.json"), str(folder)]) == 2
+    assert "another split" in capsys.readouterr().err
