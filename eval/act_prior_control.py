@@ -9,7 +9,8 @@ for one label word with no attention edit at all. For each folder of eval/act_ro
 corrections of the output probabilities on those sentences alone and applies them to the stored
 test probabilities:
 - prior normalisation: divide each class's probability by its mean over the calibration sentences
-  (labels unused; the idea of Zhao et al. 2021's contextual calibration, with real inputs);
+  (labels unused; the bias estimate of batch calibration, Zhou et al. 2024, where contextual
+  calibration, Zhao et al. 2021, would use content-free inputs);
 - fitted offset (two classes): the shift of the log-odds that maximises calibration accuracy.
 Each is paired with ACT's searched heads on the same test sentences (exact McNemar p).
 """
