@@ -236,6 +236,7 @@ def run(args) -> int:
     from .act import act_enabled, load_act
 
     from .predict import resolve_run_args
+    from .provenance import machine_record
 
     check_eval_args(args)
     resolve_run_args(args)
@@ -251,7 +252,7 @@ def run(args) -> int:
         "model": args.model, "adapter": args.adapter, "quantization": args.quantization, "data": args.data,
         "split": args.split, "split_seed": args.split_seed, "template": task.template,
         "label_words": task.label_words, "label_names": data.label_names, "scored": scored,
-        "act": act.summary(args.act) if act else None,
+        "act": act.summary(args.act) if act else None, "machine": machine_record(),
     })
     title = f"{args.model}{' + ' + args.adapter if args.adapter else ''} on {args.data}/{args.split}"
     if act:

@@ -30,6 +30,7 @@ from . import focus_math as fm
 from .evaluate import evaluate_dataset
 from .focus import clean_pass
 from .io_utils import atomic_dir, write_json
+from .provenance import machine_record
 
 BEST_DIR = "best"  # under checkpoints/; not a step-N folder, so pruning and resume never touch it
 
@@ -148,7 +149,8 @@ def final_results(accelerator, peft_model, task, data, cfg, frequent, history, s
                    "validation": history, "stopped_early": last_step < cfg.steps,
                    **selected_test(peft_model, Path(cfg.output_dir), history, stopper, cfg.select_best, last_step,
                                    evaluate),
-                   "fake_focus_share": {"adapter": fake_focus_share_on(peft_model, task, focus_texts, frequent, cfg)}}
+                   "fake_focus_share": {"adapter": fake_focus_share_on(peft_model, task, focus_texts, frequent, cfg)},
+                   "machine": machine_record()}
         if cfg.evaluate_zero_shot:
             with peft_model.disable_adapter():
                 results["zero_shot"] = evaluate()

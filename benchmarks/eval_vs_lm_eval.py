@@ -56,16 +56,6 @@ PROMPT = "Review: {text}\nSentiment:"
 CHOICES = ["negative", "positive"]
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def write_rows(dataset, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
@@ -141,6 +131,7 @@ def main() -> None:
     from afa_llm.data import load_sentiment_data
     from afa_llm.evaluate import evaluate_dataset, predict_logits
     from afa_llm.models import load_model, resolve_model_path
+    from afa_llm.provenance import cpu_name
     from afa_llm.task import DEFAULT_TEMPLATE, PromptTask
 
     assert DEFAULT_TEMPLATE == PROMPT, "the project's default template changed; update the lm-eval task YAML"

@@ -203,6 +203,7 @@ def test_local_csv_end_to_end_with_tiny_model(capsys, tiny_csv, tiny_model_dir, 
         tiny_model_dir, tiny_csv, "test", 3,
     )
     assert report["label_names"] == ["negative", "positive"]
+    assert report["machine"]["cpu"] and report["machine"]["torch_threads"] >= 1  # where it was measured
     assert report["label_words"] == [" negative", " positive"]
     assert report["template"] == "Review: {text}\nSentiment:"
     assert not list(output.parent.glob("*.tmp"))

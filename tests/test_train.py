@@ -112,6 +112,7 @@ def test_end_to_end(method, tiny_model_dir, learnable_csv, tmp_path):
     assert saved["fake_focus_share"]["adapter"] > 0 and saved["fake_focus_share"]["base"] > 0
     assert [v["step"] for v in saved["validation"]] == [10, 20, 30]
     assert results["test"]["accuracy"] == saved["test"]["accuracy"]
+    assert saved["machine"]["cpu"] and saved["machine"]["torch"] == torch.__version__  # where it was measured
 
     # the adapter loads with peft and reproduces the run's test predictions
     from peft import PeftModel
