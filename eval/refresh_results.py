@@ -32,12 +32,30 @@ BLOCK = re.compile(r"<!-- grid: (\S+) -->\n.*?<!-- end grid -->", re.S)
 ACT_BLOCK = re.compile(r"<!-- act: (\S+) -->\n.*?<!-- end act -->", re.S)
 
 
+def archive_target(cell: Path, target: Path) -> Path:
+    """Where a finished cell is archived: ``target``, unless that holds a different finished run.
+
+    A fresh checkout that retrains an archived cell (eval/act_rows.sh `cell` needs its adapter)
+    makes a second run of it; the archive keeps the first, which the tables were computed from,
+    and files the retrain beside it as ``rerun-K`` (the same rerun is found again, not copied twice).
+    To replace an archived cell, delete its folder first.
+    """
+    new = (cell / "results.json").read_bytes()
+    folder, k = target, 0
+    while (folder / "results.json").exists() and (folder / "results.json").read_bytes() != new:
+        k += 1
+        folder = target / f"rerun-{k}"
+    return folder
+
+
 def archive_runs(grid_root: Path = ROOT / "runs" / "grid", archive: Path = ARCHIVE) -> int:
     """Copy the kept files of every finished cell; returns how many cells were copied."""
     copied = 0
     for results in sorted(grid_root.glob("*/*/results.json")):
         cell = results.parent
-        target = archive / cell.parent.name / cell.name
+        target = archive_target(cell, archive / cell.parent.name / cell.name)
+        if target.name.startswith("rerun-"):
+            print(f"{cell}: kept the archived first run; this retrain goes to {target}", file=sys.stderr)
         target.mkdir(parents=True, exist_ok=True)
         for name in KEPT_FILES:
             if (cell / name).exists():

@@ -117,6 +117,27 @@ def test_refresh_results_archives_cells_and_rewrites_only_the_table_blocks(tmp_p
     assert "| afa | `method=afa` | 1 | 0.9000 |" in text
 
 
+def test_refresh_results_keeps_the_first_run_of_a_retrained_cell(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "eval"))
+    import refresh_results
+
+    runs, archive = tmp_path / "runs", tmp_path / "archive"
+    _write(archive / "g" / "lora-seed0", 4, [{"step": 10, "accuracy": 0.8}])
+    first = (archive / "g" / "lora-seed0" / "results.json").read_text()
+    _write(runs / "g" / "lora-seed0", 3, [{"step": 10, "accuracy": 0.8}])  # retrained: one prediction differs
+    for _ in range(2):  # archiving twice files the retrain once
+        assert refresh_results.archive_runs(runs, archive) == 1
+    assert (archive / "g" / "lora-seed0" / "results.json").read_text() == first
+    assert (archive / "g" / "lora-seed0" / "rerun-1" / "results.json").read_text() == \
+        (runs / "g" / "lora-seed0" / "results.json").read_text()
+    assert not (archive / "g" / "lora-seed0" / "rerun-2").exists()
+    (runs / "g" / "lora-seed0" / "results.json").write_text(first)  # identical to the archive: archived in place
+    assert refresh_results.archive_target(runs / "g" / "lora-seed0", archive / "g" / "lora-seed0") == \
+        archive / "g" / "lora-seed0"
+
+
 def test_refresh_results_names_a_missing_grid_file_in_one_line(tmp_path, capsys):
     import sys
 
