@@ -23,8 +23,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
+from act_report import SEARCHED, read_test  # noqa: E402
 
 from afa_llm.metrics import mcnemar_test  # noqa: E402
 
@@ -54,9 +56,6 @@ def fitted_offset(margins: np.ndarray, labels: np.ndarray) -> float:
     return float(min((b for b, a in zip(candidates, accuracy) if a == best), key=abs))
 
 
-RULES = {"act": "faithful", "act-strict": "strict"}  # the searched rows of eval/act_rows.sh
-
-
 def corrected_predictions(folder: Path, validation: dict) -> tuple[dict[str, np.ndarray | None], np.ndarray]:
     """Test predictions of the model without ACT, uncorrected and with each correction fitted on ACT's calibration ids."""
     act = json.loads((folder / "act.json").read_text())
@@ -77,11 +76,11 @@ def folder_rows(folder: Path, validation: dict) -> list[str]:
     """Per searched ACT rule: its test accuracy, and its paired difference with each correction."""
     corrections, labels = corrected_predictions(folder, validation)
     lines = []
-    for name, rule in RULES.items():
-        act_file = folder / f"test-{name}.json"
-        if not act_file.exists():
+    for name, rule in SEARCHED.items():
+        act_test = read_test(folder, name)
+        if act_test is None:
             continue
-        act_correct = np.asarray(json.loads(act_file.read_text())["predictions"]) == labels
+        act_correct = np.asarray(act_test["predictions"]) == labels
         cells = []
         for preds in corrections.values():
             if preds is None:

@@ -8,7 +8,8 @@ heads, the calibration-set accuracy before and after (N labelled validation exam
 test accuracy, the paired difference against the same model without ACT with an exact
 McNemar p-value, and for the search its cost (candidates, full-forward equivalents per
 example, minutes). A second table pairs each searched row with its controls (all eligible
-heads; the random heads of the same count per layer), so that a gain can be attributed to the search. ``--archive`` copies the JSON files (and the search logs) into the repository first.
+heads; the random heads of the same count per layer), so that a gain can be attributed to the
+search. ``--archive`` copies the JSON files (and the search logs) into the repository first.
 """
 
 from __future__ import annotations
@@ -61,10 +62,11 @@ def folder_rows(folder: Path, model: str) -> list[str]:
     return lines
 
 
-SEARCHED = {"act": "faithful", "act-strict": "strict"}  # each searched row and the prefix of its random controls
+SEARCHED = {"act": "faithful", "act-strict": "strict"}  # the searched rows; "<name>-random-K" are their controls
 
 
-def _test(folder: Path, name: str) -> dict | None:
+def read_test(folder: Path, name: str) -> dict | None:
+    """The test report of one calibration (``test-<name>.json``), or None where it was not evaluated."""
     file = folder / f"test-{name}.json"
     return json.loads(file.read_text()) if file.exists() else None
 
@@ -77,12 +79,11 @@ def control_rows(folder: Path, model: str) -> list[str]:
     """Each searched row paired with its controls on the same test examples: does the search beat chance?"""
     lines = []
     for name, rule in SEARCHED.items():
-        searched = _test(folder, name)
+        searched = read_test(folder, name)
         if searched is None:
             continue
-        prefix = "act-random" if name == "act" else "act-strict-random"
-        randoms = [_paired(searched, _test(folder, f"{prefix}-{k}")) for k in range(3)]
-        lines.append(f"| {model} | {rule} | {_paired(searched, _test(folder, 'act-all'))} | {' | '.join(randoms)} |")
+        randoms = [_paired(searched, read_test(folder, f"{name}-random-{k}")) for k in range(3)]
+        lines.append(f"| {model} | {rule} | {_paired(searched, read_test(folder, 'act-all'))} | {' | '.join(randoms)} |")
     return lines
 
 
