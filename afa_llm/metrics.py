@@ -48,10 +48,14 @@ def mcnemar_test(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict:
     return {"only_a_correct": only_a, "only_b_correct": only_b, "p_value": p}
 
 
+def report_correct(report: dict) -> np.ndarray:
+    """Per-example correctness of an evaluation report (its ``predictions`` and ``labels``)."""
+    return np.asarray(report["predictions"]) == np.asarray(report["labels"])
+
+
 def reports_mcnemar_p(report_a: dict, report_b: dict) -> float:
-    """`mcnemar_test`'s p-value for two evaluation reports (``predictions``, ``labels``) of the same examples."""
-    correct = [np.asarray(r["predictions"]) == np.asarray(r["labels"]) for r in (report_a, report_b)]
-    return mcnemar_test(*correct)["p_value"]
+    """`mcnemar_test`'s p-value for two evaluation reports of the same examples."""
+    return mcnemar_test(report_correct(report_a), report_correct(report_b))["p_value"]
 
 
 def paired_bootstrap(
@@ -64,6 +68,29 @@ def paired_bootstrap(
     diffs = a[idx].mean(1) - b[idx].mean(1)
     low, high = np.percentile(diffs, [2.5, 97.5])
     return {"diff": float(a.mean() - b.mean()), "ci95": [float(low), float(high)]}
+
+
+def seed_pooled_test(correct_a: np.ndarray, correct_b: np.ndarray, samples: int = 10000, seed: int = 0) -> dict:
+    """Pool a paired comparison over seeds scored on the same test examples.
+
+    ``correct_a``/``correct_b``: (seeds, examples) correctness. The examples are the independent
+    units (every seed sees the same ones), so each example contributes its seed-mean difference
+    d_i; pooling discordant pairs over seeds instead would count each example once per seed and
+    overstate the evidence. Returns the mean difference, a 95% bootstrap interval over examples,
+    and a two-sided sign-flip permutation p (under the null, swapping a and b for an example,
+    in all seeds at once, changes nothing).
+    """
+    a, b = np.atleast_2d(np.asarray(correct_a, float)), np.atleast_2d(np.asarray(correct_b, float))
+    if a.shape != b.shape:
+        raise ValueError(f"correctness shapes differ: {a.shape} vs {b.shape}")
+    d = (a - b).mean(0)
+    rng = np.random.default_rng(seed)
+    boot = d[rng.integers(0, len(d), size=(samples, len(d)))].mean(1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    flipped = np.abs((rng.choice([-1.0, 1.0], size=(samples, len(d))) * d).mean(1))
+    observed = abs(d.mean())
+    p = (1 + int((flipped >= observed - 1e-12).sum())) / (1 + samples)
+    return {"diff": float(d.mean()), "ci95": [float(low), float(high)], "p_value": min(1.0, p)}
 
 
 # ---- calibration ---------------------------------------------------------------------

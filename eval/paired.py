@@ -5,7 +5,9 @@
 
 One markdown row per variant: for each OTHER, the test-accuracy difference in points per seed
 and its McNemar p on the same test examples (from the cells' per-example predictions), led by
-the mean ± std over the seeds where there are several.
+the mean ± std over the seeds where there are several, and the seeds' pooled test: the mean
+difference with its 95% bootstrap interval over test examples and a sign-flip permutation p,
+the examples as the units (afa_llm.metrics.seed_pooled_test).
 The grid report (eval/grid.py) pairs every variant with its baseline only; this pairs any two.
 """
 
@@ -19,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from afa_llm.metrics import reports_mcnemar_p  # noqa: E402
+from afa_llm.metrics import report_correct, reports_mcnemar_p, seed_pooled_test  # noqa: E402
 
 
 def _test(folder: Path, variant: str, seed: int, key: str = "test") -> dict:
@@ -40,11 +42,19 @@ def paired(a: dict, b: dict) -> tuple[float, float]:
     return 100 * (a["accuracy"] - b["accuracy"]), reports_mcnemar_p(a, b)
 
 
-def mean_std(points: list[float]) -> str:
-    """``"mean +0.50 ± 0.20: "`` over several seeds (sample std), nothing for one."""
-    if len(points) < 2:
+def pooled(reports_a: list[dict], reports_b: list[dict]) -> str:
+    """``"mean +0.50 ± 0.20, pooled +0.50 [-0.1, +1.1] p 0.09: "`` over several seeds, nothing for one."""
+    if len(reports_a) < 2:
         return ""
-    return f"mean {statistics.mean(points):+.2f} ± {statistics.stdev(points):.2f}: "
+    points = [100 * (a["accuracy"] - b["accuracy"]) for a, b in zip(reports_a, reports_b)]
+    test = seed_pooled_test([report_correct(r) for r in reports_a], [report_correct(r) for r in reports_b])
+    low, high = (100 * x for x in test["ci95"])
+    return (f"mean {statistics.mean(points):+.2f} ± {statistics.stdev(points):.2f}, "
+            f"pooled [{low:+.2f}, {high:+.2f}] p {_p(test['p_value'])}: ")
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"  # the permutation p's floor is 1/(samples + 1)
 
 
 def table(folder: Path, variants: list[str], others: list[str], seeds: list[int], key: str = "test") -> str:
@@ -53,8 +63,9 @@ def table(folder: Path, variants: list[str], others: list[str], seeds: list[int]
     for variant in variants:
         cells = []
         for other in others:
-            pairs = [paired(_test(folder, variant, s, key), _test(folder, other, s, key)) for s in seeds]
-            cells.append(mean_std([d for d, _ in pairs]) + ", ".join(f"{d:+.2f} ({p:.2f})" for d, p in pairs))
+            mine, theirs = ([_test(folder, v, s, key) for s in seeds] for v in (variant, other))
+            pairs = [paired(a, b) for a, b in zip(mine, theirs)]
+            cells.append(pooled(mine, theirs) + ", ".join(f"{d:+.2f} ({p:.2f})" for d, p in pairs))
         lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

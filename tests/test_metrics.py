@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from afa_llm.metrics import classification_report, confusion_matrix, mcnemar_test, paired_bootstrap, reports_mcnemar_p
+from afa_llm.metrics import (classification_report, confusion_matrix, mcnemar_test, paired_bootstrap, reports_mcnemar_p,
+                             seed_pooled_test)
 
 LABELS = [0, 0, 0, 1, 1, 1, 1, 2]
 PREDS = [0, 1, 0, 1, 1, 0, 2, 2]
@@ -105,3 +106,33 @@ def test_paired_bootstrap_sanity():
     swapped = paired_bootstrap(b, a, samples=1000, seed=1)
     assert swapped["diff"] == pytest.approx(-result["diff"])
     assert swapped["ci95"] == pytest.approx([-high, -low])
+
+
+def test_seed_pooled_test_units_are_examples():
+    rng = np.random.default_rng(0)
+    same = rng.random((3, 300)) < 0.7
+    tie = seed_pooled_test(same, same, samples=2000)
+    assert tie == {"diff": 0.0, "ci95": [0.0, 0.0], "p_value": 1.0}
+
+    a = rng.random((3, 400)) < 0.8
+    b = rng.random((3, 400)) < 0.6
+    result = seed_pooled_test(a, b, samples=2000, seed=1)
+    assert result["diff"] == pytest.approx((a.mean(1) - b.mean(1)).mean())  # = the mean of the per-seed differences
+    low, high = result["ci95"]
+    assert 0.0 < low < result["diff"] < high
+    assert result["p_value"] == pytest.approx(1 / 2001)  # no sign flip reaches a 20-point gap
+    swapped = seed_pooled_test(b, a, samples=2000, seed=1)
+    assert swapped["diff"] == pytest.approx(-result["diff"]) and swapped["p_value"] == result["p_value"]
+
+
+def test_seed_pooled_test_does_not_count_an_example_once_per_seed():
+    # 3 seeds that repeat one run (a wins 12 examples, b 4): pooling discordant pairs over seeds
+    # would see 36 vs 12 (McNemar p < 0.001); the examples are 12 vs 4, as for one seed.
+    a = np.array([True] * 12 + [False] * 4 + [True] * 50)
+    b = np.array([False] * 12 + [True] * 4 + [True] * 50)
+    one_seed = mcnemar_test(a, b)["p_value"]
+    assert mcnemar_test(np.tile(a, 3), np.tile(b, 3))["p_value"] < 0.001 < one_seed
+    pooled = seed_pooled_test(np.tile(a, (3, 1)), np.tile(b, (3, 1)), samples=20000)
+    assert pooled["p_value"] == pytest.approx(one_seed, abs=0.02)
+    with pytest.raises(ValueError, match="shapes differ"):
+        seed_pooled_test(np.tile(a, (3, 1)), np.tile(b, (2, 1)))

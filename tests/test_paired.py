@@ -34,7 +34,9 @@ def test_several_seeds_lead_with_mean_and_std(tmp_path, capsys):
         _cell(tmp_path, f"at-seed{seed}", [1 - y if i < wrong else y for i, y in enumerate(labels)], labels)
         _cell(tmp_path, f"lora-seed{seed}", [0] * 20, labels)
     assert paired.main([str(tmp_path), "at", "--against", "lora", "--seeds", "0", "1"]) == 0
-    assert "| `at` | mean +45.00 ± 7.07: +50.00 (0.00), +40.00 (" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # pooled: 10 examples with d = 1 or 0.5, the rest 0; sign flips reach |mean| only as 2 of 2^10
+    assert "| `at` | mean +45.00 ± 7.07, pooled [+22.50, +67.50] p 0.003: +50.00 (0.00), +40.00 (0.02) |" in out
 
 
 def test_missing_cell_or_other_examples_is_one_line(tmp_path, capsys):
