@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from afa_llm.metrics import reports_mcnemar_p  # noqa: E402
+from afa_llm.metrics import report_correct, reports_mcnemar_p, seed_pooled_test  # noqa: E402
 
 ROWS = [("act", "ACT, searched heads (faithful rule)"), ("act-strict", "ACT, searched heads (strict rule)"),
         ("act-random-0", "control for faithful: random heads, draw 0"),
@@ -87,24 +87,28 @@ def control_rows(folder: Path, model: str) -> list[str]:
     return lines
 
 
-def deltas(folder: Path) -> dict[str, float]:
-    """Test accuracy with each calibration minus without ACT, per row name present."""
-    base = json.loads((folder / "test.json").read_text())["accuracy"]
-    return {name: json.loads((folder / f"test-{name}.json").read_text())["accuracy"] - base
-            for name, _ in ROWS if (folder / f"test-{name}.json").exists()}
+def with_and_without(folder: Path) -> dict[str, tuple[dict, dict]]:
+    """Per row name present: its test report and the same model's without ACT."""
+    base = json.loads((folder / "test.json").read_text())
+    return {name: (report, base) for name, _ in ROWS if (report := read_test(folder, name)) is not None}
 
 
 def summary_rows(groups: dict[str, list[Path]]) -> list[str]:
-    """Per group of folders (e.g. the calibration draws of one model), each row's mean Δ over them."""
+    """Per group of folders (e.g. the calibration draws of one model), each row's mean Δ over them and
+    the folders' pooled p (afa_llm.metrics.seed_pooled_test: the test examples are the units)."""
     lines = []
     for group, members in groups.items():
-        per_folder = [deltas(f) for f in members]
+        per_folder = [with_and_without(f) for f in members]
         for name, label in ROWS:
-            values = [d[name] for d in per_folder if name in d]
-            if values:
-                listed = ", ".join(f"{v:+.4f}" for v in values)
-                spread = f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else ""
-                lines.append(f"| {group} | {label} | {len(values)} | {np.mean(values):+.4f}{spread} | {listed} |")
+            pairs = [d[name] for d in per_folder if name in d]
+            if not pairs:
+                continue
+            values = [a["accuracy"] - b["accuracy"] for a, b in pairs]
+            listed = ", ".join(f"{v:+.4f}" for v in values)
+            spread = f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else ""
+            pooled = seed_pooled_test(*([report_correct(r[i]) for r in pairs] for i in (0, 1)))["p_value"]
+            lines.append(f"| {group} | {label} | {len(values)} | {np.mean(values):+.4f}{spread} | {pooled:.3f} | "
+                         f"{listed} |")
     return lines
 
 
@@ -124,7 +128,7 @@ def report(root: Path) -> str:
     groups = {g: members for g, members in groups.items() if len(members) > 1 and g != "."}
     if groups:  # draws of one model's calibration, or seeds of one adapter: their mean
         lines += ["", "Mean over the folders of each group (calibration draws, or adapter seeds):", "",
-                  "| group | row | folders | mean Δ vs no ACT (± std) | per folder |", "|---|---|---|---|---|",
+                  "| group | row | folders | mean Δ vs no ACT (± std) | pooled p | per folder |", "|---|---|---|---|---|---|",
                   *summary_rows(groups)]
     return "\n".join(lines) if folders else "no ACT rows yet"
 
