@@ -101,6 +101,7 @@ class ACTEdit(AttentionEdit):
     """ACT on some heads of one layer: every query row, after the softmax."""
 
     rows: str = "all"
+    keep_unchanged_rows: bool = True  # rows without a sink stay SDPA's, bit for bit (the search skips on it)
     beta: float = DEFAULT_BETA
     tau: float = DEFAULT_TAU
     capture: bool = False  # keep the calibrated answer rows (the focus report shows them)

@@ -8,11 +8,12 @@ likely one, see ../shared/design/ACT.md):
 - ``faithful``: solo accuracy > the uncalibrated baseline's;
 - ``strict``: that, and a higher mean gold margin than the baseline's.
 
-The search is exact and faster than one full forward per candidate: the calibration rows are
-batched by length, only the last position is scored (``logits_to_keep=1``), and each layer's
-input is computed once (the baseline pass's hidden states, per batch) and fed to layers >= l for
-every head of layer l (`afa_llm.decoder_layers.start_at_layer`); layers below l are unchanged by
-an edit of layer l, so the numbers are those of the full forward. ``--bf16`` runs everything
+The search is exact and faster than one full forward per candidate (`afa_llm.head_search`): the
+calibration rows are batched by length, only the last position is scored (``logits_to_keep=1``),
+each layer's input is computed once (the baseline pass's hidden states, per batch) and fed to
+layers >= l for every head of layer l, and above layer l only the examples that the head changed
+run again (where it finds no sink, ACT leaves the layer's output bit-identical). The numbers are
+those of the full forward. ``--bf16`` runs everything
 under bf16 autocast (faster on AMX CPUs; other numbers, recorded in act.json).
 
 Controls: ``--heads random --draw K`` (the same number of heads per layer as the rule selects,
@@ -22,22 +23,20 @@ drawn at random with seed (--seed, K)) and ``--heads all`` (every eligible head,
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .act import ACT_FILE, DEFAULT_BETA, DEFAULT_TAU, ACTConfig, default_eligible_layers, \
     model_fingerprint, save_act
-from .attention_hook import attention_hook, set_module_edits
-from .decoder_layers import find_decoder_layers, start_at_layer
+from .decoder_layers import find_decoder_layers
 from .errors import UserError
+from .head_search import HeadSearch, accuracy_and_margin, prepare_batches, sub_batch_rows  # noqa: F401 (API)
 from .io_utils import atomic_write_text, check_writable_dir
 
 SEARCH_FILE = "search.jsonl"
@@ -48,15 +47,6 @@ VALIDATION_NOTE = ("the seeded validation split: disjoint from the train split b
 
 
 # ------------------------------------------------------------------------- pure functions
-def accuracy_and_margin(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Label-word accuracy and the mean gold margin of class logits (N, C)."""
-    logits = logits.float()
-    gold = logits.gather(1, labels[:, None])[:, 0]
-    other = logits.scatter(1, labels[:, None], float("-inf")).max(-1).values
-    return {"accuracy": (logits.argmax(-1) == labels).float().mean().item(),
-            "margin": (gold - other).mean().item(), "n": len(labels)}
-
-
 def select_heads(results: list[dict], baseline: dict, rule: str = "faithful") -> dict[int, list[int]]:
     """The heads whose solo calibration beats the baseline under ``rule`` (see the module doc)."""
     if rule not in RULES:
@@ -112,86 +102,6 @@ def read_search(path: Path, setup: str) -> dict[tuple[int, int], dict]:
 
 
 # ---------------------------------------------------------------------------- the search
-@dataclass
-class HeadSearch:
-    """Scores ACT configurations on calibration batches; ``fast`` reuses each layer's input."""
-
-    model: torch.nn.Module
-    batches: list  # EncodedBatch, on the model's device
-    labels: torch.Tensor  # in batch order
-    label_token_ids: list[int]
-    beta: float = DEFAULT_BETA
-    tau: float = DEFAULT_TAU
-    fast: bool = True
-    bf16: bool = False
-    layer_inputs: dict[int, list[torch.Tensor]] = field(default_factory=dict)
-    forwards: float = 0.0  # full-forward equivalents run so far (per example)
-
-    def _autocast(self):
-        device = self.labels.device.type
-        return torch.autocast(device, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
-
-    def _logits(self, index: int, start: int = 0) -> torch.Tensor:
-        """Class logits of batch ``index``; ``start`` > 0 feeds the cached input of that layer."""
-        from .scoring import forward_scores
-
-        batch = self.batches[index]
-        feed = start_at_layer(self.model, start, self.layer_inputs[start][index]) if start else \
-            contextlib.nullcontext()
-        with feed:
-            return forward_scores(self.model, **batch.model_inputs(), label_token_ids=self.label_token_ids).class_logits
-
-    @torch.no_grad()
-    def baseline(self, layers: list[int]) -> dict:
-        """The uncalibrated scores; with ``fast``, also keeps the inputs of ``layers`` per batch."""
-        from .scoring import forward_scores
-
-        self.layer_inputs = {layer: [] for layer in layers} if self.fast else {}
-        logits = []
-        with attention_hook(self.model), self._autocast():
-            for batch in self.batches:
-                out = forward_scores(self.model, **batch.model_inputs(), label_token_ids=self.label_token_ids,
-                                     return_hidden=self.fast)
-                logits.append(out.class_logits)
-                for layer in self.layer_inputs:
-                    self.layer_inputs[layer].append(out.hidden_states[layer])
-        self.forwards += 1
-        return accuracy_and_margin(torch.cat(logits), self.labels)
-
-    @torch.no_grad()
-    def score(self, heads: dict[int, list[int]]) -> dict:
-        """Accuracy and margin with ``heads`` calibrated (all at once)."""
-        config = ACTConfig(heads=heads, beta=self.beta, tau=self.tau)
-        edits = config.edits()
-        start = min(edits) if self.fast and edits and all(l in self.layer_inputs for l in edits) else 0
-        with attention_hook(self.model), self._autocast():
-            set_module_edits(self.model, edits)
-            try:
-                logits = [self._logits(index, start) for index in range(len(self.batches))]
-            finally:
-                set_module_edits(self.model, None)
-        self.forwards += self.cost_from(start)
-        return accuracy_and_margin(torch.cat(logits), self.labels)
-
-    def cost_from(self, layer: int) -> float:
-        """Full-forward equivalents of a pass that starts at ``layer`` (the layers below it are cached)."""
-        n_layers = len(find_decoder_layers(self.model))
-        return (n_layers - layer) / n_layers
-
-    def candidate(self, layer: int, head: int) -> dict:
-        return {"layer": layer, "head": head, **self.score({layer: [head]})}
-
-
-def prepare_batches(task, texts: list[str], labels: list[int], batch_size: int, device) -> tuple[list, torch.Tensor]:
-    """Length-sorted encoded batches and the labels in the same order."""
-    from .evaluate import length_batches
-
-    groups = length_batches(task, texts, batch_size)
-    batches = [task.encode([texts[i] for i in idx]).to(device) for idx in groups]
-    order = np.concatenate(groups) if groups else np.zeros(0, dtype=int)
-    return batches, torch.as_tensor(np.asarray(labels)[order], device=device)
-
-
 def run_search(search: HeadSearch, candidates: list[tuple[int, int]], done: dict, baseline: dict,
                log: Path | None, setup: str, progress: bool = True) -> list[dict]:
     """Score every candidate not in ``done``, appending each result to ``log``; all results in order."""

@@ -49,6 +49,10 @@ class AttentionEdit:
 
     rows: Literal["last", "all"] = "last"
     heads: Sequence[int] | None = None
+    # True: a row that `probs` returns unchanged keeps SDPA's output instead of the eager recompute,
+    # so an edit that changes nothing on an input leaves the model bit-identical (ACT: a head with
+    # no sink on that input). Not for score edits: `probs` does not see what `scores` changed.
+    keep_unchanged_rows: bool = False
 
     def scores(self, scores: torch.Tensor) -> torch.Tensor:
         """Pre-softmax scores (B, h, q, K) in float32 (or float64), before masking."""
@@ -87,8 +91,9 @@ def visible_keys(attention_mask: torch.Tensor | None, q_len: int, k_len: int, de
 
 def recompute_slice(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                     attention_mask: torch.Tensor | None, scaling: float | None, edit: AttentionEdit,
-                    softcap: float | None = None) -> torch.Tensor:
-    """The edited attention output of the slice, (B, q, h, D) in ``value``'s dtype.
+                    softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The edited attention output of the slice, (B, q, h, D) in ``value``'s dtype, and with
+    ``edit.keep_unchanged_rows`` the (B, q, h) rows that ``edit.probs`` changed (else None).
 
     ``query``: (B, H, Q, D); ``key``/``value``: (B, H_kv, K, D), as attention functions get them.
     """
@@ -108,17 +113,24 @@ def recompute_slice(module: nn.Module, query: torch.Tensor, key: torch.Tensor, v
         visible = visible_keys(attention_mask, query.shape[2], key.shape[2], query.device)
         if edit.rows == "last":
             visible = visible[..., -1:, :]
-        p = torch.softmax(s.masked_fill(~visible, torch.finfo(work).min), dim=-1)
-        p = edit.probs(p * visible, visible)
+        plain = torch.softmax(s.masked_fill(~visible, torch.finfo(work).min), dim=-1) * visible
+        p = edit.probs(plain, visible)
         out = torch.matmul(p, v.to(work))
-    return out.to(value.dtype).transpose(1, 2)
+    changed = (p != plain).any(-1).transpose(1, 2) if edit.keep_unchanged_rows else None  # (B, q, h)
+    return out.to(value.dtype).transpose(1, 2), changed
 
 
-def splice(sdpa_out: torch.Tensor, edited: torch.Tensor, edit: AttentionEdit) -> torch.Tensor:
-    """Put the edited slice (B, q, h, D) into the SDPA output (B, Q, H, D), out of place."""
-    if edit.heads is not None:
-        heads = torch.as_tensor(list(edit.heads), device=sdpa_out.device, dtype=torch.long)
-        rows = sdpa_out[:, -1:] if edit.rows == "last" else sdpa_out
+def splice(sdpa_out: torch.Tensor, edited: torch.Tensor, edit: AttentionEdit,
+           changed: torch.Tensor | None = None) -> torch.Tensor:
+    """Put the edited slice (B, q, h, D) into the SDPA output (B, Q, H, D), out of place;
+    with ``changed`` (B, q, h), only those rows of it."""
+    rows = sdpa_out[:, -1:] if edit.rows == "last" else sdpa_out
+    heads = None if edit.heads is None else \
+        torch.as_tensor(list(edit.heads), device=sdpa_out.device, dtype=torch.long)
+    if changed is not None:
+        sdpa_slice = rows if heads is None else rows.index_select(2, heads)
+        edited = torch.where(changed[..., None], edited.to(rows.dtype), sdpa_slice)
+    if heads is not None:
         edited = rows.index_copy(2, heads, edited.to(rows.dtype))
     if edit.rows == "last":
         return torch.cat([sdpa_out[:, :-1], edited.to(sdpa_out.dtype)], dim=1)
@@ -141,8 +153,8 @@ def edited_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Ten
                                     scaling=scaling, **kwargs)
     if edit is None:
         return out, None
-    edited = recompute_slice(module, query, key, value, attention_mask, scaling, edit, softcap)
-    return splice(out, edited, edit), None
+    edited, changed = recompute_slice(module, query, key, value, attention_mask, scaling, edit, softcap)
+    return splice(out, edited, edit, changed), None
 
 
 def register() -> str:

@@ -146,3 +146,19 @@ def start_at_layer(model: nn.Module, index: int, hidden: Any):
         handle.remove()
         for layer in layers[:index]:
             del layer.forward
+
+
+@contextlib.contextmanager
+def replace_stack_output(model: nn.Module, hidden: Any):
+    """Inside the block, a forward of ``model`` skips every decoder layer and gives ``hidden`` to
+    what follows them (the final norm, the LM head, any logit soft-cap), as the last layer's output."""
+    layers = find_decoder_layers(model)
+    for layer in layers:
+        layer.forward = _passthrough
+    handle = layers[-1].register_forward_hook(lambda module, args, output: hidden)
+    try:
+        yield
+    finally:
+        handle.remove()
+        for layer in layers:
+            del layer.forward

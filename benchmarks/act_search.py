@@ -1,11 +1,12 @@
-"""ACT head search: the fast search (`afa_llm.act_search.HeadSearch`, each layer's input cached)
-against the naive one (a full forward per candidate), on SmolLM2-135M / Rotten Tomatoes.
+"""ACT head search: the fast search (`afa_llm.head_search.HeadSearch`: each layer's input cached,
+unchanged examples skipped) against the naive one (a full forward per candidate), on SmolLM2-135M /
+Rotten Tomatoes.
 
     .venv/bin/python benchmarks/act_search.py [--n 500] [--per-layer 1] [--naive 9] [--bf16] [--threads 1]
 
 Both searches batch by length and score only the last position, so the ratio is what the layer-
-input cache buys. A candidate's cost depends only on its layer (the layers >= l run again), so by
-default one head per eligible layer is timed (``--per-layer 9``: every head) and the time is
+input cache and the skipping buy. A candidate's cost depends mostly on its layer (the layers >= l
+run again, for the examples it changes), so by default one head per eligible layer is timed (``--per-layer 9``: every head) and the time is
 scaled to all candidates; the naive search is timed on ``--naive`` candidates spread over the
 layers and scaled the same way (a full forward costs the same for every candidate). Both are
 said in the output. The per-candidate accuracies and margins of the candidates that both
@@ -13,7 +14,10 @@ searches ran are compared for equality. ``--bf16`` also times the fast search un
 ``--workers N`` also times the fast search (bf16 with ``--bf16``) split over N spawned processes
 of ``threads // N`` threads each, as ``afa-llm calibrate --workers N`` runs it (each process loads
 the model and runs its own baseline pass; the wall time of the slowest is what counts).
-``--naive 0`` skips the naive search.
+``--naive 0`` skips the naive search. ``--no-skip`` also times the fast search without skipping
+the examples a candidate leaves unchanged (`afa_llm.head_search`), and checks that the results
+are identical. A candidate's cost now also depends on how many examples its head changes, so
+``--per-layer 9`` (every head) measures the whole search; one head per layer is an estimate.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 
 from afa_llm.act import default_eligible_layers
 from afa_llm.act_workers import shares
-from afa_llm.act_search import HeadSearch, prepare_batches
+from afa_llm.head_search import HeadSearch, prepare_batches
 from afa_llm.cli import build_task
 from afa_llm.data import load_sentiment_data
 from afa_llm.decoder_layers import find_decoder_layers
@@ -58,8 +62,8 @@ def setup(n: int, batch_size: int):
     batches, labels = prepare_batches(task, list(split["text"]), list(split["label"]), batch_size, "cpu")
     n_layers, n_heads = len(find_decoder_layers(model)), model.config.num_attention_heads
 
-    def search(fast: bool, bf16: bool = False) -> HeadSearch:
-        return HeadSearch(model, batches, labels, task.label_token_ids, fast=fast, bf16=bf16)
+    def search(fast: bool, bf16: bool = False, skip: bool = True) -> HeadSearch:
+        return HeadSearch(model, batches, labels, task.label_token_ids, fast=fast, bf16=bf16, skip_unchanged=skip)
 
     return search, default_eligible_layers(n_layers), n_heads, len(ids)
 
@@ -102,6 +106,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--workers", type=int, default=0, help="also time the search in N processes (default: off)")
+    parser.add_argument("--no-skip", action="store_true",
+                        help="also time the fast search without skipping the examples a candidate leaves unchanged")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -132,6 +138,13 @@ def main() -> None:
         _, bf16_total, reference = timed_search(search(True, bf16=True), layers, timed, len(all_candidates))
         minutes["fast bf16"] = bf16_total / 60
         print(f"fast search, bf16 autocast: {bf16_total / 60:.1f} min for all candidates")
+    if args.no_skip:
+        key = f"fast {precision}, no skipping"
+        _, total, results = timed_search(search(True, bf16=args.bf16, skip=False), layers, timed, len(all_candidates))
+        minutes[key] = total / 60
+        print(f"{key}: {minutes[key]:.1f} min for all candidates; no skipping / skipping: "
+              f"{minutes[key] / minutes['fast ' + precision]:.2f}x; identical results on the {len(timed)} candidates: "
+              f"{all(results[c] == reference[c] for c in timed)}")
     if args.workers:
         key = f"fast {precision}, {args.workers} workers x {max(1, args.threads // args.workers)} threads"
         minutes[key], results = timed_workers(args, timed, len(all_candidates))

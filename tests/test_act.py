@@ -186,19 +186,46 @@ def test_sinks_scaled_by_exactly_beta_rows_sum_to_one_lowest_spared(arch):
     torch.testing.assert_close(sums, torch.ones_like(sums), atol=2e-6, rtol=0)
 
 
+def _head_outputs(model, edited_forward) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer 1's per-head attention outputs (B, Q, heads, D): plain, then under ``edited_forward()``."""
+    captured = []
+    handle = model.model.layers[1].self_attn.o_proj.register_forward_hook(
+        lambda m, args, out: captured.append(args[0]))
+    _logits(model, *_batch())
+    edited_forward()
+    handle.remove()
+    return tuple(c.view(*c.shape[:2], 4, -1) for c in captured)
+
+
 def test_other_heads_are_untouched():
     model = _model("llama")
-    ids, mask, pos = _batch()
-    captured = []
-    attn = model.model.layers[1].self_attn
-    handle = attn.o_proj.register_forward_hook(lambda m, args, out: captured.append(args[0]))
-    _logits(model, ids, mask, pos)
-    with act_enabled(model, _act(model, {1: [2]})):
-        _logits(model, ids, mask, pos)
-    handle.remove()
-    before, after = (c.view(*c.shape[:2], 4, -1) for c in captured)
+
+    def edited():
+        with act_enabled(model, _act(model, {1: [2]})):
+            _logits(model, *_batch())
+
+    before, after = _head_outputs(model, edited)
     assert torch.equal(after[:, :, [0, 1, 3]], before[:, :, [0, 1, 3]])
     assert not torch.equal(after[:, :, 2], before[:, :, 2])
+
+
+def test_rows_without_a_sink_keep_the_sdpa_output_bit_for_bit():
+    # what lets the head search skip the examples a candidate leaves unchanged (afa_llm.head_search)
+    model = _model("llama")
+    edit = _Recording(heads=[2], beta=0.4, tau=TAU)
+
+    def edited():
+        with torch.no_grad(), attention_hook(model):
+            set_module_edits(model, {1: edit})
+            _logits(model, *_batch())
+            set_module_edits(model, None)
+
+    plain, calibrated = (out[:, :, 2] for out in _head_outputs(model, edited))  # (B, Q, D)
+    before, _, after = edit.seen
+    changed = (after != before).any(-1)[:, 0]  # (B, Q): the rows ACT moved in head 2
+    assert changed.any() and (~changed).any()
+    assert torch.equal(calibrated[~changed], plain[~changed])
+    assert not torch.equal(calibrated[changed], plain[changed])
 
 
 @pytest.mark.parametrize("arch", ARCHS)

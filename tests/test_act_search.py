@@ -12,8 +12,9 @@ from conftest import TINY_ROWS
 
 from afa_llm import act_search
 from afa_llm.act import load_act
-from afa_llm.act_search import (HeadSearch, accuracy_and_margin, all_heads, prepare_batches, random_heads,
-                                select_heads)
+from afa_llm import head_search
+from afa_llm.act_search import all_heads, random_heads, select_heads
+from afa_llm.head_search import HeadSearch, accuracy_and_margin, prepare_batches, sub_batch_rows
 from afa_llm.cli import main
 from afa_llm.task import PromptTask
 
@@ -64,37 +65,59 @@ def _tiny(arch: str, tokenizer):
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
 
 
-def _search(model, tokenizer, fast: bool) -> list[dict]:
+def _search(model, tokenizer, fast: bool, skip: bool = True, tau: float = 0.1) -> tuple[list[dict], HeadSearch]:
     task = PromptTask([" negative", " positive"]).bind(tokenizer)
     texts, labels = [t for t, _ in TINY_ROWS[:12]], [y for _, y in TINY_ROWS[:12]]
     batches, ordered = prepare_batches(task, texts, labels, 5, "cpu")
-    search = HeadSearch(model, batches, ordered, task.label_token_ids, fast=fast)
+    search = HeadSearch(model, batches, ordered, task.label_token_ids, tau=tau, fast=fast, skip_unchanged=skip)
     baseline = search.baseline([1, 2, 3])
-    return [baseline] + [search.candidate(layer, head) for layer in (1, 2, 3) for head in range(4)]
+    return [baseline] + [search.candidate(layer, head) for layer in (1, 2, 3) for head in range(4)], search
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
 def test_fast_search_reproduces_the_plain_search_exactly(arch, smollm2_tokenizer):
     model = _tiny(arch, smollm2_tokenizer)
-    plain = _search(model, smollm2_tokenizer, fast=False)
-    fast = _search(model, smollm2_tokenizer, fast=True)
-    assert fast == plain  # accuracy and margin of every candidate, to the last bit
-    assert len({r["margin"] for r in plain}) > len(plain) // 2  # the candidates really differ
+    for tau in (0.1, 0.2):  # 0.2: some heads find no sink in some examples, so those are skipped
+        plain, _ = _search(model, smollm2_tokenizer, fast=False, tau=tau)
+        fast, search = _search(model, smollm2_tokenizer, fast=True, tau=tau)
+        assert fast == plain  # accuracy and margin of every candidate, to the last bit
+        assert len({r["margin"] for r in plain}) > len(plain) // 2  # the candidates really differ
+    # 8 candidates below the last layer x 12 examples: some reused their clean logits, others ran again
+    assert 0 < search.skipped < 8 * 12
+    no_skip, unskipped = _search(model, smollm2_tokenizer, fast=True, skip=False, tau=0.2)
+    assert no_skip == plain and unskipped.skipped == 0
+    assert search.forwards < unskipped.forwards
+
+
+def test_sub_batch_keeps_an_explicit_mask():
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1], [1, 1, 1], [0, 0, 1]])
+    assert sub_batch_rows(mask, torch.tensor([False, True, True, False])).tolist() == [0, 1, 2]  # + a padded row
+    assert sub_batch_rows(mask, torch.tensor([False, True, False, True])).tolist() == [1, 3]
+    assert sub_batch_rows(mask, torch.zeros(4, dtype=torch.bool)).tolist() == []
+    assert sub_batch_rows(torch.ones(2, 3), torch.tensor([True, False])).tolist() == [0]  # no padding anywhere
 
 
 def test_fast_search_would_see_a_wrong_layer_input(smollm2_tokenizer, monkeypatch):
     """The comparison above can fail: feeding another layer's cached input changes the numbers."""
     model = _tiny("llama", smollm2_tokenizer)
-    plain = _search(model, smollm2_tokenizer, fast=False)
+    plain, _ = _search(model, smollm2_tokenizer, fast=False)
     original = HeadSearch.baseline
 
     def shifted(self, layers):
         out = original(self, layers)
-        self.layer_inputs = {layer: self.layer_inputs[max(layers)] for layer in layers}
+        self.layer_inputs = {layer: self.layer_inputs[max(layers)] for layer in self.layer_inputs}
         return out
 
     monkeypatch.setattr(HeadSearch, "baseline", shifted)
-    assert _search(model, smollm2_tokenizer, fast=True) != plain
+    assert _search(model, smollm2_tokenizer, fast=True)[0] != plain
+
+
+def test_fast_search_would_see_skipped_changes(smollm2_tokenizer, monkeypatch):
+    """... and so can reusing the clean logits of examples that the head did change."""
+    model = _tiny("llama", smollm2_tokenizer)
+    plain, _ = _search(model, smollm2_tokenizer, fast=False, tau=0.2)
+    monkeypatch.setattr(head_search, "sub_batch_rows", lambda mask, changed: changed.nonzero().flatten()[:1])
+    assert _search(model, smollm2_tokenizer, fast=True, tau=0.2)[0] != plain
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -307,3 +330,4 @@ def test_calibrate_and_eval_on_the_real_smollm2(tmp_path):
     assert act.fingerprint["layers"] == 30 and act.fingerprint["heads"] == 9 and act.info["candidates"] == 9
     assert main(["eval", "--model", "smollm2-135m", "--data", "rotten_tomatoes", "--limit", "8", "--no-progress",
                  "--act", str(tmp_path / "act.json")]) == 0
+

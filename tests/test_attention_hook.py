@@ -151,7 +151,7 @@ def test_recomputed_slice_gradient_matches_finite_differences_in_float64():
     r = torch.zeros(2, 4, 5, dtype=torch.float64, requires_grad=True)
 
     def f(r_value):
-        return recompute_slice(types.SimpleNamespace(), q, k, v, None, None, ScorePerturbation(r=r_value)).pow(2).sum()
+        return recompute_slice(types.SimpleNamespace(), q, k, v, None, None, ScorePerturbation(r=r_value))[0].pow(2).sum()
 
     (grad,) = torch.autograd.grad(f(r), r)
     for idx in [(0, 1, 3), (1, 2, 0), (1, 3, 4)]:
