@@ -273,7 +273,8 @@ def run(args) -> int:
         info["resumed_candidates"] = len(done)  # scored by an earlier run: not in this run's seconds
         if args.workers > 1:  # the rest in parallel processes, appending to the same log
             done = search_in_workers(args, cal, done, log, progress=not args.no_progress)
-        search.forwards += sum(search.cost_from(layer) for layer, _ in done)  # as if scored here
+        # as if scored here, without skipping (an upper bound: the log keeps no per-candidate cost)
+        search.forwards += sum(search.cost_from(layer) for layer, _ in done)
         results = run_search(search, cal.candidates, done, baseline, log, cal.setup, progress=not args.no_progress)
         heads, rule = select_heads(results, baseline, args.rule), args.rule
         if args.heads == "random":
