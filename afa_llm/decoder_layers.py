@@ -117,6 +117,19 @@ def _passthrough(hidden_states, *args, **kwargs):
 
 
 @contextlib.contextmanager
+def _skipped(layers: Sequence[nn.Module], hook: Any):
+    """Inside the block ``layers`` return their input unchanged; ``hook`` (a removable handle) goes at the end."""
+    for layer in layers:
+        layer.forward = _passthrough
+    try:
+        yield
+    finally:
+        hook.remove()
+        for layer in layers:
+            del layer.forward
+
+
+@contextlib.contextmanager
 def start_at_layer(model: nn.Module, index: int, hidden: Any):
     """Inside the block, a forward of ``model`` skips layers ``0..index-1`` and feeds
     ``hidden`` (what the clean pass gave layer ``index``) to layer ``index``.
@@ -137,15 +150,8 @@ def start_at_layer(model: nn.Module, index: int, hidden: Any):
             return (hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden}
 
-    for layer in layers[:index]:
-        layer.forward = _passthrough
-    handle = layers[index].register_forward_pre_hook(feed, with_kwargs=True)
-    try:
+    with _skipped(layers[:index], layers[index].register_forward_pre_hook(feed, with_kwargs=True)):
         yield
-    finally:
-        handle.remove()
-        for layer in layers[:index]:
-            del layer.forward
 
 
 @contextlib.contextmanager
@@ -153,12 +159,5 @@ def replace_stack_output(model: nn.Module, hidden: Any):
     """Inside the block, a forward of ``model`` skips every decoder layer and gives ``hidden`` to
     what follows them (the final norm, the LM head, any logit soft-cap), as the last layer's output."""
     layers = find_decoder_layers(model)
-    for layer in layers:
-        layer.forward = _passthrough
-    handle = layers[-1].register_forward_hook(lambda module, args, output: hidden)
-    try:
+    with _skipped(layers, layers[-1].register_forward_hook(lambda module, args, output: hidden)):
         yield
-    finally:
-        handle.remove()
-        for layer in layers:
-            del layer.forward

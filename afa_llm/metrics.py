@@ -93,6 +93,11 @@ def seed_pooled_test(correct_a: np.ndarray, correct_b: np.ndarray, samples: int 
     return {"diff": float(d.mean()), "ci95": [float(low), float(high)], "p_value": min(1.0, p)}
 
 
+def reports_pooled_test(reports_a: Sequence[dict], reports_b: Sequence[dict], **kwargs) -> dict:
+    """`seed_pooled_test` for paired lists of evaluation reports (one pair per seed) of the same examples."""
+    return seed_pooled_test([report_correct(r) for r in reports_a], [report_correct(r) for r in reports_b], **kwargs)
+
+
 # ---- calibration ---------------------------------------------------------------------
 ECE_BINS = 15
 

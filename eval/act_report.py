@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from afa_llm.metrics import report_correct, reports_mcnemar_p, seed_pooled_test  # noqa: E402
+from afa_llm.metrics import reports_mcnemar_p, reports_pooled_test  # noqa: E402
 
 ROWS = [("act", "ACT, searched heads (faithful rule)"), ("act-strict", "ACT, searched heads (strict rule)"),
         ("act-random-0", "control for faithful: random heads, draw 0"),
@@ -95,7 +95,7 @@ def with_and_without(folder: Path) -> dict[str, tuple[dict, dict]]:
 
 def summary_rows(groups: dict[str, list[Path]]) -> list[str]:
     """Per group of folders (e.g. the calibration draws of one model), each row's mean Δ over them and
-    the folders' pooled p (afa_llm.metrics.seed_pooled_test: the test examples are the units)."""
+    the folders' pooled p (afa_llm.metrics.reports_pooled_test: the test examples are the units)."""
     lines = []
     for group, members in groups.items():
         per_folder = [with_and_without(f) for f in members]
@@ -106,7 +106,7 @@ def summary_rows(groups: dict[str, list[Path]]) -> list[str]:
             values = [a["accuracy"] - b["accuracy"] for a, b in pairs]
             listed = ", ".join(f"{v:+.4f}" for v in values)
             spread = f" ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else ""
-            pooled = seed_pooled_test(*([report_correct(r[i]) for r in pairs] for i in (0, 1)))["p_value"]
+            pooled = reports_pooled_test(*zip(*pairs))["p_value"]
             lines.append(f"| {group} | {label} | {len(values)} | {np.mean(values):+.4f}{spread} | {pooled:.3f} | "
                          f"{listed} |")
     return lines

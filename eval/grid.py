@@ -19,7 +19,7 @@ process has died is taken over, also where a new process has since been given it
 The report (Markdown) gives, per variant, test accuracy and macro-F1 as mean ± std over
 seeds, the paired difference against the baseline per seed with a McNemar p-value on
 the same test examples (over several seeds also their pooled sign-flip p, the test examples
-as the units: afa_llm.metrics.seed_pooled_test), the steps needed to reach the baseline's final validation
+as the units: afa_llm.metrics.reports_pooled_test), the steps needed to reach the baseline's final validation
 accuracy, and the fake-focus share of the adapter (base in brackets).
 """
 
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from afa_llm.config import load_config  # noqa: E402
 from afa_llm.errors import TrainingDiverged, UserError  # noqa: E402
-from afa_llm.metrics import report_correct, reports_mcnemar_p, seed_pooled_test  # noqa: E402
+from afa_llm.metrics import reports_mcnemar_p, reports_pooled_test  # noqa: E402
 
 ARCHIVE = Path(__file__).resolve().parents[1] / "docs" / "results_data"  # finished cells, in git
 GRID_KEYS = {"recipe", "output_root", "seeds", "common", "variants", "title"}
@@ -240,14 +240,14 @@ def report(grid: dict) -> str:
             continue
         acc = np.array([r["test"]["accuracy"] for r in done.values()])
         f1 = np.array([r["test"]["macro_f1"] for r in done.values()])
-        paired, reach, share, delta, correct = [], [], [], [], []
+        paired, reach, share, delta, pairs = [], [], [], [], []
         for seed, r in done.items():
             base = runs_of(results, baseline, seed)
             share.append(r["fake_focus_share"]["adapter"])
             if base and variant != baseline:
                 p = reports_mcnemar_p(r["test"], base["test"])
                 delta.append(r['test']['accuracy'] - base['test']['accuracy'])
-                correct.append([report_correct(r["test"]), report_correct(base["test"])])
+                pairs.append((r["test"], base["test"]))
                 paired.append(f"{delta[-1]:+.4f} (p={p:.2f})")
                 accuracies = [h["accuracy"] for h in base["validation"]]
                 target = (max(accuracies) if converged else accuracies[-1]) if accuracies else None
@@ -255,7 +255,7 @@ def report(grid: dict) -> str:
                 reach.append(str(hit) if hit else "not reached")
         std = f" ± {acc.std(ddof=1):.4f}" if len(acc) > 1 else ""
         if len(delta) > 1:
-            pooled_p = seed_pooled_test(*zip(*correct))["p_value"]
+            pooled_p = reports_pooled_test(*zip(*pairs))["p_value"]
             paired = [f"mean {np.mean(delta):+.4f} (pooled p={pooled_p:.3f}): " + ", ".join(paired)]
         tail = f" {converged_cells(done)} |" if converged else ""
         lines.append(f"| {variant} | `{' '.join(grid['variants'][variant]) or '-'}` | {len(acc)} | "

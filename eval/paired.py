@@ -7,7 +7,7 @@ One markdown row per variant: for each OTHER, the test-accuracy difference in po
 and its McNemar p on the same test examples (from the cells' per-example predictions), led by
 the mean ± std over the seeds where there are several, and the seeds' pooled test: the mean
 difference with its 95% bootstrap interval over test examples and a sign-flip permutation p,
-the examples as the units (afa_llm.metrics.seed_pooled_test).
+the examples as the units (afa_llm.metrics.reports_pooled_test).
 The grid report (eval/grid.py) pairs every variant with its baseline only; this pairs any two.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from afa_llm.metrics import report_correct, reports_mcnemar_p, seed_pooled_test  # noqa: E402
+from afa_llm.metrics import reports_mcnemar_p, reports_pooled_test  # noqa: E402
 
 
 def _test(folder: Path, variant: str, seed: int, key: str = "test") -> dict:
@@ -47,7 +47,7 @@ def pooled(reports_a: list[dict], reports_b: list[dict]) -> str:
     if len(reports_a) < 2:
         return ""
     points = [100 * (a["accuracy"] - b["accuracy"]) for a, b in zip(reports_a, reports_b)]
-    test = seed_pooled_test([report_correct(r) for r in reports_a], [report_correct(r) for r in reports_b])
+    test = reports_pooled_test(reports_a, reports_b)
     low, high = (100 * x for x in test["ci95"])
     return (f"mean {statistics.mean(points):+.2f} ± {statistics.stdev(points):.2f}, "
             f"pooled [{low:+.2f}, {high:+.2f}] p {_p(test['p_value'])}: ")
