@@ -162,6 +162,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also draw the reliability diagram (accuracy per confidence bin, the 15 bins of "
                              "the expected calibration error) to this .png/.pdf/.svg file")
     add_act_argument(parser)
+    group = parser.add_argument_group("label-prior correction (afa_llm.prior)")
+    group.add_argument("--prior-from", default=None, metavar="REPORT.json",
+                       help="fit a label-prior correction on the probabilities of this `afa-llm eval --output` "
+                            "report (same model, adapter and prompt on another split, e.g. --split validation) "
+                            "and report the corrected scores")
+    group.add_argument("--prior-correction", default=None, choices=["normalize", "offset"],
+                       help="normalize: equal mean probability per class on the fitting rows (label-free); "
+                            "offset: the log-odds shift with the best accuracy there (two classes) "
+                            "(default with --prior-from: normalize)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -184,6 +193,8 @@ def check_eval_args(args) -> None:
     if args.shots and args.split == "all":
         raise UserError("--shots draws demonstrations from the train split, which --split all also scores; "
                         "use --split test for few-shot evaluation")
+    if args.prior_correction and not args.prior_from:
+        raise UserError("--prior-correction needs --prior-from REPORT.json, the report to fit it on")
     if args.output:
         check_writable_file(args.output, "--output")
     if args.reliability_plot:
@@ -236,28 +247,41 @@ def run(args) -> int:
     from .act import act_enabled, load_act
 
     from .predict import resolve_run_args
+    from .prior import check_fit_report, correct_report, fit_from_report, load_fit_report
     from .provenance import machine_record
 
     check_eval_args(args)
     resolve_run_args(args)
     act = load_act(args.act) if args.act else None
+    prior_fit = load_fit_report(args.prior_from) if args.prior_from else None
     data = load_data_from_args(args)
     split, scored = rows_to_score(args, data)
+    scorer = {
+        "model": args.model, "adapter": args.adapter, "quantization": args.quantization, "dtype": args.dtype,
+        "data": args.data, "split": args.split, "split_seed": args.split_seed,
+        "template": args.template.replace("\\n", "\n"), "label_words": label_words_for(data.label_names, args.label_words),
+        "label_names": data.label_names, "max_text_tokens": args.max_text_tokens, "truncation": args.truncation,
+        "shots": args.shots, "act": act.summary(args.act) if act else None,
+    }
+    correction = None
+    if prior_fit is not None:  # checked and fitted before the model loads
+        check_fit_report(prior_fit, scorer, args.prior_from)
+        correction = fit_from_report(prior_fit, args.prior_correction or "normalize", args.prior_from)
     model, task = load_scorer(args, data.label_names)
     with act_enabled(model, act, args.act):
         report = evaluate_dataset(model, task, split, data.label_names, batch_size=args.batch_size,
                                   shots=args.shots, demo_pool=data.split("train"), seed=args.seed,
                                   progress=not args.no_progress)
-    report.update({
-        "model": args.model, "adapter": args.adapter, "quantization": args.quantization, "data": args.data,
-        "split": args.split, "split_seed": args.split_seed, "template": task.template,
-        "label_words": task.label_words, "label_names": data.label_names, "scored": scored,
-        "act": act.summary(args.act) if act else None, "machine": machine_record(),
-    })
+    report.update({**scorer, "scored": scored, "machine": machine_record()})
     title = f"{args.model}{' + ' + args.adapter if args.adapter else ''} on {args.data}/{args.split}"
     if act:
         title += f" + ACT ({act.n_heads} heads, beta {act.beta}, tau {act.tau}: {args.act})"
     title += f"\nscored {scored['n']} of {scored['of']} rows: {scored['rows']}"
+    if correction:
+        report = correct_report(report, correction, data.label_names)
+        title += (f"\nlabel-prior correction ({correction['method']}, fitted on {correction['fitted_n']} rows: "
+                  f"{args.prior_from}); without it: accuracy={report['prior_correction']['uncorrected']['accuracy']:.4f}"
+                  f"  macro_f1={report['prior_correction']['uncorrected']['macro_f1']:.4f}")
     print(format_report(report, data.label_names, title=title))
     if args.output:
         write_json(args.output, report)

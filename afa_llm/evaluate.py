@@ -93,17 +93,25 @@ def evaluate_dataset(
     start = time.perf_counter()
     logits = predict_logits(model, task, texts, batch_size=batch_size, demos=demos, progress=progress)
     seconds = time.perf_counter() - start
-    preds = logits.argmax(-1)
-    probs = softmax(logits)
-    report = classification_report(labels, preds.tolist(), label_names)
+    report = scores_from_probabilities(softmax(logits), labels, label_names)
+    report.update(
+        {
+            "examples_per_second": len(texts) / seconds if seconds > 0 else float("inf"),
+            "seconds": seconds,
+            "shots": shots,
+        }
+    )
+    return report
+
+
+def scores_from_probabilities(probs: np.ndarray, labels: Sequence[int], label_names: Sequence[str]) -> dict:
+    """Predictions (argmax), accuracy, macro-F1, per-class scores, ECE and Brier of per-example class probabilities."""
+    report = classification_report(labels, probs.argmax(-1).tolist(), label_names)
     report.update(
         {
             "ece": expected_calibration_error(probs, labels),
             "brier": brier_score(probs, labels),
-            "examples_per_second": len(texts) / seconds if seconds > 0 else float("inf"),
-            "seconds": seconds,
-            "shots": shots,
-            "predictions": preds.tolist(),
+            "predictions": probs.argmax(-1).tolist(),
             "labels": [int(y) for y in labels],
             "probabilities": probs.round(6).tolist(),  # softmax of the class logits, per example
         }

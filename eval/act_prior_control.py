@@ -5,9 +5,9 @@
 
 ACT's search uses N labelled validation sentences. The same sentences can fix a model's preference
 for one label word with no attention edit at all. For each folder of eval/act_rows.sh (its
-``act.json`` names the calibration ids; ``test.json`` is the model without ACT) this fits two
-corrections of the output probabilities on those sentences alone and applies them to the stored
-test probabilities:
+``act.json`` names the calibration ids; ``test.json`` is the model without ACT) this fits the two
+corrections of `afa_llm.prior` (`afa-llm eval --prior-from`) on those sentences alone and applies them
+to the stored test probabilities:
 - prior normalisation: divide each class's probability by its mean over the calibration sentences
   (labels unused; the bias estimate of batch calibration, Zhou et al. 2024, where contextual
   calibration, Zhao et al. 2021, would use content-free inputs);
@@ -29,31 +29,7 @@ import numpy as np  # noqa: E402
 from act_report import SEARCHED, read_test  # noqa: E402
 
 from afa_llm.metrics import mcnemar_test  # noqa: E402
-
-
-def prior_weights(probs: np.ndarray) -> np.ndarray:
-    """Per-class weights 1 / mean probability: after weighting, every class has the same mean."""
-    return 1.0 / probs.mean(axis=0)
-
-
-def log_odds(probs: np.ndarray) -> np.ndarray:
-    """log p(class 1) - log p(class 0) per example (two classes)."""
-    eps = 1e-12
-    return np.log(probs[:, 1] + eps) - np.log(probs[:, 0] + eps)
-
-
-def fitted_offset(margins: np.ndarray, labels: np.ndarray) -> float:
-    """The offset b that maximises the accuracy of ``margin + b > 0``; among ties, the smallest |b|.
-
-    Candidates are 0 and the midpoints between neighbouring sorted margins (and beyond both ends),
-    which covers every distinct decision.
-    """
-    s = np.sort(margins)
-    cuts = np.concatenate([[s[0] - 1.0], (s[:-1] + s[1:]) / 2, [s[-1] + 1.0]])
-    candidates = np.concatenate([[0.0], -cuts])
-    accuracy = [((margins + b > 0).astype(int) == labels).mean() for b in candidates]
-    best = max(accuracy)
-    return float(min((b for b, a in zip(candidates, accuracy) if a == best), key=abs))
+from afa_llm.prior import apply_correction, fit_correction  # noqa: E402
 
 
 def corrected_predictions(folder: Path, validation: dict) -> tuple[dict[str, np.ndarray | None], np.ndarray]:
@@ -65,10 +41,10 @@ def corrected_predictions(folder: Path, validation: dict) -> tuple[dict[str, np.
         raise ValueError(f"{folder}: its calibration ids index another split than the validation report's")
     cal_probs, cal_labels = np.asarray(validation["probabilities"])[ids], np.asarray(validation["labels"])[ids]
     probs = np.asarray(test["probabilities"])
-    rows = {"no correction": probs.argmax(1), "prior normalisation": (probs * prior_weights(cal_probs)).argmax(1),
-            "fitted offset": None}  # the offset is defined for two classes only
-    if probs.shape[1] == 2:
-        rows["fitted offset"] = (log_odds(probs) + fitted_offset(log_odds(cal_probs), cal_labels) > 0).astype(int)
+    rows = {"no correction": probs.argmax(1), "prior normalisation": None, "fitted offset": None}
+    for name, method in (("prior normalisation", "normalize"), ("fitted offset", "offset")):
+        if method == "normalize" or probs.shape[1] == 2:  # the offset is defined for two classes only
+            rows[name] = apply_correction(probs, fit_correction(cal_probs, cal_labels, method)).argmax(1)
     return rows, np.asarray(test["labels"])
 
 

@@ -1,4 +1,4 @@
-"""eval/act_prior_control.py: the label-prior corrections ACT is compared with, without a model."""
+"""eval/act_prior_control.py: ACT paired with the label-prior corrections (afa_llm.prior), without a model."""
 
 import importlib.util
 import json
@@ -10,24 +10,6 @@ ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("act_prior_control", ROOT / "eval" / "act_prior_control.py")
 prior = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(prior)
-
-
-def test_prior_weights_equalise_the_class_means():
-    probs = np.array([[0.1, 0.9], [0.3, 0.7], [0.2, 0.8]])
-    weighted = probs * prior.prior_weights(probs)
-    assert np.allclose(weighted.mean(0), [1.0, 1.0])
-
-
-def test_fitted_offset_fixes_a_biased_threshold_and_prefers_no_shift_among_ties():
-    labels = np.array([0, 0, 1, 1])
-    assert prior.fitted_offset(np.array([1.0, 2.0, 3.0, 4.0]), labels) == -2.5  # all say 1: the cut moves between 2 and 3
-    assert prior.fitted_offset(np.array([-1.0, -0.5, 0.5, 1.0]), labels) == 0.0  # already right: no shift
-    # the returned offset really reaches the best accuracy
-    margins = np.random.default_rng(0).normal(size=50) + 1.5
-    y = (np.random.default_rng(1).random(50) < 0.5).astype(int)
-    b = prior.fitted_offset(margins, y)
-    best = max(((margins + c > 0) == y).mean() for c in np.linspace(-6, 6, 2001))
-    assert ((margins + b > 0) == y).mean() == best
 
 
 def _report(probs, labels):

@@ -1,0 +1,134 @@
+"""afa_llm.prior: the label-prior correction's math without a model, and `afa-llm eval --prior-from`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from afa_llm import cli
+from afa_llm.errors import UserError
+from afa_llm.prior import apply_correction, check_fit_report, fit_correction, fitted_offset, log_odds, prior_weights
+
+
+# ---- the math ------------------------------------------------------------------------------
+def test_prior_weights_equalise_the_class_means():
+    probs = np.array([[0.1, 0.9], [0.3, 0.7], [0.2, 0.8]])
+    weighted = probs * prior_weights(probs)
+    assert np.allclose(weighted.mean(0), [1.0, 1.0])
+
+
+def test_fitted_offset_fixes_a_biased_threshold_and_prefers_no_shift_among_ties():
+    labels = np.array([0, 0, 1, 1])
+    assert fitted_offset(np.array([1.0, 2.0, 3.0, 4.0]), labels) == -2.5  # all say 1: the cut moves between 2 and 3
+    assert fitted_offset(np.array([-1.0, -0.5, 0.5, 1.0]), labels) == 0.0  # already right: no shift
+    margins = np.random.default_rng(0).normal(size=50) + 1.5  # the returned offset really reaches the best accuracy
+    y = (np.random.default_rng(1).random(50) < 0.5).astype(int)
+    b = fitted_offset(margins, y)
+    best = max(((margins + c > 0) == y).mean() for c in np.linspace(-6, 6, 2001))
+    assert ((margins + b > 0) == y).mean() == best
+
+
+def test_normalize_gives_probabilities_with_equal_class_means_on_the_fitting_rows():
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet([1.0, 3.0, 0.5], size=40)  # 3 classes, biased to class 1
+    correction = fit_correction(probs, np.zeros(40, dtype=int), "normalize")
+    corrected = apply_correction(probs, correction)
+    assert np.allclose(corrected.sum(1), 1.0)
+    weighted = probs * np.asarray(correction["weights"])
+    assert np.allclose(weighted.mean(0), 1.0)
+    assert np.array_equal(corrected.argmax(1), weighted.argmax(1))
+    assert (corrected.argmax(1) != probs.argmax(1)).any()  # it moves decisions
+
+
+def test_offset_shifts_the_log_odds_by_exactly_the_fitted_constant():
+    probs = np.array([[0.3, 0.7], [0.2, 0.8], [0.45, 0.55], [0.1, 0.9]])
+    labels = np.array([0, 1, 0, 1])
+    correction = fit_correction(probs, labels, "offset")
+    corrected = apply_correction(probs, correction)
+    assert np.allclose(log_odds(corrected), log_odds(probs) + correction["offset"])
+    assert np.allclose(corrected.sum(1), 1.0)
+    assert (corrected.argmax(1) == labels).all()  # the two negatives were said positive before
+
+
+def test_offset_needs_two_classes():
+    with pytest.raises(UserError, match="two classes"):
+        fit_correction(np.full((4, 3), 1 / 3), np.zeros(4, dtype=int), "offset")
+
+
+def test_a_report_of_another_scorer_or_of_the_same_rows_is_refused():
+    scorer = {"model": "m", "adapter": "runs/a", "template": "T {text}", "data": "d", "split": "test", "split_seed": 0}
+    check_fit_report({**scorer, "adapter": "runs/a/", "split": "validation"}, scorer, "v.json")  # same adapter
+    with pytest.raises(UserError, match="template='U {text}'"):
+        check_fit_report({**scorer, "template": "U {text}", "split": "validation"}, scorer, "v.json")
+    with pytest.raises(UserError, match="same rows"):
+        check_fit_report(dict(scorer), scorer, "v.json")
+
+
+# ---- afa-llm eval --prior-from ----------------------------------------------------------------
+def _eval(capsys, *args: str) -> tuple[int, str, str]:
+    code = cli.main(["eval", *args, "--no-progress"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_eval_applies_the_correction_fitted_on_a_validation_report(capsys, tiny_csv, tiny_model_dir, tmp_path):
+    common = ["--model", tiny_model_dir, "--data", tiny_csv, "--batch-size", "4"]
+    val, plain, corrected = (tmp_path / f"{n}.json" for n in ("val", "test", "corrected"))
+    assert _eval(capsys, *common, "--split", "validation", "--output", str(val))[0] == 0
+    assert _eval(capsys, *common, "--output", str(plain))[0] == 0
+    code, out, err = _eval(capsys, *common, "--prior-from", str(val), "--prior-correction", "normalize",
+                           "--output", str(corrected))
+    assert code == 0, err
+    val_r, plain_r, corr_r = (json.loads(p.read_text()) for p in (val, plain, corrected))
+    weights = prior_weights(np.asarray(val_r["probabilities"]))
+    expected = (np.asarray(plain_r["probabilities"]) * weights).argmax(1)
+    assert corr_r["predictions"] == expected.tolist()
+    assert corr_r["predictions"] != plain_r["predictions"]  # the tiny model is biased: the test can fail
+    assert corr_r["accuracy"] == pytest.approx(np.mean(expected == np.asarray(plain_r["labels"])))
+    record = corr_r["prior_correction"]
+    assert record["method"] == "normalize" and record["fitted_n"] == val_r["n"]
+    assert record["fitted_on"]["split"] == "validation" and record["uncorrected"]["accuracy"] == plain_r["accuracy"]
+    assert "label-prior correction (normalize" in out
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--template", "Text: {text}\\nLabel:"], "template="),  # another prompt than the fitting report's
+    (["--split", "validation"], "same rows"),  # fitted on the rows it would score
+])
+def test_eval_refuses_a_mismatched_fitting_report(capsys, tiny_csv, tiny_model_dir, tmp_path, extra, needle):
+    common = ["--model", tiny_model_dir, "--data", tiny_csv, "--batch-size", "4"]
+    val = tmp_path / "val.json"
+    assert _eval(capsys, *common, "--split", "validation", "--output", str(val))[0] == 0
+    code, out, err = _eval(capsys, *common, *extra, "--prior-from", str(val))
+    assert code == 2 and out == "" and len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_eval_prior_flags_bad_input(capsys, tiny_csv, tmp_path):
+    code, _, err = _eval(capsys, "--data", tiny_csv, "--prior-correction", "offset")
+    assert code == 2 and "needs --prior-from" in err
+    code, _, err = _eval(capsys, "--data", tiny_csv, "--prior-from", str(tmp_path / "missing.json"))
+    assert code == 2 and "no such file" in err and len(err.splitlines()) == 1
+    (tmp_path / "other.json").write_text(json.dumps({"accuracy": 0.5}))
+    code, _, err = _eval(capsys, "--data", tiny_csv, "--prior-from", str(tmp_path / "other.json"))
+    assert code == 2 and "not an `afa-llm eval --output` report" in err
+
+
+def test_module_main_corrects_a_stored_report_without_a_model(tmp_path, capsys):
+    from afa_llm.prior import main
+
+    def report(probs, labels, split):
+        probs = np.asarray(probs)
+        return {"probabilities": probs.tolist(), "labels": labels, "predictions": probs.argmax(1).tolist(),
+                "accuracy": float((probs.argmax(1) == labels).mean()), "macro_f1": 0.0, "label_names": ["neg", "pos"],
+                "model": "m", "data": "d", "split": split, "split_seed": 0}
+
+    fit = report([[0.4, 0.6], [0.1, 0.9]] * 3, [0, 1] * 3, "validation")
+    test = report([[0.45, 0.55], [0.2, 0.8]] * 2, [0, 1] * 2, "test")
+    (tmp_path / "fit.json").write_text(json.dumps(fit))
+    (tmp_path / "test.json").write_text(json.dumps(test))
+    assert main([str(tmp_path / "fit.json"), str(tmp_path / "test.json"), "--method", "offset"]) == 0
+    assert "accuracy 0.5000 -> 1.0000" in capsys.readouterr().out
+    assert main([str(tmp_path / "test.json"), str(tmp_path / "test.json")]) == 2  # fitted on the rows it scores
+    assert "same rows" in capsys.readouterr().err
