@@ -8,7 +8,8 @@ config.yaml) or ``merged`` (a folder from `afa-llm merge`); ``data`` (specs, or 
 with ``data``/``text_column``/``label_column``/``label_names``); optional ``split_seed``,
 ``seed``, ``group``, ``quantization``, ``dtype``, ``template``, ``label_words``,
 ``max_text_tokens``, ``truncation``, ``act`` (an act.json from `afa-llm calibrate`, applied with
-`afa_llm.act.act_enabled`; a path relative to the YAML's folder is found too). Entries with the
+`afa_llm.act.act_enabled`; a path relative to the YAML's folder is found too), ``prior_correction``
+(``normalize`` | ``offset``: `afa_llm.prior`, fitted on the entry's validation split). Entries with the
 same ``group`` (default: the name) form one row per data set: mean ± std over their runs.
 
 Every (entry, data set) goes through `afa_llm.evaluate.evaluate_dataset` on the test
@@ -36,10 +37,13 @@ from .config import PROMPT_KEYS
 from .errors import UserError
 from .io_utils import check_writable_dir, write_json
 from .leaderboard_tables import write_csv, write_markdown, write_plot
+from .prior import METHODS as PRIOR_METHODS
+from .prior import prior_corrected
 
 TOP_KEYS = {"entries", "limit", "split_seed", "batch_size", "output_dir"}
 MODEL_KEYS = ("model", "adapter", "quantization", "dtype")
-ENTRY_KEYS = {"name", "run", "merged", "data", "split_seed", "seed", "group", "act", *MODEL_KEYS, *PROMPT_KEYS}
+ENTRY_KEYS = {"name", "run", "merged", "data", "split_seed", "seed", "group", "act", "prior_correction",
+              *MODEL_KEYS, *PROMPT_KEYS}
 DATA_KEYS = {"data", "text_column", "label_column", "label_names"}
 SOURCES = ("model", "run", "merged")
 
@@ -178,6 +182,9 @@ def _apply(args: argparse.Namespace, settings: dict, item, raw: dict, limit: int
         setattr(args, key, value)
     args.adapter = settings.get("adapter")
     args.act = settings.get("act")
+    args.prior_correction = settings.get("prior_correction")
+    if args.prior_correction not in (None, *PRIOR_METHODS):
+        raise UserError(f"key 'prior_correction' must be one of {', '.join(PRIOR_METHODS)}, got {args.prior_correction!r}")
     words = settings.get("label_words")
     args.label_words = ",".join(words) if isinstance(words, list) else words
     if isinstance(args.label_names, list):
@@ -223,6 +230,7 @@ def cache_key(args: argparse.Namespace) -> dict:
         "split_seed": args.split_seed, "limit": args.limit, "shots": 0,
         **{key: getattr(args, key) for key in PROMPT_KEYS},
         **({"act": _fingerprint(args.act)} if getattr(args, "act", None) else {}),  # old cache keys stay valid
+        **({"prior_correction": args.prior_correction} if getattr(args, "prior_correction", None) else {}),
     }
 
 
@@ -261,9 +269,13 @@ def evaluate_jobs(jobs: list[Job], cache_dir: Path, batch_size: int, progress: b
             if a.limit:
                 test = test.select(range(min(int(a.limit), len(test))))
             act = load_act(a.act) if getattr(a, "act", None) else None
+            task = build_task(a, data.label_names, tokenizer)
             with act_enabled(model, act, f"entry {job.name}: act {a.act}"):
-                report = evaluate_dataset(model, build_task(a, data.label_names, tokenizer), test, data.label_names,
-                                          batch_size=batch_size, progress=progress)
+                report = evaluate_dataset(model, task, test, data.label_names, batch_size=batch_size, progress=progress)
+                if getattr(a, "prior_correction", None):
+                    validation = evaluate_dataset(model, task, data.split("validation"), data.label_names,
+                                                  batch_size=batch_size, progress=progress)
+                    report = prior_corrected(report, validation, a.prior_correction, data.label_names)
             job.result = {k: report[k] for k in ("accuracy", "macro_f1", "n", "per_class", "predictions", "labels")}
             write_json(str(cache_path(cache_dir, a)), {"key": cache_key(a), "report": job.result})
             print(f"{job.name} / {a.data}: accuracy {report['accuracy']:.4f} (n={report['n']})", file=sys.stderr)

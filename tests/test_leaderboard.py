@@ -112,6 +112,30 @@ def test_from_results_aggregates_results_json(setup, tmp_path, monkeypatch):
     assert "fake-focus share" in (out / "leaderboard.md").read_text()
 
 
+def test_prior_correction_entry_matches_eval_prior_from(setup, tmp_path, capsys):
+    """An entry with prior_correction fits it on its validation split, as `afa-llm eval --prior-from` does."""
+    entry = {"name": "zs+prior", "model": setup["base"], "data": [setup["a"]], "prior_correction": "normalize"}
+    config = write_config(tmp_path / "board.yaml", [entry, {**entry, "name": "zs"}])
+    raw = yaml.safe_load(config.read_text())
+    del raw["entries"][1]["prior_correction"]
+    config.write_text(yaml.safe_dump(raw))
+    assert cli.main(["leaderboard", str(config), "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 0
+    rows = {r["name"]: float(r["accuracy_mean"]) for r in read_rows(tmp_path / "out")}
+    common = ["--model", setup["base"], "--data", setup["a"], "--no-progress"]
+    val, test = tmp_path / "val.json", tmp_path / "test.json"
+    assert cli.main(["eval", *common, "--split", "validation", "--output", str(val)]) == 0
+    assert cli.main(["eval", *common, "--prior-from", str(val), "--output", str(test)]) == 0
+    corrected = json.loads(test.read_text())
+    assert rows["zs+prior"] == pytest.approx(corrected["accuracy"])
+    assert rows["zs"] == pytest.approx(corrected["prior_correction"]["uncorrected"]["accuracy"])
+    cached = {bool(c["key"].get("prior_correction")): c["report"]["predictions"]
+              for c in (json.loads(f.read_text()) for f in (tmp_path / "out" / "cache").glob("*.json"))}
+    assert cached[True] == corrected["predictions"]
+    assert cached[False] != cached[True]  # the correction moved decisions: the test can fail
+    bad = write_config(tmp_path / "bad.yaml", [{**entry, "prior_correction": "contextual"}])
+    assert "prior_correction" in _error(capsys, ["leaderboard", str(bad)])
+
+
 def _error(capsys, argv: list[str]) -> str:
     capsys.readouterr()
     assert cli.main(argv) == 2
