@@ -129,9 +129,25 @@ def class_names_for(label_names: list[str] | None, label_words: str | None) -> l
 def build_task(args, label_names: list[str], tokenizer):
     from .task import PromptTask
 
-    task = PromptTask(label_words_for(label_names, args.label_words), template=args.template.replace("\\n", "\n"),
+    task = PromptTask(label_words_for(label_names, args.label_words), template=template_of(args),
                       max_text_tokens=args.max_text_tokens, truncation=args.truncation)
     return task.bind(tokenizer)
+
+
+def template_of(args) -> str:
+    """The prompt template of ``args``, with a typed ``\\n`` read as a newline."""
+    return args.template.replace("\\n", "\n")
+
+
+def scorer_record(args, label_names: list[str], act) -> dict:
+    """What an eval report records about how it scored: model, adapter, data rows, prompt, ACT."""
+    return {
+        "model": args.model, "adapter": args.adapter, "quantization": args.quantization, "dtype": args.dtype,
+        "data": args.data, "split": args.split, "split_seed": args.split_seed, "template": template_of(args),
+        "label_words": label_words_for(label_names, args.label_words), "label_names": label_names,
+        "max_text_tokens": args.max_text_tokens, "truncation": args.truncation, "shots": args.shots,
+        "act": act.summary(args.act) if act else None,
+    }
 
 
 # ---- eval -----------------------------------------------------------------------------
@@ -256,13 +272,7 @@ def run(args) -> int:
     prior_fit = load_fit_report(args.prior_from) if args.prior_from else None
     data = load_data_from_args(args)
     split, scored = rows_to_score(args, data)
-    scorer = {
-        "model": args.model, "adapter": args.adapter, "quantization": args.quantization, "dtype": args.dtype,
-        "data": args.data, "split": args.split, "split_seed": args.split_seed,
-        "template": args.template.replace("\\n", "\n"), "label_words": label_words_for(data.label_names, args.label_words),
-        "label_names": data.label_names, "max_text_tokens": args.max_text_tokens, "truncation": args.truncation,
-        "shots": args.shots, "act": act.summary(args.act) if act else None,
-    }
+    scorer = scorer_record(args, data.label_names, act)
     correction = None
     if prior_fit is not None:  # checked and fitted before the model loads
         check_fit_report(prior_fit, scorer, args.prior_from)
