@@ -140,14 +140,40 @@ def template_of(args) -> str:
 
 
 def scorer_record(args, label_names: list[str], act) -> dict:
-    """What an eval report records about how it scored: model, adapter, data rows, prompt, ACT."""
+    """What an eval report records about how it scored: model, adapter, data rows, prompt, ACT
+    (`afa-llm predict`'s namespace has no data rows or shots: those stay None / 0)."""
     return {
         "model": args.model, "adapter": args.adapter, "quantization": args.quantization, "dtype": args.dtype,
-        "data": args.data, "split": args.split, "split_seed": args.split_seed, "template": template_of(args),
-        "label_words": label_words_for(label_names, args.label_words), "label_names": label_names,
-        "max_text_tokens": args.max_text_tokens, "truncation": args.truncation, "shots": args.shots,
-        "act": act.summary(args.act) if act else None,
+        **{key: getattr(args, key, None) for key in ("data", "split", "split_seed")},
+        "template": template_of(args), "label_words": label_words_for(label_names, args.label_words),
+        "label_names": label_names, "max_text_tokens": args.max_text_tokens, "truncation": args.truncation,
+        "shots": getattr(args, "shots", 0), "act": act.summary(args.act) if act else None,
     }
+
+
+def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("label-prior correction (afa_llm.prior)")
+    group.add_argument("--prior-from", default=None, metavar="REPORT.json",
+                       help="fit a label-prior correction on the probabilities of this `afa-llm eval --output` "
+                            "report (same model, adapter and prompt on another split, e.g. --split validation) "
+                            "and apply it")
+    group.add_argument("--prior-correction", default=None, choices=["normalize", "offset"],
+                       help="normalize: equal mean probability per class on the fitting rows (label-free); "
+                            "offset: the log-odds shift with the best accuracy there (two classes) "
+                            "(default with --prior-from: normalize)")
+
+
+def fit_prior_from_args(args, label_names: list[str], act) -> dict | None:
+    """The label-prior correction of ``--prior-from``, checked against this scorer and fitted (before any model loads)."""
+    from .prior import check_fit_report, fit_from_report, load_fit_report
+
+    if args.prior_correction and not args.prior_from:
+        raise UserError("--prior-correction needs --prior-from REPORT.json, the report to fit it on")
+    if not args.prior_from:
+        return None
+    fit = load_fit_report(args.prior_from)
+    check_fit_report(fit, scorer_record(args, label_names, act), args.prior_from)
+    return fit_from_report(fit, args.prior_correction or "normalize", args.prior_from)
 
 
 # ---- eval -----------------------------------------------------------------------------
@@ -178,15 +204,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also draw the reliability diagram (accuracy per confidence bin, the 15 bins of "
                              "the expected calibration error) to this .png/.pdf/.svg file")
     add_act_argument(parser)
-    group = parser.add_argument_group("label-prior correction (afa_llm.prior)")
-    group.add_argument("--prior-from", default=None, metavar="REPORT.json",
-                       help="fit a label-prior correction on the probabilities of this `afa-llm eval --output` "
-                            "report (same model, adapter and prompt on another split, e.g. --split validation) "
-                            "and report the corrected scores")
-    group.add_argument("--prior-correction", default=None, choices=["normalize", "offset"],
-                       help="normalize: equal mean probability per class on the fitting rows (label-free); "
-                            "offset: the log-odds shift with the best accuracy there (two classes) "
-                            "(default with --prior-from: normalize)")
+    add_prior_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
@@ -209,8 +227,6 @@ def check_eval_args(args) -> None:
     if args.shots and args.split == "all":
         raise UserError("--shots draws demonstrations from the train split, which --split all also scores; "
                         "use --split test for few-shot evaluation")
-    if args.prior_correction and not args.prior_from:
-        raise UserError("--prior-correction needs --prior-from REPORT.json, the report to fit it on")
     if args.output:
         check_writable_file(args.output, "--output")
     if args.reliability_plot:
@@ -263,20 +279,16 @@ def run(args) -> int:
     from .act import act_enabled, load_act
 
     from .predict import resolve_run_args
-    from .prior import check_fit_report, correct_report, fit_from_report, load_fit_report
+    from .prior import correct_report
     from .provenance import machine_record
 
     check_eval_args(args)
     resolve_run_args(args)
     act = load_act(args.act) if args.act else None
-    prior_fit = load_fit_report(args.prior_from) if args.prior_from else None
     data = load_data_from_args(args)
     split, scored = rows_to_score(args, data)
     scorer = scorer_record(args, data.label_names, act)
-    correction = None
-    if prior_fit is not None:  # checked and fitted before the model loads
-        check_fit_report(prior_fit, scorer, args.prior_from)
-        correction = fit_from_report(prior_fit, args.prior_correction or "normalize", args.prior_from)
+    correction = fit_prior_from_args(args, data.label_names, act)
     model, task = load_scorer(args, data.label_names)
     with act_enabled(model, act, args.act):
         report = evaluate_dataset(model, task, split, data.label_names, batch_size=args.batch_size,

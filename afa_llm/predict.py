@@ -62,9 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="rows read, scored and written at a time; memory stays bounded by this, not the "
                              "input size (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (stderr)")
-    from .cli import add_act_argument
+    from .cli import add_act_argument, add_prior_arguments
 
     add_act_argument(parser)
+    add_prior_arguments(parser)
 
 
 # ---- settings -----------------------------------------------------------------------------
@@ -205,10 +206,13 @@ def _text(value) -> str:
 
 # ---- scoring and writing --------------------------------------------------------------------
 def predict_chunk(model, task, label_names: list[str], frame: pd.DataFrame, text_column: str,
-                  batch_size: int, bar) -> tuple[pd.DataFrame, int]:
-    """``frame`` plus the prediction columns; also returns how many rows had empty text."""
+                  batch_size: int, bar, prior: dict | None = None) -> tuple[pd.DataFrame, int]:
+    """``frame`` plus the prediction columns; also returns how many rows had empty text.
+
+    With a label-prior correction (`afa_llm.prior`) the probabilities and labels are the corrected ones."""
     from .evaluate import predict_logits
     from .metrics import softmax
+    from .prior import apply_correction
 
     texts = [_text(v) for v in frame[text_column]]
     keep = np.flatnonzero([bool(t) for t in texts])
@@ -216,8 +220,9 @@ def predict_chunk(model, task, label_names: list[str], frame: pd.DataFrame, text
     predicted = np.full(len(texts), "", dtype=object)
     if len(keep):
         logits = predict_logits(model, task, [texts[i] for i in keep], batch_size=batch_size, bar=bar)
-        probs[keep] = softmax(logits).round(6)
-        predicted[keep] = [label_names[c] for c in logits.argmax(-1)]
+        scores = softmax(logits) if prior is None else apply_correction(softmax(logits), prior)
+        probs[keep] = scores.round(6)
+        predicted[keep] = [label_names[c] for c in scores.argmax(-1)]
     bar.update(len(texts) - len(keep))  # empty rows are done too
     out = frame.copy()
     out[PRED_COLUMN] = predicted
@@ -256,7 +261,8 @@ def predict_stream(model, task, label_names: list[str], chunks: Iterable[pd.Data
     rows = empty = 0
     with tqdm(desc="predict", unit="row", disable=args.no_progress, file=sys.stderr) as bar:
         for frame in chunks:
-            out, n_empty = predict_chunk(model, task, label_names, frame, args.text_column, args.batch_size, bar)
+            out, n_empty = predict_chunk(model, task, label_names, frame, args.text_column, args.batch_size, bar,
+                                         getattr(args, "prior", None))
             writer.write(out)
             rows, empty = rows + len(out), empty + n_empty
     return rows, empty
@@ -286,11 +292,13 @@ def _first_chunk(args) -> Iterator[pd.DataFrame]:
 
 def run(args) -> int:
     from .act import act_enabled, load_act
-    from .cli import load_scorer
+    from .cli import fit_prior_from_args, load_scorer
 
     _check_args(args)
     act = load_act(args.act) if args.act else None
     scorer, label_names = resolve_settings(args)
+    scorer.act, scorer.prior_from, scorer.prior_correction = args.act, args.prior_from, args.prior_correction
+    args.prior = fit_prior_from_args(scorer, label_names, act)
     chunks = _first_chunk(args)
     model, task = load_scorer(scorer, label_names)
     with act_enabled(model, act, args.act):

@@ -30,8 +30,9 @@ from .errors import UserError
 
 METHODS = ("normalize", "offset")
 # what must be the same between the fitting report and the evaluation it corrects (where both record it)
-SCORER_KEYS = ("model", "adapter", "quantization", "dtype", "template", "label_words", "label_names",
-               "max_text_tokens", "truncation", "shots", "act")
+# (the label words, not the class names: a run's saved names may differ from its data set's)
+SCORER_KEYS = ("model", "adapter", "quantization", "dtype", "template", "label_words", "max_text_tokens",
+               "truncation", "shots", "act")
 _EPS = 1e-12
 
 
@@ -99,8 +100,9 @@ def load_fit_report(path: str | Path) -> dict:
 
 
 def _comparable(key: str, value):
-    if key == "adapter" and value:
-        return os.path.normpath(value)
+    if key == "adapter" and value:  # a run folder and its adapter/ subfolder are the same adapter
+        path = os.path.normpath(value)
+        return os.path.dirname(path) if os.path.basename(path) == "adapter" else path
     if key == "act" and value:
         return {k: v for k, v in value.items() if k != "path"}  # the same calibration, wherever its file is
     return value

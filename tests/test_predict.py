@@ -249,3 +249,25 @@ def test_real_model_end_to_end(capsys, monkeypatch):
     row = read_preds(io.StringIO(stdout)).iloc[0]
     assert row["predicted_label"] == "positive"
     assert row["prob_negative"] + row["prob_positive"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_prior_correction_fitted_on_a_validation_report(capsys, tiny_run, expected_probs, tmp_path):
+    """--prior-from: the written probabilities and labels are the corrected ones; another scorer's report is refused."""
+    from afa_llm.prior import apply_correction, fit_correction
+
+    val = tmp_path / "val.json"
+    assert cli.main(["eval", "--adapter", str(tiny_run), "--split", "validation", "--no-progress", "--output", str(val)]) == 0
+    source, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    input_frame().to_csv(source, index=False)
+    code, _, err = run_predict(capsys, "--adapter", str(tiny_run), "--data", str(source), "--output", str(out),
+                               "--prior-from", str(val), "--prior-correction", "offset")
+    assert code == 0, err
+    report = json.loads(val.read_text())
+    correction = fit_correction(np.asarray(report["probabilities"]), np.asarray(report["labels"]), "offset")
+    assert correction["offset"] != 0.0  # the tiny model leans to one class: the test can fail
+    check_predictions(read_preds(out), apply_correction(expected_probs, correction))
+
+    assert cli.main(["eval", "--model", str(json.loads(val.read_text())["model"]), "--data", report["data"],
+                     "--split", "validation", "--no-progress", "--output", str(val)]) == 0  # no adapter
+    code, _, err = run_predict(capsys, "--adapter", str(tiny_run), "--data", str(source), "--prior-from", str(val))
+    assert code == 2 and "adapter=None" in err and err.count("\n") == 1
