@@ -163,8 +163,9 @@ def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default with --prior-from: normalize)")
 
 
-def fit_prior_from_args(args, label_names: list[str], act) -> dict | None:
-    """The label-prior correction of ``--prior-from``, checked against this scorer and fitted (before any model loads)."""
+def fit_prior_from_args(args, scorer: dict) -> dict | None:
+    """The label-prior correction of ``--prior-from``, checked against ``scorer`` (`scorer_record`) and
+    fitted, before any model loads."""
     from .prior import check_fit_report, fit_from_report, load_fit_report
 
     if args.prior_correction and not args.prior_from:
@@ -172,7 +173,7 @@ def fit_prior_from_args(args, label_names: list[str], act) -> dict | None:
     if not args.prior_from:
         return None
     fit = load_fit_report(args.prior_from)
-    check_fit_report(fit, scorer_record(args, label_names, act), args.prior_from)
+    check_fit_report(fit, scorer, args.prior_from)
     return fit_from_report(fit, args.prior_correction or "normalize", args.prior_from)
 
 
@@ -288,7 +289,7 @@ def run(args) -> int:
     data = load_data_from_args(args)
     split, scored = rows_to_score(args, data)
     scorer = scorer_record(args, data.label_names, act)
-    correction = fit_prior_from_args(args, data.label_names, act)
+    correction = fit_prior_from_args(args, scorer)
     model, task = load_scorer(args, data.label_names)
     with act_enabled(model, act, args.act):
         report = evaluate_dataset(model, task, split, data.label_names, batch_size=args.batch_size,

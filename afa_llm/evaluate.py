@@ -106,12 +106,13 @@ def evaluate_dataset(
 
 def scores_from_probabilities(probs: np.ndarray, labels: Sequence[int], label_names: Sequence[str]) -> dict:
     """Predictions (argmax), accuracy, macro-F1, per-class scores, ECE and Brier of per-example class probabilities."""
-    report = classification_report(labels, probs.argmax(-1).tolist(), label_names)
+    predictions = probs.argmax(-1).tolist()
+    report = classification_report(labels, predictions, label_names)
     report.update(
         {
             "ece": expected_calibration_error(probs, labels),
             "brier": brier_score(probs, labels),
-            "predictions": probs.argmax(-1).tolist(),
+            "predictions": predictions,
             "labels": [int(y) for y in labels],
             "probabilities": probs.round(6).tolist(),  # softmax of the class logits, per example
         }

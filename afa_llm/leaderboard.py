@@ -38,7 +38,7 @@ from .errors import UserError
 from .io_utils import check_writable_dir, write_json
 from .leaderboard_tables import write_csv, write_markdown, write_plot
 from .prior import METHODS as PRIOR_METHODS
-from .prior import prior_corrected
+from .prior import correct_report, fit_from_report
 
 TOP_KEYS = {"entries", "limit", "split_seed", "batch_size", "output_dir"}
 MODEL_KEYS = ("model", "adapter", "quantization", "dtype")
@@ -275,7 +275,8 @@ def evaluate_jobs(jobs: list[Job], cache_dir: Path, batch_size: int, progress: b
                 if getattr(a, "prior_correction", None):
                     validation = evaluate_dataset(model, task, data.split("validation"), data.label_names,
                                                   batch_size=batch_size, progress=progress)
-                    report = prior_corrected(report, validation, a.prior_correction, data.label_names)
+                    correction = fit_from_report(validation, a.prior_correction, "the validation split")
+                    report = correct_report(report, correction, data.label_names)
             job.result = {k: report[k] for k in ("accuracy", "macro_f1", "n", "per_class", "predictions", "labels")}
             write_json(str(cache_path(cache_dir, a)), {"key": cache_key(a), "report": job.result})
             print(f"{job.name} / {a.data}: accuracy {report['accuracy']:.4f} (n={report['n']})", file=sys.stderr)

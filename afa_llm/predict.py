@@ -254,7 +254,7 @@ def _json_value(value):
 
 
 def predict_stream(model, task, label_names: list[str], chunks: Iterable[pd.DataFrame], writer: ChunkWriter,
-                   args) -> tuple[int, int]:
+                   args, prior: dict | None = None) -> tuple[int, int]:
     """Score and write every chunk; returns (rows, rows with empty text)."""
     from tqdm.auto import tqdm
 
@@ -262,7 +262,7 @@ def predict_stream(model, task, label_names: list[str], chunks: Iterable[pd.Data
     with tqdm(desc="predict", unit="row", disable=args.no_progress, file=sys.stderr) as bar:
         for frame in chunks:
             out, n_empty = predict_chunk(model, task, label_names, frame, args.text_column, args.batch_size, bar,
-                                         getattr(args, "prior", None))
+                                         prior)
             writer.write(out)
             rows, empty = rows + len(out), empty + n_empty
     return rows, empty
@@ -292,23 +292,24 @@ def _first_chunk(args) -> Iterator[pd.DataFrame]:
 
 def run(args) -> int:
     from .act import act_enabled, load_act
-    from .cli import fit_prior_from_args, load_scorer
+    from .cli import fit_prior_from_args, load_scorer, scorer_record
 
     _check_args(args)
     act = load_act(args.act) if args.act else None
     scorer, label_names = resolve_settings(args)
-    scorer.act, scorer.prior_from, scorer.prior_correction = args.act, args.prior_from, args.prior_correction
-    args.prior = fit_prior_from_args(scorer, label_names, act)
+    scorer.act = args.act
+    prior = fit_prior_from_args(args, scorer_record(scorer, label_names, act))
     chunks = _first_chunk(args)
     model, task = load_scorer(scorer, label_names)
     with act_enabled(model, act, args.act):
         if args.output:
             fmt = Path(args.output).suffix.lower().lstrip(".")
             with atomic_writer(args.output, newline="", encoding="utf-8") as handle:
-                rows, empty = predict_stream(model, task, label_names, chunks, ChunkWriter(handle, fmt), args)
+                rows, empty = predict_stream(model, task, label_names, chunks, ChunkWriter(handle, fmt), args,
+                                             prior)
             print(f"wrote {rows} predictions to {args.output}", file=sys.stderr)
         else:
-            rows, empty = predict_stream(model, task, label_names, chunks, ChunkWriter(sys.stdout, "csv"), args)
+            rows, empty = predict_stream(model, task, label_names, chunks, ChunkWriter(sys.stdout, "csv"), args, prior)
     if empty:
         print(f"{empty} of {rows} rows have empty text: they got no prediction (empty {PRED_COLUMN})",
               file=sys.stderr)

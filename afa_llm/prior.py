@@ -139,11 +139,6 @@ def correct_report(report: dict, correction: dict, label_names: Sequence[str]) -
     return {**report, **scores_from_probabilities(corrected, report["labels"], label_names), "prior_correction": record}
 
 
-def prior_corrected(report: dict, validation: dict, method: str, label_names: Sequence[str]) -> dict:
-    """``report`` corrected by ``method`` fitted on an in-memory ``validation`` report (the leaderboard's path)."""
-    return correct_report(report, fit_from_report(validation, method, "validation split"), label_names)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Correct a stored report without the model: ``python -m afa_llm.prior FIT.json REPORT.json``."""
     import argparse

@@ -267,7 +267,7 @@ def test_prior_correction_fitted_on_a_validation_report(capsys, tiny_run, expect
     assert correction["offset"] != 0.0  # the tiny model leans to one class: the test can fail
     check_predictions(read_preds(out), apply_correction(expected_probs, correction))
 
-    assert cli.main(["eval", "--model", str(json.loads(val.read_text())["model"]), "--data", report["data"],
+    assert cli.main(["eval", "--model", report["model"], "--data", report["data"],
                      "--split", "validation", "--no-progress", "--output", str(val)]) == 0  # no adapter
     code, _, err = run_predict(capsys, "--adapter", str(tiny_run), "--data", str(source), "--prior-from", str(val))
     assert code == 2 and "adapter=None" in err and err.count("\n") == 1
