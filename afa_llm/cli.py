@@ -163,13 +163,25 @@ def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default with --prior-from: normalize)")
 
 
+def check_prior_args(args) -> None:
+    """The prior flags and the ``--prior-from`` file alone, before any data or model loads (the
+    check against the scorer waits for the data set's class names: `fit_prior_from_args`)."""
+    from .prior import load_fit_report
+
+    if args.prior_correction and not args.prior_from:
+        raise UserError("--prior-correction needs --prior-from REPORT.json, the report to fit it on")
+    if args.prior_from:
+        width = len(load_fit_report(args.prior_from)["probabilities"][0])
+        if args.prior_correction == "offset" and width != 2:
+            raise UserError(f"--prior-correction offset needs two classes, {args.prior_from} has {width}; "
+                            "use normalize")
+
+
 def fit_prior_from_args(args, scorer: dict) -> dict | None:
     """The label-prior correction of ``--prior-from``, checked against ``scorer`` (`scorer_record`) and
     fitted, before any model loads."""
     from .prior import check_fit_report, fit_from_report, load_fit_report
 
-    if args.prior_correction and not args.prior_from:
-        raise UserError("--prior-correction needs --prior-from REPORT.json, the report to fit it on")
     if not args.prior_from:
         return None
     fit = load_fit_report(args.prior_from)
@@ -228,6 +240,7 @@ def check_eval_args(args) -> None:
     if args.shots and args.split == "all":
         raise UserError("--shots draws demonstrations from the train split, which --split all also scores; "
                         "use --split test for few-shot evaluation")
+    check_prior_args(args)
     if args.output:
         check_writable_file(args.output, "--output")
     if args.reliability_plot:

@@ -28,6 +28,7 @@ import hashlib
 import json
 import statistics
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,7 +243,7 @@ def cache_path(cache_dir: Path, args: argparse.Namespace) -> Path:
 def evaluate_jobs(jobs: list[Job], cache_dir: Path, batch_size: int, progress: bool) -> int:
     """Fill ``job.result`` from the cache or by evaluating; returns the number evaluated."""
     from .act import act_enabled, load_act
-    from .cli import build_task, load_data_from_args
+    from .cli import build_task
     from .evaluate import attach_adapter, evaluate_dataset
     from .models import load_model
 
@@ -254,17 +255,14 @@ def evaluate_jobs(jobs: list[Job], cache_dir: Path, batch_size: int, progress: b
         else:
             a = job.args
             todo.setdefault((a.model, a.adapter, a.quantization, a.dtype), []).append(job)
-    datasets: dict[tuple, object] = {}
+    datasets = {id(job): data for job, data in _job_data(todo)}  # every data set checked before any model loads
     for (model_spec, adapter, quantization, dtype), group in todo.items():
         model, tokenizer = load_model(model_spec, quantization=quantization, dtype=dtype)
         if adapter:
             model = attach_adapter(model, adapter)
         for job in group:
             a = job.args
-            data_key = (a.data, a.text_column, a.label_column, a.label_names, a.split_seed)
-            if data_key not in datasets:
-                datasets[data_key] = load_data_from_args(a)
-            data = datasets[data_key]
+            data = datasets[id(job)]
             test = data.split("test")
             if a.limit:
                 test = test.select(range(min(int(a.limit), len(test))))
@@ -281,6 +279,24 @@ def evaluate_jobs(jobs: list[Job], cache_dir: Path, batch_size: int, progress: b
             write_json(str(cache_path(cache_dir, a)), {"key": cache_key(a), "report": job.result})
             print(f"{job.name} / {a.data}: accuracy {report['accuracy']:.4f} (n={report['n']})", file=sys.stderr)
     return sum(len(group) for group in todo.values())
+
+
+def _job_data(todo: dict[tuple, list[Job]]) -> Iterator[tuple[Job, object]]:
+    """Each pending job with its data set (loaded once per data set); an ``offset`` prior correction
+    on a data set without exactly two classes is refused here, not after the entry's evaluation."""
+    from .cli import load_data_from_args
+
+    loaded: dict[tuple, object] = {}
+    for job in (job for group in todo.values() for job in group):
+        a = job.args
+        key = (a.data, a.text_column, a.label_column, a.label_names, a.split_seed)
+        if key not in loaded:
+            loaded[key] = load_data_from_args(a)
+        classes = len(loaded[key].label_names)
+        if getattr(a, "prior_correction", None) == "offset" and classes != 2:
+            raise UserError(f"entry {job.name}: prior_correction offset needs two classes, {a.data} has {classes}; "
+                            "use normalize")
+        yield job, loaded[key]
 
 
 def results_jobs(jobs: list[Job]) -> list[Job]:

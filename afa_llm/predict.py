@@ -270,8 +270,11 @@ def predict_stream(model, task, label_names: list[str], chunks: Iterable[pd.Data
 
 # ---- CLI ------------------------------------------------------------------------------
 def _check_args(args) -> None:
+    from .cli import check_prior_args
+
     if args.batch_size <= 0 or args.chunk_size <= 0:
         raise UserError("--batch-size and --chunk-size must be positive")
+    check_prior_args(args)
     if args.output:
         if Path(args.output).suffix.lower() not in OUTPUT_SUFFIXES:
             raise UserError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}: {args.output}")

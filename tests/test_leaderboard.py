@@ -134,6 +134,16 @@ def test_prior_correction_entry_matches_eval_prior_from(setup, tmp_path, capsys)
     assert "prior_correction" in _error(capsys, ["leaderboard", str(bad)])
 
 
+def test_offset_on_three_classes_is_refused_before_any_model_loads(setup, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("afa_llm.models.load_model", None)  # must not load
+    three = write_csv(tmp_path / "three.csv", [(f"text number {i}", i % 3) for i in range(30)])
+    config = write_config(tmp_path / "board.yaml", [
+        {"name": "two", "model": setup["base"], "data": [setup["a"]], "prior_correction": "offset"},
+        {"name": "three", "model": setup["base"], "data": [three], "prior_correction": "offset"}])
+    err = _error(capsys, ["leaderboard", str(config), "--output-dir", str(tmp_path / "out")])
+    assert "entry three" in err and "offset needs two classes" in err
+
+
 def _error(capsys, argv: list[str]) -> str:
     capsys.readouterr()
     assert cli.main(argv) == 2

@@ -105,14 +105,20 @@ def test_eval_refuses_a_mismatched_fitting_report(capsys, tiny_csv, tiny_model_d
     assert code == 2 and out == "" and len(err.splitlines()) == 1 and needle in err, err
 
 
-def test_eval_prior_flags_bad_input(capsys, tiny_csv, tmp_path):
-    code, _, err = _eval(capsys, "--data", tiny_csv, "--prior-correction", "offset")
+def test_eval_prior_flags_bad_input_before_the_data_loads(capsys, tmp_path):
+    """The data path does not exist: each error must name the prior flag, so it came first."""
+    data = str(tmp_path / "no-such-data.csv")
+    code, _, err = _eval(capsys, "--data", data, "--prior-correction", "offset")
     assert code == 2 and "needs --prior-from" in err
-    code, _, err = _eval(capsys, "--data", tiny_csv, "--prior-from", str(tmp_path / "missing.json"))
+    code, _, err = _eval(capsys, "--data", data, "--prior-from", str(tmp_path / "missing.json"))
     assert code == 2 and "no such file" in err and len(err.splitlines()) == 1
     (tmp_path / "other.json").write_text(json.dumps({"accuracy": 0.5}))
-    code, _, err = _eval(capsys, "--data", tiny_csv, "--prior-from", str(tmp_path / "other.json"))
+    code, _, err = _eval(capsys, "--data", data, "--prior-from", str(tmp_path / "other.json"))
     assert code == 2 and "not an `afa-llm eval --output` report" in err
+    (tmp_path / "three.json").write_text(json.dumps({"probabilities": [[0.2, 0.3, 0.5]], "labels": [2]}))
+    code, _, err = _eval(capsys, "--data", data, "--prior-from", str(tmp_path / "three.json"),
+                         "--prior-correction", "offset")
+    assert code == 2 and "offset needs two classes" in err and len(err.splitlines()) == 1
 
 
 def test_module_main_corrects_a_stored_report_without_a_model(tmp_path, capsys):
