@@ -102,6 +102,16 @@ def read_search(path: Path, setup: str) -> dict[tuple[int, int], dict]:
 
 
 # ---------------------------------------------------------------------------- the search
+def resumed_cost(done: dict) -> dict:
+    """What the candidates of an earlier run cost: their count, their logged seconds, and how many
+    were logged without a cost (before the log kept it)."""
+    if not done:
+        return {}
+    unlogged = sum("seconds" not in r for r in done.values())
+    return {"resumed_candidates": len(done), "resumed_seconds": round(sum(r.get("seconds", 0.0) for r in done.values()), 1),
+            **({"resumed_without_cost": unlogged} if unlogged else {})}
+
+
 def run_search(search: HeadSearch, candidates: list[tuple[int, int]], done: dict, baseline: dict,
                log: Path | None, setup: str, progress: bool = True) -> list[dict]:
     """Score every candidate not in ``done``, appending each result to ``log``; all results in order."""
@@ -113,11 +123,13 @@ def run_search(search: HeadSearch, candidates: list[tuple[int, int]], done: dict
     with tqdm(total=len(candidates), initial=len(candidates) - len(todo), desc="ACT search", unit="head",
               disable=not progress, file=sys.stderr) as bar:
         for layer, head in todo:
+            start, forwards = time.perf_counter(), search.forwards
             result = search.candidate(layer, head)
             results[(layer, head)] = result
-            if log is not None:
+            if log is not None:  # with its cost, so that a resumed search reports the whole search's cost
+                cost = {"seconds": round(time.perf_counter() - start, 3), "forwards": search.forwards - forwards}
                 with open(log, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps({**result, "setup": setup}) + "\n")
+                    handle.write(json.dumps({**result, "setup": setup, **cost}) + "\n")
             if best is None or result["accuracy"] > best["accuracy"]:
                 best = result
             bar.set_postfix_str(f"baseline {baseline['accuracy']:.4f}, best L{best['layer']}H{best['head']} "
@@ -270,11 +282,12 @@ def run(args) -> int:
         log = Path(args.output) / SEARCH_FILE
         log.parent.mkdir(parents=True, exist_ok=True)
         done = read_search(log, cal.setup)
-        info["resumed_candidates"] = len(done)  # scored by an earlier run: not in this run's seconds
+        info.update(resumed_cost(done))  # scored by an earlier run: not in this run's seconds
         if args.workers > 1:  # the rest in parallel processes, appending to the same log
             done = search_in_workers(args, cal, done, log, progress=not args.no_progress)
-        # as if scored here, without skipping (an upper bound: the log keeps no per-candidate cost)
-        search.forwards += sum(search.cost_from(layer) for layer, _ in done)
+        # the logged cost of each candidate scored elsewhere; lines from before the log kept it count as
+        # if scored here without the layer cache (an upper bound)
+        search.forwards += sum(r.get("forwards", search.cost_from(layer)) for (layer, _), r in done.items())
         results = run_search(search, cal.candidates, done, baseline, log, cal.setup, progress=not args.no_progress)
         heads, rule = select_heads(results, baseline, args.rule), args.rule
         if args.heads == "random":

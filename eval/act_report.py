@@ -51,15 +51,22 @@ def folder_rows(folder: Path, model: str) -> list[str]:
         p = reports_mcnemar_p(test, base)
         cost = "-"
         if name == "act":
-            cost = (f"{info.get('candidates', '-')} candidates, {info['forwards_per_example']} fwd/ex, "
-                    f"{info['seconds'] / 60:.0f} min")
-            if info.get("workers", 1) > 1:
-                cost += f" with {info['workers']} workers"
-            if info.get("resumed_candidates"):
-                cost += f" ({info['resumed_candidates']} candidates scored before)"
+            cost = search_cost(info)
         lines.append(f"| {model} | {label} | {n_heads} | {calib} (N={act['calibration']['n']}) | "
                      f"{test['accuracy']:.4f} | {test['accuracy'] - base['accuracy']:+.4f} (p={p:.2f}) | {cost} |")
     return lines
+
+
+def search_cost(info: dict) -> str:
+    """Candidates, forwards per example and minutes of a search, its earlier (resumed) runs included."""
+    minutes = (info["seconds"] + info.get("resumed_seconds", 0.0)) / 60
+    cost = f"{info.get('candidates', '-')} candidates, {info['forwards_per_example']} fwd/ex, {minutes:.0f} min"
+    if info.get("workers", 1) > 1:
+        cost += f" with {info['workers']} workers"
+    if info.get("resumed_candidates"):
+        cost += (f" ({info['resumed_candidates']} candidates scored by an earlier run"
+                 f"{'' if not info.get('resumed_without_cost') else ', ' + str(info['resumed_without_cost']) + ' of them with no logged cost'})")
+    return cost
 
 
 SEARCHED = {"act": "faithful", "act-strict": "strict"}  # the searched rows; "<name>-random-K" are their controls

@@ -72,3 +72,13 @@ def test_searched_heads_are_paired_with_their_controls(tmp_path, capsys):
     # 4 discordant pairs, all for the search: exact two-sided p = 2 * 0.5**4 = 0.125
     assert "| gemma | faithful | +0.2000 (p=0.12) | - | +0.0000 (p=1.00) | - |" in out
     assert "| gemma | strict |" not in out  # no strict row was evaluated
+
+
+def test_search_cost_adds_the_earlier_runs():
+    info = {"candidates": 243, "forwards_per_example": 97.2, "seconds": 600}
+    assert act_report.search_cost(info) == "243 candidates, 97.2 fwd/ex, 10 min"
+    resumed = {**info, "resumed_candidates": 200, "resumed_seconds": 2400}
+    assert act_report.search_cost(resumed) == "243 candidates, 97.2 fwd/ex, 50 min (200 candidates scored by an earlier run)"
+    unlogged = {**resumed, "resumed_seconds": 0, "resumed_without_cost": 200}
+    assert act_report.search_cost(unlogged).endswith("10 min (200 candidates scored by an earlier run, 200 of them "
+                                                     "with no logged cost)")

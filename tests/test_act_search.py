@@ -151,8 +151,19 @@ def test_calibrate_writes_act_and_search_log(tiny4_dir, tiny_csv, tmp_path, caps
     assert "wrote" in capsys.readouterr().out
 
 
+COST_KEYS = ("seconds", "forwards")
+
+
+def _results(lines: list[str]) -> dict:
+    """A search log's results by candidate, without the per-candidate cost (timings differ run to run)."""
+    records = [json.loads(line) for line in lines]
+    assert all(isinstance(r["seconds"], float) and r["forwards"] > 0 for r in records)
+    return {(r["layer"], r["head"]): {k: v for k, v in r.items() if k not in COST_KEYS} for r in records}
+
+
 def test_resume_skips_done_candidates(tiny4_dir, tiny_csv, tmp_path, monkeypatch):
     assert _calibrate(tiny4_dir, tiny_csv, tmp_path) == 0
+    fresh = load_act(tmp_path / "act.json").info
     log = tmp_path / "search.jsonl"
     full = log.read_text().splitlines()
     log.write_text("\n".join(full[:3]) + "\n" + full[3][:20])  # 3 done, one torn line
@@ -162,7 +173,11 @@ def test_resume_skips_done_candidates(tiny4_dir, tiny_csv, tmp_path, monkeypatch
     monkeypatch.setattr(HeadSearch, "candidate", lambda self, l, h: calls.append((l, h)) or original(self, l, h))
     assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--resume") == 0
     assert calls == [(1, 3), (2, 0), (2, 1), (2, 2), (2, 3)]
-    assert log.read_text().splitlines() == full
+    assert list(_results(log.read_text().splitlines()).items()) == list(_results(full).items())
+    resumed = load_act(tmp_path / "act.json").info
+    assert resumed["resumed_candidates"] == 3 and "resumed_without_cost" not in resumed
+    assert resumed["resumed_seconds"] == round(sum(json.loads(line)["seconds"] for line in full[:3]), 1)
+    assert resumed["forwards_per_example"] == fresh["forwards_per_example"]  # the earlier run's passes counted
     assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--resume", "--beta", "0.5") == 2  # another setup
 
 
@@ -174,9 +189,8 @@ def test_workers_score_the_same_candidates_as_one_process(tiny4_dir, tiny_csv, t
     two.mkdir()
     (two / "search.jsonl").write_text("\n".join(full[:3]) + "\n")  # 3 done before
     assert _calibrate(tiny4_dir, tiny_csv, two, "--resume", "--workers", "2") == 0
-    by_candidate = lambda lines: {(r["layer"], r["head"]): r for r in map(json.loads, lines)}
     lines = (two / "search.jsonl").read_text().splitlines()
-    assert len(lines) == len(full) and by_candidate(lines) == by_candidate(full)
+    assert len(lines) == len(full) and _results(lines) == _results(full)
     assert load_act(two / "act.json").heads == load_act(one / "act.json").heads
     info_one, info_two = load_act(one / "act.json").info, load_act(two / "act.json").info
     assert info_two["workers"] == 2 and info_two["threads_per_process"] >= 1 and info_two["resumed_candidates"] == 3
