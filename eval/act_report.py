@@ -63,9 +63,11 @@ def search_cost(info: dict) -> str:
     cost = f"{info.get('candidates', '-')} candidates, {info['forwards_per_example']} fwd/ex, {minutes:.0f} min"
     if info.get("workers", 1) > 1:
         cost += f" with {info['workers']} workers"
-    if info.get("resumed_candidates"):
-        cost += (f" ({info['resumed_candidates']} candidates scored by an earlier run"
-                 f"{'' if not info.get('resumed_without_cost') else ', ' + str(info['resumed_without_cost']) + ' of them with no logged cost'})")
+    resumed = info.get("resumed_candidates", 0)
+    if resumed:  # act.json files from before the log kept each candidate's cost have no resumed_seconds
+        unlogged = info.get("resumed_without_cost", 0 if "resumed_seconds" in info else resumed)
+        cost += f" ({resumed} candidates scored by an earlier run"
+        cost += f", the time of {unlogged} of them not counted)" if unlogged else ")"
     return cost
 
 

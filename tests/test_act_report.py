@@ -80,5 +80,8 @@ def test_search_cost_adds_the_earlier_runs():
     resumed = {**info, "resumed_candidates": 200, "resumed_seconds": 2400}
     assert act_report.search_cost(resumed) == "243 candidates, 97.2 fwd/ex, 50 min (200 candidates scored by an earlier run)"
     unlogged = {**resumed, "resumed_seconds": 0, "resumed_without_cost": 200}
-    assert act_report.search_cost(unlogged).endswith("10 min (200 candidates scored by an earlier run, 200 of them "
-                                                     "with no logged cost)")
+    assert act_report.search_cost(unlogged).endswith("10 min (200 candidates scored by an earlier run, the time of "
+                                                     "200 of them not counted)")
+    old_file = {**info, "resumed_candidates": 4}  # from before the log kept the cost: no resumed_seconds
+    assert act_report.search_cost(old_file).endswith("(4 candidates scored by an earlier run, the time of 4 of them "
+                                                     "not counted)")
