@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ def plot(grid: dict, output: str, title: str | None = None) -> int:
         raise UserError(f"no cell of {grid['output_root']} has a validation record yet")
     ax.set_xlabel("training step")
     ax.set_ylabel("validation accuracy")
-    ax.set_title(title or grid.get("title", ""), fontsize=9)
+    ax.set_title(textwrap.fill(title or grid.get("title", ""), 90), fontsize=9)  # long grid titles wrap
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
