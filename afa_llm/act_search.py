@@ -16,6 +16,10 @@ run again (where it finds no sink, ACT leaves the layer's output bit-identical).
 those of the full forward. ``--bf16`` runs everything
 under bf16 autocast (faster on AMX CPUs; other numbers, recorded in act.json).
 
+``search.jsonl`` holds one line per scored candidate (its scores, the setup hash, its seconds and
+forwards), so ``--resume`` continues where a search stopped and act.json's ``info`` reports the
+whole search's cost (``resumed_seconds``: the earlier runs' share).
+
 Controls: ``--heads random --draw K`` (the same number of heads per layer as the rule selects,
 drawn at random with seed (--seed, K)) and ``--heads all`` (every eligible head, no search).
 """
