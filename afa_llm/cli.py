@@ -166,15 +166,13 @@ def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
 def check_prior_args(args) -> None:
     """The prior flags and the ``--prior-from`` file alone, before any data or model loads (the
     check against the scorer waits for the data set's class names: `fit_prior_from_args`)."""
-    from .prior import load_fit_report
+    from .prior import check_classes, load_fit_report
 
     if args.prior_correction and not args.prior_from:
         raise UserError("--prior-correction needs --prior-from REPORT.json, the report to fit it on")
     if args.prior_from:
-        width = len(load_fit_report(args.prior_from)["probabilities"][0])
-        if args.prior_correction == "offset" and width != 2:
-            raise UserError(f"--prior-correction offset needs two classes, {args.prior_from} has {width}; "
-                            "use normalize")
+        check_classes(args.prior_correction, len(load_fit_report(args.prior_from)["probabilities"][0]),
+                      args.prior_from)
 
 
 def fit_prior_from_args(args, scorer: dict) -> dict | None:

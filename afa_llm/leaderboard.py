@@ -39,7 +39,7 @@ from .errors import UserError
 from .io_utils import check_writable_dir, write_json
 from .leaderboard_tables import write_csv, write_markdown, write_plot
 from .prior import METHODS as PRIOR_METHODS
-from .prior import correct_report, fit_from_report
+from .prior import check_classes, correct_report, fit_from_report
 
 TOP_KEYS = {"entries", "limit", "split_seed", "batch_size", "output_dir"}
 MODEL_KEYS = ("model", "adapter", "quantization", "dtype")
@@ -292,10 +292,8 @@ def _job_data(todo: dict[tuple, list[Job]]) -> Iterator[tuple[Job, object]]:
         key = (a.data, a.text_column, a.label_column, a.label_names, a.split_seed)
         if key not in loaded:
             loaded[key] = load_data_from_args(a)
-        classes = len(loaded[key].label_names)
-        if getattr(a, "prior_correction", None) == "offset" and classes != 2:
-            raise UserError(f"entry {job.name}: prior_correction offset needs two classes, {a.data} has {classes}; "
-                            "use normalize")
+        check_classes(getattr(a, "prior_correction", None), len(loaded[key].label_names),
+                      f"entry {job.name}'s {a.data}")
         yield job, loaded[key]
 
 

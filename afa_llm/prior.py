@@ -61,14 +61,18 @@ def fitted_offset(margins: np.ndarray, labels: np.ndarray) -> float:
     return float(min((b for b, a in zip(candidates, accuracy) if a == best), key=abs))
 
 
+def check_classes(method: str, n_classes: int, source: str = "the report") -> None:
+    """``offset`` is two-class only; callers that know the class count early check it before any work."""
+    if method == "offset" and n_classes != 2:
+        raise UserError(f"prior correction offset needs two classes, {source} has {n_classes}; use normalize")
+
+
 def fit_correction(probs: np.ndarray, labels: np.ndarray, method: str) -> dict:
     """The correction's parameters, fitted on ``probs`` (n x classes) and, for ``offset``, ``labels``."""
+    check_classes(method, probs.shape[1])
     if method == "normalize":
         return {"method": method, "weights": prior_weights(probs).tolist()}
     if method == "offset":
-        if probs.shape[1] != 2:
-            raise UserError(f"--prior-correction offset needs two classes, the report has {probs.shape[1]}; "
-                            "use --prior-correction normalize")
         return {"method": method, "offset": fitted_offset(log_odds(probs), labels)}
     raise ValueError(f"unknown prior correction {method!r}; expected one of {METHODS}")
 
