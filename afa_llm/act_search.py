@@ -42,6 +42,7 @@ from .decoder_layers import find_decoder_layers
 from .errors import UserError
 from .head_search import HeadSearch, accuracy_and_margin, prepare_batches, sub_batch_rows  # noqa: F401 (API)
 from .io_utils import atomic_write_text, check_writable_dir
+from .provenance import warn_if_emulated_bf16
 
 SEARCH_FILE = "search.jsonl"
 RULES = ("faithful", "strict")
@@ -257,6 +258,7 @@ def prepare(args) -> Calibration:
     ids, record = calibration_rows(args, data)
     model, task = load_scorer(args, data.label_names)
     model.eval()
+    warn_if_emulated_bf16(args.bf16, next(model.parameters()).device.type)
     split = data.split(args.split).select(ids)
     batches, labels = prepare_batches(task, list(split["text"]), list(split["label"]), args.batch_size,
                                       next(model.parameters()).device)

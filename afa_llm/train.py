@@ -52,6 +52,7 @@ from .errors import TrainingDiverged, UserError
 from .focus import clean_pass
 from .methods import MethodContext, build_method
 from .models import load_model
+from .provenance import warn_if_emulated_bf16
 from .run_eval import EarlyStopping, final_results, save_best_adapter, validate
 from .task import PromptTask, default_label_words
 
@@ -139,6 +140,7 @@ def train(cfg: TrainConfig) -> dict:
                               mixed_precision=cfg.mixed_precision,
                               log_with=None if report_to == "none" else report_to, project_dir=str(run_dir))
     resume = _check_run_dir(cfg, run_dir)
+    warn_if_emulated_bf16(cfg.mixed_precision == "bf16", accelerator.device.type)
     set_seed(cfg.seed)
     data, train_split = load_training_data(cfg)
     model, tokenizer = build_model(cfg, accelerator)

@@ -1,9 +1,10 @@
 """bf16 autocast vs fp32 on CPU: one no-grad forward (masked passes) and one fwd+bwd.
 
-    .venv/bin/python benchmarks/autocast_forward.py [--threads 1]
+    .venv/bin/python benchmarks/autocast_forward.py [--threads 1] [--repeats 3]
 
 SmolLM2-135M, random token ids: batch 32 x 64 no-grad (the shape of AFA's masked passes at
-batch 8, G=4) and batch 8 x 64 forward + backward; best of 3 each. Prints the fp32/bf16
+batch 8, G=4) and batch 8 x 64 forward + backward; best of --repeats each (one is enough
+where bf16 is emulated: on a CPU without bf16 instructions a bf16 forward takes minutes). Prints the fp32/bf16
 time ratios and how far the bf16 last-position logits are from the fp32 ones.
 """
 
@@ -16,6 +17,7 @@ import time
 import torch
 
 from afa_llm.models import load_model
+from afa_llm.provenance import cpu_bf16_native, cpu_name
 
 
 def best_time(model, ids: torch.Tensor, autocast: bool, grad: bool, repeats: int = 3):
@@ -34,15 +36,17 @@ def best_time(model, ids: torch.Tensor, autocast: bool, grad: bool, repeats: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, _ = load_model("smollm2-135m")
     ids = torch.randint(100, 20000, (32, 64), generator=torch.Generator().manual_seed(0))
-    print(f"SmolLM2-135M, torch threads={args.threads}")
+    print(f"SmolLM2-135M, torch threads={args.threads}, CPU {cpu_name()} ({torch.backends.cpu.get_cpu_capability()}, "
+          f"bf16 instructions: {cpu_bf16_native()})")
     for label, batch, grad in (("no-grad forward, batch 32 x 64", ids, False),
                                ("forward + backward, batch 8 x 64", ids[:8], True)):
-        fp32, ref = best_time(model, batch, autocast=False, grad=grad)
-        bf16, out = best_time(model, batch, autocast=True, grad=grad)
+        fp32, ref = best_time(model, batch, autocast=False, grad=grad, repeats=args.repeats)
+        bf16, out = best_time(model, batch, autocast=True, grad=grad, repeats=args.repeats)
         print(f"{label}: fp32 {fp32:.3f} s, bf16 {bf16:.3f} s, fp32/bf16 {fp32 / bf16:.2f}x, "
               f"max |logit diff| {(ref - out).abs().max():.3f} (logit scale {ref.abs().max():.1f})")
 

@@ -232,11 +232,15 @@ def test_nf4_trains(tiny_model_dir, learnable_csv, tmp_path):
 
 @pytest.mark.parametrize("mixed_precision,expected", [("no", {torch.float32}), ("bf16", {torch.bfloat16})])
 def test_mixed_precision_autocasts_every_training_forward(mixed_precision, expected, tiny_model_dir, learnable_csv,
-                                                          tmp_path, monkeypatch):
+                                                          tmp_path, monkeypatch, capsys):
     """The clean pass goes through Accelerate's wrapped model, the masked passes through the
     unwrapped peft model: both must run under the autocast, and so does the evaluation inside
-    training (validation, test, zero-shot), so that a run's numbers come from one precision."""
+    training (validation, test, zero-shot), so that a run's numbers come from one precision.
+    On a CPU without bf16 instructions (pretended here) a bf16 run warns once and goes on."""
+    import afa_llm.provenance as provenance
     import afa_llm.train as train_module
+
+    monkeypatch.setattr(provenance, "cpu_bf16_native", lambda capabilities=None: False)
 
     seen: list[torch.dtype] = []
     build = train_module.build_model
@@ -257,6 +261,8 @@ def test_mixed_precision_autocasts_every_training_forward(mixed_precision, expec
     assert len(training) >= 4 and set(training) == expected, seen
     assert len(evaluation) >= 3 and set(evaluation) == expected, seen  # like HF Trainer's bf16=True
     assert all(math.isfinite(m["loss_pg"]) for m in read_metrics(run))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "bf16 on a CPU without" in line]
+    assert len(warnings) == (mixed_precision == "bf16")
 
 
 # ---- resume after SIGKILL ---------------------------------------------------------------------
