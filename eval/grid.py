@@ -11,7 +11,8 @@ into ``output_root/<variant>-seed<N>``; finished cells are skipped and interrupt
 resume from their last checkpoint, so a long grid can be completed in pieces. A cell archived in
 ``docs/results_data/<output_root's name>/`` (eval/refresh_results.py) counts as finished too: runs/ is
 not in git, so a fresh clone goes on with the cells that are missing instead of training the grid
-again (``--ignore-archive`` retrains them; a cell interrupted in a checkout that is gone starts over). A process
+again (``--ignore-archive`` retrains them). A cell interrupted in a checkout that is gone starts over, unless
+its newest checkpoint was carried in git (eval/carry.py): then it resumes from that. A process
 claims a cell (``<cell>/.grid-claim``: host, pid and the pid's start time) before training it,
 so the same command started twice side by side shares the grid, each process training the
 cells the other has not claimed (on 2 cores: ``OMP_NUM_THREADS=1`` each); a claim whose
@@ -36,6 +37,9 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from carry import CARRY, carried, drop_carry, restore_carry  # noqa: E402
 
 from afa_llm.config import load_config  # noqa: E402
 from afa_llm.errors import TrainingDiverged, UserError  # noqa: E402
@@ -162,7 +166,7 @@ def pending_cells(grid: dict, only: list[str] | None, seeds: list[int] | None,
 
 
 def run_grid(grid: dict, only: list[str] | None, seeds: list[int] | None = None,
-             archive: Path | None = ARCHIVE) -> None:
+             archive: Path | None = ARCHIVE, carry_root: Path = CARRY) -> None:
     from afa_llm.train import train
 
     baseline = next(iter(grid["variants"]))
@@ -176,6 +180,8 @@ def run_grid(grid: dict, only: list[str] | None, seeds: list[int] | None = None,
             release_cell(cell)
             continue
         print(f"=== {variant} seed {seed}", flush=True)
+        if restore_carry(cell, carry_root):  # an earlier checkout's checkpoint, carried in git (eval/carry.py)
+            print(f"resuming from the copy carried in {carried(cell, carry_root)}", flush=True)
         runner = train
         if uses_trl:  # the ecosystem's baseline: TRL's SFTTrainer (eval/trl_baseline.py)
             from trl_baseline import train_trl
@@ -183,6 +189,8 @@ def run_grid(grid: dict, only: list[str] | None, seeds: list[int] | None = None,
             runner = train_trl
         try:
             runner(cfg)
+            if (cell / "results.json").exists():
+                drop_carry(cell, carry_root)
         except TrainingDiverged as exc:  # record it and go on: every run is reported
             print(f"diverged: {exc}", flush=True)
             (cell / "DIVERGED").write_text(str(exc))

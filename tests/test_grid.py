@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,75 @@ def test_a_cell_archived_by_an_earlier_checkout_is_not_trained_again(tmp_path):
     assert grid_mod.pending_cells(grid, None, None, archive) == [("lora", 0), ("lora", 1), ("afa", 1)]
     assert grid_mod.pending_cells(grid, None, None, archive=None) == everything  # --ignore-archive
     assert grid_mod.pending_cells(grid, ["afa"], [0], archive) == []
+
+
+# ---- carrying an unfinished cell across checkouts (eval/carry.py) -----------------------------------
+carry_spec = importlib.util.spec_from_file_location("carry", ROOT / "eval" / "carry.py")
+carry_mod = importlib.util.module_from_spec(carry_spec)
+carry_spec.loader.exec_module(carry_mod)
+
+
+def _fake_cell(cell: Path, steps: list[int], best: bool = True) -> None:
+    for step in steps:
+        folder = cell / "checkpoints" / f"step-{step:06d}"
+        (folder / "adapter").mkdir(parents=True)
+        (folder / "trainer_state.pt").write_text(f"state {step}")
+        (folder / "adapter" / "adapter_model.safetensors").write_text(f"weights {step}")
+    if best:
+        (cell / "checkpoints" / "best" / "adapter").mkdir(parents=True)
+        (cell / "checkpoints" / "best" / "adapter" / "adapter_model.safetensors").write_text("best weights")
+    (cell / "config.yaml").write_text("seed: 0\n")
+    (cell / "metrics.jsonl").write_text('{"step": 1}\n')
+    (cell / "afa").mkdir()  # the tracker's folder: not part of the resume set
+    (cell / "afa" / "events").write_text("x")
+
+
+def test_carry_saves_the_newest_checkpoint_the_best_adapter_and_the_logs(tmp_path):
+    cell, root = tmp_path / "runs" / "g" / "afa-seed0", tmp_path / "carry"
+    assert carry_mod.save_carry(cell, root) is None  # nothing to carry yet
+    _fake_cell(cell, [25, 50])
+    target = carry_mod.save_carry(cell, root)
+    assert target == root / "g" / "afa-seed0"
+    files = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    assert files == ["checkpoints/best/adapter/adapter_model.safetensors",
+                     "checkpoints/step-000050/adapter/adapter_model.safetensors",
+                     "checkpoints/step-000050/trainer_state.pt", "config.yaml", "metrics.jsonl"]
+    _fake_cell(tmp_path / "later", [75], best=False)
+    shutil.rmtree(cell)
+    shutil.copytree(tmp_path / "later", cell)
+    carry_mod.save_carry(cell, root)  # a newer save replaces the older copy whole
+    assert [p.name for p in (target / "checkpoints").iterdir()] == ["step-000075"]
+
+
+def test_run_grid_resumes_a_carried_cell_and_drops_the_copy_once_it_finishes(tmp_path, monkeypatch):
+    import afa_llm.train
+
+    monkeypatch.chdir(ROOT)
+    runs, root = tmp_path / "runs" / "g", tmp_path / "carry"
+    grid = {"recipe": "recipes/quickstart.yaml", "output_root": str(runs), "seeds": [0],
+            "common": ["steps=5"], "variants": {"lora": ["method=lora"], "afa": ["method=afa"]}}
+    _fake_cell(tmp_path / "gone" / "g" / "afa-seed0", [25, 50])  # a checkout that is gone carried it
+    carry_mod.save_carry(tmp_path / "gone" / "g" / "afa-seed0", root)
+    seen = {}
+
+    def fake_train(cfg):
+        cell = Path(cfg.output_dir)
+        seen[cell.name] = sorted(p.name for p in (cell / "checkpoints").iterdir()) if (cell / "checkpoints").exists() else []
+        (cell / "results.json").write_text("{}")
+
+    monkeypatch.setattr(afa_llm.train, "train", fake_train)
+    (runs / "lora-seed0" / "checkpoints" / "step-000010").mkdir(parents=True)
+    (runs / "lora-seed0" / "checkpoints" / "step-000010" / "trainer_state.pt").write_text("own")
+    (root / "g" / "lora-seed0" / "checkpoints" / "step-000005").mkdir(parents=True)
+    (root / "g" / "lora-seed0" / "checkpoints" / "step-000005" / "trainer_state.pt").write_text("older")
+    grid_mod.run_grid(grid, None, archive=None, carry_root=root)
+    assert seen == {"lora-seed0": ["step-000010"],  # its own checkpoint wins over a carried one
+                    "afa-seed0": ["best", "step-000050"]}  # restored before training
+    assert (runs / "afa-seed0" / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    assert not root.exists()  # both finished: their copies are dropped, no empty folders left
+
+
+def test_carry_save_names_a_missing_grid_in_one_line(capsys):
+    assert carry_mod.main(["save", "no/such/grid.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: grid file not found") and err.count("\n") == 1
