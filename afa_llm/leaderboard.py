@@ -17,7 +17,8 @@ split of the entry's split seed. Reports are cached in ``OUT/cache/<hash>.json``
 by model, adapter (content hash), data, split seed, limit, template and label words, so a
 re-run evaluates only what changed. ``--from-results`` evaluates nothing: it aggregates
 the ``test`` and ``zero_shot`` blocks of each run's results.json. Outputs:
-``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.png``.
+``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.png``. ``--only NAME`` (repeatable) keeps the
+entries with that name or group, e.g. to score some sources while others still train.
 """
 
 from __future__ import annotations
@@ -95,6 +96,18 @@ def read_config(path: str) -> dict:
             if isinstance(item, dict):
                 _check_keys(item, DATA_KEYS, f"{where}: data item")
     return raw
+
+
+def select_entries(raw: dict, names: list[str] | None, path: str) -> dict:
+    """The config with only the entries whose name or group is in ``names`` (all when none are given)."""
+    if not names:
+        return raw
+    labels = [{str(e["name"]), str(e.get("group", e["name"]))} for e in raw["entries"]]
+    for name in names:
+        if not any(name in entry_labels for entry_labels in labels):
+            known = ", ".join(sorted(set().union(*labels)))
+            raise UserError(f"{path}: --only {name!r} matches no entry name or group (known: {known})")
+    return {**raw, "entries": [e for e, entry_labels in zip(raw["entries"], labels) if entry_labels & set(names)]}
 
 
 def _check_keys(mapping: dict, allowed: set[str], where: str) -> None:
@@ -359,12 +372,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from-results", action="store_true",
                         help="evaluate nothing: aggregate the run entries' results.json files")
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N test examples of each data set")
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="keep only the entries with this name or group (repeatable); the table lists just them")
     parser.add_argument("--batch-size", type=int, default=None, help="examples per forward pass (default: 32)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
 def run(args) -> int:
-    raw = read_config(args.config)
+    raw = select_entries(read_config(args.config), args.only, args.config)
     if args.limit is not None and args.limit <= 0:
         raise UserError("--limit must be a positive number of examples")
     out = Path(args.output_dir or raw.get("output_dir") or Path(args.config).with_suffix(""))

@@ -112,6 +112,20 @@ def test_from_results_aggregates_results_json(setup, tmp_path, monkeypatch):
     assert "fake-focus share" in (out / "leaderboard.md").read_text()
 
 
+def test_only_keeps_the_named_entries_and_refuses_unknown_names(setup, tmp_path, capsys):
+    seed0 = {"name": "seed 0", "group": "first", "run": str(setup["root"] / "runs" / "rt-afa-seed0")}
+    config = write_config(tmp_path / "board.yaml", [*entries(setup), seed0])
+    out = tmp_path / "out"
+    assert leaderboard.main([str(config), "--output-dir", str(out), "--from-results"]) == 0
+    assert "first" in {r["name"] for r in read_rows(out)}
+    assert leaderboard.main([str(config), "--output-dir", str(out), "--from-results", "--only", "afa"]) == 0
+    assert {r["name"] for r in read_rows(out)} == {"afa", f"zero-shot {setup['base']}"}
+    assert leaderboard.main([str(config), "--output-dir", str(out), "--from-results", "--only", "first"]) == 0
+    assert "afa" not in {r["name"] for r in read_rows(out)}  # a group selects too
+    err = _error(capsys, ["leaderboard", str(config), "--only", "afa", "--only", "lora"])
+    assert "--only 'lora' matches no entry" in err and "afa, first, seed 0, zero-shot" in err
+
+
 def test_prior_correction_entry_matches_eval_prior_from(setup, tmp_path, capsys):
     """An entry with prior_correction fits it on its validation split, as `afa-llm eval --prior-from` does."""
     entry = {"name": "zs+prior", "model": setup["base"], "data": [setup["a"]], "prior_correction": "normalize"}
