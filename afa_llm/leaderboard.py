@@ -102,12 +102,17 @@ def select_entries(raw: dict, names: list[str] | None, path: str) -> dict:
     """The config with only the entries whose name or group is in ``names`` (all when none are given)."""
     if not names:
         return raw
-    labels = [{str(e["name"]), str(e.get("group", e["name"]))} for e in raw["entries"]]
+    labels = [{str(e["name"]), entry_group(e)} for e in raw["entries"]]
     for name in names:
         if not any(name in entry_labels for entry_labels in labels):
             known = ", ".join(sorted(set().union(*labels)))
             raise UserError(f"{path}: --only {name!r} matches no entry name or group (known: {known})")
     return {**raw, "entries": [e for e, entry_labels in zip(raw["entries"], labels) if entry_labels & set(names)]}
+
+
+def entry_group(entry: dict) -> str:
+    """The row an entry's runs are averaged into: its ``group``, else its name."""
+    return str(entry.get("group", entry["name"]))
 
 
 def _check_keys(mapping: dict, allowed: set[str], where: str) -> None:
@@ -169,7 +174,7 @@ def build_jobs(raw: dict, config_path: str, limit: int | None, need_model: bool 
             for item in data_items:
                 args = argparse.Namespace(**vars(defaults))
                 _apply(args, merged, item, raw, limit)
-                jobs.append(Job(entry["name"], str(entry.get("group", entry["name"])), merged.get("seed"),
+                jobs.append(Job(entry["name"], entry_group(entry), merged.get("seed"),
                                 args, run_dir))
     return jobs
 
