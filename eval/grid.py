@@ -12,7 +12,8 @@ resume from their last checkpoint, so a long grid can be completed in pieces. A 
 ``docs/results_data/<output_root's name>/`` (eval/refresh_results.py) counts as finished too: runs/ is
 not in git, so a fresh clone goes on with the cells that are missing instead of training the grid
 again (``--ignore-archive`` retrains them). A cell interrupted in a checkout that is gone starts over, unless
-its newest checkpoint was carried in git (eval/carry.py): then it resumes from that. A process
+its newest checkpoint was carried in git (eval/carry.py): then it resumes from that; the carried copy
+is deleted once the cell has finished, here or in the archive. A process
 claims a cell (``<cell>/.grid-claim``: host, pid and the pid's start time) before training it,
 so the same command started twice side by side shares the grid, each process training the
 cells the other has not claimed (on 2 cores: ``OMP_NUM_THREADS=1`` each); a claim whose
@@ -158,11 +159,16 @@ def finished(grid: dict, variant: str, seed: int, archive: Path | None = ARCHIVE
             or (archive is not None and (archived_cell(grid, variant, seed, archive) / "results.json").exists()))
 
 
+def selected_cells(grid: dict, only: list[str] | None, seeds: list[int] | None) -> list[tuple[str, int]]:
+    """The (variant, seed) cells picked by ``--only`` and ``--seeds``: seeds outer, variants in the grid's order."""
+    return [(variant, seed) for seed in seeds or grid["seeds"] for variant in grid["variants"]
+            if not (only and variant not in only)]
+
+
 def pending_cells(grid: dict, only: list[str] | None, seeds: list[int] | None,
                   archive: Path | None = ARCHIVE) -> list[tuple[str, int]]:
-    """Unfinished (variant, seed) cells in run order: seeds outer, variants in the grid's order."""
-    return [(variant, seed) for seed in seeds or grid["seeds"] for variant in grid["variants"]
-            if not (only and variant not in only) and not finished(grid, variant, seed, archive)]
+    """Unfinished selected cells, in run order."""
+    return [cell for cell in selected_cells(grid, only, seeds) if not finished(grid, *cell, archive)]
 
 
 def run_grid(grid: dict, only: list[str] | None, seeds: list[int] | None = None,
@@ -170,6 +176,9 @@ def run_grid(grid: dict, only: list[str] | None, seeds: list[int] | None = None,
     from afa_llm.train import train
 
     baseline = next(iter(grid["variants"]))
+    for variant, seed in selected_cells(grid, only, seeds):  # finished elsewhere (e.g. archived, then lost)
+        if finished(grid, variant, seed, archive):
+            drop_carry(cell_dir(grid, variant, seed), carry_root)
     for variant, seed in pending_cells(grid, only, seeds, archive):
         cell = cell_dir(grid, variant, seed)
         cfg, uses_trl = cell_config(grid, variant, seed, baseline)  # a bad cell fails before claiming

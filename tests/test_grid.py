@@ -316,6 +316,25 @@ def test_run_grid_resumes_a_carried_cell_and_drops_the_copy_once_it_finishes(tmp
     assert not root.exists()  # both finished: their copies are dropped, no empty folders left
 
 
+def test_run_grid_drops_the_carried_copy_of_a_cell_that_finished_elsewhere(tmp_path, monkeypatch):
+    import afa_llm.train
+
+    monkeypatch.chdir(ROOT)
+    runs, root, archive = tmp_path / "runs" / "g", tmp_path / "carry", tmp_path / "archive"
+    grid = {"recipe": "recipes/quickstart.yaml", "output_root": str(runs), "seeds": [0, 1],
+            "common": ["steps=5"], "variants": {"lora": ["method=lora"]}}
+    for seed in (0, 1):  # both carried; seed 0 then finished in a checkout whose runs/ is gone
+        _fake_cell(tmp_path / "gone" / "g" / f"lora-seed{seed}", [25])
+        carry_mod.save_carry(tmp_path / "gone" / "g" / f"lora-seed{seed}", root)
+    (archive / "g" / "lora-seed0").mkdir(parents=True)
+    (archive / "g" / "lora-seed0" / "results.json").write_text("{}")
+    trained = []
+    monkeypatch.setattr(afa_llm.train, "train", lambda cfg: trained.append(Path(cfg.output_dir).name))
+    grid_mod.run_grid(grid, None, seeds=[0], archive=archive, carry_root=root)
+    assert trained == [] and not (root / "g" / "lora-seed0").exists()
+    assert (root / "g" / "lora-seed1").is_dir()  # not selected (--seeds 0): its copy stays
+
+
 def test_carry_save_names_a_missing_grid_in_one_line(capsys):
     assert carry_mod.main(["save", "no/such/grid.yaml"]) == 2
     err = capsys.readouterr().err
