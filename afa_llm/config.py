@@ -67,6 +67,15 @@ class TrainConfig:
     label_words: Optional[list] = None  # default: " " + class name
     max_text_tokens: int = 96
     truncation: Truncation = "head"
+    # --- a planted shortcut (afa_llm.shortcut), off while shortcut_cue is empty -----------
+    # the cue goes into shortcut_rate of shortcut_label's train and validation examples (validation
+    # comes from the same cued distribution); shortcut_purity < 1 also cues other classes' examples;
+    # the test split stays clean (`afa-llm stress` and results.json's "stress" score its views)
+    shortcut_cue: str = ""
+    shortcut_label: Optional[str] = None  # a class name of the data
+    shortcut_rate: float = 0.5
+    shortcut_purity: float = 1.0
+    shortcut_position: Literal["random", "start", "end"] = "random"
     # --- optimisation ------------------------------------------------------------
     steps: int = 100
     batch_size: int = 8  # per process
@@ -87,7 +96,9 @@ class TrainConfig:
     eval_batch_size: int = 32
     test_limit: Optional[int] = None
     evaluate_zero_shot: bool = True
-    focus_eval_limit: int = 256  # test examples for the before/after fake-focus share
+    focus_eval_limit: int = 256  # test examples for the fake-focus share and the lexicon focus metrics
+    lexicon_threshold: float = 1.0  # a word is sentiment-bearing if its VADER |mean valence| >= this
+    faithfulness_eval_limit: int = 64  # test examples for comprehensiveness / sufficiency (0: skip)
     save_every: int = 50
     keep_checkpoints: int = 2
     resume_from: Optional[str] = None  # "latest" or a checkpoint folder
@@ -128,6 +139,11 @@ class TrainConfig:
             "focus_eval_limit": self.focus_eval_limit > 0,
             "log_every": self.log_every >= 1,
             "early_stopping_patience": self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+            "shortcut_rate": 0 < self.shortcut_rate <= 1,
+            "shortcut_purity": 0 < self.shortcut_purity <= 1,
+            "shortcut_cue": self.shortcut_cue == self.shortcut_cue.strip(),
+            "lexicon_threshold": 0 <= self.lexicon_threshold <= 4,
+            "faithfulness_eval_limit": self.faithfulness_eval_limit >= 0,
         }
         for key, ok in checks.items():
             if not ok:
@@ -135,6 +151,8 @@ class TrainConfig:
         if (self.early_stopping_patience or self.select_best) and not self.eval_every:
             key = "early_stopping_patience" if self.early_stopping_patience else "select_best"
             raise UserError(f"config key {key!r} needs validations: set eval_every > 0")
+        if self.shortcut_cue and not self.shortcut_label:
+            raise UserError("config key 'shortcut_label' must name the class that shortcut_cue goes with")
         if self.template.count("{text}") != 1:
             raise UserError("config key 'template' must contain '{text}' exactly once")
         if self.method not in method_classes():

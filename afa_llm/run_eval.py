@@ -128,6 +128,36 @@ def fake_focus_share_on(peft_model, task, texts: list[str], frequent, cfg) -> fl
     return fm.fake_focus_ratio(torch.cat(shares), torch.cat(bases))
 
 
+def focus_metrics_on(model, task, texts: list[str], cfg) -> dict:
+    """The lexicon metrics on ``texts`` and, on the first ``faithfulness_eval_limit`` of them,
+    comprehensiveness and sufficiency against random tokens (`afa_llm.word_focus`, `afa_llm.faithfulness`)."""
+    from .faithfulness import faithfulness
+    from .word_focus import focus_lexicon
+
+    out = focus_lexicon(model, task, texts, threshold=cfg.lexicon_threshold, batch_size=cfg.eval_batch_size,
+                        focus_layers=cfg.focus_layers)
+    if cfg.faithfulness_eval_limit:
+        out.update(faithfulness(model, task, texts[: cfg.faithfulness_eval_limit], seed=cfg.seed,
+                                focus_layers=cfg.focus_layers))
+    return out
+
+
+def stress_on(model, task, test, label_names, cfg, clean_report: dict) -> dict:
+    """The stress views of the test split with the run's own cue (`afa_llm.stress`)."""
+    from .shortcut import split_seed_for
+    from .stress import stress_test
+
+    return stress_test(model, task, list(test["text"]), list(test["label"]), label_names, cfg.shortcut_cue,
+                       label_names.index(cfg.shortcut_label), position=cfg.shortcut_position,
+                       seed=split_seed_for(cfg.split_seed, "test"), batch_size=cfg.eval_batch_size,
+                       focus_layers=cfg.focus_layers, focus_n=cfg.focus_eval_limit, clean_report=clean_report)
+
+
+def shortcut_record(cfg) -> dict | None:
+    keys = ("shortcut_cue", "shortcut_label", "shortcut_rate", "shortcut_purity", "shortcut_position")
+    return {key: getattr(cfg, key) for key in keys} if cfg.shortcut_cue else None
+
+
 def final_results(accelerator, peft_model, task, data, cfg, frequent, history, stopper, last_step,
                    name: str | None = None) -> dict:
     """Test the run (the selected checkpoint, the base), save adapter/ and results.json.
@@ -150,11 +180,18 @@ def final_results(accelerator, peft_model, task, data, cfg, frequent, history, s
                    **selected_test(peft_model, Path(cfg.output_dir), history, stopper, cfg.select_best, last_step,
                                    evaluate),
                    "fake_focus_share": {"adapter": fake_focus_share_on(peft_model, task, focus_texts, frequent, cfg)},
-                   "machine": machine_record()}
+                   "focus_metrics": {"adapter": focus_metrics_on(peft_model, task, focus_texts, cfg)},
+                   "shortcut": shortcut_record(cfg), "machine": machine_record()}
+        if cfg.shortcut_cue:
+            results["stress"] = {"adapter": stress_on(peft_model, task, test, data.label_names, cfg, results["test"])}
         if cfg.evaluate_zero_shot:
             with peft_model.disable_adapter():
                 results["zero_shot"] = evaluate()
                 results["fake_focus_share"]["base"] = fake_focus_share_on(peft_model, task, focus_texts, frequent, cfg)
+                results["focus_metrics"]["base"] = focus_metrics_on(peft_model, task, focus_texts, cfg)
+                if cfg.shortcut_cue:
+                    results["stress"]["base"] = stress_on(peft_model, task, test, data.label_names, cfg,
+                                                          results["zero_shot"])
         run_dir = Path(cfg.output_dir)
         peft_model.save_pretrained(run_dir / "adapter")
         write_json(run_dir / "results.json", results)

@@ -165,6 +165,21 @@ class PromptTask:
     def text_ids(self, text: str, limit: int | None = None) -> list[int]:
         return truncate(self._encode(self._text_lead + text), limit or self.max_text_tokens, self.truncation)
 
+    def text_offsets(self, text: str) -> list[tuple[int, int]]:
+        """The character span in ``text`` of each token that `text_ids` keeps, in order (for mapping
+        focus to words). Needs a fast tokenizer (offset mapping)."""
+        lead = self._text_lead
+        try:
+            enc = self._tokenizer(lead + text, add_special_tokens=False, return_offsets_mapping=True)
+        except NotImplementedError as exc:
+            raise UserError("word-level focus metrics need a fast tokenizer (offset mapping)") from exc
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        kept = truncate(list(range(len(ids))), self.max_text_tokens, self.truncation)
+        if [ids[i] for i in kept] != self.text_ids(text):
+            raise RuntimeError("the tokenizer's offset encoding differs from the prompt encoding")
+        shift = len(lead)
+        return [(max(0, offsets[i][0] - shift), max(0, offsets[i][1] - shift)) for i in kept]
+
     def prompt_ids(self, text: str, demos: Sequence[tuple[str, int]] = ()) -> tuple[list[int], int, int]:
         """Token ids of one prompt and the [start, end) span of its text tokens."""
         if not hasattr(self, "_tokenizer"):

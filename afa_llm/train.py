@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import shutil
@@ -39,6 +40,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
+from datasets import DatasetDict
 from tqdm.auto import tqdm
 
 from . import focus_math as fm
@@ -114,10 +116,40 @@ def load_training_data(cfg: TrainConfig) -> tuple[SentimentData, object]:
     """The run's data set and its training split (the first ``train_limit`` rows, if set)."""
     data = load_sentiment_data(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column,
                                label_names=cfg.label_names, split_seed=cfg.split_seed)
+    if cfg.shortcut_cue:
+        data = plant_run_shortcut(cfg, data)
     train_split = data.split("train")
     if cfg.train_limit:
         train_split = train_split.select(range(min(cfg.train_limit, len(train_split))))
     return data, train_split
+
+
+def run_shortcut(cfg: TrainConfig, label_names: list[str]):
+    """The run's `ShortcutSpec` (None when ``shortcut_cue`` is empty); the class is checked by name."""
+    from .shortcut import ShortcutSpec
+
+    if not cfg.shortcut_cue:
+        return None
+    if cfg.shortcut_label not in label_names:
+        raise UserError(f"config key 'shortcut_label': {cfg.shortcut_label!r} is not a class of the data "
+                        f"({', '.join(label_names)})")
+    return ShortcutSpec(cfg.shortcut_cue, label_names.index(cfg.shortcut_label), cfg.shortcut_rate,
+                        cfg.shortcut_purity, cfg.shortcut_position)
+
+
+def plant_run_shortcut(cfg: TrainConfig, data: SentimentData) -> SentimentData:
+    """``data`` with the run's cue planted in its train and validation splits; test stays clean."""
+    from .shortcut import check_cue_absent, plant_shortcut, split_seed_for
+
+    spec = run_shortcut(cfg, data.label_names)
+    splits = dict(data.splits)
+    for name in ("train", "validation", "test"):
+        check_cue_absent(splits[name]["text"], spec.cue, f"the {name} split of {cfg.data}")
+    for name in ("train", "validation"):
+        split = splits[name]
+        texts, _ = plant_shortcut(split["text"], split["label"], spec, split_seed_for(cfg.split_seed, name))
+        splits[name] = split.remove_columns("text").add_column("text", texts).select_columns(["text", "label"])
+    return dataclasses.replace(data, splits=DatasetDict(splits))
 
 
 # ---- the loop -------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
     L = L_cls                                        (masked_ce: none)
     L = L_cls + w * CE(x with k random words hidden) (masked_ce: random, the word-dropout
                                                       control that AFA has to beat)
+    L = L_cls + w * CE(x with the k most-attended words hidden)   (masked_ce: focus, progressive
+        attention masking after Tang et al., ACL 2019; its control is masked_ce: random)
 
 k = max(1, round(mask_ratio * n_text)). Hiding follows ``mask_mode`` as in AFA: the
 hidden tokens are deleted from the attention (positions kept), or replaced by a filler.
@@ -24,7 +26,7 @@ from .base import MethodContext, MethodKeys, TrainingMethod, classification_loss
 
 @dataclass
 class WordDropoutKeys(MethodKeys):
-    masked_ce: Literal["none", "random"] = "none"  # random: the word-dropout control
+    masked_ce: Literal["none", "random", "focus"] = "none"  # random: the word-dropout control
     masked_ce_weight: float = 0.5
     mask_ratio: float = 0.2  # rho: share of the text tokens hidden by a mask
     mask_mode: Literal["attention", "filler"] = "attention"
@@ -37,7 +39,8 @@ class WordDropoutKeys(MethodKeys):
 class LoRAMethod(TrainingMethod):
     name = "lora"
     Keys = WordDropoutKeys
-    summary = "plain LoRA (the baseline); masked_ce=random adds the word-dropout control"
+    summary = ("plain LoRA (the baseline); masked_ce=random adds the word-dropout control, masked_ce=focus "
+               "the CE on a copy with the most-attended words hidden")
 
     def __init__(self, keys: WordDropoutKeys, ctx: MethodContext):
         super().__init__(keys, ctx)
@@ -54,7 +57,9 @@ class LoRAMethod(TrainingMethod):
         return loss, metrics
 
     def extra_terms(self, model, batch, clean, k, step, metrics):
-        """A subclass's own loss terms, and how it picks the masked-CE mask (default: at random)."""
+        """A subclass's own loss terms, and how it picks the masked-CE mask (the top-k of the focus, or at random)."""
+        if self.keys.masked_ce == "focus":
+            return 0.0, lambda: masking.top_k_masks(clean.focus, batch.text_mask, k)
         return 0.0, lambda: masking.uniform_masks(batch.text_mask, k, 1, self.ctx.generator)[:, 0]
 
     def masked_ce(self, model, batch, mask: torch.Tensor, metrics: dict) -> torch.Tensor:

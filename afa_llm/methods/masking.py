@@ -3,6 +3,7 @@
     masks_per_example(n_text, rho) -> (B,) long                 k = clamp(round(rho*n), 1, n)
     gumbel_top_k_masks(probs, text_mask, k, num_masks) -> (B, G, L)   k[b] distinct tokens
     uniform_masks(text_mask, k, num_masks) -> (B, G, L)         the word-dropout control
+    top_k_masks(scores, text_mask, k) -> (B, L)                  the k[b] highest-scoring text tokens
     hide_tokens(batch, masks, mode, filler_id) -> EncodedBatch   B*G masked copies
     masked_scores(model, batch, masks, ...) -> class logits (B, G, C), answer states
 """
@@ -67,6 +68,19 @@ def uniform_masks(text_mask: torch.Tensor, k: torch.Tensor, num_masks: int,
     n_text = _text_counts(text_mask)
     uniform = text_mask.float() / n_text.unsqueeze(-1).float()
     return gumbel_top_k_masks(uniform, text_mask, k, num_masks, generator)
+
+
+def top_k_masks(scores: torch.Tensor, text_mask: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The k[b] text tokens with the highest ``scores`` (ties: the earlier token) -> bool (B, L).
+
+    Deterministic: the most-attended words that ``masked_ce: focus`` hides (progressive attention
+    masking, Tang et al. 2019) and that the faithfulness metrics remove or keep."""
+    length = scores.shape[-1]
+    ranked = scores.detach().float().masked_fill(~text_mask, float("-inf"))
+    order = ranked.argsort(dim=-1, descending=True, stable=True)
+    positions = torch.arange(length, device=scores.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(-1, order, positions)
+    return (rank < k.to(scores.device).view(-1, 1)) & text_mask
 
 
 def hide_tokens(batch: EncodedBatch, masks: torch.Tensor, mode: str, filler_id: int) -> EncodedBatch:
