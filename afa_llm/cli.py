@@ -218,7 +218,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the expected calibration error) to this .png/.pdf/.svg file")
     add_act_argument(parser)
     add_prior_arguments(parser)
+    add_focus_metric_arguments(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def add_focus_metric_arguments(parser: argparse.ArgumentParser, focus_n: int | None = 256) -> None:
+    group = parser.add_argument_group("focus metrics (afa_llm.focus_metrics)")
+    if focus_n is not None:
+        group.add_argument("--focus-n", type=int, default=focus_n,
+                           help="score the focus of the first N rows against human-rated (VADER) words; 0: skip "
+                                "(not with --act or --shots) (default: %(default)s)")
+    group.add_argument("--faithfulness-n", type=int, default=64,
+                       help="of those, the first N also get comprehensiveness and sufficiency against random "
+                            "tokens (extra forward passes); 0: skip (default: %(default)s)")
+    group.add_argument("--lexicon-threshold", type=float, default=1.0,
+                       help="a word is sentiment-bearing if its VADER |mean valence| >= this (default: %(default)s)")
 
 
 def add_act_argument(parser: argparse.ArgumentParser) -> None:
@@ -241,12 +255,20 @@ def check_eval_args(args) -> None:
         raise UserError("--shots draws demonstrations from the train split, which --split all also scores; "
                         "use --split test for few-shot evaluation")
     check_prior_args(args)
+    check_focus_metric_args(args)
     if args.output:
         check_writable_file(args.output, "--output")
     if args.reliability_plot:
         if os.path.splitext(args.reliability_plot)[1].lower() not in PLOT_SUFFIXES:
             raise UserError(f"--reliability-plot must end in {', '.join(PLOT_SUFFIXES)}: {args.reliability_plot}")
         check_writable_file(args.reliability_plot, "--reliability-plot")
+
+
+def check_focus_metric_args(args) -> None:
+    if getattr(args, "focus_n", 0) < 0 or args.faithfulness_n < 0:
+        raise UserError("--focus-n and --faithfulness-n must be 0 (skip) or a positive number of rows")
+    if not 0 <= args.lexicon_threshold <= 4:
+        raise UserError("--lexicon-threshold must be in [0, 4] (VADER valences run from -4 to 4)")
 
 
 def rows_to_score(args, data):
@@ -292,12 +314,13 @@ def run(args) -> int:
 
     from .act import act_enabled, load_act
 
+    from .focus_metrics import focus_metrics, format_focus_metrics
     from .predict import resolve_run_args
     from .prior import correct_report
     from .provenance import machine_record
 
     check_eval_args(args)
-    resolve_run_args(args)
+    cfg, _ = resolve_run_args(args)
     act = load_act(args.act) if args.act else None
     data = load_data_from_args(args)
     split, scored = rows_to_score(args, data)
@@ -318,7 +341,14 @@ def run(args) -> int:
         title += (f"\nlabel-prior correction ({correction['method']}, fitted on {correction['fitted_n']} rows: "
                   f"{args.prior_from}); without it: accuracy={report['prior_correction']['uncorrected']['accuracy']:.4f}"
                   f"  macro_f1={report['prior_correction']['uncorrected']['macro_f1']:.4f}")
+    if args.focus_n and not act and not args.shots:  # focus of the plain prompt: not under ACT, not few-shot
+        report["focus_metrics"] = focus_metrics(
+            model, task, list(split["text"][: args.focus_n]), threshold=args.lexicon_threshold,
+            faithfulness_n=args.faithfulness_n, batch_size=args.batch_size,
+            focus_layers=cfg.focus_layers if cfg is not None else None, seed=args.seed)
     print(format_report(report, data.label_names, title=title))
+    if "focus_metrics" in report:
+        print(format_focus_metrics(report["focus_metrics"]))
     if args.output:
         write_json(args.output, report)
     if args.reliability_plot:

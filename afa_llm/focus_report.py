@@ -15,6 +15,11 @@ With ``--data``, the page also reports the fake-focus share per data set: the fo
 the most frequent 1% of token types of the train split, divided by those tokens' share
 of the text (1 = no preference for frequent words), for the base and the adapter.
 
+Every page also reports, per side, the focus against human-rated words (VADER: lexicon share, lift and
+AUPRC, `afa_llm.word_focus`) over the rendered (or ``--metric-n``) texts, and its faithfulness
+(comprehensiveness and sufficiency against random tokens, `afa_llm.faithfulness`) on the first
+``--faithfulness-n`` of them.
+
 Outputs in ``--output``: ``focus.html`` (inline CSS, no scripts, no external URLs; token
 text is html-escaped), ``focus.png`` and ``focus.json`` (all numbers).
 """
@@ -22,6 +27,7 @@ text is html-escaped), ``focus.png`` and ``focus.json`` (all numbers).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 from pathlib import Path
 
@@ -46,7 +52,7 @@ td.side { max-width: 40em; }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli import add_scorer_arguments
+    from .cli import add_focus_metric_arguments, add_scorer_arguments
 
     # a run's model, prompt and (for its own --data) split seed, as in eval; --data is one of two sources
     add_scorer_arguments(parser, data_help="texts to render (instead of --text): rotten_tomatoes, imdb, tweets, a "
@@ -65,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="folder for focus.html, focus.png and focus.json")
     parser.add_argument("--act", default=None, metavar="ACT.json",
                         help="add a side with this ACT calibration on (afa-llm calibrate)")
+    add_focus_metric_arguments(parser, focus_n=None)
 
 
 # ---- computing ----------------------------------------------------------------------
@@ -128,6 +135,22 @@ def compute(model, task, texts: list[str], layers, batch_size: int, has_adapter:
     return sides
 
 
+def focus_metric_summary(model, task, texts: list[str], sides: dict[str, dict], layers, args) -> dict[str, dict]:
+    """Per side: the lexicon metrics of its focus on ``texts`` and (base and adapter sides) faithfulness."""
+    from .faithfulness import faithfulness
+    from .word_focus import lexicon_metrics
+
+    offsets = [task.text_offsets(t) for t in texts]
+    out = {}
+    for side, values in sides.items():
+        out[side] = lexicon_metrics([np.asarray(f) for f in values["focus"]], offsets, texts, args.lexicon_threshold)
+        if args.faithfulness_n and side != "act":  # ACT's focus is read off captured rows, not its own pass
+            scope = model.disable_adapter() if side == "base" and "adapter" in sides else contextlib.nullcontext()
+            with scope:
+                out[side].update(faithfulness(model, task, texts[: args.faithfulness_n], focus_layers=layers))
+    return out
+
+
 def fake_focus_summary(sides: dict[str, dict], data: str, n_frequent: int) -> dict:
     from . import focus_math as am
 
@@ -158,6 +181,13 @@ def render_html(report: dict) -> str:
              '<p class="meta">Shading: attention from the answer position to each text token, averaged over '
              "heads and the focus layers, renormalised over the text (darkest = the row's largest value; hover "
              "for the value).</p>"]
+    metrics = report.get("focus_metrics")
+    if metrics:
+        parts += ["<h2>Focus on human-rated words and its faithfulness</h2>", "<table><tr><th>side</th>"
+                  + "".join(f"<th>{c}</th>" for c in METRIC_COLUMNS) + "</tr>"]
+        parts += [f"<tr><td>{html.escape(side)}</td>" + "".join(f"<td>{_metric(m.get(c))}</td>" for c in METRIC_COLUMNS)
+                  + "</tr>" for side, m in metrics.items()]
+        parts.append("</table>")
     summary = report.get("fake_focus")
     if summary:
         parts += ["<h2>Fake-focus share</h2>", "<table><tr><th>data</th><th>examples</th><th>frequent types</th>"
@@ -182,6 +212,13 @@ def render_html(report: dict) -> str:
         parts.append(f'<tr class="row"><td>{i}{label}</td>{"".join(cells)}</tr>')
     parts += ["</table>", "</body></html>"]
     return "\n".join(parts) + "\n"
+
+
+METRIC_COLUMNS = ("lexicon_share", "lexicon_lift", "lexicon_auprc", "comprehensiveness_gain", "sufficiency_gain")
+
+
+def _metric(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def render_png(report: dict, path: Path) -> None:
@@ -212,7 +249,7 @@ def render_png(report: dict, path: Path) -> None:
 # ---- CLI ------------------------------------------------------------------------------
 def run(args) -> int:
     from .decoder_layers import default_focus_layers, find_decoder_layers
-    from .cli import build_task, class_names_for, load_data_from_args
+    from .cli import build_task, check_focus_metric_args, class_names_for, load_data_from_args
     from .evaluate import attach_adapter
     from .merge import find_run
     from .models import load_model
@@ -226,6 +263,7 @@ def run(args) -> int:
         raise UserError("give the texts to render: --text \"...\" (repeatable) or --data SPEC --n N, not both")
     if args.n <= 0 or args.metric_n < 0 or args.batch_size <= 0:
         raise UserError("--n and --batch-size must be positive, --metric-n must not be negative")
+    check_focus_metric_args(args)
     if args.text and not all(t.strip() for t in args.text):
         raise UserError("--text must not be empty")
     run_info = find_run(args.adapter) if args.adapter else None
@@ -273,6 +311,7 @@ def run(args) -> int:
     }
     if frequent is not None:
         report["fake_focus"] = fake_focus_summary(sides, args.data, len(frequent))
+    report["focus_metrics"] = focus_metric_summary(model, task, texts, sides, layers, args)
     out = Path(args.output)
     atomic_write_text(out / "focus.html", render_html(report))
     write_json(out / "focus.json", report, indent=1)

@@ -39,6 +39,10 @@ from .leaderboard_tables import write_csv, write_markdown, write_plot
 from .prior import check_classes, correct_report, fit_from_report
 
 
+FOCUS_N = 256  # test rows for --focus-metrics (faithfulness: the first 64 of them)
+FOCUS_METRICS = ("lexicon_share", "lexicon_auprc", "comprehensiveness_gain")  # the leaderboard's focus columns
+
+
 # ---- caching and evaluation ----------------------------------------------------------
 def _fingerprint(path: str | None) -> object:
     """Content identity of a model / adapter / data path (sha256 for adapters and small files)."""
@@ -69,6 +73,7 @@ def cache_key(args: argparse.Namespace) -> dict:
         **{key: getattr(args, key) for key in PROMPT_KEYS},
         **({"act": _fingerprint(args.act)} if getattr(args, "act", None) else {}),  # old cache keys stay valid
         **({"prior_correction": args.prior_correction} if getattr(args, "prior_correction", None) else {}),
+        **({"focus_metrics": True} if getattr(args, "focus_metrics", False) else {}),
     }
 
 
@@ -113,6 +118,10 @@ def evaluate_jobs(jobs: list[Job], cache_dir: Path, batch_size: int, progress: b
                     correction = fit_from_report(validation, a.prior_correction, "the validation split")
                     report = correct_report(report, correction, data.label_names)
             job.result = {k: report[k] for k in ("accuracy", "macro_f1", "n", "per_class", "predictions", "labels")}
+            if getattr(a, "focus_metrics", False):  # the plain prompt's focus (ACT is off here)
+                from .focus_metrics import focus_metrics
+
+                job.result.update(focus_metrics(model, task, list(test["text"][:FOCUS_N]), batch_size=batch_size))
             write_json(str(cache_path(cache_dir, a)), {"key": cache_key(a), "report": job.result})
             print(f"{job.name} / {a.data}: accuracy {report['accuracy']:.4f} (n={report['n']})", file=sys.stderr)
     return sum(len(group) for group in todo.values())
@@ -152,15 +161,17 @@ def results_jobs(jobs: list[Job]) -> list[Job]:
         data = results.get("data", job.args.data)
         seed = results.get("seed", job.seed)
         focus = results.get("fake_focus_share") or {}
+        metrics = results.get("focus_metrics") or {}
         out.append(Job(job.name, job.group, seed, argparse.Namespace(data=data),
-                       result={**results["test"], "focus_share": focus.get("adapter")}))
+                       result={**results["test"], "focus_share": focus.get("adapter"), **metrics.get("adapter", {})}))
         zero_key = (results.get("model"), data, results.get("split_seed"), results["zero_shot"].get("n")) \
             if "zero_shot" in results else None
         if zero_key and zero_key not in seen_zero_shot:
             seen_zero_shot.add(zero_key)
             name = f"zero-shot {results.get('model', job.args.model)}"
             out.append(Job(name, name, None, argparse.Namespace(data=data),
-                           result={**results["zero_shot"], "focus_share": focus.get("base")}))
+                           result={**results["zero_shot"], "focus_share": focus.get("base"),
+                                   **metrics.get("base", {})}))
     return out
 
 
@@ -173,10 +184,13 @@ def aggregate(jobs: list[Job]) -> list[dict]:
     rows = []
     for (data, group), members in groups.items():
         row = {"data": data, "name": group, "runs": len(members)}
-        for metric in ("accuracy", "macro_f1", "focus_share"):
+        for metric in ("accuracy", "macro_f1", "focus_share", *FOCUS_METRICS):
             values = [m.result[metric] for m in members if m.result.get(metric) is not None]
             row[f"{metric}_mean"] = statistics.fmean(values) if values else None
             row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        for metric in FOCUS_METRICS:  # shown as means
+            row[metric] = row.pop(f"{metric}_mean")
+            row.pop(f"{metric}_std")
         sizes = sorted({int(m.result.get("n", 0)) for m in members})
         row["examples"] = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
         row["seeds"] = ",".join(str(m.seed) for m in members if m.seed is not None)
@@ -199,6 +213,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", action="append", metavar="NAME",
                         help="keep only the entries with this name or group (repeatable); the table lists just them")
     parser.add_argument("--batch-size", type=int, default=None, help="examples per forward pass (default: 32)")
+    parser.add_argument("--focus-metrics", action="store_true",
+                        help=f"also score each entry's focus on its first {FOCUS_N} test rows against human-rated "
+                             "(VADER) words, and its faithfulness on 64 (with --from-results: read from results.json)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -209,6 +226,8 @@ def run(args) -> int:
     out = Path(args.output_dir or raw.get("output_dir") or Path(args.config).with_suffix(""))
     check_writable_dir(out, "--output-dir" if args.output_dir else "the leaderboard output folder")
     jobs = build_jobs(raw, args.config, args.limit, need_model=not args.from_results)
+    for job in jobs:
+        job.args.focus_metrics = args.focus_metrics
     if args.from_results:
         jobs = results_jobs(jobs)
         if not jobs:

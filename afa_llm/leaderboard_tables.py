@@ -11,7 +11,9 @@ from pathlib import Path
 from .io_utils import atomic_path, atomic_write_text, atomic_writer
 
 CSV_COLUMNS = ["data", "name", "runs", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std",
-               "examples", "seeds", "focus_share"]
+               "examples", "seeds", "focus_share", "lexicon_share", "lexicon_auprc", "comprehensiveness_gain"]
+FOCUS_HEADERS = {"lexicon_share": "focus on VADER words", "lexicon_auprc": "its AUPRC",
+                 "comprehensiveness_gain": "comprehensiveness - random"}
 
 
 def _fmt(mean: float | None, std: float | None) -> str:
@@ -22,15 +24,18 @@ def _fmt(mean: float | None, std: float | None) -> str:
 
 def write_markdown(rows: list[dict], path: Path, title: str, source: str) -> None:
     focus = any(r["focus_share"] is not None for r in rows)
+    extra = [key for key in FOCUS_HEADERS if any(r.get(key) is not None for r in rows)]
     lines = [f"# Leaderboard: {title}", "", f"Test split, {source}. Accuracy and macro-F1 are mean ± sample std "
              "over the runs of a row.", ""]
     for data in dict.fromkeys(r["data"] for r in rows):
         lines += [f"## {data}", "", "| rank | name | runs | accuracy | macro-F1 | examples | seeds |"
-                  + (" fake-focus share |" if focus else ""), "|---" * (7 + focus) + "|"]
+                  + (" fake-focus share |" if focus else "") + "".join(f" {FOCUS_HEADERS[k]} |" for k in extra),
+                  "|---" * (7 + focus + len(extra)) + "|"]
         for rank, r in enumerate((r for r in rows if r["data"] == data), start=1):
             cells = [str(rank), r["name"], str(r["runs"]), _fmt(r["accuracy_mean"], r["accuracy_std"]),
                      _fmt(r["macro_f1_mean"], r["macro_f1_std"]), r["examples"], r["seeds"]]
             cells += [_fmt(r["focus_share"], None)] if focus else []
+            cells += [_fmt(r.get(k), None) for k in extra]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         lines.append("")
     atomic_write_text(path, "\n".join(lines))
@@ -40,7 +45,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
     with atomic_writer(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
-        writer.writerows({k: ("" if r[k] is None else r[k]) for k in CSV_COLUMNS} for r in rows)
+        writer.writerows({k: ("" if r.get(k) is None else r[k]) for k in CSV_COLUMNS} for r in rows)
 
 
 def write_plot(rows: list[dict], path: Path, title: str) -> None:

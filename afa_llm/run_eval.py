@@ -129,17 +129,12 @@ def fake_focus_share_on(peft_model, task, texts: list[str], frequent, cfg) -> fl
 
 
 def focus_metrics_on(model, task, texts: list[str], cfg) -> dict:
-    """The lexicon metrics on ``texts`` and, on the first ``faithfulness_eval_limit`` of them,
-    comprehensiveness and sufficiency against random tokens (`afa_llm.word_focus`, `afa_llm.faithfulness`)."""
-    from .faithfulness import faithfulness
-    from .word_focus import focus_lexicon
+    """`afa_llm.focus_metrics.focus_metrics` with the run's keys (threshold, example counts, layers, seed)."""
+    from .focus_metrics import focus_metrics
 
-    out = focus_lexicon(model, task, texts, threshold=cfg.lexicon_threshold, batch_size=cfg.eval_batch_size,
-                        focus_layers=cfg.focus_layers)
-    if cfg.faithfulness_eval_limit:
-        out.update(faithfulness(model, task, texts[: cfg.faithfulness_eval_limit], seed=cfg.seed,
-                                focus_layers=cfg.focus_layers))
-    return out
+    return focus_metrics(model, task, texts, threshold=cfg.lexicon_threshold,
+                         faithfulness_n=cfg.faithfulness_eval_limit, batch_size=cfg.eval_batch_size,
+                         focus_layers=cfg.focus_layers, seed=cfg.seed)
 
 
 def stress_on(model, task, test, label_names, cfg, clean_report: dict) -> dict:

@@ -80,7 +80,7 @@ def stress_views_checked(texts, labels, cue: str, cue_label: int, num_classes: i
 
 
 def view_record(report: dict) -> dict:
-    keys = ("accuracy", "macro_f1", "per_class", "n", "predictions")
+    keys = ("accuracy", "macro_f1", "per_class", "n", "predictions", "labels")
     return {key: report[key] for key in keys if key in report}
 
 

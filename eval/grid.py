@@ -22,7 +22,9 @@ The report (Markdown) gives, per variant, test accuracy and macro-F1 as mean ± 
 seeds, the paired difference against the baseline per seed with a McNemar p-value on
 the same test examples (over several seeds also their pooled sign-flip p, the test examples
 as the units: afa_llm.metrics.reports_pooled_test), the steps needed to reach the baseline's final validation
-accuracy, and the fake-focus share of the adapter (base in brackets).
+accuracy, and the fake-focus share of the adapter (base in brackets). Cells with a planted shortcut add
+the stress table, and cells with focus metrics the focus table (eval/focus_tables.py); ``controls:``
+(variant -> its control variant) adds the anti-view comparison with each method's own control.
 """
 
 from __future__ import annotations
@@ -41,13 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from carry import CARRY, carried, drop_carry, restore_carry  # noqa: E402
+from focus_tables import focus_table, stress_table  # noqa: E402
 
 from afa_llm.config import load_config  # noqa: E402
 from afa_llm.errors import TrainingDiverged, UserError  # noqa: E402
 from afa_llm.metrics import reports_mcnemar_p, reports_pooled_test  # noqa: E402
 
 ARCHIVE = Path(__file__).resolve().parents[1] / "docs" / "results_data"  # finished cells, in git
-GRID_KEYS = {"recipe", "output_root", "seeds", "common", "variants", "title"}
+GRID_KEYS = {"recipe", "output_root", "seeds", "common", "variants", "title", "controls"}
 TRL_RUNNER = "runner=trl"  # a variant trained by TRL's SFTTrainer instead of afa_llm.train
 
 
@@ -61,6 +64,9 @@ def load_grid(path: str) -> dict:
         raise UserError(f"unknown grid key {unknown[0]!r} in {path} (known: {', '.join(sorted(GRID_KEYS))})")
     if not grid.get("variants"):
         raise UserError(f"grid {path} has no variants")
+    for variant, control in (grid.get("controls") or {}).items():
+        if variant not in grid["variants"] or control not in grid["variants"]:
+            raise UserError(f"grid {path}: controls maps {variant!r} to {control!r}, but both must be variants")
     return grid
 
 
@@ -278,6 +284,8 @@ def report(grid: dict) -> str:
         lines.append(f"| {variant} | `{' '.join(grid['variants'][variant]) or '-'}` | {len(acc)} | "
                      f"{acc.mean():.4f}{std} | {f1.mean():.4f} | {', '.join(paired) or '-'} | "
                      f"{', '.join(reach) or '-'} | {np.mean(share):.3f} |" + tail)
+    lines += stress_table(results, baseline, grid.get("controls") or {})
+    lines += focus_table(results, baseline)
     return "\n".join(lines)
 
 

@@ -92,6 +92,9 @@ def test_focus_on_data_reports_fake_focus_share(tiny, tiny_csv, tmp_path):
         assert 0 <= share[side]["focus_share"] <= 1 and share[side]["normalised"] > 0
     page = (out / "focus.html").read_text()
     assert page.count('<tr class="row">') == 3 and "Fake-focus share" in page
+    metrics = report["focus_metrics"]
+    assert set(metrics) == {"base", "adapter"} and metrics["adapter"]["faithfulness_n"] == 6
+    assert metrics["base"]["lexicon_n"] >= 1 and "human-rated words" in page
 
 
 def _refused(capsys, argv: list[str]) -> str:

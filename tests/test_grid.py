@@ -339,3 +339,38 @@ def test_carry_save_names_a_missing_grid_in_one_line(capsys):
     assert carry_mod.main(["save", "no/such/grid.yaml"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: grid file not found") and err.count("\n") == 1
+
+
+def _with_stress(folder: Path, anti_flip: int, lexicon_share: float) -> None:
+    """Add stress views (anti: ``anti_flip`` of 20 wrong) and focus metrics to a written cell."""
+    result = json.loads((folder / "results.json").read_text())
+    labels = [0, 1] * 10
+    view = lambda flip: {"accuracy": 1 - flip / 20, "macro_f1": 0.5, "n": 20, "labels": labels,  # noqa: E731
+                         "predictions": [1 - y if i < flip else y for i, y in enumerate(labels)]}
+    result["stress"] = {"adapter": {"clean": view(0), "aligned": view(0), "anti": view(anti_flip),
+                                    "gap": anti_flip / 20, "cue_focus": {"aligned": 0.2, "anti": 0.3}}}
+    result["focus_metrics"] = {"adapter": {"lexicon_share": lexicon_share, "lexicon_lift": 1.5,
+                                           "lexicon_auprc": 0.4, "comprehensiveness_gain": 0.1,
+                                           "sufficiency_gain": None}}
+    (folder / "results.json").write_text(json.dumps(result))
+
+
+def test_report_adds_the_stress_table_with_each_methods_control(tmp_path):
+    grid = {"recipe": "r.yaml", "output_root": str(tmp_path), "seeds": [0],
+            "variants": {"lora": [], "drop": [], "afa": []}, "controls": {"afa": "drop"}}
+    for name, flip in (("lora", 10), ("drop", 8), ("afa", 2)):
+        _write(tmp_path / f"{name}-seed0", 0, [{"step": 10, "accuracy": 0.8}])
+        _with_stress(tmp_path / f"{name}-seed0", flip, 0.25)
+    text = grid_mod.report(grid)
+    afa_row = [line for line in text.splitlines() if line.startswith("| afa ")][-2]  # the stress table's row
+    assert "| 0.9000 | 0.1000 | 0.300 |" in afa_row  # anti accuracy, gap (2 of 20 flipped), cue focus
+    assert "+0.4000 (p=0.0078)" in afa_row and "+0.3000 (p=0.031) (drop)" in afa_row
+    focus_row = [line for line in text.splitlines() if line.startswith("| afa ")][-1]
+    assert focus_row == "| afa | 1 | 0.250 | 1.500 | 0.400 | 0.100 | - |"
+
+
+def test_controls_must_name_variants(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("recipe: r.yaml\noutput_root: o\nseeds: [0]\nvariants: {a: [], b: []}\ncontrols: {a: c}\n")
+    with pytest.raises(UserError, match="controls"):
+        grid_mod.load_grid(str(path))

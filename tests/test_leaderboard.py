@@ -110,6 +110,9 @@ def test_from_results_aggregates_results_json(setup, tmp_path, monkeypatch):
     zero = rows[f"zero-shot {setup['base']}"]
     assert zero["runs"] == "1" and float(zero["accuracy_mean"]) == pytest.approx(0.5)  # shared base, counted once
     assert "fake-focus share" in (out / "leaderboard.md").read_text()
+    assert float(rows["afa"]["lexicon_share"]) == pytest.approx(0.375)  # results.json's focus metrics, averaged
+    assert float(zero["lexicon_share"]) == pytest.approx(0.2) and rows["afa"]["comprehensiveness_gain"] == ""
+    assert "focus on VADER words" in (out / "leaderboard.md").read_text()
 
 
 def test_only_keeps_the_named_entries_and_refuses_unknown_names(setup, tmp_path, capsys):

@@ -51,6 +51,8 @@ def make_run(run_dir: Path, base_dir: str, *, data: str = "rotten_tomatoes", see
         results["test"] = {"accuracy": accuracy, "macro_f1": accuracy - 0.01, "n": 100}
         results["zero_shot"] = {"accuracy": 0.5, "macro_f1": 0.4, "n": 100}
         results["fake_focus_share"] = {"adapter": 0.9, "base": 1.0}
+        results["focus_metrics"] = {"adapter": {"lexicon_share": accuracy / 2, "lexicon_auprc": 0.3},
+                                    "base": {"lexicon_share": 0.2, "lexicon_auprc": 0.25}}
     (run_dir / "results.json").write_text(json.dumps(results))
     return run_dir
 
