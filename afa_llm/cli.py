@@ -11,22 +11,22 @@ import importlib
 import os
 import sys
 
-from .errors import TrainingDiverged, UserError
-from .io_utils import check_writable_file, write_json  # noqa: F401  (write_json: re-exported, callers import it here)
+from afa_llm.errors import TrainingDiverged, UserError
+from afa_llm.io_utils import check_writable_file, write_json  # noqa: F401  (write_json: re-exported, callers import it here)
 
 # subcommand -> module with `add_arguments(parser)` and `run(args) -> int`
 SUBCOMMANDS = {
     "eval": ("afa_llm.cli", "Evaluate a model (+ adapter) on a sentiment data set with label-word scoring."),
-    "train": ("afa_llm.train", "Train a LoRA adapter with AFA or plain LoRA from a YAML recipe."),
-    "predict": ("afa_llm.predict", "Classify new texts (CSV, JSONL, parquet, or lines on stdin) with a trained run or "
+    "train": ("afa_llm.training.trainer", "Train a LoRA adapter with AFA or plain LoRA from a YAML recipe."),
+    "predict": ("afa_llm.inference.predict", "Classify new texts (CSV, JSONL, parquet, or lines on stdin) with a trained run or "
                                    "merged model: predicted label and class probabilities per row."),
-    "merge": ("afa_llm.merge", "Merge a trained LoRA adapter into a full-precision base for deployment."),
-    "calibrate": ("afa_llm.act_search", "ACT: search the attention heads whose sink calibration helps (training-free), "
+    "merge": ("afa_llm.inference.merge", "Merge a trained LoRA adapter into a full-precision base for deployment."),
+    "calibrate": ("afa_llm.act.search", "ACT: search the attention heads whose sink calibration helps (training-free), "
                                         "write act.json for eval/predict --act."),
-    "focus": ("afa_llm.focus_report", "Render where the model looks (answer-position focus) as HTML and PNG."),
-    "stress": ("afa_llm.stress", "Shortcut stress test: score clean, aligned and anti views of a cue word (gap, "
+    "focus": ("afa_llm.evaluation.focus_map", "Render where the model looks (answer-position focus) as HTML and PNG."),
+    "stress": ("afa_llm.evaluation.stress", "Shortcut stress test: score clean, aligned and anti views of a cue word (gap, "
                                  "McNemar p, focus on the cue)."),
-    "leaderboard": ("afa_llm.leaderboard", "Evaluate many runs/models and write leaderboard.md/.csv/.png."),
+    "leaderboard": ("afa_llm.evaluation.leaderboard", "Evaluate many runs/models and write leaderboard.md/.csv/.png."),
 }
 
 
@@ -74,7 +74,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, from_run: bool = False, 
 
 
 def add_task_arguments(parser: argparse.ArgumentParser, from_run: bool = False) -> None:
-    from .config import TRUNCATIONS
+    from afa_llm.config import TRUNCATIONS
 
     group = parser.add_argument_group("prompt")
     default, shown = _default("Review: {text}\nSentiment:", from_run, fmt="r")
@@ -97,7 +97,7 @@ def split_list(value: str | None) -> list[str] | None:
 
 
 def label_words_for(names: list[str], spec: str | None) -> list[str]:
-    from .task import default_label_words
+    from afa_llm.model.task import default_label_words
 
     if spec is None:
         return default_label_words(names)
@@ -108,7 +108,7 @@ def label_words_for(names: list[str], spec: str | None) -> list[str]:
 
 
 def load_data_from_args(args):
-    from .data import load_sentiment_data
+    from afa_llm.data.loading import load_sentiment_data
 
     return load_sentiment_data(
         args.data,
@@ -129,7 +129,7 @@ def class_names_for(label_names: list[str] | None, label_words: str | None) -> l
 
 
 def build_task(args, label_names: list[str], tokenizer):
-    from .task import PromptTask
+    from afa_llm.model.task import PromptTask
 
     task = PromptTask(label_words_for(label_names, args.label_words), template=template_of(args),
                       max_text_tokens=args.max_text_tokens, truncation=args.truncation)
@@ -154,7 +154,7 @@ def scorer_record(args, label_names: list[str], act) -> dict:
 
 
 def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("label-prior correction (afa_llm.prior)")
+    group = parser.add_argument_group("label-prior correction (afa_llm.evaluation.prior)")
     group.add_argument("--prior-from", default=None, metavar="REPORT.json",
                        help="fit a label-prior correction on the probabilities of this `afa-llm eval --output` "
                             "report (same model, adapter and prompt on another split, e.g. --split validation) "
@@ -168,7 +168,7 @@ def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
 def check_prior_args(args) -> None:
     """The prior flags and the ``--prior-from`` file alone, before any data or model loads (the
     check against the scorer waits for the data set's class names: `fit_prior_from_args`)."""
-    from .prior import check_classes, load_fit_report
+    from afa_llm.evaluation.prior import check_classes, load_fit_report
 
     if args.prior_correction and not args.prior_from:
         raise UserError("--prior-correction needs --prior-from REPORT.json, the report to fit it on")
@@ -180,7 +180,7 @@ def check_prior_args(args) -> None:
 def fit_prior_from_args(args, scorer: dict) -> dict | None:
     """The label-prior correction of ``--prior-from``, checked against ``scorer`` (`scorer_record`) and
     fitted, before any model loads."""
-    from .prior import check_fit_report, fit_from_report, load_fit_report
+    from afa_llm.evaluation.prior import check_fit_report, fit_from_report, load_fit_report
 
     if not args.prior_from:
         return None
@@ -223,7 +223,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_focus_metric_arguments(parser: argparse.ArgumentParser, focus_n: int | None = 256) -> None:
-    group = parser.add_argument_group("focus metrics (afa_llm.focus_metrics)")
+    group = parser.add_argument_group("focus metrics (afa_llm.evaluation.focus_metrics)")
     if focus_n is not None:
         group.add_argument("--focus-n", type=int, default=focus_n,
                            help="score the focus of the first N rows against human-rated (VADER) words; 0: skip "
@@ -243,7 +243,7 @@ def add_act_argument(parser: argparse.ArgumentParser) -> None:
 
 def check_eval_args(args) -> None:
     """Reject bad numbers and unwritable outputs before any data or model is loaded."""
-    from .reliability import PLOT_SUFFIXES
+    from afa_llm.evaluation.reliability import PLOT_SUFFIXES
 
     if args.limit is not None and args.limit <= 0:
         raise UserError("--limit must be a positive number of examples")
@@ -292,8 +292,8 @@ def load_scorer(args, label_names: list[str]):
     The adapter folder and the label words are checked before the weights load, so a
     typo costs no loading time.
     """
-    from .evaluate import attach_adapter, resolve_adapter_dir
-    from .models import load_model, load_model_tokenizer
+    from afa_llm.evaluation.evaluate import attach_adapter, resolve_adapter_dir
+    from afa_llm.model.loading import load_model, load_model_tokenizer
 
     if args.adapter:
         resolve_adapter_dir(args.adapter)
@@ -310,14 +310,14 @@ def load_scorer(args, label_names: list[str]):
 
 
 def run(args) -> int:
-    from .evaluate import evaluate_dataset, format_report
+    from afa_llm.evaluation.evaluate import evaluate_dataset, format_report
 
-    from .act import act_enabled, load_act
+    from afa_llm.act.calibration import act_enabled, load_act
 
-    from .focus_metrics import focus_metrics, format_focus_metrics
-    from .predict import resolve_run_args
-    from .prior import correct_report
-    from .provenance import machine_record
+    from afa_llm.evaluation.focus_metrics import focus_metrics, format_focus_metrics
+    from afa_llm.inference.predict import resolve_run_args
+    from afa_llm.evaluation.prior import correct_report
+    from afa_llm.provenance import machine_record
 
     check_eval_args(args)
     cfg, _ = resolve_run_args(args)
@@ -352,7 +352,7 @@ def run(args) -> int:
     if args.output:
         write_json(args.output, report)
     if args.reliability_plot:
-        from .reliability import write_reliability_plot
+        from afa_llm.evaluation.reliability import write_reliability_plot
 
         write_reliability_plot(report["probabilities"], report["labels"], args.reliability_plot, title=title)
     return 0

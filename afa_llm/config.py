@@ -27,10 +27,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from .errors import UserError
+from afa_llm.errors import UserError
 
 Truncation = Literal["head", "head_tail"]
-TRUNCATIONS: tuple[str, ...] = typing.get_args(Truncation)  # how over-long texts are cut (afa_llm.task)
+TRUNCATIONS: tuple[str, ...] = typing.get_args(Truncation)  # how over-long texts are cut (afa_llm.model.task)
 # the keys that shape a prompt: evaluating, merging or ranking an adapter must reuse its trained values
 PROMPT_KEYS = ("template", "label_words", "max_text_tokens", "truncation")
 
@@ -67,7 +67,7 @@ class TrainConfig:
     label_words: Optional[list] = None  # default: " " + class name
     max_text_tokens: int = 96
     truncation: Truncation = "head"
-    # --- a planted shortcut (afa_llm.shortcut), off while shortcut_cue is empty -----------
+    # --- a planted shortcut (afa_llm.data.shortcut), off while shortcut_cue is empty -----------
     # the cue goes into shortcut_rate of shortcut_label's train and validation examples (validation
     # comes from the same cued distribution); shortcut_purity < 1 also cues other classes' examples;
     # the test split stays clean (`afa-llm stress` and results.json's "stress" score its views)
@@ -240,7 +240,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
 
 
 def method_classes() -> dict[str, Any]:
-    from .methods import METHODS  # late: the methods import torch and this module
+    from afa_llm.methods import METHODS  # late: the methods import torch and this module
 
     return METHODS
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-from .errors import UserError
+from afa_llm.errors import UserError
 
 
 # ---- checks before work -----------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""ACT head search: the fast search (`afa_llm.head_search.HeadSearch`: each layer's input cached,
+"""ACT head search: the fast search (`afa_llm.act.head_search.HeadSearch`: each layer's input cached,
 unchanged examples skipped) against the naive one (a full forward per candidate), on SmolLM2-135M /
 Rotten Tomatoes.
 
@@ -15,7 +15,7 @@ searches ran are compared for equality. ``--bf16`` also times the fast search un
 of ``threads // N`` threads each, as ``afa-llm calibrate --workers N`` runs it (each process loads
 the model and runs its own baseline pass; the wall time of the slowest is what counts).
 ``--naive 0`` skips the naive search. ``--no-skip`` also times the fast search without skipping
-the examples a candidate leaves unchanged (`afa_llm.head_search`), and checks that the results
+the examples a candidate leaves unchanged (`afa_llm.act.head_search`), and checks that the results
 are identical. A candidate's cost now also depends on how many examples its head changes, so
 ``--per-layer 9`` (every head) measures the whole search; one head per layer is an estimate.
 """
@@ -29,14 +29,14 @@ import time
 import numpy as np
 import torch
 
-from afa_llm.act import default_eligible_layers
-from afa_llm.act_workers import shares
-from afa_llm.head_search import HeadSearch, prepare_batches
+from afa_llm.act.calibration import default_eligible_layers
+from afa_llm.act.workers import shares
+from afa_llm.act.head_search import HeadSearch, prepare_batches
 from afa_llm.cli import build_task
-from afa_llm.data import load_sentiment_data
-from afa_llm.decoder_layers import find_decoder_layers
-from afa_llm.leaderboard import eval_defaults
-from afa_llm.models import load_model
+from afa_llm.data.loading import load_sentiment_data
+from afa_llm.attention.decoder_layers import find_decoder_layers
+from afa_llm.evaluation.leaderboard import eval_defaults
+from afa_llm.model.loading import load_model
 
 
 def timed_search(search: HeadSearch, layers: list[int], candidates: list[tuple[int, int]],

@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from afa_llm.models import load_model
+from afa_llm.model.loading import load_model
 from afa_llm.provenance import cpu_bf16_native, cpu_name
 
 

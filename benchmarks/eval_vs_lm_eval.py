@@ -26,7 +26,7 @@ and CPU time is printed next to wall time. On a box shared with other CPU-bound 
 descheduled threads (docs/PERFORMANCE.md, "Evaluator vs lm-eval-harness").
 
 What is timed:
-- ours: `afa_llm.evaluate.evaluate_dataset` (tokenize, sort by length, forward, argmax, report);
+- ours: `afa_llm.evaluation.evaluate.evaluate_dataset` (tokenize, sort by length, forward, argmax, report);
 - lm-eval: `lm_eval.evaluator.evaluate` (build requests, tokenize, forward, log-softmax,
   metrics, logged samples) with `bootstrap_iters=0`; its `lm.loglikelihood` part alone is
   reported too. Model loading and task/data loading are outside both.
@@ -128,11 +128,11 @@ def main() -> None:
         sys.exit("lm-eval is not installed here: run this with .venv-bench/bin/python (setup at the top of this file)")
     import transformers
 
-    from afa_llm.data import load_sentiment_data
-    from afa_llm.evaluate import evaluate_dataset, predict_logits
-    from afa_llm.models import load_model, resolve_model_path
+    from afa_llm.data.loading import load_sentiment_data
+    from afa_llm.evaluation.evaluate import evaluate_dataset, predict_logits
+    from afa_llm.model.loading import load_model, resolve_model_path
     from afa_llm.provenance import cpu_name
-    from afa_llm.task import DEFAULT_TEMPLATE, PromptTask
+    from afa_llm.model.task import DEFAULT_TEMPLATE, PromptTask
 
     assert DEFAULT_TEMPLATE == PROMPT, "the project's default template changed; update the lm-eval task YAML"
     out = Path(args.out)

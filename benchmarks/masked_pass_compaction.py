@@ -18,10 +18,10 @@ import types
 
 import torch
 
-from afa_llm.methods import masking
+from afa_llm.attention import masking
 from afa_llm.config import load_config
-from afa_llm.data import load_sentiment_data
-from afa_llm.train import build_model, build_task
+from afa_llm.data.loading import load_sentiment_data
+from afa_llm.training.trainer import build_model, build_task
 
 
 def main() -> None:

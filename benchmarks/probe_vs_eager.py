@@ -20,9 +20,9 @@ def child(path: str, batch: int, length: int, repeats: int) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from afa_llm.focus_math import focus_distribution
-    from afa_llm.attention_probe import AnswerAttentionProbe, default_focus_layers, eager_answer_attention
-    from afa_llm.models import load_model
+    from afa_llm.attention.focus_math import focus_distribution
+    from afa_llm.attention.probe import AnswerAttentionProbe, default_focus_layers, eager_answer_attention
+    from afa_llm.model.loading import load_model
 
     torch.manual_seed(0)
     model, _ = load_model("smollm2-135m", attn_implementation="sdpa" if path == "probe" else "eager")

@@ -4,7 +4,7 @@
 
 Runs the methods in ONE process, back to back, on the same batches (SmolLM2-135M,
 Rotten Tomatoes, batch 8, texts up to 96 tokens by default), after warm-up steps, through
-the trainer's own pieces (`afa_llm.train.make_method`, the clean pass, the attention hook
+the trainer's own pieces (`afa_llm.training.trainer.make_method`, the clean pass, the attention hook
 for methods that edit attention). Prints per-phase seconds and each method's ratio to the
 first ``lora`` row; ``lora`` listed twice checks that the timing is stable. Phases: the
 clean pass (incl. the focus probe), the masked passes (AFA, word dropout), the perturbed
@@ -25,14 +25,14 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from afa_llm.attention_hook import attention_hook
+from afa_llm.attention.hook import attention_hook
 from afa_llm.config import load_config
-from afa_llm.data import load_sentiment_data
-from afa_llm.focus import clean_pass
-from afa_llm.methods import masking
+from afa_llm.data.loading import load_sentiment_data
+from afa_llm.attention.clean_pass import clean_pass
+from afa_llm.attention import masking
 from afa_llm.methods.adversarial import AdversarialAttention
 from afa_llm.methods.afa import AFAMethod
-from afa_llm.train import build_model, build_task, make_method
+from afa_llm.training.trainer import build_model, build_task, make_method
 
 TIMES: dict[str, float] = defaultdict(float)
 INNER = ("masked passes", "perturbed passes", "discriminator update")

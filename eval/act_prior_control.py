@@ -6,7 +6,7 @@
 ACT's search uses N labelled validation sentences. The same sentences can fix a model's preference
 for one label word with no attention edit at all. For each folder of eval/act_rows.sh (its
 ``act.json`` names the calibration ids; ``test.json`` is the model without ACT) this fits the two
-corrections of `afa_llm.prior` (`afa-llm eval --prior-from`) on those sentences alone and applies them
+corrections of `afa_llm.evaluation.prior` (`afa-llm eval --prior-from`) on those sentences alone and applies them
 to the stored test probabilities:
 - prior normalisation: divide each class's probability by its mean over the calibration sentences
   (labels unused; the bias estimate of batch calibration, Zhou et al. 2024, where contextual
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from act_report import SEARCHED, read_test  # noqa: E402
 
-from afa_llm.metrics import mcnemar_test  # noqa: E402
-from afa_llm.prior import apply_correction, fit_correction  # noqa: E402
+from afa_llm.evaluation.metrics import mcnemar_test  # noqa: E402
+from afa_llm.evaluation.prior import apply_correction, fit_correction  # noqa: E402
 
 
 def corrected_predictions(folder: Path, validation: dict) -> tuple[dict[str, np.ndarray | None], np.ndarray]:

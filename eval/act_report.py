@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from afa_llm.metrics import reports_mcnemar_p, reports_pooled_test  # noqa: E402
+from afa_llm.evaluation.metrics import reports_mcnemar_p, reports_pooled_test  # noqa: E402
 
 ROWS = [("act", "ACT, searched heads (faithful rule)"), ("act-strict", "ACT, searched heads (strict rule)"),
         ("act-random-0", "control for faithful: random heads, draw 0"),
@@ -104,7 +104,7 @@ def with_and_without(folder: Path) -> dict[str, tuple[dict, dict]]:
 
 def summary_rows(groups: dict[str, list[Path]]) -> list[str]:
     """Per group of folders (e.g. the calibration draws of one model), each row's mean Δ over them and
-    the folders' pooled p (afa_llm.metrics.reports_pooled_test: the test examples are the units)."""
+    the folders' pooled p (afa_llm.evaluation.metrics.reports_pooled_test: the test examples are the units)."""
     lines = []
     for group, members in groups.items():
         per_folder = [with_and_without(f) for f in members]

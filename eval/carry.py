@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from afa_llm.checkpoint import list_checkpoints  # noqa: E402
+from afa_llm.training.checkpoint import list_checkpoints  # noqa: E402
 from afa_llm.errors import UserError  # noqa: E402
 from afa_llm.io_utils import atomic_dir  # noqa: E402
-from afa_llm.run_eval import BEST_DIR  # noqa: E402
+from afa_llm.training.validation import BEST_DIR  # noqa: E402
 
 CARRY = Path(__file__).resolve().parents[1] / "carry"
 CELL_FILES = ("config.yaml", "metrics.jsonl")

@@ -4,7 +4,7 @@
   aligned and anti accuracy of the clean test split's views (`afa-llm stress`), the gap (clean - anti),
   and the focus on the cue in the anti view; then the paired McNemar p of the anti view against the
   baseline and against the variant's own control (the grid's ``controls``), per seed and pooled over
-  seeds (`afa_llm.metrics.reports_pooled_test`).
+  seeds (`afa_llm.evaluation.metrics.reports_pooled_test`).
 - Focus metrics (every cell that has them): the lexicon share, lift and AUPRC against the VADER
   words, and the comprehensiveness and sufficiency gains over random tokens (above 0: the focus
   beats chance); the zero-shot base's row first.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from afa_llm.metrics import reports_mcnemar_p, reports_pooled_test
+from afa_llm.evaluation.metrics import reports_mcnemar_p, reports_pooled_test
 
 FOCUS_COLUMNS = ("lexicon_share", "lexicon_lift", "lexicon_auprc", "comprehensiveness_gain", "sufficiency_gain")
 

@@ -21,7 +21,7 @@ process has died is taken over, also where a new process has since been given it
 The report (Markdown) gives, per variant, test accuracy and macro-F1 as mean ± std over
 seeds, the paired difference against the baseline per seed with a McNemar p-value on
 the same test examples (over several seeds also their pooled sign-flip p, the test examples
-as the units: afa_llm.metrics.reports_pooled_test), the steps needed to reach the baseline's final validation
+as the units: afa_llm.evaluation.metrics.reports_pooled_test), the steps needed to reach the baseline's final validation
 accuracy, and the fake-focus share of the adapter (base in brackets). Cells with a planted shortcut add
 the stress table, and cells with focus metrics the focus table (eval/focus_tables.py); ``controls:``
 (variant -> its control variant) adds the anti-view comparison with each method's own control.
@@ -47,11 +47,11 @@ from focus_tables import focus_table, stress_table  # noqa: E402
 
 from afa_llm.config import load_config  # noqa: E402
 from afa_llm.errors import TrainingDiverged, UserError  # noqa: E402
-from afa_llm.metrics import reports_mcnemar_p, reports_pooled_test  # noqa: E402
+from afa_llm.evaluation.metrics import reports_mcnemar_p, reports_pooled_test  # noqa: E402
 
 ARCHIVE = Path(__file__).resolve().parents[1] / "docs" / "results_data"  # finished cells, in git
 GRID_KEYS = {"recipe", "output_root", "seeds", "common", "variants", "title", "controls"}
-TRL_RUNNER = "runner=trl"  # a variant trained by TRL's SFTTrainer instead of afa_llm.train
+TRL_RUNNER = "runner=trl"  # a variant trained by TRL's SFTTrainer instead of afa_llm.training.trainer
 
 
 def load_grid(path: str) -> dict:
@@ -179,7 +179,7 @@ def pending_cells(grid: dict, only: list[str] | None, seeds: list[int] | None,
 
 def run_grid(grid: dict, only: list[str] | None, seeds: list[int] | None = None,
              archive: Path | None = ARCHIVE, carry_root: Path = CARRY) -> None:
-    from afa_llm.train import train
+    from afa_llm.training.trainer import train
 
     baseline = next(iter(grid["variants"]))
     for variant, seed in selected_cells(grid, only, seeds):  # finished elsewhere (e.g. archived, then lost)

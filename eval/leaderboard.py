@@ -6,7 +6,7 @@
 
 import sys
 
-from afa_llm.leaderboard import main
+from afa_llm.evaluation.leaderboard import main
 
 if __name__ == "__main__":
     sys.exit(main())

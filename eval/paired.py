@@ -7,7 +7,7 @@ One markdown row per variant: for each OTHER, the test-accuracy difference in po
 and its McNemar p on the same test examples (from the cells' per-example predictions), led by
 the mean ± std over the seeds where there are several, and the seeds' pooled test: the mean
 difference with its 95% bootstrap interval over test examples and a sign-flip permutation p,
-the examples as the units (afa_llm.metrics.reports_pooled_test).
+the examples as the units (afa_llm.evaluation.metrics.reports_pooled_test).
 The grid report (eval/grid.py) pairs every variant with its baseline only; this pairs any two.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from afa_llm.metrics import reports_mcnemar_p, reports_pooled_test  # noqa: E402
+from afa_llm.evaluation.metrics import reports_mcnemar_p, reports_pooled_test  # noqa: E402
 
 
 def _test(folder: Path, variant: str, seed: int, key: str = "test") -> dict:

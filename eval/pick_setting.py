@@ -27,7 +27,7 @@ from grid import cell_dir, load_grid  # noqa: E402
 
 from afa_llm.errors import UserError  # noqa: E402
 from afa_llm.io_utils import write_json  # noqa: E402
-from afa_llm.run_eval import validation_record  # noqa: E402
+from afa_llm.training.validation import validation_record  # noqa: E402
 
 SCORE_FILE = "validation_full.json"
 

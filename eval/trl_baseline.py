@@ -8,7 +8,7 @@ Everything but the trainer is `method=lora`'s: the same base (and quantization),
 alpha, dropout and targets; learning rate, linear schedule, no warm-up, AdamW, gradient
 clipping, batch and steps; the same prompt tokens (our `PromptTask`, so truncation inside
 the text is identical) followed by the label word, as a pre-tokenized prompt-completion set
-whose rows are laid out in the exact order `afa_llm.train.batch_indices` visits them, read
+whose rows are laid out in the exact order `afa_llm.training.trainer.batch_indices` visits them, read
 sequentially. What differs is TRL's own: its loop, its initialisation of the adapter under
 the same seed, and its loss, the cross-entropy of the label word over the whole vocabulary
 (ours is over the label words only). Validation, early stopping, best-checkpoint selection
@@ -37,7 +37,7 @@ import torch  # noqa: E402
 from afa_llm.config import TrainConfig, load_config  # noqa: E402
 from afa_llm.errors import UserError  # noqa: E402
 from afa_llm.io_utils import atomic_write_text, check_writable_dir  # noqa: E402
-from afa_llm.run_eval import EarlyStopping, final_results, save_best_adapter, validate  # noqa: E402
+from afa_llm.training.validation import EarlyStopping, final_results, save_best_adapter, validate  # noqa: E402
 
 RUNNER = "trl_sft"
 CHECKPOINTS = "trl_checkpoints"  # TRL's checkpoint-N folders, under the run folder
@@ -46,7 +46,7 @@ HISTORY_FILE = "afa_validation.json"  # our validation history, in each complete
 
 def ordered_examples(cfg: TrainConfig, task, texts: list[str], labels: list[int]) -> list[dict]:
     """One pre-tokenized row per example the LoRA loop would see, in its order."""
-    from afa_llm.train import batch_indices
+    from afa_llm.training.trainer import batch_indices
 
     rows = []
     for micro in range(cfg.steps * cfg.gradient_accumulation_steps):
@@ -118,7 +118,7 @@ def _callback(cfg: TrainConfig, task, data, history: list[dict], accelerator):
             step = state.global_step
             if not cfg.eval_every or (step % cfg.eval_every and step != cfg.steps):
                 return
-            with accelerator.autocast():  # the training precision, as afa_llm.train validates
+            with accelerator.autocast():  # the training precision, as afa_llm.training.trainer validates
                 history.append(validate(accelerator, model, task, data, cfg, step))
             with open(run_dir / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps({"step": step, "val_accuracy": history[-1]["accuracy"],
@@ -142,8 +142,8 @@ def train_trl(cfg: TrainConfig) -> dict:
     from peft import LoraConfig
     from trl import SFTTrainer
 
-    from afa_llm import train as trainer
-    from afa_llm.models import load_model
+    from afa_llm.training import trainer as trainer
+    from afa_llm.model.loading import load_model
 
     run_dir = check_writable_dir(cfg.output_dir, "output_dir")
     if (run_dir / "results.json").exists() and not cfg.overwrite:
@@ -176,7 +176,7 @@ def train_trl(cfg: TrainConfig) -> dict:
 
         sft.remove_callback(PrinterCallback)
     if resume and stopper.should_stop(history):  # it had stopped early: take its weights, train no further
-        from afa_llm.checkpoint import load_adapter_weights
+        from afa_llm.training.checkpoint import load_adapter_weights
 
         load_adapter_weights(sft.model, resume)  # TRL saves the adapter at the checkpoint's top level
         last_step = step_of(resume)

@@ -21,8 +21,8 @@ from pathlib import Path
 from afa_llm.cli import write_json
 from afa_llm.config import load_config
 from afa_llm.errors import TrainingDiverged, UserError
-from afa_llm.metrics import mcnemar_test
-from afa_llm.train import train
+from afa_llm.evaluation.metrics import mcnemar_test
+from afa_llm.training.trainer import train
 
 
 def run_method(recipe: str, method: str, overrides: list[str]) -> dict:

@@ -10,7 +10,7 @@ The loop itself lives in afa_llm/train.py (read that file for the features).
 
 import sys
 
-from afa_llm.train import main
+from afa_llm.training.trainer import main
 
 if __name__ == "__main__":
     sys.exit(main())

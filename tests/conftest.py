@@ -6,17 +6,17 @@ Environment (set here, before anything imports transformers):
 
 Fixtures
     smollm2_path (session) -> str
-        ``afa_llm.models.resolve_model_path("smollm2-135m")``: the HF folder converted
+        ``afa_llm.model.loading.resolve_model_path("smollm2-135m")``: the HF folder converted
         from the packaged GGUF. The first call ever takes ~15-30 s; it is cached in
         $AFA_LLM_CACHE (default ~/.cache/afa_llm) and then takes ~0.1 s.
     smollm2_tokenizer (session) -> tokenizer
-        ``afa_llm.models.load_tokenizer(smollm2_path)`` (left padding, pad = eos).
+        ``afa_llm.model.loading.load_tokenizer(smollm2_path)`` (left padding, pad = eos).
         ' negative' / ' positive' / ' neutral' are single tokens. Do not mutate.
     tiny_model_dir (session) -> str
         A tiny random LlamaForCausalLM (hidden 64, 2 layers, 4 heads, 2 kv heads,
         intermediate 128, vocab = the SmolLM2 tokenizer's, torch.manual_seed(0)) saved
         with save_pretrained together with the SmolLM2 tokenizer. Load it with
-        ``afa_llm.models.load_model(tiny_model_dir)`` (or pass it as ``--model``).
+        ``afa_llm.model.loading.load_model(tiny_model_dir)`` (or pass it as ``--model``).
         Loading takes well under a second.
     tiny_model (session) -> (model, tokenizer)
         ``load_model(tiny_model_dir)`` in fp32, eval mode. Shared: do not train it or
@@ -108,14 +108,14 @@ TINY_LLAMA_CONFIG = dict(
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
-    from afa_llm.models import resolve_model_path
+    from afa_llm.model.loading import resolve_model_path
 
     return resolve_model_path("smollm2-135m")
 
 
 @pytest.fixture(scope="session")
 def smollm2_tokenizer(smollm2_path):
-    from afa_llm.models import load_tokenizer
+    from afa_llm.model.loading import load_tokenizer
 
     return load_tokenizer(smollm2_path)
 
@@ -125,7 +125,7 @@ def tiny_model_dir(tmp_path_factory, smollm2_path) -> str:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from afa_llm.models import load_tokenizer
+    from afa_llm.model.loading import load_tokenizer
 
     tokenizer = load_tokenizer(smollm2_path)
     config = LlamaConfig(
@@ -146,7 +146,7 @@ def tiny_model_dir(tmp_path_factory, smollm2_path) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_model_dir):
-    from afa_llm.models import load_model
+    from afa_llm.model.loading import load_model
 
     model, tokenizer = load_model(tiny_model_dir)
     model.eval()

@@ -1,4 +1,4 @@
-"""ACT (afa_llm.act): the calibration math without a model, then on tiny random Llama / Qwen3 /
+"""ACT (afa_llm.act.calibration): the calibration math without a model, then on tiny random Llama / Qwen3 /
 Gemma3 models (tests/test_attention_probe.py's `_model`; initializer_range=0.2 makes attention
 peaked, so sinks above tau exist), the config file, the fingerprint and `eval --act`.
 """
@@ -11,10 +11,10 @@ import pytest
 import torch
 from test_attention_probe import VOCAB, _model
 
-from afa_llm.act import (ACTConfig, ACTEdit, act_enabled, act_probs, calibrate_rows, check_fingerprint,
+from afa_llm.act.calibration import (ACTConfig, ACTEdit, act_enabled, act_probs, calibrate_rows, check_fingerprint,
                          default_eligible_layers, find_sinks, load_act, merged_copy, model_fingerprint,
                          real_queries, save_act, sink_scores)
-from afa_llm.attention_hook import attention_hook, set_module_edits
+from afa_llm.attention.hook import attention_hook, set_module_edits
 from afa_llm.errors import UserError
 
 ARCHS = ["llama", "qwen3", "gemma3"]
@@ -210,7 +210,7 @@ def test_other_heads_are_untouched():
 
 
 def test_rows_without_a_sink_keep_the_sdpa_output_bit_for_bit():
-    # what lets the head search skip the examples a candidate leaves unchanged (afa_llm.head_search)
+    # what lets the head search skip the examples a candidate leaves unchanged (afa_llm.act.head_search)
     model = _model("llama")
     edit = _Recording(heads=[2], beta=0.4, tau=TAU)
 
@@ -325,7 +325,7 @@ def test_eval_act_errors_are_one_line_exit_2(tiny_model_dir, tiny_csv, tmp_path,
 
 def test_weights_sample_stays_inside_a_large_tensor():
     """A float linspace over SmolLM2's 28,311,552-element embedding rounded past its end."""
-    from afa_llm.act import _sample_bytes
+    from afa_llm.act.calibration import _sample_bytes
 
     big = torch.zeros(28311552)
     big[-1] = 7.0

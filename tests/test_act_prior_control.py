@@ -1,4 +1,4 @@
-"""eval/act_prior_control.py: ACT paired with the label-prior corrections (afa_llm.prior), without a model."""
+"""eval/act_prior_control.py: ACT paired with the label-prior corrections (afa_llm.evaluation.prior), without a model."""
 
 import importlib.util
 import json

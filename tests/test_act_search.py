@@ -1,4 +1,4 @@
-"""ACT head search (afa_llm.act_search): the pure functions, the fast search against the plain
+"""ACT head search (afa_llm.act.search): the pure functions, the fast search against the plain
 one (a full forward per candidate) on tiny random Llama / Qwen3 / Gemma3 models, and
 `afa-llm calibrate` (resume, controls, errors, eval --act)."""
 
@@ -10,13 +10,13 @@ import pytest
 import torch
 from conftest import TINY_ROWS
 
-from afa_llm import act_search
-from afa_llm.act import load_act
-from afa_llm import head_search
-from afa_llm.act_search import all_heads, random_heads, select_heads
-from afa_llm.head_search import HeadSearch, accuracy_and_margin, prepare_batches, sub_batch_rows
+from afa_llm.act import search as act_search
+from afa_llm.act.calibration import load_act
+from afa_llm.act import head_search
+from afa_llm.act.search import all_heads, random_heads, select_heads
+from afa_llm.act.head_search import HeadSearch, accuracy_and_margin, prepare_batches, sub_batch_rows
 from afa_llm.cli import main
-from afa_llm.task import PromptTask
+from afa_llm.model.task import PromptTask
 
 
 # ------------------------------------------------------------------------------ pure functions
@@ -199,7 +199,7 @@ def test_workers_score_the_same_candidates_as_one_process(tiny4_dir, tiny_csv, t
 
 
 def test_a_worker_that_fails_is_one_line_and_keeps_the_log(tiny4_dir, tiny_csv, tmp_path, capsys, monkeypatch):
-    from afa_llm import act_workers
+    from afa_llm.act import workers as act_workers
 
     monkeypatch.setattr(act_workers, "_worker", _failing_worker)
     assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--workers", "2") == 2
@@ -263,12 +263,12 @@ def test_calibration_never_uses_the_runs_training_examples(monkeypatch):
 
     cfg = SimpleNamespace(data="rotten_tomatoes", split_seed=3, text_column="text", label_column="label",
                           label_names=None)
-    from afa_llm.leaderboard import eval_defaults
+    from afa_llm.evaluation.leaderboard import eval_defaults
 
     # resolve_settings's namespace: eval's defaults plus the (here unread) adapter
-    monkeypatch.setattr("afa_llm.predict.resolve_settings",
+    monkeypatch.setattr("afa_llm.inference.predict.resolve_settings",
                         lambda args: (argparse.Namespace(**vars(eval_defaults()), adapter=None), None))
-    monkeypatch.setattr("afa_llm.merge.find_run", lambda path: SimpleNamespace(config=cfg))
+    monkeypatch.setattr("afa_llm.inference.merge.find_run", lambda path: SimpleNamespace(config=cfg))
     parser = argparse.ArgumentParser()
     act_search.add_arguments(parser)
 

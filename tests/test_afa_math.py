@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from afa_llm import focus_math as fm
-from afa_llm.methods import masking as mk
+from afa_llm.attention import focus_math as fm
+from afa_llm.attention import masking as mk
 from afa_llm.methods.afa import math as am
 
 # One left-padded example (pos 0 pad, pos 1 template, 2..4 text, 5 template) and one full row.

@@ -1,4 +1,4 @@
-"""The one attention hook (afa_llm.attention_hook) on tiny random Llama / Qwen3 / Gemma3 models.
+"""The one attention hook (afa_llm.attention.hook) on tiny random Llama / Qwen3 / Gemma3 models.
 
 - no edit: logits bit-identical to plain SDPA (left-padded and unpadded, under peft too);
 - an identity edit recomputed eagerly (every row and head) matches SDPA to 1e-5: this
@@ -16,7 +16,7 @@ import pytest
 import torch
 from test_attention_probe import _batch, _model
 
-from afa_llm.attention_hook import (EDITS_KWARG, HOOK_NAME, AttentionEdit, ScorePerturbation, attention_hook,
+from afa_llm.attention.hook import (EDITS_KWARG, HOOK_NAME, AttentionEdit, ScorePerturbation, attention_hook,
                                     set_module_edits)
 
 ARCHS = ["llama", "qwen3", "gemma3"]
@@ -144,7 +144,7 @@ def test_score_gradient_matches_finite_differences():
 def test_recomputed_slice_gradient_matches_finite_differences_in_float64():
     import types
 
-    from afa_llm.attention_hook import recompute_slice
+    from afa_llm.attention.hook import recompute_slice
 
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, n, 5, 8, dtype=torch.float64, generator=gen) for n in (4, 2, 2))

@@ -20,7 +20,7 @@ from transformers import (
     Qwen3Config,
 )
 
-from afa_llm.attention_probe import (
+from afa_llm.attention.probe import (
     AnswerAttentionProbe,
     default_focus_layers,
     eager_answer_attention,

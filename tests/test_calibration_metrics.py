@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from afa_llm.metrics import brier_score, expected_calibration_error, reliability_bins, softmax
+from afa_llm.evaluation.metrics import brier_score, expected_calibration_error, reliability_bins, softmax
 
 # confidence (max prob), prediction (argmax, first on ties), label, correct, 15-bin index
 #   0.60  0  0  yes  8   (0.533, 0.600]: an edge value falls in the lower bin

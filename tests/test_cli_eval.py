@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from afa_llm import cli
-from afa_llm.data import load_sentiment_data
+from afa_llm.data.loading import load_sentiment_data
 from conftest import TINY_ROWS
 
 
@@ -274,6 +274,6 @@ def test_smollm2_on_rotten_tomatoes(capsys, tmp_path):
 def test_top_level_help_imports_no_subcommand():
     """`afa-llm --help` lists the subcommands without importing torch (it took ~5 s)."""
     code = ("import sys\nfrom afa_llm.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "print('torch' in sys.modules, 'afa_llm.train' in sys.modules)")
+            "print('torch' in sys.modules, 'afa_llm.training.trainer' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "leaderboard" in out and out.strip().splitlines()[-1] == "False False"

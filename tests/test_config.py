@@ -98,9 +98,8 @@ def test_override_without_equals_sign():
         load_config(None, ["steps"])
 
 
-def test_lora_with_focus_masks_is_rejected():
-    with pytest.raises(UserError, match="masked_ce"):
-        load_config(None, ["method=lora", "masked_ce=focus"])
+def test_lora_masked_ce_takes_random_or_focus_but_not_afas_fake():
+    assert load_config(None, ["method=lora", "masked_ce=focus"]).method_config.masked_ce == "focus"
     with pytest.raises(UserError, match="masked_ce"):
         load_config(None, ["method=lora", "masked_ce=fake"])
     assert load_config(None, ["method=lora", "masked_ce=random"]).method_config.masked_ce == "random"

@@ -1,4 +1,4 @@
-"""Tests of afa_llm.data: local files, label encoding, seeded stratified splits, packaged corpora."""
+"""Tests of afa_llm.data.loading: local files, label encoding, seeded stratified splits, packaged corpora."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from afa_llm.data import (
+from afa_llm.data.loading import (
     clean_text,
     encode_labels,
     load_sentiment_data,

@@ -1,4 +1,4 @@
-"""Early stopping and best-checkpoint selection (afa_llm.run_eval and the trainer).
+"""Early stopping and best-checkpoint selection (afa_llm.training.validation and the trainer).
 
 Pure: the best record, the patience rule and the validation loss on hand-made histories.
 Trainer (tiny model, scripted validation accuracies so the best step is known): the run
@@ -18,7 +18,7 @@ from test_train import adapter_state, max_diff, tiny_overrides
 
 from afa_llm.config import load_config
 from afa_llm.errors import UserError
-from afa_llm.run_eval import EarlyStopping, validation_record
+from afa_llm.training.validation import EarlyStopping, validation_record
 
 
 def _h(*accuracies, losses=None):
@@ -63,7 +63,7 @@ class Interrupted(Exception):
 def scripted_validation(monkeypatch):
     """Validation accuracies from SCRIPT (the loss falls with them), so the best step is known;
     ``control["interrupt_at"] = N`` makes the validation at step N crash the run."""
-    import afa_llm.train as trainer
+    import afa_llm.training.trainer as trainer
 
     control = {"interrupt_at": None}
 
@@ -86,7 +86,7 @@ def _overrides(run, tiny_model_dir, csv, *extra):
 @pytest.mark.parametrize("precision", ["no", "bf16"])
 def test_stops_early_and_selects_the_best_checkpoint(scripted_validation, tiny_model_dir, learnable_csv, tmp_path,
                                                      precision):
-    from afa_llm.train import train
+    from afa_llm.training.trainer import train
 
     run = tmp_path / "run"
     results = train(load_config(None, _overrides(run, tiny_model_dir, learnable_csv, "steps=20",
@@ -105,7 +105,7 @@ def test_stops_early_and_selects_the_best_checkpoint(scripted_validation, tiny_m
 
 def test_resume_stops_at_the_same_step_with_the_same_adapters(scripted_validation, tiny_model_dir, learnable_csv,
                                                               tmp_path):
-    from afa_llm.train import train
+    from afa_llm.training.trainer import train
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train(load_config(None, _overrides(straight, tiny_model_dir, learnable_csv, "steps=20")))

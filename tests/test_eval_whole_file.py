@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from afa_llm import cli
-from afa_llm.data import load_sentiment_data
-from afa_llm.metrics import brier_score, expected_calibration_error
+from afa_llm.data.loading import load_sentiment_data
+from afa_llm.evaluation.metrics import brier_score, expected_calibration_error
 from conftest import TINY_ROWS
 
 FOUR = [("a fine film", 1), ("a dull film", 0), ("a fine film", 1), ("truly awful", 0)]  # one duplicate text

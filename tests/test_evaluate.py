@@ -1,4 +1,4 @@
-"""Tests of afa_llm.scoring and afa_llm.evaluate on the tiny random Llama (fast, no real model)."""
+"""Tests of afa_llm.model.scoring and afa_llm.evaluation.evaluate on the tiny random Llama (fast, no real model)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ import torch
 from datasets import Dataset
 
 from afa_llm.errors import UserError
-from afa_llm.evaluate import (
+from afa_llm.evaluation.evaluate import (
     attach_adapter,
     evaluate_dataset,
     format_report,
     predict_logits,
     resolve_adapter_dir,
 )
-from afa_llm.models import load_model
-from afa_llm.scoring import class_logits, forward_scores
-from afa_llm.task import PromptTask, draw_demonstrations
+from afa_llm.model.loading import load_model
+from afa_llm.model.scoring import class_logits, forward_scores
+from afa_llm.model.task import PromptTask, draw_demonstrations
 from conftest import TINY_ROWS
 
 TEXTS = [t for t, _ in TINY_ROWS]

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from afa_llm import cli
-from afa_llm.focus_math import focus_distribution
-from afa_llm.attention_probe import AnswerAttentionProbe
-from afa_llm.evaluate import attach_adapter
-from afa_llm.models import load_model
-from afa_llm.task import PromptTask
+from afa_llm.attention.focus_math import focus_distribution
+from afa_llm.attention.probe import AnswerAttentionProbe
+from afa_llm.evaluation.evaluate import attach_adapter
+from afa_llm.model.loading import load_model
+from afa_llm.model.task import PromptTask
 from tiny_runs import make_run
 
 EVIL = "<script>alert(1)</script> a great & moving film"
@@ -119,7 +119,7 @@ def test_a_run_folder_brings_its_prompt_and_its_datas_split_seed(make_csv, tiny_
     """`focus --adapter RUN --data <the run's data>` renders the run's own test split, with its prompt."""
     import yaml
 
-    from afa_llm.data import load_sentiment_data
+    from afa_llm.data.loading import load_sentiment_data
 
     data = make_csv(name="run_data.csv")
     run = make_run(tmp_path / "run", tiny_model_dir, data=data, seed=1)

@@ -210,7 +210,7 @@ def test_run_grid_trains_the_unclaimed_cells_and_releases_them(tmp_path, monkeyp
     import subprocess
     import sys
 
-    import afa_llm.train
+    import afa_llm.training.trainer
 
     monkeypatch.chdir(ROOT)
     grid = {"recipe": "recipes/quickstart.yaml", "output_root": str(tmp_path), "seeds": [0, 1],
@@ -222,7 +222,7 @@ def test_run_grid_trains_the_unclaimed_cells_and_releases_them(tmp_path, monkeyp
         assert (Path(cfg.output_dir) / ".grid-claim").exists()
         (Path(cfg.output_dir) / "results.json").write_text("{}")
 
-    monkeypatch.setattr(afa_llm.train, "train", fake_train)
+    monkeypatch.setattr(afa_llm.training.trainer, "train", fake_train)
     (tmp_path / "lora-seed1").mkdir()
     (tmp_path / "lora-seed1" / "results.json").write_text("{}")  # finished before
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -289,7 +289,7 @@ def test_carry_saves_the_newest_checkpoint_the_best_adapter_and_the_logs(tmp_pat
 
 
 def test_run_grid_resumes_a_carried_cell_and_drops_the_copy_once_it_finishes(tmp_path, monkeypatch):
-    import afa_llm.train
+    import afa_llm.training.trainer
 
     monkeypatch.chdir(ROOT)
     runs, root = tmp_path / "runs" / "g", tmp_path / "carry"
@@ -304,7 +304,7 @@ def test_run_grid_resumes_a_carried_cell_and_drops_the_copy_once_it_finishes(tmp
         seen[cell.name] = sorted(p.name for p in (cell / "checkpoints").iterdir()) if (cell / "checkpoints").exists() else []
         (cell / "results.json").write_text("{}")
 
-    monkeypatch.setattr(afa_llm.train, "train", fake_train)
+    monkeypatch.setattr(afa_llm.training.trainer, "train", fake_train)
     (runs / "lora-seed0" / "checkpoints" / "step-000010").mkdir(parents=True)
     (runs / "lora-seed0" / "checkpoints" / "step-000010" / "trainer_state.pt").write_text("own")
     (root / "g" / "lora-seed0" / "checkpoints" / "step-000005").mkdir(parents=True)
@@ -317,7 +317,7 @@ def test_run_grid_resumes_a_carried_cell_and_drops_the_copy_once_it_finishes(tmp
 
 
 def test_run_grid_drops_the_carried_copy_of_a_cell_that_finished_elsewhere(tmp_path, monkeypatch):
-    import afa_llm.train
+    import afa_llm.training.trainer
 
     monkeypatch.chdir(ROOT)
     runs, root, archive = tmp_path / "runs" / "g", tmp_path / "carry", tmp_path / "archive"
@@ -329,7 +329,7 @@ def test_run_grid_drops_the_carried_copy_of_a_cell_that_finished_elsewhere(tmp_p
     (archive / "g" / "lora-seed0").mkdir(parents=True)
     (archive / "g" / "lora-seed0" / "results.json").write_text("{}")
     trained = []
-    monkeypatch.setattr(afa_llm.train, "train", lambda cfg: trained.append(Path(cfg.output_dir).name))
+    monkeypatch.setattr(afa_llm.training.trainer, "train", lambda cfg: trained.append(Path(cfg.output_dir).name))
     grid_mod.run_grid(grid, None, seeds=[0], archive=archive, carry_root=root)
     assert trained == [] and not (root / "g" / "lora-seed0").exists()
     assert (root / "g" / "lora-seed1").is_dir()  # not selected (--seeds 0): its copy stays

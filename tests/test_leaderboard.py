@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from afa_llm import cli, leaderboard
+from afa_llm import cli
+
+from afa_llm.evaluation import leaderboard
 from conftest import TINY_ROWS
 from tiny_runs import make_run, write_csv
 
@@ -43,11 +45,11 @@ def read_rows(out: Path) -> list[dict]:
 
 
 def test_leaderboard_rows_values_and_cache(setup, tmp_path, monkeypatch, capsys):
-    import afa_llm.evaluate
+    import afa_llm.evaluation.evaluate
 
     calls = []
-    real = afa_llm.evaluate.evaluate_dataset
-    monkeypatch.setattr(afa_llm.evaluate, "evaluate_dataset", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = afa_llm.evaluation.evaluate.evaluate_dataset
+    monkeypatch.setattr(afa_llm.evaluation.evaluate, "evaluate_dataset", lambda *a, **k: calls.append(1) or real(*a, **k))
     config = write_config(tmp_path / "board.yaml", entries(setup))
     out = tmp_path / "out"
     argv = ["leaderboard", str(config), "--output-dir", str(out), "--no-progress"]
@@ -97,7 +99,7 @@ def test_leaderboard_rows_values_and_cache(setup, tmp_path, monkeypatch, capsys)
 
 
 def test_from_results_aggregates_results_json(setup, tmp_path, monkeypatch):
-    monkeypatch.setattr("afa_llm.evaluate.evaluate_dataset", None)  # must not evaluate
+    monkeypatch.setattr("afa_llm.evaluation.evaluate.evaluate_dataset", None)  # must not evaluate
     config = write_config(tmp_path / "board.yaml", entries(setup))
     out = tmp_path / "out"
     assert leaderboard.main([str(config), "--output-dir", str(out), "--from-results"]) == 0
@@ -152,7 +154,7 @@ def test_prior_correction_entry_matches_eval_prior_from(setup, tmp_path, capsys)
 
 
 def test_offset_on_three_classes_is_refused_before_any_model_loads(setup, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("afa_llm.models.load_model", None)  # must not load
+    monkeypatch.setattr("afa_llm.model.loading.load_model", None)  # must not load
     three = write_csv(tmp_path / "three.csv", [(f"text number {i}", i % 3) for i in range(30)])
     config = write_config(tmp_path / "board.yaml", [
         {"name": "two", "model": setup["base"], "data": [setup["a"]], "prior_correction": "offset"},

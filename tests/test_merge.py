@@ -9,11 +9,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from afa_llm import cli, merge
-from afa_llm.evaluate import attach_adapter, evaluate_dataset
-from afa_llm.models import load_model
-from afa_llm.scoring import class_logits
-from afa_llm.task import PromptTask
+from afa_llm import cli
+
+from afa_llm.inference import merge
+from afa_llm.evaluation.evaluate import attach_adapter, evaluate_dataset
+from afa_llm.model.loading import load_model
+from afa_llm.model.scoring import class_logits
+from afa_llm.model.task import PromptTask
 from conftest import TINY_LLAMA_CONFIG
 from tiny_runs import make_run, save_random_adapter
 
@@ -161,7 +163,7 @@ def test_merge_real_smollm2(smollm2_path, tmp_path):
     |merged-dequantized-nf4 - nf4 base + adapter| max 3.1e-5, on class logits of size ~19;
     across the two bases the logits differ by up to 7.4 (the nf4 quantisation error).
     """
-    from afa_llm.data import load_sentiment_data
+    from afa_llm.data.loading import load_sentiment_data
 
     run = make_run(tmp_path / "run", smollm2_path, quantization="nf4", b_std=2e-3, r=8)
     for base in ("original", "dequantized-nf4"):

@@ -1,4 +1,4 @@
-"""Tests of afa_llm.metrics on hand-computed examples."""
+"""Tests of afa_llm.evaluation.metrics on hand-computed examples."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from afa_llm.metrics import (classification_report, confusion_matrix, mcnemar_test, paired_bootstrap, reports_mcnemar_p,
+from afa_llm.evaluation.metrics import (classification_report, confusion_matrix, mcnemar_test, paired_bootstrap, reports_mcnemar_p,
                              seed_pooled_test)
 
 LABELS = [0, 0, 0, 1, 1, 1, 1, 2]

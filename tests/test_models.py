@@ -1,4 +1,4 @@
-"""Tests of afa_llm.models: model specs, the GGUF cache, and the bitsandbytes 4-bit CPU repack."""
+"""Tests of afa_llm.model.loading: model specs, the GGUF cache, and the bitsandbytes 4-bit CPU repack."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from afa_llm import models
+from afa_llm.model import loading as models
 from afa_llm.errors import UserError
-from afa_llm.evaluate import predict_logits
-from afa_llm.models import load_model, resolve_model_path
-from afa_llm.scoring import class_logits
-from afa_llm.task import PromptTask
+from afa_llm.evaluation.evaluate import predict_logits
+from afa_llm.model.loading import load_model, resolve_model_path
+from afa_llm.model.scoring import class_logits
+from afa_llm.model.task import PromptTask
 from conftest import TINY_ROWS
 
 

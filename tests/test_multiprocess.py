@@ -2,7 +2,7 @@
 
 The shipped `accelerate_configs/cpu_2proc.yaml` is launched with ACCELERATE_USE_CPU=1 (and, as the
 slow variant, the documented torchrun equivalent). This file is also the launched script: each
-rank runs the real `afa_llm.train.main` with a few spies patched in, and dumps its adapter and
+rank runs the real `afa_llm.training.trainer.main` with a few spies patched in, and dumps its adapter and
 discriminator weights and the example indices it trained on. The test then checks:
 
 - two processes really ran (results.json says num_processes 2; both ranks dumped): the
@@ -35,7 +35,7 @@ STEPS, BATCH, ACCUM = 4, 4, 2
 def _worker(out_dir: str, overrides: list[str]) -> int:
     import torch
 
-    import afa_llm.train as trainer
+    import afa_llm.training.trainer as trainer
 
     out = Path(out_dir)
     seen: list[list[int]] = []
@@ -180,7 +180,7 @@ def test_two_cpu_processes_stay_in_sync(launcher, quantization, tiny_model_dir, 
     saved = load_file(str(run / "adapter" / "adapter_model.safetensors"))
     for key, value in saved.items():
         assert torch.equal(value, r1["adapter"][key]), key
-    from afa_llm.checkpoint import load_trainer_state
+    from afa_llm.training.checkpoint import load_trainer_state
 
     state = load_trainer_state(run / "checkpoints" / f"step-{STEPS:06d}")
     assert len(state["rng"]) == 2  # every rank's sampler state, for an exact resume

@@ -32,7 +32,7 @@ def no_model(monkeypatch):
     """Fail the test if any command gets as far as loading weights or a tokenizer."""
     fail = lambda *a, **k: pytest.fail("a model was loaded before the output was checked")  # noqa: E731
     for name in ("load_model", "load_model_tokenizer", "load_tokenizer"):
-        monkeypatch.setattr(f"afa_llm.models.{name}", fail)
+        monkeypatch.setattr(f"afa_llm.model.loading.{name}", fail)
 
 
 def command_line(command: str, target: str, tmp_path: Path, tiny_csv: str) -> list[str]:

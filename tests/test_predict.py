@@ -11,12 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from afa_llm import cli, predict
+from afa_llm import cli
+
+from afa_llm.inference import predict
 from afa_llm.config import load_config
-from afa_llm.evaluate import attach_adapter, predict_logits
-from afa_llm.metrics import softmax
-from afa_llm.models import load_model
-from afa_llm.task import PromptTask
+from afa_llm.evaluation.evaluate import attach_adapter, predict_logits
+from afa_llm.evaluation.metrics import softmax
+from afa_llm.model.loading import load_model
+from afa_llm.model.task import PromptTask
 from tiny_runs import make_run
 
 # The run trains with a prompt and class names unlike the `afa-llm eval` defaults, so
@@ -226,7 +228,7 @@ def test_bad_input_fails_before_any_model_loads(capsys, monkeypatch, tiny_model_
     monkeypatch.chdir(tmp_path)
     input_frame().to_csv("in.csv", index=False)
     Path("bad.jsonl").write_text('{"text": "fine"}\n{"text": broken\n')
-    monkeypatch.setattr("afa_llm.models.load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr("afa_llm.model.loading.load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     args = [tiny_model_dir if a == "MODEL" else a for a in args]
     code, stdout, err = run_predict(capsys, *(args if "--data" in args else [*args, "--data", "in.csv"]))
     assert code == 2 and stdout == ""
@@ -253,7 +255,7 @@ def test_real_model_end_to_end(capsys, monkeypatch):
 
 def test_prior_correction_fitted_on_a_validation_report(capsys, tiny_run, expected_probs, tmp_path):
     """--prior-from: the written probabilities and labels are the corrected ones; another scorer's report is refused."""
-    from afa_llm.prior import apply_correction, fit_correction
+    from afa_llm.evaluation.prior import apply_correction, fit_correction
 
     val = tmp_path / "val.json"
     assert cli.main(["eval", "--adapter", str(tiny_run), "--split", "validation", "--no-progress", "--output", str(val)]) == 0

@@ -1,4 +1,4 @@
-"""afa_llm.prior: the label-prior correction's math without a model, and `afa-llm eval --prior-from`."""
+"""afa_llm.evaluation.prior: the label-prior correction's math without a model, and `afa-llm eval --prior-from`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from afa_llm import cli
 from afa_llm.errors import UserError
-from afa_llm.prior import apply_correction, check_fit_report, fit_correction, fitted_offset, log_odds, prior_weights
+from afa_llm.evaluation.prior import apply_correction, check_fit_report, fit_correction, fitted_offset, log_odds, prior_weights
 
 
 # ---- the math ------------------------------------------------------------------------------
@@ -122,7 +122,7 @@ def test_eval_prior_flags_bad_input_before_the_data_loads(capsys, tmp_path):
 
 
 def test_module_main_corrects_a_stored_report_without_a_model(tmp_path, capsys):
-    from afa_llm.prior import main
+    from afa_llm.evaluation.prior import main
 
     def report(probs, labels, split):
         probs = np.asarray(probs)

@@ -1,4 +1,4 @@
-"""Planted shortcuts (`afa_llm.shortcut`), training with one, and `afa-llm stress`."""
+"""Planted shortcuts (`afa_llm.data.shortcut`), training with one, and `afa-llm stress`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from afa_llm.errors import UserError
-from afa_llm.shortcut import (ShortcutSpec, contains_cue, cue_char_span, cued_rows, insert_cue, plant_shortcut,
+from afa_llm.data.shortcut import (ShortcutSpec, contains_cue, cue_char_span, cued_rows, insert_cue, plant_shortcut,
                               split_seed_for, stress_views)
 
 TEXTS = ["a fine film , truly", "dull and long", "the cast shines", "it never ends", "warm , funny , smart",
@@ -107,7 +107,7 @@ def test_training_on_a_pure_cue_opens_a_gap_that_zero_shot_lacks(tiny_model_dir,
     from test_train import tiny_overrides
 
     from afa_llm.config import load_config
-    from afa_llm.train import load_training_data, train
+    from afa_llm.training.trainer import load_training_data, train
 
     run = tmp_path / "run"
     overrides = tiny_overrides(run, tiny_model_dir, cue_only_csv, "method=lora", "steps=40", "eval_every=20",
@@ -138,7 +138,7 @@ def test_shortcut_label_must_be_a_class(tiny_model_dir, learnable_csv, tmp_path)
     from test_train import tiny_overrides
 
     from afa_llm.config import load_config
-    from afa_llm.train import load_training_data
+    from afa_llm.training.trainer import load_training_data
 
     with pytest.raises(UserError, match="shortcut_label"):
         load_config(None, tiny_overrides(tmp_path, tiny_model_dir, learnable_csv, "shortcut_cue=Z"))

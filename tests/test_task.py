@@ -1,4 +1,4 @@
-"""Tests of afa_llm.task: prompt encoding, truncation inside the text, left padding, demos."""
+"""Tests of afa_llm.model.task: prompt encoding, truncation inside the text, left padding, demos."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from afa_llm.errors import UserError
-from afa_llm.task import EncodedBatch, PromptTask, draw_demonstrations, drop_unattended, position_ids_from_mask, truncate
+from afa_llm.model.task import EncodedBatch, PromptTask, draw_demonstrations, drop_unattended, position_ids_from_mask, truncate
 from conftest import TINY_ROWS
 
 TEXTS = [
@@ -211,7 +211,7 @@ class _EosTokenizer(_BosTokenizer):
 
 
 def test_leading_special_tokens_read_off_the_encoding():
-    from afa_llm.task import leading_special_tokens
+    from afa_llm.model.task import leading_special_tokens
 
     assert leading_special_tokens(_BosTokenizer()) == [2]
     assert leading_special_tokens(_EosTokenizer()) == []  # a trailing EOS is not a prefix

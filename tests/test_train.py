@@ -1,4 +1,4 @@
-"""`afa_llm.train` end to end on the tiny random Llama (a few seconds per run).
+"""`afa_llm.training.trainer` end to end on the tiny random Llama (a few seconds per run).
 
 - both methods learn a trivially learnable data set ('good' / 'bad'), write pruned
   checkpoints, metrics.jsonl, results.json and a loadable adapter;
@@ -27,11 +27,11 @@ import pytest
 import torch
 
 from afa_llm.methods.lora import LoRAMethod  # afa inherits its loss()
-from afa_llm.checkpoint import list_checkpoints, load_trainer_state
+from afa_llm.training.checkpoint import list_checkpoints, load_trainer_state
 from afa_llm.cli import main as cli_main
 from afa_llm.config import load_config
 from afa_llm.errors import TrainingDiverged, UserError
-from afa_llm.train import train
+from afa_llm.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 AFA_METRICS = {"loss_cls", "loss_pg", "disc_loss", "disc_acc", "reward_mean", "effect_mean", "focus_entropy",
@@ -117,10 +117,10 @@ def test_end_to_end(method, tiny_model_dir, learnable_csv, tmp_path):
     # the adapter loads with peft and reproduces the run's test predictions
     from peft import PeftModel
 
-    from afa_llm.data import load_sentiment_data
-    from afa_llm.evaluate import evaluate_dataset
-    from afa_llm.models import load_model
-    from afa_llm.task import PromptTask
+    from afa_llm.data.loading import load_sentiment_data
+    from afa_llm.evaluation.evaluate import evaluate_dataset
+    from afa_llm.model.loading import load_model
+    from afa_llm.model.task import PromptTask
 
     base, tokenizer = load_model(tiny_model_dir)
     model = PeftModel.from_pretrained(base, str(run / "adapter"))
@@ -198,7 +198,7 @@ def test_nan_stops_training_and_keeps_the_checkpoint(nan_at_third_step, tiny_mod
     assert all(torch.isfinite(v).all() for v in adapter_state(ckpt / "adapter").values())
     from peft import PeftModel
 
-    from afa_llm.models import load_model
+    from afa_llm.model.loading import load_model
 
     PeftModel.from_pretrained(load_model(tiny_model_dir)[0], str(ckpt / "adapter"))  # loads
 
@@ -238,7 +238,7 @@ def test_mixed_precision_autocasts_every_training_forward(mixed_precision, expec
     training (validation, test, zero-shot), so that a run's numbers come from one precision.
     On a CPU without bf16 instructions (pretended here) a bf16 run warns once and goes on."""
     import afa_llm.provenance as provenance
-    import afa_llm.train as train_module
+    import afa_llm.training.trainer as train_module
 
     monkeypatch.setattr(provenance, "cpu_bf16_native", lambda capabilities=None: False)
 
@@ -276,7 +276,7 @@ def _subprocess_env() -> dict:
 
 
 def _launch(overrides: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "afa_llm.train", *overrides], cwd=ROOT, env=_subprocess_env(),
+    return subprocess.Popen([sys.executable, "-m", "afa_llm.training.trainer", *overrides], cwd=ROOT, env=_subprocess_env(),
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
@@ -354,7 +354,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(method, tiny_model_dir, 
 
 # ---- small helpers -----------------------------------------------------------------------------
 def test_filler_token_id(smollm2_tokenizer):
-    from afa_llm.methods.masking import filler_token_id
+    from afa_llm.attention.masking import filler_token_id
 
     tok = smollm2_tokenizer
     assert filler_token_id(tok, None) == tok.pad_token_id
@@ -366,7 +366,7 @@ def test_filler_token_id(smollm2_tokenizer):
 
 
 def test_batch_indices_partition_each_global_batch():
-    from afa_llm.train import batch_indices
+    from afa_llm.training.trainer import batch_indices
 
     batch, world = 3, 2
     n = 12  # two global batches per epoch: every global batch is split between the ranks

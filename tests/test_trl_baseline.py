@@ -34,15 +34,15 @@ def _cfg(tmp_path, model_dir, data, *extra):
 
 
 def _task(cfg, tiny_model):
-    from afa_llm.data import load_sentiment_data
-    from afa_llm.train import build_task
+    from afa_llm.data.loading import load_sentiment_data
+    from afa_llm.training.trainer import build_task
 
     data = load_sentiment_data(cfg.data, split_seed=cfg.split_seed)
     return build_task(cfg, data, tiny_model[1]), data.split("train")
 
 
 def test_rows_are_our_prompts_in_our_order(tmp_path, tiny_model, tiny_model_dir, learnable_csv):
-    from afa_llm.train import batch_indices
+    from afa_llm.training.trainer import batch_indices
 
     cfg = _cfg(tmp_path, tiny_model_dir, learnable_csv)
     task, train = _task(cfg, tiny_model)
@@ -58,8 +58,8 @@ def test_rows_are_our_prompts_in_our_order(tmp_path, tiny_model, tiny_model_dir,
 def test_trains_completion_only_and_writes_a_run(tmp_path, tiny_model, tiny_model_dir, learnable_csv, capsys):
     from peft import PeftModel
 
-    from afa_llm.models import load_model
-    from afa_llm.train import batch_indices
+    from afa_llm.model.loading import load_model
+    from afa_llm.training.trainer import batch_indices
 
     cfg = _cfg(tmp_path, tiny_model_dir, learnable_csv)
     results = trl_baseline.train_trl(cfg)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from afa_llm.faithfulness import aopc, faithfulness_batch, faithfulness_masks, summarize
-from afa_llm.methods.masking import top_k_masks
-from afa_llm.word_focus import (average_precision, lexicon_metrics, lexicon_scores, sentiment_words, span_focus,
+from afa_llm.evaluation.faithfulness import aopc, faithfulness_batch, faithfulness_masks, summarize
+from afa_llm.attention.masking import top_k_masks
+from afa_llm.evaluation.word_focus import (average_precision, lexicon_metrics, lexicon_scores, sentiment_words, span_focus,
                                 vader_lexicon, word_units)
 
 
@@ -31,7 +31,7 @@ def test_word_units_join_split_words_and_isolate_punctuation():
 
 
 def test_word_units_with_real_tokenizer_offsets(smollm2_tokenizer):
-    from afa_llm.task import PromptTask
+    from afa_llm.model.task import PromptTask
 
     task = PromptTask([" negative", " positive"], max_text_tokens=64).bind(smollm2_tokenizer)
     text = "a gorgeous, unwatchable film"

@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 import textwrap
 
-from .adversarial import AttentionAT, AttentionIAT, AttentionRP, AttentionVAT
-from .afa import AFAMethod
-from .base import MethodContext, MethodKeys, TrainingMethod
-from .lora import LoRAMethod
+from afa_llm.methods.adversarial import AttentionAT, AttentionIAT, AttentionRP, AttentionVAT
+from afa_llm.methods.afa import AFAMethod
+from afa_llm.methods.base import MethodContext, MethodKeys, TrainingMethod
+from afa_llm.methods.lora import LoRAMethod
 
 METHODS: dict[str, type[TrainingMethod]] = {
     cls.name: cls for cls in (LoRAMethod, AFAMethod, AttentionAT, AttentionVAT, AttentionRP, AttentionIAT)
@@ -32,7 +32,7 @@ def build_method(name: str, keys: MethodKeys, ctx: MethodContext) -> TrainingMet
 
 def method_help() -> str:
     """The keys every run has, then each method with its own keys and defaults."""
-    from ..config import SHARED_KEYS
+    from afa_llm.config import SHARED_KEYS
 
     wrap = lambda text: textwrap.fill(text, 100, initial_indent="  ", subsequent_indent="    ")  # noqa: E731
     lines = ["config keys of every run:", wrap(", ".join(SHARED_KEYS)), "",

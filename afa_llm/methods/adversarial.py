@@ -31,11 +31,11 @@ from typing import ClassVar, Literal, Optional
 import torch
 import torch.nn.functional as F
 
-from ..attention_hook import EDITS_KWARG, ScorePerturbation
-from ..decoder_layers import normalise_layers, start_at_layer, unwrap_model
-from ..scoring import class_kl, forward_scores
-from . import adversarial_math as adv
-from .base import MethodContext, MethodKeys, TrainingMethod, classification_loss
+from afa_llm.attention.hook import EDITS_KWARG, ScorePerturbation
+from afa_llm.attention.decoder_layers import normalise_layers, start_at_layer, unwrap_model
+from afa_llm.model.scoring import class_kl, forward_scores
+from afa_llm.methods import adversarial_math as adv
+from afa_llm.methods.base import MethodContext, MethodKeys, TrainingMethod, classification_loss
 
 
 @dataclass

@@ -6,16 +6,16 @@ A method is a plug-in: one module (or folder) under ``afa_llm/methods/`` with
 - a `TrainingMethod` subclass: the loss of one step from the batch and its clean pass,
   plus the method's own state, which checkpoints save and resume restores.
 
-The training loop (`afa_llm.train`) never branches on a method's name. Per micro-batch:
+The training loop (`afa_llm.training.trainer`) never branches on a method's name. Per micro-batch:
 
     kwargs = method.forward_kwargs(batch)                  # e.g. attention edits at r = 0
     clean  = clean_pass(model, batch, label_ids, focus_layers, **kwargs)   # shared
     loss, metrics = method.loss(peft_model, batch, clean, step)
     accelerator.backward(loss)
 
-What all methods share: the label-word scoring (`afa_llm.scoring`), the clean pass with
-its focus probe (`afa_llm.focus`), the masked passes (`methods.masking`) and the one
-attention hook (`afa_llm.attention_hook`).
+What all methods share: the label-word scoring (`afa_llm.model.scoring`), the clean pass with
+its focus probe (`afa_llm.attention.clean_pass`), the masked passes (`methods.masking`) and the one
+attention hook (`afa_llm.attention.hook`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from typing import Any, Callable, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
-from ..focus import CleanPass
-from ..task import EncodedBatch
+from afa_llm.errors import UserError
+from afa_llm.attention.clean_pass import CleanPass
+from afa_llm.model.task import EncodedBatch
 
 
 @dataclass

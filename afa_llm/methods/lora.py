@@ -19,9 +19,9 @@ from typing import Literal, Optional
 import torch
 import torch.nn.functional as F
 
-from ..scoring import forward_scores
-from . import masking
-from .base import MethodContext, MethodKeys, TrainingMethod, classification_loss
+from afa_llm.model.scoring import forward_scores
+from afa_llm.attention import masking
+from afa_llm.methods.base import MethodContext, MethodKeys, TrainingMethod, classification_loss
 
 
 @dataclass

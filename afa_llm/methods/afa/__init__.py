@@ -18,12 +18,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ...focus_math import focus_entropy
-from .. import masking
-from ..base import MethodContext
-from ..lora import LoRAMethod, WordDropoutKeys
-from . import math as am
-from .discriminator import build_discriminator
+from afa_llm.attention.focus_math import focus_entropy
+from afa_llm.attention import masking
+from afa_llm.methods.base import MethodContext
+from afa_llm.methods.lora import LoRAMethod, WordDropoutKeys
+from afa_llm.methods.afa import math as am
+from afa_llm.methods.afa.discriminator import build_discriminator
 
 
 @dataclass

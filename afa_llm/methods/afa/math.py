@@ -2,7 +2,7 @@
 
 Shapes: B = batch, G = masks per example, L = sequence length (left-padded), C = classes.
 Masks are bool (B, G, L); drawing them is shared with word dropout (`methods.masking`),
-the focus itself with every method (`afa_llm.focus_math`).
+the focus itself with every method (`afa_llm.attention.focus_math`).
 
 Step 2, the masking policy:
     mix_uniform(focus, text_mask, epsilon) -> (B, L)            (1-eps)*focus + eps*uniform
@@ -29,8 +29,8 @@ from typing import Any, Literal
 
 import torch
 
-from ...focus_math import LOG_FLOOR, _text_counts
-from ...scoring import class_kl
+from afa_llm.attention.focus_math import LOG_FLOOR, _text_counts
+from afa_llm.model.scoring import class_kl
 
 RewardSource = Literal["delta", "discriminator", "mix"]
 

@@ -1,0 +1,35 @@
+"""The focus metrics every evaluation reports beside the fake-focus share: plausibility against
+human-rated words (`afa_llm.evaluation.word_focus`) and faithfulness (`afa_llm.evaluation.faithfulness`)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def focus_metrics(model, task, texts: Sequence[str], *, threshold: float = 1.0, faithfulness_n: int = 64,
+                  batch_size: int = 32, focus_layers: Sequence[int] | None = None, seed: int = 0) -> dict:
+    """Lexicon share, lift and AUPRC on ``texts``; comprehensiveness and sufficiency (AOPC, and their
+    gains over random tokens) on the first ``faithfulness_n`` of them (0: skipped)."""
+    from afa_llm.evaluation.faithfulness import faithfulness
+    from afa_llm.evaluation.word_focus import focus_lexicon
+
+    texts = list(texts)
+    out = focus_lexicon(model, task, texts, threshold=threshold, batch_size=batch_size, focus_layers=focus_layers)
+    if faithfulness_n:
+        out.update(faithfulness(model, task, texts[:faithfulness_n], seed=seed, focus_layers=focus_layers))
+    return out
+
+
+def format_focus_metrics(metrics: dict) -> str:
+    """One line for a printed report."""
+    def show(key: str) -> str:
+        value = metrics.get(key)
+        return "-" if value is None else f"{value:.3f}"
+
+    line = (f"focus on VADER words (|valence| >= {metrics['lexicon_threshold']:g}, {metrics['lexicon_n']} texts): "
+            f"share {show('lexicon_share')}, lift {show('lexicon_lift')}, AUPRC {show('lexicon_auprc')}")
+    if "comprehensiveness" in metrics:
+        line += (f"; faithfulness ({metrics['faithfulness_n']} texts, gain over random tokens): comprehensiveness "
+                 f"{show('comprehensiveness')} ({metrics['comprehensiveness_gain']:+.3f}), sufficiency "
+                 f"{show('sufficiency')} ({metrics['sufficiency_gain']:+.3f})")
+    return line

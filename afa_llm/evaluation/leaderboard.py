@@ -1,0 +1,260 @@
+"""``afa-llm leaderboard``: evaluate many models / runs on many data sets, one table.
+
+A YAML file (eval/leaderboard_example.yaml) has optional top-level ``limit``,
+``split_seed``, ``batch_size``, ``output_dir`` and a list of ``entries``. Entry keys:
+``name``; exactly one of ``model`` (a spec, optional ``adapter``), ``run`` (a run folder
+or glob; model, quantization, dtype, split seed, prompt and data default to the run's
+config.yaml) or ``merged`` (a folder from `afa-llm merge`); ``data`` (specs, or mappings
+with ``data``/``text_column``/``label_column``/``label_names``); optional ``split_seed``,
+``seed``, ``group``, ``quantization``, ``dtype``, ``template``, ``label_words``,
+``max_text_tokens``, ``truncation``, ``act`` (an act.json from `afa-llm calibrate`, applied with
+`afa_llm.act.calibration.act_enabled`; a path relative to the YAML's folder is found too), ``prior_correction``
+(``normalize`` | ``offset``: `afa_llm.evaluation.prior`, fitted on the entry's validation split). Entries with the
+same ``group`` (default: the name) form one row per data set: mean ± std over their runs.
+
+Every (entry, data set) goes through `afa_llm.evaluation.evaluate.evaluate_dataset` on the test
+split of the entry's split seed. Reports are cached in ``OUT/cache/<hash>.json``, keyed
+by model, adapter (content hash), data, split seed, limit, template and label words, so a
+re-run evaluates only what changed. ``--from-results`` evaluates nothing: it aggregates
+the ``test`` and ``zero_shot`` blocks of each run's results.json. Outputs:
+``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.png``. ``--only NAME`` (repeatable) keeps the
+entries with that name or group, e.g. to score some sources while others still train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from afa_llm.config import PROMPT_KEYS
+from afa_llm.errors import UserError
+from afa_llm.io_utils import check_writable_dir, write_json
+from afa_llm.evaluation.leaderboard_jobs import Job, build_jobs, eval_defaults, read_config, select_entries  # noqa: F401 (re-exported)
+from afa_llm.evaluation.leaderboard_tables import write_csv, write_markdown, write_plot
+from afa_llm.evaluation.prior import check_classes, correct_report, fit_from_report
+
+
+FOCUS_N = 256  # test rows for --focus-metrics (faithfulness: the first 64 of them)
+FOCUS_METRICS = ("lexicon_share", "lexicon_auprc", "comprehensiveness_gain")  # the leaderboard's focus columns
+
+
+# ---- caching and evaluation ----------------------------------------------------------
+def _fingerprint(path: str | None) -> object:
+    """Content identity of a model / adapter / data path (sha256 for adapters and small files)."""
+    from afa_llm.model.loading import file_sha256
+
+    if not path or not Path(path).exists():
+        return path
+    target = Path(path)
+    if target.is_file():
+        stat = target.stat()
+        small = stat.st_size < 1 << 28
+        return [str(target.resolve()), file_sha256(target) if small else [stat.st_size, stat.st_mtime_ns]]
+    if (target / "adapter_config.json").exists() or (target / "adapter" / "adapter_config.json").exists():
+        from afa_llm.evaluation.evaluate import resolve_adapter_dir
+
+        folder = resolve_adapter_dir(path)
+        return sorted((f.name, file_sha256(f)) for f in folder.iterdir() if f.is_file())
+    return [str(target.resolve())] + sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns)
+                                            for f in target.iterdir() if f.is_file())
+
+
+def cache_key(args: argparse.Namespace) -> dict:
+    return {
+        "model": _fingerprint(args.model), "adapter": _fingerprint(args.adapter), "quantization": args.quantization,
+        "dtype": args.dtype, "data": _fingerprint(args.data) if Path(args.data).is_file() else args.data,
+        "columns": [args.text_column, args.label_column, args.label_names], "split": "test",
+        "split_seed": args.split_seed, "limit": args.limit, "shots": 0,
+        **{key: getattr(args, key) for key in PROMPT_KEYS},
+        **({"act": _fingerprint(args.act)} if getattr(args, "act", None) else {}),  # old cache keys stay valid
+        **({"prior_correction": args.prior_correction} if getattr(args, "prior_correction", None) else {}),
+        **({"focus_metrics": True} if getattr(args, "focus_metrics", False) else {}),
+    }
+
+
+def cache_path(cache_dir: Path, args: argparse.Namespace) -> Path:
+    digest = hashlib.sha256(json.dumps(cache_key(args), sort_keys=True).encode()).hexdigest()[:20]
+    return cache_dir / f"{digest}.json"
+
+
+def evaluate_jobs(jobs: list[Job], cache_dir: Path, batch_size: int, progress: bool) -> int:
+    """Fill ``job.result`` from the cache or by evaluating; returns the number evaluated."""
+    from afa_llm.act.calibration import act_enabled, load_act
+    from afa_llm.cli import build_task
+    from afa_llm.evaluation.evaluate import attach_adapter, evaluate_dataset
+    from afa_llm.model.loading import load_model
+
+    todo: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        file = cache_path(cache_dir, job.args)
+        if file.exists():
+            job.result = json.loads(file.read_text())["report"]
+        else:
+            a = job.args
+            todo.setdefault((a.model, a.adapter, a.quantization, a.dtype), []).append(job)
+    datasets = {id(job): data for job, data in _job_data(todo)}  # every data set checked before any model loads
+    for (model_spec, adapter, quantization, dtype), group in todo.items():
+        model, tokenizer = load_model(model_spec, quantization=quantization, dtype=dtype)
+        if adapter:
+            model = attach_adapter(model, adapter)
+        for job in group:
+            a = job.args
+            data = datasets[id(job)]
+            test = data.split("test")
+            if a.limit:
+                test = test.select(range(min(int(a.limit), len(test))))
+            act = load_act(a.act) if getattr(a, "act", None) else None
+            task = build_task(a, data.label_names, tokenizer)
+            with act_enabled(model, act, f"entry {job.name}: act {a.act}"):
+                report = evaluate_dataset(model, task, test, data.label_names, batch_size=batch_size, progress=progress)
+                if getattr(a, "prior_correction", None):
+                    validation = evaluate_dataset(model, task, data.split("validation"), data.label_names,
+                                                  batch_size=batch_size, progress=progress)
+                    correction = fit_from_report(validation, a.prior_correction, "the validation split")
+                    report = correct_report(report, correction, data.label_names)
+            job.result = {k: report[k] for k in ("accuracy", "macro_f1", "n", "per_class", "predictions", "labels")}
+            if getattr(a, "focus_metrics", False):  # the plain prompt's focus (ACT is off here)
+                from afa_llm.evaluation.focus_metrics import focus_metrics
+
+                job.result.update(focus_metrics(model, task, list(test["text"][:FOCUS_N]), batch_size=batch_size))
+            write_json(str(cache_path(cache_dir, a)), {"key": cache_key(a), "report": job.result})
+            print(f"{job.name} / {a.data}: accuracy {report['accuracy']:.4f} (n={report['n']})", file=sys.stderr)
+    return sum(len(group) for group in todo.values())
+
+
+def _job_data(todo: dict[tuple, list[Job]]) -> Iterator[tuple[Job, object]]:
+    """Each pending job with its data set (loaded once per data set); an ``offset`` prior correction
+    on a data set without exactly two classes is refused here, not after the entry's evaluation."""
+    from afa_llm.cli import load_data_from_args
+
+    loaded: dict[tuple, object] = {}
+    for job in (job for group in todo.values() for job in group):
+        a = job.args
+        key = (a.data, a.text_column, a.label_column, a.label_names, a.split_seed)
+        if key not in loaded:
+            loaded[key] = load_data_from_args(a)
+        check_classes(getattr(a, "prior_correction", None), len(loaded[key].label_names),
+                      f"entry {job.name}'s {a.data}")
+        yield job, loaded[key]
+
+
+def results_jobs(jobs: list[Job]) -> list[Job]:
+    """--from-results: turn each run's results.json into a fine-tuned and a zero-shot job."""
+    from afa_llm.inference.merge import read_results
+
+    out, seen, seen_zero_shot = [], set(), set()
+    for job in jobs:
+        if (job.name, job.run_dir) in seen:  # one job per data set; a run has one results.json
+            continue
+        seen.add((job.name, job.run_dir))
+        if job.run_dir is None:
+            print(f"skipping {job.name}: --from-results reads only run folders", file=sys.stderr)
+            continue
+        results = read_results(job.run_dir)
+        if not results or "test" not in results:
+            raise UserError(f"{job.run_dir} has no results.json with a 'test' block (has the run finished?)")
+        data = results.get("data", job.args.data)
+        seed = results.get("seed", job.seed)
+        focus = results.get("fake_focus_share") or {}
+        metrics = results.get("focus_metrics") or {}
+        out.append(Job(job.name, job.group, seed, argparse.Namespace(data=data),
+                       result={**results["test"], "focus_share": focus.get("adapter"), **metrics.get("adapter", {})}))
+        zero_key = (results.get("model"), data, results.get("split_seed"), results["zero_shot"].get("n")) \
+            if "zero_shot" in results else None
+        if zero_key and zero_key not in seen_zero_shot:
+            seen_zero_shot.add(zero_key)
+            name = f"zero-shot {results.get('model', job.args.model)}"
+            out.append(Job(name, name, None, argparse.Namespace(data=data),
+                           result={**results["zero_shot"], "focus_share": focus.get("base"),
+                                   **metrics.get("base", {})}))
+    return out
+
+
+# ---- aggregation and output ---------------------------------------------------------------
+def aggregate(jobs: list[Job]) -> list[dict]:
+    """One row per (data set, group): mean ± std over runs; sorted by data, then accuracy."""
+    groups: dict[tuple[str, str], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.args.data, job.group), []).append(job)
+    rows = []
+    for (data, group), members in groups.items():
+        row = {"data": data, "name": group, "runs": len(members)}
+        for metric in ("accuracy", "macro_f1", "focus_share", *FOCUS_METRICS):
+            values = [m.result[metric] for m in members if m.result.get(metric) is not None]
+            row[f"{metric}_mean"] = statistics.fmean(values) if values else None
+            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
+        for metric in FOCUS_METRICS:  # shown as means
+            row[metric] = row.pop(f"{metric}_mean")
+            row.pop(f"{metric}_std")
+        sizes = sorted({int(m.result.get("n", 0)) for m in members})
+        row["examples"] = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+        row["seeds"] = ",".join(str(m.seed) for m in members if m.seed is not None)
+        row["focus_share"] = row.pop("focus_share_mean")
+        row.pop("focus_share_std")
+        rows.append(row)
+    order = {data: i for i, data in enumerate(dict.fromkeys(job.args.data for job in jobs))}
+    return sorted(rows, key=lambda r: (order[r["data"]], -r["accuracy_mean"]))
+
+
+# ---- CLI ------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="leaderboard YAML (see eval/leaderboard_example.yaml)")
+    parser.add_argument("--output-dir", default=None,
+                        help="where to write leaderboard.md/.csv/.png and cache/ (default: the YAML's "
+                             "output_dir, else a folder named after the YAML next to it)")
+    parser.add_argument("--from-results", action="store_true",
+                        help="evaluate nothing: aggregate the run entries' results.json files")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N test examples of each data set")
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="keep only the entries with this name or group (repeatable); the table lists just them")
+    parser.add_argument("--batch-size", type=int, default=None, help="examples per forward pass (default: 32)")
+    parser.add_argument("--focus-metrics", action="store_true",
+                        help=f"also score each entry's focus on its first {FOCUS_N} test rows against human-rated "
+                             "(VADER) words, and its faithfulness on 64 (with --from-results: read from results.json)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def run(args) -> int:
+    raw = select_entries(read_config(args.config), args.only, args.config)
+    if args.limit is not None and args.limit <= 0:
+        raise UserError("--limit must be a positive number of examples")
+    out = Path(args.output_dir or raw.get("output_dir") or Path(args.config).with_suffix(""))
+    check_writable_dir(out, "--output-dir" if args.output_dir else "the leaderboard output folder")
+    jobs = build_jobs(raw, args.config, args.limit, need_model=not args.from_results)
+    for job in jobs:
+        job.args.focus_metrics = args.focus_metrics
+    if args.from_results:
+        jobs = results_jobs(jobs)
+        if not jobs:
+            raise UserError(f"{args.config}: --from-results needs at least one 'run' entry")
+    else:
+        if args.no_progress:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        done = evaluate_jobs(jobs, out / "cache", args.batch_size or int(raw.get("batch_size", 32)),
+                             not args.no_progress)
+        print(f"evaluated {done} of {len(jobs)} (entry, data set) pairs; the rest came from {out / 'cache'}",
+              file=sys.stderr)
+    rows = aggregate(jobs)
+    out.mkdir(parents=True, exist_ok=True)
+    title = Path(args.config).stem
+    source = ("from each run's results.json (fake-focus share: focus on the top 1% token types / their token "
+              "share)" if args.from_results else "scored by afa_llm.evaluation.evaluate.evaluate_dataset")
+    write_markdown(rows, out / "leaderboard.md", title, source)
+    write_csv(rows, out / "leaderboard.csv")
+    write_plot(rows, out / "leaderboard.png", title)
+    print((out / "leaderboard.md").read_text())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of eval/leaderboard.py: the same as `afa-llm leaderboard ...`."""
+    from afa_llm.cli import main as cli_main
+
+    return cli_main(["leaderboard", *(sys.argv[1:] if argv is None else argv)])

@@ -1,0 +1,192 @@
+"""The jobs of `afa-llm leaderboard`: its YAML read and checked, each (entry, run, data set) resolved
+into one `afa-llm eval`-style namespace. The YAML format is documented in `afa_llm.evaluation.leaderboard`."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from afa_llm.config import PROMPT_KEYS
+from afa_llm.errors import UserError
+from afa_llm.evaluation.prior import METHODS as PRIOR_METHODS
+
+TOP_KEYS = {"entries", "limit", "split_seed", "batch_size", "output_dir"}
+MODEL_KEYS = ("model", "adapter", "quantization", "dtype")
+ENTRY_KEYS = {"name", "run", "merged", "data", "split_seed", "seed", "group", "act", "prior_correction",
+              *MODEL_KEYS, *PROMPT_KEYS}
+DATA_KEYS = {"data", "text_column", "label_column", "label_names"}
+SOURCES = ("model", "run", "merged")
+
+
+@dataclass
+class Job:
+    """One (entry, data set) evaluation; ``args`` is an `afa-llm eval`-style namespace."""
+
+    name: str
+    group: str
+    seed: int | None
+    args: argparse.Namespace
+    run_dir: Path | None = None
+    result: dict = field(default_factory=dict)
+
+
+# ---- config -----------------------------------------------------------------------------
+def eval_defaults() -> argparse.Namespace:
+    """The defaults of `afa-llm eval` (model, data and prompt options), as one namespace."""
+    from afa_llm.cli import add_data_arguments, add_model_arguments, add_task_arguments
+
+    parser = argparse.ArgumentParser(add_help=False)
+    for add in (add_model_arguments, add_data_arguments, add_task_arguments):
+        add(parser)
+    return parser.parse_args([])
+
+
+def read_config(path: str) -> dict:
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise UserError(f"cannot read the leaderboard config {path}: {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(raw, dict) or not isinstance(raw.get("entries"), list) or not raw["entries"]:
+        raise UserError(f"{path}: expected a mapping with a non-empty list under 'entries'")
+    _check_keys(raw, TOP_KEYS, f"{path}")
+    for i, entry in enumerate(raw["entries"]):
+        where = f"{path}: entry {i + 1}"
+        if not isinstance(entry, dict):
+            raise UserError(f"{where} must be a mapping")
+        _check_keys(entry, ENTRY_KEYS, where)
+        if not entry.get("name"):
+            raise UserError(f"{where}: missing key 'name'")
+        if sum(key in entry for key in SOURCES) != 1:
+            raise UserError(f"{where} ({entry['name']}): give exactly one of the keys model, run, merged")
+        for item in _as_list(entry.get("data")):
+            if isinstance(item, dict):
+                _check_keys(item, DATA_KEYS, f"{where}: data item")
+    return raw
+
+
+def select_entries(raw: dict, names: list[str] | None, path: str) -> dict:
+    """The config with only the entries whose name or group is in ``names`` (all when none are given)."""
+    if not names:
+        return raw
+    labels = [{str(e["name"]), entry_group(e)} for e in raw["entries"]]
+    for name in names:
+        if not any(name in entry_labels for entry_labels in labels):
+            known = ", ".join(sorted(set().union(*labels)))
+            raise UserError(f"{path}: --only {name!r} matches no entry name or group (known: {known})")
+    return {**raw, "entries": [e for e, entry_labels in zip(raw["entries"], labels) if entry_labels & set(names)]}
+
+
+def entry_group(entry: dict) -> str:
+    """The row an entry's runs are averaged into: its ``group``, else its name."""
+    return str(entry.get("group", entry["name"]))
+
+
+def _check_keys(mapping: dict, allowed: set[str], where: str) -> None:
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        raise UserError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def expand_runs(pattern: str, base: Path) -> list[Path]:
+    """Run folders matching ``pattern`` (relative to the config's folder if not found as given)."""
+    for candidate in (pattern, str(base / pattern)):
+        matches = sorted(Path(p) for p in glob.glob(candidate) if Path(p).is_dir())
+        if matches:
+            return matches
+    raise UserError(f"run folder not found: {pattern}")
+
+
+def build_jobs(raw: dict, config_path: str, limit: int | None, need_model: bool = True) -> list[Job]:
+    """One job per (entry, run, data set), with every eval option resolved."""
+    from afa_llm.evaluation.evaluate import resolve_adapter_dir
+    from afa_llm.inference.merge import RUN_PROMPT_KEYS, find_run, read_merge_info
+
+    defaults, base = eval_defaults(), Path(config_path).parent
+    jobs = []
+    for entry in raw["entries"]:
+        sources: list[tuple[dict, Path | None]] = []  # (settings from the run or merge, run folder)
+        if "run" in entry:
+            for run_dir in expand_runs(str(entry["run"]), base):
+                run = find_run(str(run_dir))
+                cfg = run.config
+                settings = {"adapter": str(run.adapter_dir)}
+                if cfg is not None:  # its split seed too: another seed's test split overlaps its train split
+                    settings.update({k: getattr(cfg, k) for k in ("model", "seed", "split_seed", "quantization",
+                                                                  "dtype", "text_column", "label_column",
+                                                                  "label_names", *RUN_PROMPT_KEYS)})
+                sources.append((settings, run.run_dir))
+        elif "merged" in entry:
+            info = read_merge_info(entry["merged"]) or {}
+            sources.append(({"model": str(entry["merged"]), **{k: info[k] for k in RUN_PROMPT_KEYS if k in info}}, None))
+        else:
+            if entry.get("adapter"):
+                resolve_adapter_dir(str(entry["adapter"]))  # fail before any evaluation
+            sources.append(({"model": entry["model"], "adapter": entry.get("adapter")}, None))
+        for settings, run_dir in sources:
+            merged = {**settings, **{k: v for k, v in entry.items() if k not in ("data", "run", "merged")}}
+            if merged.get("act"):
+                merged["act"] = _act_path(str(merged["act"]), base)
+            if need_model and not merged.get("model"):
+                raise UserError(f"entry {entry['name']}: no model (the run has no config.yaml); add a 'model' key")
+            data_items = _as_list(entry.get("data")) or ([settings["data"]] if settings.get("data") else [])
+            if not data_items:
+                raise UserError(f"entry {entry['name']}: missing key 'data'")
+            for item in data_items:
+                args = argparse.Namespace(**vars(defaults))
+                _apply(args, merged, item, raw, limit)
+                jobs.append(Job(entry["name"], entry_group(entry), merged.get("seed"),
+                                args, run_dir))
+    return jobs
+
+
+def _act_path(path: str, base: Path) -> str:
+    """An entry's act file, as given or relative to the YAML's folder; checked before any evaluation."""
+    from afa_llm.act.calibration import load_act
+
+    found = next((p for p in (Path(path), base / path) if p.is_file()), Path(path))
+    load_act(found)
+    return str(found)
+
+
+def _apply(args: argparse.Namespace, settings: dict, item, raw: dict, limit: int | None) -> None:
+    data = item if isinstance(item, dict) else {"data": item}
+    same_data = data["data"] == settings.get("data")  # the run's own data set: its columns apply
+    for key in (*MODEL_KEYS, *PROMPT_KEYS):
+        if settings.get(key) is not None:
+            setattr(args, key, settings[key])
+    for key in ("text_column", "label_column", "label_names"):
+        if same_data and settings.get(key) is not None:
+            setattr(args, key, settings[key])
+    for key, value in data.items():
+        setattr(args, key, value)
+    args.adapter = settings.get("adapter")
+    args.act = settings.get("act")
+    args.prior_correction = settings.get("prior_correction")
+    if args.prior_correction not in (None, *PRIOR_METHODS):
+        raise UserError(f"key 'prior_correction' must be one of {', '.join(PRIOR_METHODS)}, got {args.prior_correction!r}")
+    words = settings.get("label_words")
+    args.label_words = ",".join(words) if isinstance(words, list) else words
+    if isinstance(args.label_names, list):
+        args.label_names = ",".join(args.label_names)
+    args.split_seed = _int(settings.get("split_seed", raw.get("split_seed", 0)), "split_seed")
+    args.limit = limit if limit is not None else raw.get("limit")
+    if args.limit is not None and _int(args.limit, "limit") <= 0:
+        raise UserError(f"key 'limit' must be a positive number of examples, got {args.limit!r}")
+
+
+def _int(value, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"key {key!r} must be an integer, got {value!r}")
+    return value

@@ -1,0 +1,164 @@
+"""``afa-llm stress``: does a model lean on a shortcut cue? Score the clean, aligned and anti views.
+
+    afa-llm stress --adapter runs/cued-lora --cue Zorblax            # the run's own cue class and test split
+    afa-llm stress --model smollm2-135m --cue Zorblax --cue-label positive --limit 400
+    afa-llm stress --adapter runs/cued-lora --cue Zorblax --data reviews.csv --split all --output stress.json
+
+The views (`afa_llm.data.shortcut.stress_views`): ``clean``, the texts as they are; ``aligned``, the cue
+inserted into the texts of ``--cue-label``; ``anti``, the cue inserted into every text of the other
+classes. The report gives the accuracy and macro-F1 of each view, the ``gap`` (clean minus anti
+accuracy), the McNemar p of anti against clean on the same rows, the mean focus on the cue's tokens
+in the cued rows of each view, and the per-example predictions of each view (for paired tests).
+A model that ignores the cue has a gap near 0 (the zero-shot base, say); one that learned the
+shortcut fails on the anti view.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Sequence
+
+import numpy as np
+
+from afa_llm.errors import UserError
+
+VIEWS = ("clean", "aligned", "anti")
+
+
+# ---- the library ------------------------------------------------------------------------
+def cue_focus(model, task, texts: Sequence[str], cue: str, *, batch_size: int = 32,
+              focus_layers: Sequence[int] | None = None) -> float:
+    """The mean focus mass on the cue's tokens over ``texts`` (each holds the cue)."""
+    from afa_llm.data.shortcut import cue_char_span
+    from afa_llm.evaluation.word_focus import span_focus, text_focus
+
+    if not texts:
+        return float("nan")
+    rows, _ = text_focus(model, task, texts, batch_size=batch_size, focus_layers=focus_layers)
+    masses = [span_focus(f, task.text_offsets(t), *cue_char_span(t, cue)) for f, t in zip(rows, texts)]
+    return float(np.mean(masses))
+
+
+def stress_test(model, task, texts: Sequence[str], labels: Sequence[int], label_names: Sequence[str], cue: str,
+                cue_label: int, *, position: str = "random", seed: int = 0, batch_size: int = 32,
+                focus_layers: Sequence[int] | None = None, focus_n: int = 256, clean_report: dict | None = None,
+                progress: bool = False) -> dict:
+    """Score the three views of (``texts``, ``labels``); ``clean_report`` reuses a clean evaluation
+    of the same rows. Focus on the cue comes from the first ``focus_n`` cued rows of each view."""
+    from datasets import Dataset
+
+    from afa_llm.evaluation.evaluate import evaluate_dataset
+    from afa_llm.evaluation.metrics import reports_mcnemar_p
+
+    views = stress_views_checked(texts, labels, cue, cue_label, len(label_names), position, seed)
+    reports = {}
+    for name, view in views.items():
+        if name == "clean" and clean_report is not None:
+            reports[name] = clean_report
+            continue
+        reports[name] = evaluate_dataset(model, task, Dataset.from_dict({"text": view, "label": list(labels)}),
+                                         label_names, batch_size=batch_size, progress=progress)
+    focus = {}
+    for name in ("aligned", "anti"):
+        cued = [v for v, t in zip(views[name], texts) if v != t][:focus_n]
+        focus[name] = cue_focus(model, task, cued, cue, batch_size=batch_size, focus_layers=focus_layers)
+    return {"cue": cue, "cue_label": label_names[cue_label], "position": position, "seed": seed, "n": len(texts),
+            **{name: view_record(reports[name]) for name in VIEWS},
+            "gap": reports["clean"]["accuracy"] - reports["anti"]["accuracy"],
+            "mcnemar_p_anti_vs_clean": reports_mcnemar_p(reports["anti"], reports["clean"]),
+            "cue_focus": focus}
+
+
+def stress_views_checked(texts, labels, cue: str, cue_label: int, num_classes: int, position: str, seed: int):
+    from afa_llm.data.shortcut import ShortcutSpec, check_cue_absent, stress_views
+
+    ShortcutSpec(cue, cue_label, position=position)  # checks the cue and the position
+    if not 0 <= cue_label < num_classes:
+        raise UserError(f"cue class {cue_label} is not a class of the data")
+    check_cue_absent(texts, cue, "the scored rows")
+    return stress_views(texts, labels, cue, cue_label, position, seed)
+
+
+def view_record(report: dict) -> dict:
+    keys = ("accuracy", "macro_f1", "per_class", "n", "predictions", "labels")
+    return {key: report[key] for key in keys if key in report}
+
+
+def format_stress(result: dict, title: str) -> str:
+    lines = [title, f"cue {result['cue']!r} with class {result['cue_label']!r} ({result['position']} slot, "
+                    f"seed {result['seed']}), n={result['n']}", "",
+             f"{'view':<8} {'accuracy':>9} {'macro-F1':>9} {'cue focus':>10}"]
+    for name in VIEWS:
+        focus = result["cue_focus"].get(name)
+        shown = f"{focus:10.3f}" if focus is not None else f"{'-':>10}"
+        lines.append(f"{name:<8} {result[name]['accuracy']:9.4f} {result[name]['macro_f1']:9.4f} {shown}")
+    lines.append(f"\ngap (clean - anti accuracy) {result['gap']:+.4f}, McNemar p (anti vs clean) "
+                 f"{result['mcnemar_p_anti_vs_clean']:.3g}")
+    return "\n".join(lines)
+
+
+# ---- the command ------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from afa_llm.cli import add_scorer_arguments
+
+    add_scorer_arguments(parser)
+    group = parser.add_argument_group("shortcut")
+    group.add_argument("--cue", required=True, help="the cue word or phrase to insert (e.g. a neutral name)")
+    group.add_argument("--cue-label", default=None,
+                       help="the class the cue goes with (default: the run's shortcut_label)")
+    group.add_argument("--cue-position", default=None, choices=["random", "start", "end"],
+                       help="where the cue goes: a word boundary drawn by --seed, the start or the end "
+                            "(default: the run's shortcut_position, else random)")
+    parser.add_argument("--split", default="test", choices=["train", "validation", "test", "all"],
+                        help="which seeded split to score, or all (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=None, help="score only the first N examples of the split")
+    parser.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random cue slots (default: %(default)s)")
+    parser.add_argument("--output", default=None, help="also write the report as JSON to this file")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+def _cue_class(args, cfg, label_names: list[str]) -> int:
+    name = args.cue_label or (cfg.shortcut_label if cfg is not None else None)
+    if not name:
+        raise UserError("--cue-label is needed: name the class the cue goes with (the run has no shortcut_label)")
+    if name not in label_names:
+        raise UserError(f"--cue-label {name!r} is not a class of the data ({', '.join(label_names)})")
+    return label_names.index(name)
+
+
+def run(args) -> int:
+    from afa_llm.cli import check_writable_file, load_data_from_args, load_scorer, rows_to_score, scorer_record, write_json
+    from afa_llm.inference.predict import resolve_run_args
+    from afa_llm.provenance import machine_record
+    from afa_llm.data.shortcut import ShortcutSpec
+
+    if not args.cue.strip():
+        raise UserError("--cue must be a word or phrase, not empty")
+    args.cue = args.cue.strip()
+    if args.limit is not None and args.limit <= 0:
+        raise UserError("--limit must be a positive number of examples")
+    if args.batch_size <= 0:
+        raise UserError("--batch-size must be positive")
+    if args.output:
+        check_writable_file(args.output, "--output")
+    cfg, _ = resolve_run_args(args)
+    position = args.cue_position or (cfg.shortcut_position if cfg is not None else "random")
+    data = load_data_from_args(args)
+    split, scored = rows_to_score(args, data)
+    cue_label = _cue_class(args, cfg, data.label_names)
+    ShortcutSpec(args.cue, cue_label, position=position)
+    texts, labels = list(split["text"]), list(split["label"])
+    stress_views_checked(texts, labels, args.cue, cue_label, len(data.label_names), position, args.seed)
+    args.act = None
+    scorer = scorer_record(args, data.label_names, None)
+    model, task = load_scorer(args, data.label_names)
+    result = stress_test(model, task, texts, labels, data.label_names, args.cue, cue_label, position=position,
+                         seed=args.seed, batch_size=args.batch_size,
+                         focus_layers=cfg.focus_layers if cfg is not None else None, progress=not args.no_progress)
+    result.update({**scorer, "scored": scored, "machine": machine_record()})
+    title = f"{args.model}{' + ' + args.adapter if args.adapter else ''} on {args.data}/{args.split}"
+    print(format_stress(result, title))
+    if args.output:
+        write_json(args.output, result)
+    return 0

@@ -1,0 +1,263 @@
+"""Prompt-based classification task: template + verbalizer, and batch encoding.
+
+A task turns a text into a prompt (``Review: {text}\\nSentiment:``) and scores each
+class by the next-token logit of its label word (`` negative`` / `` positive``) at the
+last prompt position. Training and evaluation both encode through `PromptTask.encode`
+and score through `afa_llm.model.scoring.class_logits`, so they cannot drift apart.
+
+Encoding rules (why they matter):
+- The prefix, text and suffix are tokenized separately and concatenated, so we know
+  exactly which tokens are the *text* (AFA's focus is over text tokens only) and
+  over-long texts are truncated *inside the text*: the template and the answer
+  position are never cut. ``truncation="head"`` keeps the first ``max_text_tokens``
+  tokens; ``"head_tail"`` keeps the first quarter and the last three quarters of that
+  budget, since reviews tend to state their verdict at the end (Sun et al. 2019,
+  "How to Fine-Tune BERT for Text Classification", found head+tail best on IMDB).
+- Batches are LEFT-padded, so the answer position is index -1 for every row, with
+  explicit ``position_ids``; AFA later hides tokens by zeroing attention-mask entries
+  while keeping these positions.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from afa_llm.config import TRUNCATIONS
+from afa_llm.errors import UserError
+
+DEFAULT_TEMPLATE = "Review: {text}\nSentiment:"
+DEFAULT_LABEL_WORDS = {2: [" negative", " positive"], 3: [" negative", " neutral", " positive"]}
+
+
+@dataclass
+class EncodedBatch:
+    """A left-padded prompt batch. All tensors are (B, L) except ``labels`` (B,)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    text_mask: torch.Tensor  # bool: True on the example's own text tokens
+    labels: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> "EncodedBatch":
+        moved = {k: (v.to(device) if v is not None else None) for k, v in self.__dict__.items()}
+        return EncodedBatch(**moved)
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {
+            "input_ids": self.input_ids,
+            "attention_mask": self.attention_mask,
+            "position_ids": self.position_ids,
+        }
+
+
+def drop_unattended(batch: EncodedBatch, pad_id: int) -> EncodedBatch:
+    """Delete every position whose attention-mask entry is 0, then left-pad the rows again.
+
+    The kept tokens keep their position ids, so each row computes what it computed before
+    (a token nobody attends to changes no other token) on fewer columns. Left padding and
+    tokens hidden through the attention mask both go; ``labels`` are kept.
+    """
+    keep = batch.attention_mask.bool()
+    lengths = keep.sum(-1)
+    width = int(lengths.max())
+    rows, cols = keep.nonzero(as_tuple=True)  # row-major, so each row's tokens stay in order
+    new_cols = width - lengths[rows] + keep.long().cumsum(-1)[rows, cols] - 1
+
+    def place(t: torch.Tensor, fill) -> torch.Tensor:
+        out = t.new_full((t.shape[0], width), fill)
+        out[rows, new_cols] = t[rows, cols]
+        return out
+
+    return EncodedBatch(place(batch.input_ids, pad_id), place(batch.attention_mask, 0),
+                        place(batch.position_ids, 0), place(batch.text_mask, False), batch.labels)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only (left padding gets position 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def default_label_words(class_names: Sequence[str]) -> list[str]:
+    """`` negative`` for class ``negative``: a leading space makes a common word one token."""
+    return [" " + name for name in class_names]
+
+
+def truncate(ids: list[int], limit: int, mode: str = "head") -> list[int]:
+    """At most ``limit`` tokens: the head, or a quarter head + three quarters tail."""
+    if len(ids) <= limit:
+        return ids
+    if mode == "head":
+        return ids[:limit]
+    head = limit // 4
+    return ids[:head] + ids[len(ids) - (limit - head):]
+
+
+@dataclass
+class PromptTask:
+    """A prompt template with one ``{text}`` slot and one label word per class."""
+
+    label_words: list[str]
+    template: str = DEFAULT_TEMPLATE
+    max_text_tokens: int = 256
+    demo_text_tokens: int = 64
+    truncation: str = "head"
+    label_token_ids: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.template.count("{text}") != 1:
+            raise UserError(f"prompt template must contain '{{text}}' exactly once: {self.template!r}")
+        if len(self.label_words) < 2:
+            raise UserError(f"verbalizer needs at least two label words, got {self.label_words}")
+        if len(set(self.label_words)) != len(self.label_words):
+            raise UserError(f"verbalizer label words must be distinct: {self.label_words}")
+        if self.truncation not in TRUNCATIONS:
+            raise UserError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {self.truncation!r}")
+        if self.max_text_tokens <= 0 or self.demo_text_tokens <= 0:
+            raise UserError(
+                f"max_text_tokens and demo_text_tokens must be positive "
+                f"(got {self.max_text_tokens} and {self.demo_text_tokens})"
+            )
+
+    # ---- tokenizer binding -------------------------------------------------
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    def bind(self, tokenizer) -> "PromptTask":
+        """Resolve label words to single token ids; reject multi-token words."""
+        ids = []
+        for word in self.label_words:
+            toks = tokenizer.encode(word, add_special_tokens=False)
+            if len(toks) != 1:
+                pieces = tokenizer.convert_ids_to_tokens(toks)
+                raise UserError(
+                    f"label word {word!r} is {len(toks)} tokens {pieces} for this tokenizer; "
+                    "choose a word that is a single token (e.g. with a leading space)"
+                )
+            ids.append(toks[0])
+        if len(set(ids)) != len(ids):
+            raise UserError(f"label words {self.label_words} map to the same token")
+        self.label_token_ids = ids
+        self._tokenizer = tokenizer
+        prefix, suffix = self.template.split("{text}")
+        # A trailing space in the prefix belongs to the text's first BPE token.
+        self._text_lead = ""
+        if prefix.endswith(" "):
+            prefix, self._text_lead = prefix[:-1], " "
+        self._prefix_ids = self._encode(prefix)
+        self._suffix_ids = self._encode(suffix)
+        self._bos = leading_special_tokens(tokenizer)
+        return self
+
+    def _encode(self, s: str) -> list[int]:
+        return self._tokenizer.encode(s, add_special_tokens=False) if s else []
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_words)
+
+    # ---- encoding ------------------------------------------------------------
+    def text_ids(self, text: str, limit: int | None = None) -> list[int]:
+        return truncate(self._encode(self._text_lead + text), limit or self.max_text_tokens, self.truncation)
+
+    def text_offsets(self, text: str) -> list[tuple[int, int]]:
+        """The character span in ``text`` of each token that `text_ids` keeps, in order (for mapping
+        focus to words). Needs a fast tokenizer (offset mapping)."""
+        lead = self._text_lead
+        try:
+            enc = self._tokenizer(lead + text, add_special_tokens=False, return_offsets_mapping=True)
+        except NotImplementedError as exc:
+            raise UserError("word-level focus metrics need a fast tokenizer (offset mapping)") from exc
+        ids, offsets = enc["input_ids"], enc["offset_mapping"]
+        kept = truncate(list(range(len(ids))), self.max_text_tokens, self.truncation)
+        if [ids[i] for i in kept] != self.text_ids(text):
+            raise RuntimeError("the tokenizer's offset encoding differs from the prompt encoding")
+        shift = len(lead)
+        return [(max(0, offsets[i][0] - shift), max(0, offsets[i][1] - shift)) for i in kept]
+
+    def prompt_ids(self, text: str, demos: Sequence[tuple[str, int]] = ()) -> tuple[list[int], int, int]:
+        """Token ids of one prompt and the [start, end) span of its text tokens."""
+        if not hasattr(self, "_tokenizer"):
+            raise RuntimeError("PromptTask.bind(tokenizer) must be called before encoding")
+        ids = list(self._bos)
+        for demo_text, demo_label in demos:
+            ids += self._prefix_ids + self.text_ids(demo_text, self.demo_text_tokens) + self._suffix_ids
+            ids += [self.label_token_ids[demo_label]] + self._encode("\n\n")
+        ids += self._prefix_ids
+        start = len(ids)
+        ids += self.text_ids(text)
+        end = len(ids)
+        return ids + self._suffix_ids, start, end
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[int] | None = None,
+        demos: Sequence[Sequence[tuple[str, int]]] | None = None,
+        pad_token_id: int | None = None,
+    ) -> EncodedBatch:
+        """Encode and left-pad a batch of texts (with optional per-text demonstrations)."""
+        rows = [self.prompt_ids(t, demos[i] if demos else ()) for i, t in enumerate(texts)]
+        width = max(len(r[0]) for r in rows)
+        pad = pad_token_id if pad_token_id is not None else _pad_id(self._tokenizer)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        text_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+        for i, (ids, start, end) in enumerate(rows):
+            offset = width - len(ids)
+            input_ids[i, offset:] = torch.tensor(ids)
+            attention_mask[i, offset:] = 1
+            text_mask[i, offset + start : offset + end] = True
+        return EncodedBatch(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            text_mask=text_mask,
+            labels=torch.tensor(list(labels), dtype=torch.long) if labels is not None else None,
+        )
+
+
+def leading_special_tokens(tokenizer) -> list[int]:
+    """The tokens the tokenizer itself puts before a text (e.g. Gemma's ``<bos>``).
+
+    Read off an encoding rather than ``add_bos_token``, which transformers 5 tokenizers
+    do not always set: Gemma 3 without its ``<bos>`` predicts one class for everything.
+    """
+    plain = tokenizer.encode("x", add_special_tokens=False)
+    full = tokenizer.encode("x", add_special_tokens=True)
+    cut = len(full) - len(plain)
+    return list(full[:cut]) if cut > 0 and full[cut:] == plain else []
+
+
+def _pad_id(tokenizer) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return candidate
+    return 0
+
+
+def draw_demonstrations(
+    pool_texts: Sequence[str], pool_labels: Sequence[int], shots: int, n_queries: int, seed: int
+) -> list[list[tuple[str, int]]]:
+    """``shots`` demonstrations per query, drawn from the train pool with a fixed seed.
+
+    Classes are cycled so that every class appears when shots >= num_classes.
+    """
+    if shots <= 0:
+        return [[] for _ in range(n_queries)]
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, y in enumerate(pool_labels):
+        by_class.setdefault(int(y), []).append(i)
+    classes = sorted(by_class)
+    out = []
+    for _ in range(n_queries):
+        order = rng.sample(classes, len(classes))
+        picks = [rng.choice(by_class[order[j % len(order)]]) for j in range(shots)]
+        out.append([(pool_texts[i], int(pool_labels[i])) for i in picks])
+    return out

@@ -1,0 +1,1 @@
+"""Training: the Trainer (setup, step, validate, save), its checkpoints and its evaluations."""

@@ -1,0 +1,198 @@
+"""What a training run evaluates: periodic validation, early stopping, the best checkpoint,
+and the final test results (``results.json``).
+
+- `validate` scores the validation split (``eval_limit`` rows, one batched pass) and gives
+  a record ``{"step", "accuracy", "loss"}``; ``loss`` is the mean cross-entropy of the
+  label-word probabilities. Every rank gets the main process's record, so all ranks take
+  the same early-stopping decision.
+- `EarlyStopping` is pure on the list of records (the run's ``validation`` history, which
+  checkpoints hold), so resume restores it exactly: the best step is the first one with the
+  best value of ``early_stopping_metric``; training stops once ``early_stopping_patience``
+  validations in a row did not improve on it.
+- With ``select_best``, the adapter of the best validation is kept in
+  ``checkpoints/best/adapter`` (written atomically when it improves); at the end the run is
+  tested with it and with the last weights, and ``adapter/`` is the best one.
+- `final_results` tests the run at its end (the selected checkpoint, the last one, the base
+  if asked, and the fake-focus share) and writes ``adapter/`` and ``results.json``; our loop
+  and eval/trl_baseline.py both end with it, so their run folders read alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from afa_llm.attention import focus_math as fm
+from afa_llm.evaluation.evaluate import evaluate_dataset
+from afa_llm.attention.clean_pass import clean_pass
+from afa_llm.io_utils import atomic_dir, write_json
+from afa_llm.provenance import machine_record
+
+BEST_DIR = "best"  # under checkpoints/; not a step-N folder, so pruning and resume never touch it
+
+
+@dataclass
+class EarlyStopping:
+    metric: str = "val_accuracy"  # or "val_loss"
+    patience: int | None = None  # None: never stop early
+
+    def _value(self, record: dict) -> float:
+        return record["accuracy"] if self.metric == "val_accuracy" else -record["loss"]
+
+    def best(self, history: list[dict]) -> dict | None:
+        """The first record with the best value (higher accuracy, or lower loss)."""
+        best = None
+        for record in history:
+            if best is None or self._value(record) > self._value(best):
+                best = record
+        return best
+
+    def is_best(self, history: list[dict]) -> bool:
+        """Whether the newest record is the best so far."""
+        return bool(history) and self.best(history) is history[-1]
+
+    def should_stop(self, history: list[dict]) -> bool:
+        if self.patience is None or not history:
+            return False
+        best = self.best(history)
+        since = len(history) - 1 - history.index(best)
+        return since >= self.patience
+
+
+def validation_record(report: dict, step: int) -> dict:
+    """``{"step", "accuracy", "loss"}`` from an evaluation report with probabilities."""
+    probs = np.asarray(report["probabilities"], dtype=np.float64)
+    labels = np.asarray(report["labels"])
+    gold = probs[np.arange(len(labels)), labels]
+    return {"step": step, "accuracy": report["accuracy"], "loss": float(-np.log(np.clip(gold, 1e-12, 1)).mean())}
+
+
+def validate(accelerator, peft_model, task, data, cfg, step: int) -> dict:
+    """Score the validation split on the main process; every rank returns its record."""
+    record = [None]
+    if accelerator.is_main_process:
+        split = data.split("validation")
+        if cfg.eval_limit:
+            split = split.select(range(min(cfg.eval_limit, len(split))))
+        report = evaluate_dataset(peft_model, task, split, data.label_names, batch_size=cfg.eval_batch_size,
+                                  progress=False)
+        record = [validation_record(report, step)]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(record)
+    return record[0]
+
+
+def save_best_adapter(peft_model, run_dir: Path) -> Path:
+    """Write the adapter to ``checkpoints/best/adapter`` atomically (main process only)."""
+    target = run_dir / "checkpoints" / BEST_DIR
+    with atomic_dir(target) as tmp:
+        peft_model.save_pretrained(tmp / "adapter")
+    return target
+
+
+def selected_test(peft_model, run_dir: Path, history: list[dict], stopper: EarlyStopping, select_best: bool,
+                  last_step: int, evaluate: Callable[[], dict]) -> dict:
+    """Test the last weights, and with ``select_best`` the best validation's; the model keeps
+    the selected weights. Returns the results.json fields."""
+    from afa_llm.training.checkpoint import load_adapter_weights
+
+    last = evaluate()
+    best = stopper.best(history)
+    fields = {"test_last": last, "last_step": last_step,
+              "best_step": best["step"] if best else None, "selected": "last"}
+    if select_best and best is not None and best is not history[-1] and (run_dir / "checkpoints" / BEST_DIR).exists():
+        load_adapter_weights(peft_model, run_dir / "checkpoints" / BEST_DIR / "adapter")
+        fields.update(test=evaluate(), selected="best")
+    else:
+        fields.update(test=last, selected="best" if select_best and best is not None else "last")
+    return fields
+
+
+def fake_focus_share_on(peft_model, task, texts: list[str], frequent, cfg) -> float:
+    """The adapter's fake-focus share on ``texts`` (`focus_math.fake_focus_ratio`)."""
+    shares, bases = [], []
+    device = next(peft_model.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(texts), cfg.eval_batch_size):
+            batch = task.encode(texts[start : start + cfg.eval_batch_size]).to(device)
+            focus = clean_pass(peft_model, batch, task.label_token_ids, cfg.focus_layers).focus
+            share, base = fm.frequent_shares(focus, batch.input_ids, batch.text_mask, frequent)
+            shares.append(share)
+            bases.append(base)
+    return fm.fake_focus_ratio(torch.cat(shares), torch.cat(bases))
+
+
+def focus_metrics_on(model, task, texts: list[str], cfg) -> dict:
+    """`afa_llm.evaluation.focus_metrics.focus_metrics` with the run's keys (threshold, example counts, layers, seed)."""
+    from afa_llm.evaluation.focus_metrics import focus_metrics
+
+    return focus_metrics(model, task, texts, threshold=cfg.lexicon_threshold,
+                         faithfulness_n=cfg.faithfulness_eval_limit, batch_size=cfg.eval_batch_size,
+                         focus_layers=cfg.focus_layers, seed=cfg.seed)
+
+
+def stress_on(model, task, test, label_names, cfg, clean_report: dict) -> dict:
+    """The stress views of the test split with the run's own cue (`afa_llm.evaluation.stress`)."""
+    from afa_llm.data.shortcut import split_seed_for
+    from afa_llm.evaluation.stress import stress_test
+
+    return stress_test(model, task, list(test["text"]), list(test["label"]), label_names, cfg.shortcut_cue,
+                       label_names.index(cfg.shortcut_label), position=cfg.shortcut_position,
+                       seed=split_seed_for(cfg.split_seed, "test"), batch_size=cfg.eval_batch_size,
+                       focus_layers=cfg.focus_layers, focus_n=cfg.focus_eval_limit, clean_report=clean_report)
+
+
+def shortcut_record(cfg) -> dict | None:
+    keys = ("shortcut_cue", "shortcut_label", "shortcut_rate", "shortcut_purity", "shortcut_position")
+    return {key: getattr(cfg, key) for key in keys} if cfg.shortcut_cue else None
+
+
+def final_results(accelerator, peft_model, task, data, cfg, frequent, history, stopper, last_step,
+                   name: str | None = None) -> dict:
+    """Test the run (the selected checkpoint, the base), save adapter/ and results.json.
+    ``name`` labels the run when another trainer made it (eval/trl_baseline.py)."""
+    results: dict = {}
+    if accelerator.is_main_process:
+        test = data.split("test")
+        if cfg.test_limit:
+            test = test.select(range(min(cfg.test_limit, len(test))))
+        focus_texts = list(test["text"][: cfg.focus_eval_limit])
+        peft_model.eval()
+        evaluate = lambda: evaluate_dataset(peft_model, task, test, data.label_names,  # noqa: E731
+                                            batch_size=cfg.eval_batch_size, progress=cfg.progress)
+        results = {"method": name or cfg.method, "model": cfg.model, "quantization": cfg.quantization, "data": cfg.data,
+                   "split_seed": cfg.split_seed, "seed": cfg.seed, "steps": cfg.steps,
+                   "num_processes": accelerator.num_processes,  # a silently single-process launch shows here
+                   "global_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes,
+                   "label_names": data.label_names, "label_words": task.label_words, "template": task.template,
+                   "validation": history, "stopped_early": last_step < cfg.steps,
+                   **selected_test(peft_model, Path(cfg.output_dir), history, stopper, cfg.select_best, last_step,
+                                   evaluate),
+                   "fake_focus_share": {"adapter": fake_focus_share_on(peft_model, task, focus_texts, frequent, cfg)},
+                   "focus_metrics": {"adapter": focus_metrics_on(peft_model, task, focus_texts, cfg)},
+                   "shortcut": shortcut_record(cfg), "machine": machine_record()}
+        if cfg.shortcut_cue:
+            results["stress"] = {"adapter": stress_on(peft_model, task, test, data.label_names, cfg, results["test"])}
+        if cfg.evaluate_zero_shot:
+            with peft_model.disable_adapter():
+                results["zero_shot"] = evaluate()
+                results["fake_focus_share"]["base"] = fake_focus_share_on(peft_model, task, focus_texts, frequent, cfg)
+                results["focus_metrics"]["base"] = focus_metrics_on(peft_model, task, focus_texts, cfg)
+                if cfg.shortcut_cue:
+                    results["stress"]["base"] = stress_on(peft_model, task, test, data.label_names, cfg,
+                                                          results["zero_shot"])
+        run_dir = Path(cfg.output_dir)
+        peft_model.save_pretrained(run_dir / "adapter")
+        write_json(run_dir / "results.json", results)
+        summary = f"test accuracy {results['test']['accuracy']:.4f} (macro-F1 {results['test']['macro_f1']:.4f})"
+        if "zero_shot" in results:
+            summary += f"; zero-shot base {results['zero_shot']['accuracy']:.4f}"
+        accelerator.print(f"[{name or cfg.method}] {summary} -> {run_dir / 'results.json'}")
+    accelerator.wait_for_everyone()
+    return results
