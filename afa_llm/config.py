@@ -27,12 +27,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from afa_llm.defaults import (DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_TEMPLATE, DTYPE_NAMES, LORA_ATTENTION_TARGETS,
+                              QUANTIZATIONS, TRAIN_MAX_TEXT_TOKENS, TRUNCATIONS)
 from afa_llm.errors import UserError
 
-Truncation = Literal["head", "head_tail"]
-TRUNCATIONS: tuple[str, ...] = typing.get_args(Truncation)  # how over-long texts are cut (afa_llm.model.task)
-# the keys that shape a prompt: evaluating, merging or ranking an adapter must reuse its trained values
-PROMPT_KEYS = ("template", "label_words", "max_text_tokens", "truncation")
 
 
 @dataclass
@@ -43,9 +41,9 @@ class TrainConfig:
     method: str = "afa"  # a name in afa_llm.methods.METHODS
     seed: int = 0
     # --- model -------------------------------------------------------------------
-    model: str = "smollm2-135m"
-    quantization: Literal["nf4", "int8", "none"] = "nf4"
-    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    model: str = DEFAULT_MODEL
+    quantization: Literal[QUANTIZATIONS] = "nf4"
+    dtype: Literal[DTYPE_NAMES] = "fp32"
     # autocast (Accelerate's mixed_precision) for the training steps and the run's own validation
     # and test evaluation; `afa-llm eval` uses `dtype`. bf16: 1.4-3x faster per forward with AMX.
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -53,20 +51,20 @@ class TrainConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
-    lora_target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    lora_target_modules: list = field(default_factory=lambda: list(LORA_ATTENTION_TARGETS))
     lora_on_mlp: bool = False
     gradient_checkpointing: bool = False  # saves memory on large models, costs ~30% time
     # --- data and prompt -----------------------------------------------------------
-    data: str = "rotten_tomatoes"
+    data: str = DEFAULT_DATA
     text_column: str = "text"
     label_column: str = "label"
     label_names: Optional[list] = None
     split_seed: int = 0
     train_limit: Optional[int] = None  # low-data training: use the first N train examples
-    template: str = "Review: {text}\nSentiment:"
+    template: str = DEFAULT_TEMPLATE
     label_words: Optional[list] = None  # default: " " + class name
-    max_text_tokens: int = 96
-    truncation: Truncation = "head"
+    max_text_tokens: int = TRAIN_MAX_TEXT_TOKENS  # eval without a run: 256 (afa_llm.defaults says why)
+    truncation: Literal[TRUNCATIONS] = "head"
     # --- a planted shortcut (afa_llm.data.shortcut), off while shortcut_cue is empty -----------
     # the cue goes into shortcut_rate of shortcut_label's train and validation examples (validation
     # comes from the same cued distribution); shortcut_purity < 1 also cues other classes' examples;

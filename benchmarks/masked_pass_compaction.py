@@ -21,7 +21,7 @@ import torch
 from afa_llm.attention import masking
 from afa_llm.config import load_config
 from afa_llm.data.loading import load_sentiment_data
-from afa_llm.training.trainer import build_model, build_task
+from afa_llm.training.setup import build_model, build_task
 
 
 def main() -> None:

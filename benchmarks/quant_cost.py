@@ -25,7 +25,7 @@ def child(mode: str, method: str, steps: int) -> dict:
     from afa_llm.config import load_config
     from afa_llm.data.loading import load_sentiment_data
     from afa_llm.attention.clean_pass import clean_pass
-    from afa_llm.training.trainer import build_model, build_task, make_method
+    from afa_llm.training.setup import build_model, build_task, make_method
 
     cfg = load_config("recipes/quickstart.yaml", [f"quantization={mode}", f"method={method}"])
     data = load_sentiment_data(cfg.data, split_seed=cfg.split_seed)

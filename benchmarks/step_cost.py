@@ -4,7 +4,7 @@
 
 Runs the methods in ONE process, back to back, on the same batches (SmolLM2-135M,
 Rotten Tomatoes, batch 8, texts up to 96 tokens by default), after warm-up steps, through
-the trainer's own pieces (`afa_llm.training.trainer.make_method`, the clean pass, the attention hook
+the trainer's own pieces (`afa_llm.training.setup.make_method`, the clean pass, the attention hook
 for methods that edit attention). Prints per-phase seconds and each method's ratio to the
 first ``lora`` row; ``lora`` listed twice checks that the timing is stable. Phases: the
 clean pass (incl. the focus probe), the masked passes (AFA, word dropout), the perturbed
@@ -32,7 +32,7 @@ from afa_llm.attention.clean_pass import clean_pass
 from afa_llm.attention import masking
 from afa_llm.methods.adversarial import AdversarialAttention
 from afa_llm.methods.afa import AFAMethod
-from afa_llm.training.trainer import build_model, build_task, make_method
+from afa_llm.training.setup import build_model, build_task, make_method
 
 TIMES: dict[str, float] = defaultdict(float)
 INNER = ("masked passes", "perturbed passes", "discriminator update")

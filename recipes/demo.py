@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from afa_llm.cli import write_json
+from afa_llm.io_utils import write_json
 from afa_llm.config import load_config
 from afa_llm.errors import TrainingDiverged, UserError
 from afa_llm.evaluation.metrics import mcnemar_test

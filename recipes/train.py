@@ -5,12 +5,12 @@
         recipes/train.py recipes/quickstart.yaml
     accelerate launch --config_file accelerate_configs/gpu_ddp.yaml recipes/train.py recipes/gpu_qlora_qwen.yaml
 
-The loop itself lives in afa_llm/train.py (read that file for the features).
+The loop itself lives in afa_llm/training/trainer.py (read that file for the features).
 """
 
 import sys
 
-from afa_llm.training.trainer import main
+from afa_llm.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -1,4 +1,4 @@
-"""eval/act_prior_control.py: ACT paired with the label-prior corrections (afa_llm.evaluation.prior), without a model."""
+"""experiments/act_prior_control.py: ACT paired with the label-prior corrections (afa_llm.evaluation.prior), without a model."""
 
 import importlib.util
 import json
@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("act_prior_control", ROOT / "eval" / "act_prior_control.py")
+spec = importlib.util.spec_from_file_location("act_prior_control", ROOT / "experiments" / "act_prior_control.py")
 prior = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(prior)
 

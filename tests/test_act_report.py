@@ -1,11 +1,11 @@
-"""eval/act_report.py: the ACT table from hand-made result files, with the paired test."""
+"""experiments/act_report.py: the ACT table from hand-made result files, with the paired test."""
 
 import importlib.util
 import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("act_report", ROOT / "eval" / "act_report.py")
+spec = importlib.util.spec_from_file_location("act_report", ROOT / "experiments" / "act_report.py")
 act_report = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(act_report)
 

@@ -259,32 +259,30 @@ def test_calibration_never_uses_the_runs_training_examples(monkeypatch):
     import argparse
     from types import SimpleNamespace
 
+    from afa_llm.act.setup import check_calibration_source
+    from afa_llm.commands import calibrate, options
     from afa_llm.errors import UserError
 
     cfg = SimpleNamespace(data="rotten_tomatoes", split_seed=3, text_column="text", label_column="label",
                           label_names=None)
-    from afa_llm.evaluation.leaderboard import eval_defaults
-
-    # resolve_settings's namespace: eval's defaults plus the (here unread) adapter
-    monkeypatch.setattr("afa_llm.inference.predict.resolve_settings",
-                        lambda args: (argparse.Namespace(**vars(eval_defaults()), adapter=None), None))
-    monkeypatch.setattr("afa_llm.inference.merge.find_run", lambda path: SimpleNamespace(config=cfg))
+    monkeypatch.setattr("afa_llm.runs._saved_settings", lambda adapter, model: ({"model": "m"}, cfg, "run/adapter"))
     parser = argparse.ArgumentParser()
-    act_search.add_arguments(parser)
+    calibrate.add_arguments(parser)
 
     def resolve(*argv):
         args = parser.parse_args(["--output", "x", "--adapter", "run", *argv])
-        act_search.resolve_calibration(args)
-        return args
+        resolved = options.resolve(args)
+        check_calibration_source(resolved, args.split)
+        return resolved.data
 
-    args = resolve()
-    assert (args.data, args.split_seed) == ("rotten_tomatoes", 3)  # the run's data and split seed
+    data = resolve()
+    assert (data.data, data.split_seed) == ("rotten_tomatoes", 3)  # the run's data and split seed
     with pytest.raises(UserError, match="trained on the train split"):
         resolve("--split", "train")
     with pytest.raises(UserError, match="overlaps its training examples"):
         resolve("--split-seed", "0")
-    args = resolve("--data", "imdb", "--split", "train")  # another data set's train split is unseen
-    assert (args.data, args.split_seed) == ("imdb", 0)
+    data = resolve("--data", "imdb", "--split", "train")  # another data set's train split is unseen
+    assert (data.data, data.split_seed) == ("imdb", 0)
 
 
 def test_a_run_calibrated_then_eval_predict_merge_leaderboard_focus(tiny4_dir, tiny_csv, tmp_path, capsys):

@@ -112,7 +112,7 @@ def batch(task):
 
 
 def _peft(tiny_model_dir, *overrides):
-    from afa_llm.training.trainer import build_model
+    from afa_llm.training.setup import build_model
 
     model, _ = build_model(_cfg(f"model={tiny_model_dir}", *overrides), types.SimpleNamespace(device="cpu"))
     torch.manual_seed(1)
@@ -130,7 +130,7 @@ def peft_model(tiny_model_dir):
 
 def _step(model, task, batch, *overrides, backward=True):
     """One training step's loss, metrics and LoRA gradients, as the trainer runs it."""
-    from afa_llm.training.trainer import make_method
+    from afa_llm.training.setup import make_method
 
     cfg = _cfg(*overrides)
     method = make_method(cfg, model, task, torch.Generator().manual_seed(0))
@@ -168,7 +168,7 @@ def test_only_lora_weights_get_gradients(peft_model, task, batch):
 
 
 def test_power_iteration_leaves_no_parameter_gradients(peft_model, task, batch):
-    from afa_llm.training.trainer import make_method
+    from afa_llm.training.setup import make_method
 
     cfg = _cfg("method=vat", "adv_power_iters=2")
     method = make_method(cfg, peft_model, task, torch.Generator().manual_seed(0))
@@ -212,7 +212,7 @@ def test_gradient_checkpointing_on_and_off_agree(tiny_model_dir, task, batch):
 
 @pytest.mark.parametrize("method", ["at", "vat"])
 def test_per_example_perturbation_does_not_depend_on_the_batch(peft_model, task, method):
-    from afa_llm.training.trainer import make_method
+    from afa_llm.training.setup import make_method
 
     cfg = _cfg(f"method={method}", "adv_eps=1")
     texts = [TINY_ROWS[0][0], TINY_ROWS[-1][0]]  # different lengths: the first gets padded with the second

@@ -50,7 +50,7 @@ def batch(task):
 def peft_model(tiny_model_dir):
     """The trainer's own model builder: tiny Llama + masker LoRA, with random B matrices so
     that the adapter (and its A matrices' gradients) are not trivially zero."""
-    from afa_llm.training.trainer import build_model
+    from afa_llm.training.setup import build_model
 
     cfg = make_cfg(f"model={tiny_model_dir}")
     model, _ = build_model(cfg, types.SimpleNamespace(device=torch.device("cpu")))
@@ -286,7 +286,7 @@ def test_lora_method_is_plain_cross_entropy(peft_model, task, batch):
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, task, batch):
     """The focus is read from q/k outputs captured in the forward: checkpointed layers must still
     pass the PG gradient (and L_cls) to the same LoRA weights."""
-    from afa_llm.training.trainer import build_model
+    from afa_llm.training.setup import build_model
 
     grads = []
     for checkpointing in ("false", "true"):
@@ -310,7 +310,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_model_dir, task, b
 def test_lora_focus_masked_ce_hides_the_most_attended_tokens(monkeypatch):
     """``masked_ce: focus`` (progressive attention masking) hides the top-k of the clean focus."""
     from afa_llm.attention import masking
-    from afa_llm.methods.lora import LoRAMethod, WordDropoutKeys
+    from afa_llm.methods.lora import LoRAMethod
+    from afa_llm.methods.masked_ce import WordDropoutKeys
 
     focus = torch.tensor([[0.0, 0.5, 0.1, 0.3, 0.1]])
     text = torch.tensor([[False, True, True, True, True]])
@@ -318,6 +319,6 @@ def test_lora_focus_masked_ce_hides_the_most_attended_tokens(monkeypatch):
     batch = type("Batch", (), {"text_mask": text})()
     method = LoRAMethod.__new__(LoRAMethod)
     method.keys, method.ctx = WordDropoutKeys(masked_ce="focus"), None
-    _, pick = method.extra_terms(None, batch, clean, torch.tensor([2]), 0, {})
-    assert pick().tolist() == [[False, True, False, True, False]]
-    assert masking.top_k_masks(focus, text, torch.tensor([2])).tolist() == pick().tolist()
+    picked = method.hidden_words(batch, clean, torch.tensor([2]))
+    assert picked.tolist() == [[False, True, False, True, False]]
+    assert masking.top_k_masks(focus, text, torch.tensor([2])).tolist() == picked.tolist()

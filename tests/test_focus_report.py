@@ -12,7 +12,7 @@ import torch
 from afa_llm import cli
 from afa_llm.attention.focus_math import focus_distribution
 from afa_llm.attention.probe import AnswerAttentionProbe
-from afa_llm.evaluation.evaluate import attach_adapter
+from afa_llm.model.adapters import attach_adapter
 from afa_llm.model.loading import load_model
 from afa_llm.model.task import PromptTask
 from tiny_runs import make_run

@@ -1,4 +1,4 @@
-"""eval/grid.py: cell naming, unknown keys, and the paired report over seeds."""
+"""experiments/grid.py: cell naming, unknown keys, and the paired report over seeds."""
 
 import importlib.util
 import json
@@ -10,7 +10,7 @@ import pytest
 from afa_llm.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("grid", ROOT / "eval" / "grid.py")
+spec = importlib.util.spec_from_file_location("grid", ROOT / "experiments" / "grid.py")
 grid_mod = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(grid_mod)
 
@@ -97,7 +97,7 @@ def test_unknown_grid_key_is_named(tmp_path):
 def test_refresh_results_archives_cells_and_rewrites_only_the_table_blocks(tmp_path):
     import sys
 
-    sys.path.insert(0, str(ROOT / "eval"))
+    sys.path.insert(0, str(ROOT / "experiments"))
     import refresh_results
 
     runs, archive = tmp_path / "runs", tmp_path / "archive"
@@ -122,7 +122,7 @@ def test_refresh_results_archives_cells_and_rewrites_only_the_table_blocks(tmp_p
 def test_refresh_results_keeps_the_first_run_of_a_retrained_cell(tmp_path):
     import sys
 
-    sys.path.insert(0, str(ROOT / "eval"))
+    sys.path.insert(0, str(ROOT / "experiments"))
     import refresh_results
 
     runs, archive = tmp_path / "runs", tmp_path / "archive"
@@ -143,18 +143,18 @@ def test_refresh_results_keeps_the_first_run_of_a_retrained_cell(tmp_path):
 def test_refresh_results_names_a_missing_grid_file_in_one_line(tmp_path, capsys):
     import sys
 
-    sys.path.insert(0, str(ROOT / "eval"))
+    sys.path.insert(0, str(ROOT / "experiments"))
     import refresh_results
 
     doc = tmp_path / "RESULTS.md"
-    doc.write_text("<!-- grid: eval/grids/no_such_grid.yaml -->\n<!-- end grid -->\n")
+    doc.write_text("<!-- grid: experiments/grids/no_such_grid.yaml -->\n<!-- end grid -->\n")
     assert refresh_results.main(["--no-archive", "--doc", str(doc)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "grid file not found" in err and "no_such_grid.yaml" in err
-    assert doc.read_text() == "<!-- grid: eval/grids/no_such_grid.yaml -->\n<!-- end grid -->\n"  # untouched
+    assert doc.read_text() == "<!-- grid: experiments/grids/no_such_grid.yaml -->\n<!-- end grid -->\n"  # untouched
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "eval" / "grids").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments" / "grids").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_cell_of_every_grid_is_a_valid_config(path, monkeypatch):
     # a typo in a grid key would otherwise surface hours into a grid, at the cell that has it
     monkeypatch.chdir(ROOT)
@@ -250,8 +250,8 @@ def test_a_cell_archived_by_an_earlier_checkout_is_not_trained_again(tmp_path):
     assert grid_mod.pending_cells(grid, ["afa"], [0], archive) == []
 
 
-# ---- carrying an unfinished cell across checkouts (eval/carry.py) -----------------------------------
-carry_spec = importlib.util.spec_from_file_location("carry", ROOT / "eval" / "carry.py")
+# ---- carrying an unfinished cell across checkouts (experiments/carry.py) -----------------------------------
+carry_spec = importlib.util.spec_from_file_location("carry", ROOT / "experiments" / "carry.py")
 carry_mod = importlib.util.module_from_spec(carry_spec)
 carry_spec.loader.exec_module(carry_mod)
 

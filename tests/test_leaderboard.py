@@ -89,12 +89,12 @@ def test_leaderboard_rows_values_and_cache(setup, tmp_path, monkeypatch, capsys)
     changed[0].update(template="Text: {text}\nSentiment:", data=[setup["a"]])
     write_config(config, changed)
     assert cli.main(argv) == 0 and len(calls) == 1
-    args = leaderboard.build_jobs(leaderboard.read_config(str(config)), str(config), None)[0].args
-    unlimited = leaderboard.cache_path(out, args)
-    args.limit = 3
-    assert leaderboard.cache_path(out, args) != unlimited  # --limit is part of the key
-    args.limit, args.truncation = None, "head_tail"
-    assert leaderboard.cache_path(out, args) != unlimited  # so is the truncation
+    job = leaderboard.build_jobs(leaderboard.read_config(str(config)), str(config), None)[0]
+    unlimited = leaderboard.cache_path(out, job)
+    job.limit = 3
+    assert leaderboard.cache_path(out, job) != unlimited  # --limit is part of the key
+    job.limit, job.scorer.truncation = None, "head_tail"
+    assert leaderboard.cache_path(out, job) != unlimited  # so is the truncation
     capsys.readouterr()
 
 
@@ -102,7 +102,7 @@ def test_from_results_aggregates_results_json(setup, tmp_path, monkeypatch):
     monkeypatch.setattr("afa_llm.evaluation.evaluate.evaluate_dataset", None)  # must not evaluate
     config = write_config(tmp_path / "board.yaml", entries(setup))
     out = tmp_path / "out"
-    assert leaderboard.main([str(config), "--output-dir", str(out), "--from-results"]) == 0
+    assert cli.main(["leaderboard", str(config), "--output-dir", str(out), "--from-results"]) == 0
     rows = {r["name"]: r for r in read_rows(out)}
     assert set(rows) == {"afa", f"zero-shot {setup['base']}"}  # the model entry is skipped
     assert rows["afa"]["runs"] == "2" and rows["afa"]["data"] == setup["a"]
@@ -121,11 +121,11 @@ def test_only_keeps_the_named_entries_and_refuses_unknown_names(setup, tmp_path,
     seed0 = {"name": "seed 0", "group": "first", "run": str(setup["root"] / "runs" / "rt-afa-seed0")}
     config = write_config(tmp_path / "board.yaml", [*entries(setup), seed0])
     out = tmp_path / "out"
-    assert leaderboard.main([str(config), "--output-dir", str(out), "--from-results"]) == 0
+    assert cli.main(["leaderboard", str(config), "--output-dir", str(out), "--from-results"]) == 0
     assert "first" in {r["name"] for r in read_rows(out)}
-    assert leaderboard.main([str(config), "--output-dir", str(out), "--from-results", "--only", "afa"]) == 0
+    assert cli.main(["leaderboard", str(config), "--output-dir", str(out), "--from-results", "--only", "afa"]) == 0
     assert {r["name"] for r in read_rows(out)} == {"afa", f"zero-shot {setup['base']}"}
-    assert leaderboard.main([str(config), "--output-dir", str(out), "--from-results", "--only", "first"]) == 0
+    assert cli.main(["leaderboard", str(config), "--output-dir", str(out), "--from-results", "--only", "first"]) == 0
     assert "afa" not in {r["name"] for r in read_rows(out)}  # a group selects too
     err = _error(capsys, ["leaderboard", str(config), "--only", "afa", "--only", "lora"])
     assert "--only 'lora' matches no entry" in err and "afa, first, seed 0, zero-shot" in err
@@ -186,10 +186,10 @@ def test_config_errors(setup, tmp_path, capsys):
 
 
 def test_transfer_config_sets_the_imdb_prompt_on_every_entry():
-    raw = leaderboard.read_config(str(ROOT / "eval" / "leaderboard_transfer.yaml"))
+    raw = leaderboard.read_config(str(ROOT / "experiments" / "leaderboard_transfer.yaml"))
     assert all(e["max_text_tokens"] == 256 and e["truncation"] == "head_tail" for e in raw["entries"])
 
 
 def test_example_config_is_valid():
-    raw = leaderboard.read_config(str(ROOT / "eval" / "leaderboard_example.yaml"))
+    raw = leaderboard.read_config(str(ROOT / "experiments" / "leaderboard_example.yaml"))
     assert len(raw["entries"]) >= 4

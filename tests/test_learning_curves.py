@@ -1,4 +1,4 @@
-"""eval/learning_curves.py: curves from finished and running cells, the seed band, and errors."""
+"""experiments/learning_curves.py: curves from finished and running cells, the seed band, and errors."""
 
 import importlib.util
 import json
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "eval"))
-spec = importlib.util.spec_from_file_location("learning_curves", ROOT / "eval" / "learning_curves.py")
+sys.path.insert(0, str(ROOT / "experiments"))
+spec = importlib.util.spec_from_file_location("learning_curves", ROOT / "experiments" / "learning_curves.py")
 curves = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(curves)
 

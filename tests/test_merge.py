@@ -12,7 +12,9 @@ from transformers import AutoModelForCausalLM
 from afa_llm import cli
 
 from afa_llm.inference import merge
-from afa_llm.evaluation.evaluate import attach_adapter, evaluate_dataset
+from afa_llm.runs import MERGE_INFO
+from afa_llm.evaluation.evaluate import evaluate_dataset
+from afa_llm.model.adapters import attach_adapter
 from afa_llm.model.loading import load_model
 from afa_llm.model.scoring import class_logits
 from afa_llm.model.task import PromptTask
@@ -57,7 +59,7 @@ def test_merged_model_scores_like_base_plus_adapter(tiny_base, tiny_run, tiny_cs
     assert sorted(p.name for p in out.parent.iterdir()) == ["merged"]  # no temp folder left behind
     plain = AutoModelForCausalLM.from_pretrained(out)  # no peft involved
     assert not any("lora" in name for name, _ in plain.named_parameters())
-    info = json.loads((out / merge.MERGE_INFO).read_text())
+    info = json.loads((out / MERGE_INFO).read_text())
     assert info["merge_base"] == "original" and info["nf4_round_tripped_modules"] == 0
 
     expected, got = reference_scores(tiny_base, tiny_run), merged_scores(out)
@@ -95,7 +97,7 @@ def test_dequantized_nf4_base_reproduces_the_4bit_training_base(tiny_base, tmp_p
     run = make_run(tmp_path / "qlora", tiny_base, quantization="nf4", seed=1)
     assert cli.main(["merge", "--adapter", str(run / "adapter"), "--output", str(tmp_path / "nf4")]) == 0
     assert cli.main(["merge", "--adapter", str(run), "--base", "original", "--output", str(tmp_path / "orig")]) == 0
-    assert json.loads((tmp_path / "nf4" / merge.MERGE_INFO).read_text())["merge_base"] == "dequantized-nf4"
+    assert json.loads((tmp_path / "nf4" / MERGE_INFO).read_text())["merge_base"] == "dequantized-nf4"
 
     trained = reference_scores(tiny_base, run, quantization="nf4")  # 4-bit base + adapter
     on_nf4, on_original = merged_scores(tmp_path / "nf4"), merged_scores(tmp_path / "orig")

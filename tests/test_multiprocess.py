@@ -2,7 +2,7 @@
 
 The shipped `accelerate_configs/cpu_2proc.yaml` is launched with ACCELERATE_USE_CPU=1 (and, as the
 slow variant, the documented torchrun equivalent). This file is also the launched script: each
-rank runs the real `afa_llm.training.trainer.main` with a few spies patched in, and dumps its adapter and
+rank runs the real `afa-llm train` (`afa_llm.cli.main`) with a few spies patched in, and dumps its adapter and
 discriminator weights and the example indices it trained on. The test then checks:
 
 - two processes really ran (results.json says num_processes 2; both ranks dumped): the
@@ -35,20 +35,22 @@ STEPS, BATCH, ACCUM = 4, 4, 2
 def _worker(out_dir: str, overrides: list[str]) -> int:
     import torch
 
+    import afa_llm.training.setup as setup
     import afa_llm.training.trainer as trainer
+    from afa_llm.cli import main
 
     out = Path(out_dir)
     seen: list[list[int]] = []
     captured: dict = {}
 
-    original_indices = trainer.batch_indices
+    original_indices = setup.batch_indices
 
     def batch_indices(*args, **kwargs):
         idx = original_indices(*args, **kwargs)
         seen.append([int(i) for i in idx])
         return idx
 
-    original_build = trainer.build_method
+    original_build = setup.build_method
 
     def build_method(*args, **kwargs):
         method = original_build(*args, **kwargs)
@@ -79,10 +81,10 @@ def _worker(out_dir: str, overrides: list[str]) -> int:
         }, out / f"rank{accelerator.process_index}.pt")
         return original_final(accelerator, peft_model, *args, **kwargs)
 
-    trainer.batch_indices = batch_indices
-    trainer.build_method = build_method
+    trainer.batch_indices = batch_indices  # the Trainer's own name for it
+    setup.build_method = build_method
     trainer.final_results = final_results
-    return trainer.main(overrides)
+    return main(["train", *overrides])
 
 
 if __name__ == "__main__":

@@ -99,7 +99,6 @@ def test_atomic_writes_replace_or_keep(tmp_path):
     assert (tmp_path / "plot.png").read_bytes() == b"png"
     write_json(tmp_path / "r.json", {"a": 1})
     assert (tmp_path / "r.json").read_text() == '{\n  "a": 1\n}'
-    assert cli.write_json is write_json  # the old import path still works
 
 
 def test_write_failure_is_one_line(tmp_path):

@@ -1,11 +1,11 @@
-"""eval/paired.py: per-seed paired differences between any two archived variants."""
+"""experiments/paired.py: per-seed paired differences between any two archived variants."""
 
 import importlib.util
 import json
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("paired", ROOT / "eval" / "paired.py")
+spec = importlib.util.spec_from_file_location("paired", ROOT / "experiments" / "paired.py")
 paired = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(paired)
 

@@ -1,4 +1,4 @@
-"""eval/pick_setting.py: settings ranked per method on the whole validation split, cached per cell."""
+"""experiments/pick_setting.py: settings ranked per method on the whole validation split, cached per cell."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import yaml
 from tiny_runs import make_run
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "eval"))
-spec = importlib.util.spec_from_file_location("pick_setting", ROOT / "eval" / "pick_setting.py")
+sys.path.insert(0, str(ROOT / "experiments"))
+spec = importlib.util.spec_from_file_location("pick_setting", ROOT / "experiments" / "pick_setting.py")
 pick = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(pick)
 

@@ -15,7 +15,8 @@ from afa_llm import cli
 
 from afa_llm.inference import predict
 from afa_llm.config import load_config
-from afa_llm.evaluation.evaluate import attach_adapter, predict_logits
+from afa_llm.evaluation.evaluate import predict_logits
+from afa_llm.model.adapters import attach_adapter
 from afa_llm.evaluation.metrics import softmax
 from afa_llm.model.loading import load_model
 from afa_llm.model.task import PromptTask

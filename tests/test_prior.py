@@ -122,7 +122,7 @@ def test_eval_prior_flags_bad_input_before_the_data_loads(capsys, tmp_path):
 
 
 def test_module_main_corrects_a_stored_report_without_a_model(tmp_path, capsys):
-    from afa_llm.evaluation.prior import main
+    from afa_llm.commands.prior import main
 
     def report(probs, labels, split):
         probs = np.asarray(probs)

@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from afa_llm.methods.lora import LoRAMethod  # afa inherits its loss()
+from afa_llm.methods.afa import AFAMethod
+from afa_llm.methods.lora import LoRAMethod
 from afa_llm.training.checkpoint import list_checkpoints, load_trainer_state
 from afa_llm.cli import main as cli_main
 from afa_llm.config import load_config
@@ -171,15 +172,16 @@ def test_multi_token_label_word_is_a_user_error(tiny_model_dir, learnable_csv, t
 # ---- NaN -----------------------------------------------------------------------------------
 @pytest.fixture
 def nan_at_third_step(monkeypatch):
-    original = LoRAMethod.loss
+    def nan_at_step_2(original):
+        def call(self, model, batch, clean, step):
+            loss, metrics = original(self, model, batch, clean, step)
+            if step == 2:  # 0-based: the third step
+                loss = loss * float("nan")
+            return loss, metrics
+        return call
 
-    def call(self, model, batch, clean, step):
-        loss, metrics = original(self, model, batch, clean, step)
-        if step == 2:  # 0-based: the third step
-            loss = loss * float("nan")
-        return loss, metrics
-
-    monkeypatch.setattr(LoRAMethod, "loss", call)
+    for method in (AFAMethod, LoRAMethod):
+        monkeypatch.setattr(method, "loss", nan_at_step_2(method.loss))
 
 
 def test_nan_stops_training_and_keeps_the_checkpoint(nan_at_third_step, tiny_model_dir, learnable_csv,
@@ -276,7 +278,7 @@ def _subprocess_env() -> dict:
 
 
 def _launch(overrides: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "afa_llm.training.trainer", *overrides], cwd=ROOT, env=_subprocess_env(),
+    return subprocess.Popen([sys.executable, "-m", "afa_llm.train", *overrides], cwd=ROOT, env=_subprocess_env(),
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
@@ -366,7 +368,7 @@ def test_filler_token_id(smollm2_tokenizer):
 
 
 def test_batch_indices_partition_each_global_batch():
-    from afa_llm.training.trainer import batch_indices
+    from afa_llm.training.setup import batch_indices
 
     batch, world = 3, 2
     n = 12  # two global batches per epoch: every global batch is split between the ranks

@@ -1,4 +1,4 @@
-"""eval/trl_baseline.py: TRL's SFTTrainer as the ecosystem's LoRA baseline, on the tiny model.
+"""experiments/trl_baseline.py: TRL's SFTTrainer as the ecosystem's LoRA baseline, on the tiny model.
 
 - the rows are our prompt tokens plus the label word, in the LoRA loop's exact order;
 - the first logged loss is the label word's cross-entropy over the vocabulary on the LoRA
@@ -20,8 +20,8 @@ import torch
 from afa_llm.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "eval"))
-spec = importlib.util.spec_from_file_location("trl_baseline", ROOT / "eval" / "trl_baseline.py")
+sys.path.insert(0, str(ROOT / "experiments"))
+spec = importlib.util.spec_from_file_location("trl_baseline", ROOT / "experiments" / "trl_baseline.py")
 trl_baseline = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(trl_baseline)
 
@@ -35,14 +35,14 @@ def _cfg(tmp_path, model_dir, data, *extra):
 
 def _task(cfg, tiny_model):
     from afa_llm.data.loading import load_sentiment_data
-    from afa_llm.training.trainer import build_task
+    from afa_llm.training.setup import build_task
 
     data = load_sentiment_data(cfg.data, split_seed=cfg.split_seed)
     return build_task(cfg, data, tiny_model[1]), data.split("train")
 
 
 def test_rows_are_our_prompts_in_our_order(tmp_path, tiny_model, tiny_model_dir, learnable_csv):
-    from afa_llm.training.trainer import batch_indices
+    from afa_llm.training.setup import batch_indices
 
     cfg = _cfg(tmp_path, tiny_model_dir, learnable_csv)
     task, train = _task(cfg, tiny_model)
@@ -59,7 +59,7 @@ def test_trains_completion_only_and_writes_a_run(tmp_path, tiny_model, tiny_mode
     from peft import PeftModel
 
     from afa_llm.model.loading import load_model
-    from afa_llm.training.trainer import batch_indices
+    from afa_llm.training.setup import batch_indices
 
     cfg = _cfg(tmp_path, tiny_model_dir, learnable_csv)
     results = trl_baseline.train_trl(cfg)

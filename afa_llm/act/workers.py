@@ -15,11 +15,11 @@ A worker that dies loses nothing finished: ``--resume`` continues.
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import sys
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import torch
@@ -29,17 +29,17 @@ from afa_llm.errors import UserError
 POLL_S = 2.0
 
 
-def _worker(arg_dict: dict, todo: list[tuple[int, int]], setup: str, threads: int) -> None:
-    """Score ``todo`` into the log (runs in a spawned process)."""
+def _worker(request, todo: list[tuple[int, int]], setup: str, threads: int) -> None:
+    """Score ``todo`` into the log (runs in a spawned process; ``request``: the `CalibrationRequest`)."""
     torch.set_num_threads(threads)
-    from afa_llm.act.search import SEARCH_FILE, prepare, run_search
+    from afa_llm.act.search_log import SEARCH_FILE, run_search
+    from afa_llm.act.setup import prepare
 
-    args = Namespace(**arg_dict)
-    cal = prepare(args)
+    cal = prepare(request)
     if cal.setup != setup:  # another model, rows or prompt than the parent's: never mix them in one log
         raise SystemExit(f"worker setup {cal.setup} differs from the search's {setup}")
     baseline = cal.search.baseline(cal.layers)
-    run_search(cal.search, todo, {}, baseline, Path(args.output) / SEARCH_FILE, setup, progress=False)
+    run_search(cal.search, todo, {}, baseline, Path(request.output) / SEARCH_FILE, setup, progress=False)
 
 
 def worker_threads(workers: int) -> int:
@@ -52,23 +52,23 @@ def shares(todo: list, workers: int) -> list[list]:
     return [todo[k::workers] for k in range(workers) if todo[k::workers]]
 
 
-def search_in_workers(args, cal, done: dict, log: Path, progress: bool = True) -> dict:
-    """Score the candidates not in ``done`` in ``args.workers`` processes; the finished records by candidate."""
+def search_in_workers(request, cal, done: dict, log: Path, progress: bool = True) -> dict:
+    """Score the candidates not in ``done`` in ``request.workers`` processes; the finished records by candidate."""
     from tqdm.auto import tqdm
 
-    from afa_llm.act.search import read_search, search_records
+    from afa_llm.act.search_log import read_search, search_records
 
     todo = [c for c in cal.candidates if c not in done]
     if not todo:
         return done
-    threads = worker_threads(args.workers)
+    threads = worker_threads(request.workers)
     context = multiprocessing.get_context("spawn")  # a fork would inherit the parent's thread pools
     saved = os.environ.get("OMP_NUM_THREADS")
     os.environ["OMP_NUM_THREADS"] = str(threads)
     try:
-        settings = {key: value for key, value in vars(args).items() if key != "handler"}  # resolved options
-        procs = [context.Process(target=_worker, args=(settings, share, cal.setup, threads), daemon=True)
-                 for share in shares(todo, args.workers)]
+        worker_request = dataclasses.replace(request, progress=False)
+        procs = [context.Process(target=_worker, args=(worker_request, share, cal.setup, threads), daemon=True)
+                 for share in shares(todo, request.workers)]
         for proc in procs:
             proc.start()
     finally:

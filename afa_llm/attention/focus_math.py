@@ -103,3 +103,12 @@ def frequent_shares(focus: torch.Tensor, input_ids: torch.Tensor, text_mask: tor
 def fake_focus_ratio(focus_shares: torch.Tensor, token_shares: torch.Tensor) -> float:
     """The fake-focus share: mean focus share / mean token share (1 = no preference)."""
     return (focus_shares.float().mean() / token_shares.float().mean().clamp(min=1e-8)).item()
+
+
+def frequent_ids(task, texts: list[str], limit: int = 5000) -> torch.Tensor:
+    """The most frequent 1% of token types in the training texts ("fake focus" words)."""
+    counts: dict[int, int] = {}
+    for text in texts[:limit]:
+        for tok in task.text_ids(text):
+            counts[tok] = counts.get(tok, 0) + 1
+    return frequent_token_ids(counts, 0.01)

@@ -28,6 +28,7 @@ import pandas as pd
 from datasets import Dataset, DatasetDict, concatenate_datasets
 
 from afa_llm.errors import UserError
+from afa_llm.specs import DataSpec
 
 SENTIMENT_ORDER = ["negative", "neutral", "positive"]
 # Common string labels mapped onto the canonical sentiment names.
@@ -57,6 +58,12 @@ class SentimentData:
         if name not in self.splits:
             raise UserError(f"unknown split {name!r}; available: {', '.join(self.splits)}, all")
         return self.splits[name]
+
+
+def load_data(spec: DataSpec) -> SentimentData:
+    """The seeded splits of a `DataSpec`."""
+    return load_sentiment_data(spec.data, text_column=spec.text_column, label_column=spec.label_column,
+                               label_names=spec.label_names, split_seed=spec.split_seed)
 
 
 def load_sentiment_data(

@@ -8,7 +8,6 @@ with the data set for paired tests.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -139,25 +138,3 @@ def format_report(report: dict, label_names: Sequence[str], title: str = "") -> 
     for name, row in zip(label_names, report["confusion_matrix"]):
         lines.append(f"{name:<{width}}  " + "  ".join(f"{v:8d}" for v in row))
     return "\n".join(lines)
-
-
-def resolve_adapter_dir(path: str) -> Path:
-    """Accept an adapter folder or a run folder that contains ``adapter/``."""
-    folder = Path(path)
-    for candidate in (folder, folder / "adapter"):
-        if (candidate / "adapter_config.json").exists():
-            return candidate
-    if not folder.exists():
-        raise UserError(f"adapter folder not found: {path}")
-    raise UserError(f"{path} holds no adapter_config.json (expected a peft adapter or a run folder)")
-
-
-def attach_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:
-    """Load a peft adapter onto ``model`` for evaluation."""
-    from peft import PeftModel
-
-    folder = resolve_adapter_dir(adapter)
-    try:
-        return PeftModel.from_pretrained(model, str(folder))
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise UserError(f"adapter {folder} does not fit this model: {str(exc).splitlines()[0]}") from exc

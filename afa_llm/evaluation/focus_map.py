@@ -26,52 +26,17 @@ text is html-escaped), ``focus.png`` and ``focus.json`` (all numbers).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import html
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from afa_llm.data.loading import load_data
 from afa_llm.errors import UserError
-from afa_llm.io_utils import atomic_path, atomic_write_text, check_writable_dir, write_json
-
-PNG_MAX_TOKENS = 60
-SIDE_TITLES = {"base": "base (adapter disabled)", "adapter": "adapter", "act": "with ACT calibration"}
-CSS = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; margin-bottom: 1.5em; }
-th, td { border: 1px solid #ccc; padding: 0.4em 0.6em; vertical-align: top; text-align: left; }
-td.side { max-width: 40em; }
-.text { white-space: pre-wrap; line-height: 1.9; font-family: ui-monospace, monospace; font-size: 0.9em; }
-.tok { border-radius: 2px; }
-.pred { font-size: 0.85em; color: #555; margin-bottom: 0.3em; }
-.meta { color: #555; font-size: 0.9em; }
-"""
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from afa_llm.cli import add_focus_metric_arguments, add_scorer_arguments
-
-    # a run's model, prompt and (for its own --data) split seed, as in eval; --data is one of two sources
-    add_scorer_arguments(parser, data_help="texts to render (instead of --text): rotten_tomatoes, imdb, tweets, a "
-                         ".csv/.jsonl/.parquet file or hub:NAME[:CONFIG]; the run's own data set uses the run's "
-                         "split seed")
-    parser.add_argument("--text", action="append", default=None, help="a text to render (repeat for several)")
-    parser.add_argument("--split", default="test", choices=["train", "validation", "test"],
-                        help="split the --data texts come from (default: %(default)s)")
-    parser.add_argument("--n", type=int, default=8, help="texts of --data to render (default: %(default)s)")
-    parser.add_argument("--metric-n", type=int, default=256,
-                        help="texts of --data for the fake-focus share (default: %(default)s)")
-    parser.add_argument("--focus-layers", default=None,
-                        help="comma-separated layer indices, negative from the end (default: the run's "
-                             "focus_layers, else the last third of the layers)")
-    parser.add_argument("--batch-size", type=int, default=16, help="texts per forward pass (default: %(default)s)")
-    parser.add_argument("--output", required=True, help="folder for focus.html, focus.png and focus.json")
-    parser.add_argument("--act", default=None, metavar="ACT.json",
-                        help="add a side with this ACT calibration on (afa-llm calibrate)")
-    add_focus_metric_arguments(parser, focus_n=None)
+from afa_llm.io_utils import atomic_path, atomic_write_text, write_json
+from afa_llm.specs import Resolved
 
 
 # ---- computing ----------------------------------------------------------------------
@@ -135,7 +100,8 @@ def compute(model, task, texts: list[str], layers, batch_size: int, has_adapter:
     return sides
 
 
-def focus_metric_summary(model, task, texts: list[str], sides: dict[str, dict], layers, args) -> dict[str, dict]:
+def focus_metric_summary(model, task, texts: list[str], sides: dict[str, dict], layers, threshold: float = 1.0,
+                         faithfulness_n: int = 64) -> dict[str, dict]:
     """Per side: the lexicon metrics of its focus on ``texts`` and (base and adapter sides) faithfulness."""
     from afa_llm.evaluation.faithfulness import faithfulness
     from afa_llm.evaluation.word_focus import lexicon_metrics
@@ -143,11 +109,11 @@ def focus_metric_summary(model, task, texts: list[str], sides: dict[str, dict], 
     offsets = [task.text_offsets(t) for t in texts]
     out = {}
     for side, values in sides.items():
-        out[side] = lexicon_metrics([np.asarray(f) for f in values["focus"]], offsets, texts, args.lexicon_threshold)
-        if args.faithfulness_n and side != "act":  # ACT's focus is read off captured rows, not its own pass
+        out[side] = lexicon_metrics([np.asarray(f) for f in values["focus"]], offsets, texts, threshold)
+        if faithfulness_n and side != "act":  # ACT's focus is read off captured rows, not its own pass
             scope = model.disable_adapter() if side == "base" and "adapter" in sides else contextlib.nullcontext()
             with scope:
-                out[side].update(faithfulness(model, task, texts[: args.faithfulness_n], focus_layers=layers))
+                out[side].update(faithfulness(model, task, texts[:faithfulness_n], focus_layers=layers))
     return out
 
 
@@ -163,159 +129,77 @@ def fake_focus_summary(sides: dict[str, dict], data: str, n_frequent: int) -> di
     return summary
 
 
-# ---- rendering ----------------------------------------------------------------------
-def _prediction(probs: list[float], names: list[str]) -> str:
-    best = int(np.argmax(probs))
-    detail = ", ".join(f"{html.escape(n)} {p:.2f}" for n, p in zip(names, probs))
-    return f"predicted <b>{html.escape(names[best])}</b> ({detail})"
 
 
-def render_html(report: dict) -> str:
-    """The page: one table row per text, one column per side; tokens shaded by focus."""
-    names, sides = report["label_names"], list(report["sides"])
-    meta = (f"model <code>{html.escape(report['model'])}</code>"
-            + (f", adapter <code>{html.escape(report['adapter'])}</code>" if report["adapter"] else "")
-            + f"; focus layers {report['focus_layers']}; template <code>{html.escape(repr(report['template']))}</code>")
-    parts = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8"><title>Focus map</title>',
-             f"<style>{CSS}</style></head><body>", "<h1>Focus map</h1>", f'<p class="meta">{meta}</p>',
-             '<p class="meta">Shading: attention from the answer position to each text token, averaged over '
-             "heads and the focus layers, renormalised over the text (darkest = the row's largest value; hover "
-             "for the value).</p>"]
-    metrics = report.get("focus_metrics")
-    if metrics:
-        parts += ["<h2>Focus on human-rated words and its faithfulness</h2>", "<table><tr><th>side</th>"
-                  + "".join(f"<th>{c}</th>" for c in METRIC_COLUMNS) + "</tr>"]
-        parts += [f"<tr><td>{html.escape(side)}</td>" + "".join(f"<td>{_metric(m.get(c))}</td>" for c in METRIC_COLUMNS)
-                  + "</tr>" for side, m in metrics.items()]
-        parts.append("</table>")
-    summary = report.get("fake_focus")
-    if summary:
-        parts += ["<h2>Fake-focus share</h2>", "<table><tr><th>data</th><th>examples</th><th>frequent types</th>"
-                  "<th>their token share</th>" + "".join(f"<th>{s} focus share (normalised)</th>" for s in sides)
-                  + "</tr>", f"<tr><td>{html.escape(summary['data'])}</td><td>{summary['examples']}</td>"
-                  f"<td>{summary['frequent_token_types']}</td><td>{summary['frequent_token_share']:.3f}</td>"
-                  + "".join(f"<td>{summary[s]['focus_share']:.3f} ({summary[s]['normalised']:.3f})</td>"
-                            for s in sides) + "</tr></table>"]
-    header = "".join(f"<th>{SIDE_TITLES.get(s, s)}</th>" for s in sides)
-    parts.append(f'<table class="focus"><tr><th>#</th>{header}</tr>')
-    for i, item in enumerate(report["texts"], start=1):
-        label = f"<br>label: {html.escape(names[item['label']])}" if item.get("label") is not None else ""
-        scale = max(max(item[s]["focus"]) for s in sides) or 1.0
-        cells = []
-        for side in sides:
-            spans = "".join(
-                f'<span class="tok" style="background: rgba(214, 39, 40, {f / scale:.3f})" '
-                f'title="{f:.4f}" data-focus="{f:.8g}">{html.escape(tok)}</span>'
-                for tok, f in zip(item["tokens"], item[side]["focus"]))
-            cells.append(f'<td class="side"><div class="pred">{_prediction(item[side]["probs"], names)}</div>'
-                         f'<div class="text">{spans}</div></td>')
-        parts.append(f'<tr class="row"><td>{i}{label}</td>{"".join(cells)}</tr>')
-    parts += ["</table>", "</body></html>"]
-    return "\n".join(parts) + "\n"
+@dataclass
+class FocusRequest:
+    resolved: Resolved
+    output: str  # folder for focus.html, focus.png and focus.json
+    texts: list[str] | None = None  # render these; None: the first ``n`` rows of the data set's ``split``
+    split: str = "test"
+    n: int = 8
+    metric_n: int = 256  # rows of the data set for the fake-focus share and the focus metrics
+    focus_layers: list[int] | None = None  # None: the run's, else the last third
+    batch_size: int = 16
+    act: str | None = None
+    faithfulness_n: int = 64
+    lexicon_threshold: float = 1.0
 
 
-METRIC_COLUMNS = ("lexicon_share", "lexicon_lift", "lexicon_auprc", "comprehensiveness_gain", "sufficiency_gain")
-
-
-def _metric(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
-def render_png(report: dict, path: Path) -> None:
-    """One heat strip per text (rows: base / adapter), token labels below; long texts cut."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    sides, items = list(report["sides"]), report["texts"]
-    width = min(PNG_MAX_TOKENS, max(len(item["tokens"]) for item in items))
-    fig = Figure(figsize=(max(6.0, 0.28 * width + 2), 1.3 * len(items) + 0.8), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(items), 1, squeeze=False)[:, 0]
-    for ax, item in zip(axes, items):
-        n = min(width, len(item["tokens"]))
-        grid = np.full((len(sides), width), np.nan)
-        for row, side in enumerate(sides):
-            grid[row, :n] = item[side]["focus"][:n]
-        ax.imshow(grid, aspect="auto", cmap="Reds", vmin=0, interpolation="nearest")
-        ax.set_yticks(range(len(sides)), sides, fontsize=7)
-        labels = [tok.replace("\n", "\\n") for tok in item["tokens"][:n]]
-        ax.set_xticks(range(n), labels, rotation=90, fontsize=6, parse_math=False)
-        preds = " | ".join(f"{s}: {report['label_names'][int(np.argmax(item[s]['probs']))]}" for s in sides)
-        cut = f" (first {n} of {len(item['tokens'])} tokens)" if n < len(item["tokens"]) else ""
-        ax.set_title(f"{item['text'][:80]!r}{cut}  [{preds}]", fontsize=7, loc="left", parse_math=False)
-    fig.savefig(path, dpi=110)
-
-
-# ---- CLI ------------------------------------------------------------------------------
-def run(args) -> int:
+def focus_layers_of(model, layers: list[int] | None) -> list[int]:
+    """Resolved (non-negative) focus layers; out-of-range indices are a UserError."""
     from afa_llm.attention.decoder_layers import default_focus_layers, find_decoder_layers
-    from afa_llm.cli import build_task, check_focus_metric_args, class_names_for, load_data_from_args
-    from afa_llm.evaluation.evaluate import attach_adapter
-    from afa_llm.inference.merge import find_run
-    from afa_llm.model.loading import load_model
-    from afa_llm.inference.predict import resolve_run_args
 
-    from afa_llm.act.calibration import load_act
-
-    check_writable_dir(args.output, "--output")
-    act = load_act(args.act) if args.act else None
-    if bool(args.text) == bool(args.data):
-        raise UserError("give the texts to render: --text \"...\" (repeatable) or --data SPEC --n N, not both")
-    if args.n <= 0 or args.metric_n < 0 or args.batch_size <= 0:
-        raise UserError("--n and --batch-size must be positive, --metric-n must not be negative")
-    check_focus_metric_args(args)
-    if args.text and not all(t.strip() for t in args.text):
-        raise UserError("--text must not be empty")
-    run_info = find_run(args.adapter) if args.adapter else None
-    resolve_run_args(args)  # options left out: the run's (model, prompt, its data's columns and split seed)
-    if args.text:
-        args.data = None  # resolve_run_args fills the run's data set; --text replaces it
-    layers = getattr(run_info.config, "focus_layers", None) if run_info and run_info.config else None
-    if args.focus_layers:
-        try:
-            layers = [int(v) for v in args.focus_layers.split(",")]
-        except ValueError as exc:
-            raise UserError(f"--focus-layers must be comma-separated integers, got {args.focus_layers!r}") from exc
-
-    data = load_data_from_args(args) if args.data else None
-    label_names = data.label_names if data else class_names_for(run_info and run_info.label_names, args.label_words)
-    model, tokenizer = load_model(args.model, quantization=args.quantization, dtype=args.dtype)
-    if args.adapter:
-        model = attach_adapter(model, str(run_info.adapter_dir))
     n_layers = len(find_decoder_layers(model))
     if layers and any(not -n_layers <= i < n_layers for i in layers):
         raise UserError(f"--focus-layers {layers} out of range for a model with {n_layers} layers")
-    layers = sorted(i % n_layers for i in layers) if layers else default_focus_layers(n_layers)
-    task = build_task(args, label_names, tokenizer)
+    return sorted(i % n_layers for i in layers) if layers else default_focus_layers(n_layers)
 
+
+def focus_report(request: FocusRequest) -> dict:
+    """Compute the focus map's report (every number of focus.json)."""
+    from afa_llm.act.calibration import load_act
+    from afa_llm.attention.focus_math import frequent_ids
+    from afa_llm.model.adapters import load_scorer
+
+    r, cfg = request, request.resolved.config
+    act = load_act(r.act) if r.act else None
+    data = load_data(r.resolved.data) if r.texts is None else None
+    names = data.label_names if data else r.resolved.class_names
+    model, task = load_scorer(r.resolved.scorer, names)
+    layers = focus_layers_of(model, r.focus_layers or (cfg.focus_layers if cfg is not None else None))
     frequent, labels = None, None
     if data is not None:
-        from afa_llm.training.trainer import frequent_ids
-
-        split = data.split(args.split)
-        texts = list(split["text"][: max(args.n, args.metric_n)])
-        labels = list(split["label"][: args.n])
+        split = data.split(r.split)
+        texts = list(split["text"][: max(r.n, r.metric_n)])
+        labels = list(split["label"][: r.n])
         frequent = frequent_ids(task, list(data.split("train")["text"]))
     else:
-        texts = list(args.text)
-    sides = compute(model, task, texts, layers, args.batch_size, bool(args.adapter), frequent, act)
-    shown = texts[: args.n] if data is not None else texts
+        texts = list(r.texts)
+    sides = compute(model, task, texts, layers, r.batch_size, bool(r.resolved.scorer.adapter), frequent, act)
+    shown = texts[: r.n] if data is not None else texts
     report = {
-        "model": args.model, "adapter": str(run_info.adapter_dir) if run_info else None, "focus_layers": layers,
-        "template": task.template, "label_words": task.label_words, "label_names": label_names,
-        "sides": list(sides), "act": act.summary(args.act) if act else None,
+        "model": r.resolved.scorer.model, "adapter": r.resolved.scorer.adapter, "focus_layers": layers,
+        "template": task.template, "label_words": task.label_words, "label_names": names,
+        "sides": list(sides), "act": act.summary(r.act) if act else None,
         "texts": [{"text": text, "label": labels[i] if labels else None,
-                   "tokens": [tokenizer.decode([t]) for t in task.text_ids(text)],
+                   "tokens": [task.tokenizer.decode([t]) for t in task.text_ids(text)],
                    **{s: {"focus": v["focus"][i], "probs": v["probs"][i]} for s, v in sides.items()}}
                   for i, text in enumerate(shown)],
     }
     if frequent is not None:
-        report["fake_focus"] = fake_focus_summary(sides, args.data, len(frequent))
-    report["focus_metrics"] = focus_metric_summary(model, task, texts, sides, layers, args)
-    out = Path(args.output)
+        report["fake_focus"] = fake_focus_summary(sides, r.resolved.data.data, len(frequent))
+    report["focus_metrics"] = focus_metric_summary(model, task, texts, sides, layers, r.lexicon_threshold,
+                                                   r.faithfulness_n)
+    return report
+
+
+def write_focus(report: dict, output: str) -> None:
+    """focus.html, focus.json and focus.png in ``output``, each written atomically."""
+    from afa_llm.evaluation.focus_render import render_html, render_png
+
+    out = Path(output)
     atomic_write_text(out / "focus.html", render_html(report))
     write_json(out / "focus.json", report, indent=1)
     with atomic_path(out / "focus.png") as tmp:
         render_png(report, tmp)
-    print(f"wrote {out / 'focus.html'}, focus.png and focus.json ({len(shown)} texts, layers {layers})")
-    return 0

@@ -1,6 +1,6 @@
 """``afa-llm leaderboard``: evaluate many models / runs on many data sets, one table.
 
-A YAML file (eval/leaderboard_example.yaml) has optional top-level ``limit``,
+A YAML file (experiments/leaderboard_example.yaml) has optional top-level ``limit``,
 ``split_seed``, ``batch_size``, ``output_dir`` and a list of ``entries``. Entry keys:
 ``name``; exactly one of ``model`` (a spec, optional ``adapter``), ``run`` (a run folder
 or glob; model, quantization, dtype, split seed, prompt and data default to the run's
@@ -23,18 +23,19 @@ entries with that name or group, e.g. to score some sources while others still t
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import statistics
 import sys
+from dataclasses import dataclass
 from collections.abc import Iterator
 from pathlib import Path
 
-from afa_llm.config import PROMPT_KEYS
+from afa_llm.data.loading import load_data
 from afa_llm.errors import UserError
 from afa_llm.io_utils import check_writable_dir, write_json
-from afa_llm.evaluation.leaderboard_jobs import Job, build_jobs, eval_defaults, read_config, select_entries  # noqa: F401 (re-exported)
+from afa_llm.specs import DataSpec
+from afa_llm.evaluation.leaderboard_jobs import Job, build_jobs, read_config, select_entries  # noqa: F401 (re-exported)
 from afa_llm.evaluation.leaderboard_tables import write_csv, write_markdown, write_plot
 from afa_llm.evaluation.prior import check_classes, correct_report, fit_from_report
 
@@ -56,7 +57,7 @@ def _fingerprint(path: str | None) -> object:
         small = stat.st_size < 1 << 28
         return [str(target.resolve()), file_sha256(target) if small else [stat.st_size, stat.st_mtime_ns]]
     if (target / "adapter_config.json").exists() or (target / "adapter" / "adapter_config.json").exists():
-        from afa_llm.evaluation.evaluate import resolve_adapter_dir
+        from afa_llm.model.adapters import resolve_adapter_dir
 
         folder = resolve_adapter_dir(path)
         return sorted((f.name, file_sha256(f)) for f in folder.iterdir() if f.is_file())
@@ -64,88 +65,102 @@ def _fingerprint(path: str | None) -> object:
                                             for f in target.iterdir() if f.is_file())
 
 
-def cache_key(args: argparse.Namespace) -> dict:
+def _joined(value):
+    return ",".join(value) if isinstance(value, list) else value
+
+
+def cache_key(job: Job) -> dict:
+    """What a cached report depends on (lists joined as the command line writes them, so keys stay stable)."""
+    scorer, data = job.scorer, job.data
     return {
-        "model": _fingerprint(args.model), "adapter": _fingerprint(args.adapter), "quantization": args.quantization,
-        "dtype": args.dtype, "data": _fingerprint(args.data) if Path(args.data).is_file() else args.data,
-        "columns": [args.text_column, args.label_column, args.label_names], "split": "test",
-        "split_seed": args.split_seed, "limit": args.limit, "shots": 0,
-        **{key: getattr(args, key) for key in PROMPT_KEYS},
-        **({"act": _fingerprint(args.act)} if getattr(args, "act", None) else {}),  # old cache keys stay valid
-        **({"prior_correction": args.prior_correction} if getattr(args, "prior_correction", None) else {}),
-        **({"focus_metrics": True} if getattr(args, "focus_metrics", False) else {}),
+        "model": _fingerprint(scorer.model), "adapter": _fingerprint(scorer.adapter),
+        "quantization": scorer.quantization, "dtype": scorer.dtype,
+        "data": _fingerprint(data.data) if Path(data.data).is_file() else data.data,
+        "columns": [data.text_column, data.label_column, _joined(data.label_names)], "split": "test",
+        "split_seed": data.split_seed, "limit": job.limit, "shots": 0,
+        "template": scorer.template, "label_words": _joined(scorer.label_words),
+        "max_text_tokens": scorer.max_text_tokens, "truncation": scorer.truncation,
+        **({"act": _fingerprint(job.act)} if job.act else {}),  # old cache keys stay valid
+        **({"prior_correction": job.prior_correction} if job.prior_correction else {}),
+        **({"focus_metrics": True} if job.focus_metrics else {}),
     }
 
 
-def cache_path(cache_dir: Path, args: argparse.Namespace) -> Path:
-    digest = hashlib.sha256(json.dumps(cache_key(args), sort_keys=True).encode()).hexdigest()[:20]
+def cache_path(cache_dir: Path, job: Job) -> Path:
+    digest = hashlib.sha256(json.dumps(cache_key(job), sort_keys=True).encode()).hexdigest()[:20]
     return cache_dir / f"{digest}.json"
 
 
 def evaluate_jobs(jobs: list[Job], cache_dir: Path, batch_size: int, progress: bool) -> int:
     """Fill ``job.result`` from the cache or by evaluating; returns the number evaluated."""
-    from afa_llm.act.calibration import act_enabled, load_act
-    from afa_llm.cli import build_task
-    from afa_llm.evaluation.evaluate import attach_adapter, evaluate_dataset
+    from afa_llm.model.adapters import attach_adapter
     from afa_llm.model.loading import load_model
 
     todo: dict[tuple, list[Job]] = {}
     for job in jobs:
-        file = cache_path(cache_dir, job.args)
+        file = cache_path(cache_dir, job)
         if file.exists():
             job.result = json.loads(file.read_text())["report"]
         else:
-            a = job.args
-            todo.setdefault((a.model, a.adapter, a.quantization, a.dtype), []).append(job)
+            s = job.scorer
+            todo.setdefault((s.model, s.adapter, s.quantization, s.dtype), []).append(job)
     datasets = {id(job): data for job, data in _job_data(todo)}  # every data set checked before any model loads
     for (model_spec, adapter, quantization, dtype), group in todo.items():
         model, tokenizer = load_model(model_spec, quantization=quantization, dtype=dtype)
         if adapter:
             model = attach_adapter(model, adapter)
         for job in group:
-            a = job.args
-            data = datasets[id(job)]
-            test = data.split("test")
-            if a.limit:
-                test = test.select(range(min(int(a.limit), len(test))))
-            act = load_act(a.act) if getattr(a, "act", None) else None
-            task = build_task(a, data.label_names, tokenizer)
-            with act_enabled(model, act, f"entry {job.name}: act {a.act}"):
-                report = evaluate_dataset(model, task, test, data.label_names, batch_size=batch_size, progress=progress)
-                if getattr(a, "prior_correction", None):
-                    validation = evaluate_dataset(model, task, data.split("validation"), data.label_names,
-                                                  batch_size=batch_size, progress=progress)
-                    correction = fit_from_report(validation, a.prior_correction, "the validation split")
-                    report = correct_report(report, correction, data.label_names)
-            job.result = {k: report[k] for k in ("accuracy", "macro_f1", "n", "per_class", "predictions", "labels")}
-            if getattr(a, "focus_metrics", False):  # the plain prompt's focus (ACT is off here)
-                from afa_llm.evaluation.focus_metrics import focus_metrics
-
-                job.result.update(focus_metrics(model, task, list(test["text"][:FOCUS_N]), batch_size=batch_size))
-            write_json(str(cache_path(cache_dir, a)), {"key": cache_key(a), "report": job.result})
-            print(f"{job.name} / {a.data}: accuracy {report['accuracy']:.4f} (n={report['n']})", file=sys.stderr)
+            job.result = evaluate_job(job, model, tokenizer, datasets[id(job)], batch_size, progress)
+            write_json(str(cache_path(cache_dir, job)), {"key": cache_key(job), "report": job.result})
+            print(f"{job.name} / {job.data.data}: accuracy {job.result['accuracy']:.4f} (n={job.result['n']})",
+                  file=sys.stderr)
     return sum(len(group) for group in todo.values())
+
+
+def evaluate_job(job: Job, model, tokenizer, data, batch_size: int, progress: bool) -> dict:
+    """One entry on one data set's test split: scores (ACT, prior correction), truncation, focus metrics."""
+    from afa_llm.act.calibration import act_enabled, load_act
+    from afa_llm.evaluation.evaluate import evaluate_dataset
+    from afa_llm.evaluation.report import truncation_record
+    from afa_llm.model.adapters import build_task
+
+    test = data.split("test")
+    if job.limit:
+        test = test.select(range(min(int(job.limit), len(test))))
+    act = load_act(job.act) if job.act else None
+    task = build_task(job.scorer, data.label_names, tokenizer)
+    with act_enabled(model, act, f"entry {job.name}: act {job.act}"):
+        report = evaluate_dataset(model, task, test, data.label_names, batch_size=batch_size, progress=progress)
+        if job.prior_correction:
+            validation = evaluate_dataset(model, task, data.split("validation"), data.label_names,
+                                          batch_size=batch_size, progress=progress)
+            correction = fit_from_report(validation, job.prior_correction, "the validation split")
+            report = correct_report(report, correction, data.label_names)
+    result = {k: report[k] for k in ("accuracy", "macro_f1", "n", "per_class", "predictions", "labels")}
+    result.update(truncation_record(task, list(test["text"])))
+    if job.focus_metrics:  # the plain prompt's focus (ACT is off here)
+        from afa_llm.evaluation.focus_metrics import focus_metrics
+
+        result.update(focus_metrics(model, task, list(test["text"][:FOCUS_N]), batch_size=batch_size))
+    return result
 
 
 def _job_data(todo: dict[tuple, list[Job]]) -> Iterator[tuple[Job, object]]:
     """Each pending job with its data set (loaded once per data set); an ``offset`` prior correction
     on a data set without exactly two classes is refused here, not after the entry's evaluation."""
-    from afa_llm.cli import load_data_from_args
-
     loaded: dict[tuple, object] = {}
     for job in (job for group in todo.values() for job in group):
-        a = job.args
-        key = (a.data, a.text_column, a.label_column, a.label_names, a.split_seed)
+        d = job.data
+        key = (d.data, d.text_column, d.label_column, _joined(d.label_names), d.split_seed)
         if key not in loaded:
-            loaded[key] = load_data_from_args(a)
-        check_classes(getattr(a, "prior_correction", None), len(loaded[key].label_names),
-                      f"entry {job.name}'s {a.data}")
+            loaded[key] = load_data(d)
+        check_classes(job.prior_correction, len(loaded[key].label_names), f"entry {job.name}'s {d.data}")
         yield job, loaded[key]
 
 
 def results_jobs(jobs: list[Job]) -> list[Job]:
     """--from-results: turn each run's results.json into a fine-tuned and a zero-shot job."""
-    from afa_llm.inference.merge import read_results
+    from afa_llm.runs import read_results
 
     out, seen, seen_zero_shot = [], set(), set()
     for job in jobs:
@@ -158,18 +173,18 @@ def results_jobs(jobs: list[Job]) -> list[Job]:
         results = read_results(job.run_dir)
         if not results or "test" not in results:
             raise UserError(f"{job.run_dir} has no results.json with a 'test' block (has the run finished?)")
-        data = results.get("data", job.args.data)
+        data = results.get("data", job.data.data)
         seed = results.get("seed", job.seed)
         focus = results.get("fake_focus_share") or {}
         metrics = results.get("focus_metrics") or {}
-        out.append(Job(job.name, job.group, seed, argparse.Namespace(data=data),
+        out.append(Job(job.name, job.group, seed, job.scorer, DataSpec(data=data),
                        result={**results["test"], "focus_share": focus.get("adapter"), **metrics.get("adapter", {})}))
         zero_key = (results.get("model"), data, results.get("split_seed"), results["zero_shot"].get("n")) \
             if "zero_shot" in results else None
         if zero_key and zero_key not in seen_zero_shot:
             seen_zero_shot.add(zero_key)
-            name = f"zero-shot {results.get('model', job.args.model)}"
-            out.append(Job(name, name, None, argparse.Namespace(data=data),
+            name = f"zero-shot {results.get('model', job.scorer.model)}"
+            out.append(Job(name, name, None, job.scorer, DataSpec(data=data),
                            result={**results["zero_shot"], "focus_share": focus.get("base"),
                                    **metrics.get("base", {})}))
     return out
@@ -180,7 +195,7 @@ def aggregate(jobs: list[Job]) -> list[dict]:
     """One row per (data set, group): mean ± std over runs; sorted by data, then accuracy."""
     groups: dict[tuple[str, str], list[Job]] = {}
     for job in jobs:
-        groups.setdefault((job.args.data, job.group), []).append(job)
+        groups.setdefault((job.data.data, job.group), []).append(job)
     rows = []
     for (data, group), members in groups.items():
         row = {"data": data, "name": group, "runs": len(members)}
@@ -197,64 +212,49 @@ def aggregate(jobs: list[Job]) -> list[dict]:
         row["focus_share"] = row.pop("focus_share_mean")
         row.pop("focus_share_std")
         rows.append(row)
-    order = {data: i for i, data in enumerate(dict.fromkeys(job.args.data for job in jobs))}
+    order = {data: i for i, data in enumerate(dict.fromkeys(job.data.data for job in jobs))}
     return sorted(rows, key=lambda r: (order[r["data"]], -r["accuracy_mean"]))
 
 
-# ---- CLI ------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="leaderboard YAML (see eval/leaderboard_example.yaml)")
-    parser.add_argument("--output-dir", default=None,
-                        help="where to write leaderboard.md/.csv/.png and cache/ (default: the YAML's "
-                             "output_dir, else a folder named after the YAML next to it)")
-    parser.add_argument("--from-results", action="store_true",
-                        help="evaluate nothing: aggregate the run entries' results.json files")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N test examples of each data set")
-    parser.add_argument("--only", action="append", metavar="NAME",
-                        help="keep only the entries with this name or group (repeatable); the table lists just them")
-    parser.add_argument("--batch-size", type=int, default=None, help="examples per forward pass (default: 32)")
-    parser.add_argument("--focus-metrics", action="store_true",
-                        help=f"also score each entry's focus on its first {FOCUS_N} test rows against human-rated "
-                             "(VADER) words, and its faithfulness on 64 (with --from-results: read from results.json)")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+@dataclass
+class LeaderboardRequest:
+    config: str  # the leaderboard YAML
+    output_dir: str | None = None  # default: the YAML's output_dir, else a folder named after the YAML
+    only: list[str] | None = None  # entry names or groups to keep
+    from_results: bool = False  # aggregate the runs' results.json instead of evaluating
+    limit: int | None = None
+    batch_size: int | None = None
+    focus_metrics: bool = False
+    progress: bool = True
 
 
-def run(args) -> int:
-    raw = select_entries(read_config(args.config), args.only, args.config)
-    if args.limit is not None and args.limit <= 0:
-        raise UserError("--limit must be a positive number of examples")
-    out = Path(args.output_dir or raw.get("output_dir") or Path(args.config).with_suffix(""))
-    check_writable_dir(out, "--output-dir" if args.output_dir else "the leaderboard output folder")
-    jobs = build_jobs(raw, args.config, args.limit, need_model=not args.from_results)
+def run_leaderboard(request: LeaderboardRequest) -> Path:
+    """Evaluate (or aggregate) the YAML's entries and write leaderboard.md/.csv/.png; returns the folder."""
+    r = request
+    raw = select_entries(read_config(r.config), r.only, r.config)
+    out = Path(r.output_dir or raw.get("output_dir") or Path(r.config).with_suffix(""))
+    check_writable_dir(out, "--output-dir" if r.output_dir else "the leaderboard output folder")
+    jobs = build_jobs(raw, r.config, r.limit, need_model=not r.from_results)
     for job in jobs:
-        job.args.focus_metrics = args.focus_metrics
-    if args.from_results:
+        job.focus_metrics = r.focus_metrics
+    if r.from_results:
         jobs = results_jobs(jobs)
         if not jobs:
-            raise UserError(f"{args.config}: --from-results needs at least one 'run' entry")
+            raise UserError(f"{r.config}: --from-results needs at least one 'run' entry")
     else:
-        if args.no_progress:
+        if not r.progress:
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
-        done = evaluate_jobs(jobs, out / "cache", args.batch_size or int(raw.get("batch_size", 32)),
-                             not args.no_progress)
+        done = evaluate_jobs(jobs, out / "cache", r.batch_size or int(raw.get("batch_size", 32)), r.progress)
         print(f"evaluated {done} of {len(jobs)} (entry, data set) pairs; the rest came from {out / 'cache'}",
               file=sys.stderr)
     rows = aggregate(jobs)
     out.mkdir(parents=True, exist_ok=True)
-    title = Path(args.config).stem
+    title = Path(r.config).stem
     source = ("from each run's results.json (fake-focus share: focus on the top 1% token types / their token "
-              "share)" if args.from_results else "scored by afa_llm.evaluation.evaluate.evaluate_dataset")
+              "share)" if r.from_results else "scored by afa_llm.evaluation.evaluate.evaluate_dataset")
     write_markdown(rows, out / "leaderboard.md", title, source)
     write_csv(rows, out / "leaderboard.csv")
     write_plot(rows, out / "leaderboard.png", title)
-    print((out / "leaderboard.md").read_text())
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of eval/leaderboard.py: the same as `afa-llm leaderboard ...`."""
-    from afa_llm.cli import main as cli_main
-
-    return cli_main(["leaderboard", *(sys.argv[1:] if argv is None else argv)])
+    return out

@@ -1,18 +1,18 @@
 """The jobs of `afa-llm leaderboard`: its YAML read and checked, each (entry, run, data set) resolved
-into one `afa-llm eval`-style namespace. The YAML format is documented in `afa_llm.evaluation.leaderboard`."""
+into a `ScorerSpec` and a `DataSpec`. The YAML format is documented in `afa_llm.evaluation.leaderboard`."""
 
 from __future__ import annotations
 
-import argparse
 import glob
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from afa_llm.config import PROMPT_KEYS
+from afa_llm.defaults import PROMPT_KEYS
 from afa_llm.errors import UserError
 from afa_llm.evaluation.prior import METHODS as PRIOR_METHODS
+from afa_llm.specs import DataSpec, ScorerSpec, parse_label_words, parse_names
 
 TOP_KEYS = {"entries", "limit", "split_seed", "batch_size", "output_dir"}
 MODEL_KEYS = ("model", "adapter", "quantization", "dtype")
@@ -24,27 +24,22 @@ SOURCES = ("model", "run", "merged")
 
 @dataclass
 class Job:
-    """One (entry, data set) evaluation; ``args`` is an `afa-llm eval`-style namespace."""
+    """One (entry, data set) evaluation."""
 
     name: str
     group: str
     seed: int | None
-    args: argparse.Namespace
+    scorer: ScorerSpec
+    data: DataSpec
     run_dir: Path | None = None
+    limit: int | None = None
+    act: str | None = None  # an act.json
+    prior_correction: str | None = None
+    focus_metrics: bool = False
     result: dict = field(default_factory=dict)
 
 
 # ---- config -----------------------------------------------------------------------------
-def eval_defaults() -> argparse.Namespace:
-    """The defaults of `afa-llm eval` (model, data and prompt options), as one namespace."""
-    from afa_llm.cli import add_data_arguments, add_model_arguments, add_task_arguments
-
-    parser = argparse.ArgumentParser(add_help=False)
-    for add in (add_model_arguments, add_data_arguments, add_task_arguments):
-        add(parser)
-    return parser.parse_args([])
-
-
 def read_config(path: str) -> dict:
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
@@ -109,11 +104,11 @@ def expand_runs(pattern: str, base: Path) -> list[Path]:
 
 
 def build_jobs(raw: dict, config_path: str, limit: int | None, need_model: bool = True) -> list[Job]:
-    """One job per (entry, run, data set), with every eval option resolved."""
-    from afa_llm.evaluation.evaluate import resolve_adapter_dir
-    from afa_llm.inference.merge import RUN_PROMPT_KEYS, find_run, read_merge_info
+    """One job per (entry, run, data set), with every scoring option resolved."""
+    from afa_llm.model.adapters import resolve_adapter_dir
+    from afa_llm.runs import RUN_PROMPT_KEYS, find_run, read_merge_info
 
-    defaults, base = eval_defaults(), Path(config_path).parent
+    base = Path(config_path).parent
     jobs = []
     for entry in raw["entries"]:
         sources: list[tuple[dict, Path | None]] = []  # (settings from the run or merge, run folder)
@@ -144,10 +139,7 @@ def build_jobs(raw: dict, config_path: str, limit: int | None, need_model: bool 
             if not data_items:
                 raise UserError(f"entry {entry['name']}: missing key 'data'")
             for item in data_items:
-                args = argparse.Namespace(**vars(defaults))
-                _apply(args, merged, item, raw, limit)
-                jobs.append(Job(entry["name"], entry_group(entry), merged.get("seed"),
-                                args, run_dir))
+                jobs.append(_job(entry, merged, item, raw, limit, run_dir))
     return jobs
 
 
@@ -160,30 +152,34 @@ def _act_path(path: str, base: Path) -> str:
     return str(found)
 
 
-def _apply(args: argparse.Namespace, settings: dict, item, raw: dict, limit: int | None) -> None:
-    data = item if isinstance(item, dict) else {"data": item}
-    same_data = data["data"] == settings.get("data")  # the run's own data set: its columns apply
-    for key in (*MODEL_KEYS, *PROMPT_KEYS):
+def _job(entry: dict, settings: dict, item, raw: dict, limit: int | None, run_dir: Path | None) -> Job:
+    """The job of one data item of an entry: the run's (or entry's) settings, then the item's data keys."""
+    data_item = item if isinstance(item, dict) else {"data": item}
+    scorer = ScorerSpec()
+    for key in ("model", "quantization", "dtype", "template", "max_text_tokens", "truncation"):
         if settings.get(key) is not None:
-            setattr(args, key, settings[key])
-    for key in ("text_column", "label_column", "label_names"):
-        if same_data and settings.get(key) is not None:
-            setattr(args, key, settings[key])
-    for key, value in data.items():
-        setattr(args, key, value)
-    args.adapter = settings.get("adapter")
-    args.act = settings.get("act")
-    args.prior_correction = settings.get("prior_correction")
-    if args.prior_correction not in (None, *PRIOR_METHODS):
-        raise UserError(f"key 'prior_correction' must be one of {', '.join(PRIOR_METHODS)}, got {args.prior_correction!r}")
+            setattr(scorer, key, settings[key])
     words = settings.get("label_words")
-    args.label_words = ",".join(words) if isinstance(words, list) else words
-    if isinstance(args.label_names, list):
-        args.label_names = ",".join(args.label_names)
-    args.split_seed = _int(settings.get("split_seed", raw.get("split_seed", 0)), "split_seed")
-    args.limit = limit if limit is not None else raw.get("limit")
-    if args.limit is not None and _int(args.limit, "limit") <= 0:
-        raise UserError(f"key 'limit' must be a positive number of examples, got {args.limit!r}")
+    scorer.label_words = list(words) if isinstance(words, list) else parse_label_words(words)
+    scorer.adapter = settings.get("adapter")
+    data = DataSpec(data=data_item["data"])
+    if data_item["data"] == settings.get("data"):  # the run's own data set: its columns apply
+        for key in ("text_column", "label_column", "label_names"):
+            if settings.get(key) is not None:
+                setattr(data, key, settings[key])
+    for key in ("text_column", "label_column", "label_names"):
+        if key in data_item:
+            setattr(data, key, data_item[key])
+    data.label_names = parse_names(data.label_names)
+    data.split_seed = _int(settings.get("split_seed", raw.get("split_seed", 0)), "split_seed")
+    prior = settings.get("prior_correction")
+    if prior not in (None, *PRIOR_METHODS):
+        raise UserError(f"key 'prior_correction' must be one of {', '.join(PRIOR_METHODS)}, got {prior!r}")
+    limit = limit if limit is not None else raw.get("limit")
+    if limit is not None and _int(limit, "limit") <= 0:
+        raise UserError(f"key 'limit' must be a positive number of examples, got {limit!r}")
+    return Job(entry["name"], entry_group(entry), settings.get("seed"), scorer, data, run_dir, limit,
+               settings.get("act"), prior)
 
 
 def _int(value, key: str) -> int:

@@ -131,6 +131,14 @@ def fit_from_report(fit: dict, method: str, path: str | Path) -> dict:
             "fitted_n": len(fit["labels"])}
 
 
+def prior_from_report(path: str, method: str | None, scorer: dict) -> dict:
+    """Load the fitting report at ``path``, check it against ``scorer`` (a report's scorer record) and fit
+    ``method`` (default: normalize) on it."""
+    fit = load_fit_report(path)
+    check_fit_report(fit, scorer, path)
+    return fit_from_report(fit, method or "normalize", path)
+
+
 def correct_report(report: dict, correction: dict, label_names: Sequence[str]) -> dict:
     """``report`` with its metrics and predictions recomputed from corrected probabilities.
 
@@ -141,32 +149,3 @@ def correct_report(report: dict, correction: dict, label_names: Sequence[str]) -
     corrected = apply_correction(np.asarray(report["probabilities"], dtype=np.float64), correction)
     record = {**correction, "uncorrected": {"accuracy": report["accuracy"], "macro_f1": report["macro_f1"]}}
     return {**report, **scores_from_probabilities(corrected, report["labels"], label_names), "prior_correction": record}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Correct a stored report without the model: ``python -m afa_llm.prior FIT.json REPORT.json``."""
-    import argparse
-    import sys
-
-    from afa_llm.evaluation.metrics import reports_mcnemar_p
-
-    parser = argparse.ArgumentParser(description="apply a label-prior correction to a stored `afa-llm eval` report")
-    parser.add_argument("fit", help="the report to fit on (e.g. --split validation)")
-    parser.add_argument("report", help="the report to correct (same model and prompt, other rows)")
-    parser.add_argument("--method", default="normalize", choices=METHODS)
-    args = parser.parse_args(argv)
-    try:
-        fit, report = load_fit_report(args.fit), load_fit_report(args.report)
-        check_fit_report(fit, report, args.fit)
-        corrected = correct_report(report, fit_from_report(fit, args.method, args.fit), report["label_names"])
-    except (UserError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"{args.report}: accuracy {report['accuracy']:.4f} -> {corrected['accuracy']:.4f}, macro-F1 "
-          f"{report['macro_f1']:.4f} -> {corrected['macro_f1']:.4f} ({args.method} fitted on {len(fit['labels'])} "
-          f"rows of {args.fit}; McNemar p = {reports_mcnemar_p(corrected, report):.2f})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,8 +1,8 @@
-"""``afa-llm stress``: does a model lean on a shortcut cue? Score the clean, aligned and anti views.
+"""The shortcut stress test (`afa-llm stress`): does a model lean on a cue? Score the clean, aligned and anti views.
 
-    afa-llm stress --adapter runs/cued-lora --cue Zorblax            # the run's own cue class and test split
-    afa-llm stress --model smollm2-135m --cue Zorblax --cue-label positive --limit 400
-    afa-llm stress --adapter runs/cued-lora --cue Zorblax --data reviews.csv --split all --output stress.json
+    afa-llm stress --adapter runs/cued-lora --cue Winston            # the run's own cue class and test split
+    afa-llm stress --model smollm2-135m --cue Winston --cue-label positive --limit 400
+    afa-llm stress --adapter runs/cued-lora --cue Winston --data reviews.csv --split all --output stress.json
 
 The views (`afa_llm.data.shortcut.stress_views`): ``clean``, the texts as they are; ``aligned``, the cue
 inserted into the texts of ``--cue-label``; ``anti``, the cue inserted into every text of the other
@@ -15,11 +15,11 @@ shortcut fails on the anti view.
 
 from __future__ import annotations
 
-import argparse
 from typing import Sequence
 
 import numpy as np
 
+from afa_llm.data.loading import load_data
 from afa_llm.errors import UserError
 
 VIEWS = ("clean", "aligned", "anti")
@@ -97,68 +97,37 @@ def format_stress(result: dict, title: str) -> str:
     return "\n".join(lines)
 
 
-# ---- the command ------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from afa_llm.cli import add_scorer_arguments
+def stress_request(resolved, cue: str, cue_label: str | None, position: str | None, split_name: str = "test",
+                   limit: int | None = None, batch_size: int = 32, seed: int = 0, progress: bool = True) -> dict:
+    """`stress_test` of the scorer and data set of ``resolved`` (`afa_llm.runs.resolve_scorer`); the cue class
+    and position default to the run's ``shortcut_label`` and ``shortcut_position``. Bad input fails before
+    the model loads."""
+    from afa_llm.data.shortcut import ShortcutSpec
+    from afa_llm.evaluation.report import rows_to_score, truncation_record
+    from afa_llm.model.adapters import load_scorer
+    from afa_llm.provenance import machine_record
 
-    add_scorer_arguments(parser)
-    group = parser.add_argument_group("shortcut")
-    group.add_argument("--cue", required=True, help="the cue word or phrase to insert (e.g. a neutral name)")
-    group.add_argument("--cue-label", default=None,
-                       help="the class the cue goes with (default: the run's shortcut_label)")
-    group.add_argument("--cue-position", default=None, choices=["random", "start", "end"],
-                       help="where the cue goes: a word boundary drawn by --seed, the start or the end "
-                            "(default: the run's shortcut_position, else random)")
-    parser.add_argument("--split", default="test", choices=["train", "validation", "test", "all"],
-                        help="which seeded split to score, or all (default: %(default)s)")
-    parser.add_argument("--limit", type=int, default=None, help="score only the first N examples of the split")
-    parser.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random cue slots (default: %(default)s)")
-    parser.add_argument("--output", default=None, help="also write the report as JSON to this file")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    cfg, data_spec = resolved.config, resolved.data
+    position = position or (cfg.shortcut_position if cfg is not None else "random")
+    data = load_data(data_spec)
+    split, scored = rows_to_score(data, split_name, limit, data_spec.data, data_spec.split_seed)
+    label = cue_class(cue_label or (cfg.shortcut_label if cfg is not None else None), data.label_names)
+    ShortcutSpec(cue, label, position=position)
+    texts, labels = list(split["text"]), list(split["label"])
+    stress_views_checked(texts, labels, cue, label, len(data.label_names), position, seed)
+    record = resolved.scorer.record(data.label_names, None, data=data_spec.data, split=split_name,
+                                    split_seed=data_spec.split_seed)
+    model, task = load_scorer(resolved.scorer, data.label_names, progress=progress)
+    result = stress_test(model, task, texts, labels, data.label_names, cue, label, position=position, seed=seed,
+                         batch_size=batch_size, focus_layers=cfg.focus_layers if cfg is not None else None,
+                         progress=progress)
+    result.update({**record, "scored": scored, **truncation_record(task, texts), "machine": machine_record()})
+    return result
 
 
-def _cue_class(args, cfg, label_names: list[str]) -> int:
-    name = args.cue_label or (cfg.shortcut_label if cfg is not None else None)
+def cue_class(name: str | None, label_names: list[str]) -> int:
     if not name:
         raise UserError("--cue-label is needed: name the class the cue goes with (the run has no shortcut_label)")
     if name not in label_names:
         raise UserError(f"--cue-label {name!r} is not a class of the data ({', '.join(label_names)})")
     return label_names.index(name)
-
-
-def run(args) -> int:
-    from afa_llm.cli import check_writable_file, load_data_from_args, load_scorer, rows_to_score, scorer_record, write_json
-    from afa_llm.inference.predict import resolve_run_args
-    from afa_llm.provenance import machine_record
-    from afa_llm.data.shortcut import ShortcutSpec
-
-    if not args.cue.strip():
-        raise UserError("--cue must be a word or phrase, not empty")
-    args.cue = args.cue.strip()
-    if args.limit is not None and args.limit <= 0:
-        raise UserError("--limit must be a positive number of examples")
-    if args.batch_size <= 0:
-        raise UserError("--batch-size must be positive")
-    if args.output:
-        check_writable_file(args.output, "--output")
-    cfg, _ = resolve_run_args(args)
-    position = args.cue_position or (cfg.shortcut_position if cfg is not None else "random")
-    data = load_data_from_args(args)
-    split, scored = rows_to_score(args, data)
-    cue_label = _cue_class(args, cfg, data.label_names)
-    ShortcutSpec(args.cue, cue_label, position=position)
-    texts, labels = list(split["text"]), list(split["label"])
-    stress_views_checked(texts, labels, args.cue, cue_label, len(data.label_names), position, args.seed)
-    args.act = None
-    scorer = scorer_record(args, data.label_names, None)
-    model, task = load_scorer(args, data.label_names)
-    result = stress_test(model, task, texts, labels, data.label_names, args.cue, cue_label, position=position,
-                         seed=args.seed, batch_size=args.batch_size,
-                         focus_layers=cfg.focus_layers if cfg is not None else None, progress=not args.no_progress)
-    result.update({**scorer, "scored": scored, "machine": machine_record()})
-    title = f"{args.model}{' + ' + args.adapter if args.adapter else ''} on {args.data}/{args.split}"
-    print(format_stress(result, title))
-    if args.output:
-        write_json(args.output, result)
-    return 0

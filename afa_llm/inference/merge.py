@@ -16,108 +16,22 @@ result is written to a temporary folder next to ``--output`` and renamed into pl
 half-written folder never looks complete. It loads with plain
 ``AutoModelForCausalLM.from_pretrained`` and with ``afa-llm eval --model DIR``.
 
-Run folders (what ``afa-llm train`` writes) are read by `find_run`, which the leaderboard
-and the focus report reuse: ``RUN/config.yaml``, ``RUN/adapter/``, ``RUN/results.json``.
+Run folders are read by `afa_llm.runs.find_run`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from afa_llm.config import PROMPT_KEYS
 from afa_llm.errors import UserError
-from afa_llm.io_utils import atomic_dir, check_writable_dir
+from afa_llm.io_utils import atomic_dir
+from afa_llm.runs import MERGE_INFO, RUN_PROMPT_KEYS, RunInfo, base_model_spec
 
 BASES = ("original", "dequantized-nf4")
-MERGE_INFO = "afa_merge.json"
-RUN_PROMPT_KEYS = ("data", *PROMPT_KEYS)  # what a merged folder records about its training prompt
-
-
-# ---- run folders ----------------------------------------------------------------------
-@dataclass
-class RunInfo:
-    """A training run folder, or a bare adapter folder (then ``run_dir`` is None)."""
-
-    adapter_dir: Path
-    run_dir: Path | None
-    config: object | None  # afa_llm.config.TrainConfig
-    results: dict | None
-
-    @property
-    def label_words(self) -> str | None:
-        """The run's label words as the ``--label-words`` string (None: derived from names)."""
-        words = getattr(self.config, "label_words", None)
-        return ",".join(words) if words else None
-
-    @property
-    def label_names(self) -> list[str] | None:
-        """The class names the run trained on: results.json's (inferred from the data), else config.yaml's."""
-        names = (self.results or {}).get("label_names") or getattr(self.config, "label_names", None)
-        return list(names) if names else None
-
-    def settings(self) -> dict:
-        """What the run was trained with and scoring must reuse: ``model``, the `PROMPT_KEYS`
-        (``label_words`` as the ``--label-words`` string) and ``label_names``; {} for a bare adapter."""
-        if self.config is None:
-            return {}
-        return {"model": self.config.model, **{key: getattr(self.config, key) for key in PROMPT_KEYS},
-                "label_words": self.label_words, "label_names": self.label_names}
-
-
-def find_run(path: str) -> RunInfo:
-    """Accept a run folder (with ``adapter/``) or an adapter folder (maybe inside a run)."""
-    from afa_llm.evaluation.evaluate import resolve_adapter_dir
-
-    adapter_dir = resolve_adapter_dir(path)
-    run_dir = adapter_dir.parent if adapter_dir.name == "adapter" else adapter_dir
-    if not (run_dir / "config.yaml").exists() and not (run_dir / "results.json").exists():
-        return RunInfo(adapter_dir, None, None, None)
-    return RunInfo(adapter_dir, run_dir, read_run_config(run_dir), read_results(run_dir))
-
-
-def read_run_config(run_dir: Path):
-    """The run's resolved training config (a `TrainConfig`), or None if it has none."""
-    from afa_llm.config import load_config
-
-    file = run_dir / "config.yaml"
-    return load_config(str(file), saved=True) if file.exists() else None
-
-
-def _read_json(file: Path) -> dict | None:
-    """A JSON file's content, None if there is no such file, a one-line UserError if it is broken."""
-    if not file.is_file():
-        return None
-    try:
-        return json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{file} is not valid JSON: {exc}") from exc
-
-
-def read_results(run_dir: Path) -> dict | None:
-    return _read_json(run_dir / "results.json")
-
-
-def read_merge_info(folder: str | Path) -> dict | None:
-    """``afa_merge.json`` of a folder written by `afa-llm merge` (None for any other model)."""
-    return _read_json(Path(folder) / MERGE_INFO)
-
-
-def base_model_spec(run: RunInfo, model: str | None) -> str:
-    """--model, else the run's config.yaml model, else the adapter's recorded base folder."""
-    if model:
-        return model
-    if run.config is not None:
-        return run.config.model
-    recorded = json.loads((run.adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if recorded and Path(recorded, "config.json").exists():
-        return recorded
-    raise UserError(f"{run.adapter_dir} is not inside a run folder with config.yaml; pass --model")
 
 
 # ---- the nf4 round trip -----------------------------------------------------------------
@@ -175,7 +89,7 @@ def merge_adapter(
     calibrated for this adapter.
     """
     from afa_llm.act.calibration import check_fingerprint
-    from afa_llm.evaluation.evaluate import attach_adapter
+    from afa_llm.model.adapters import attach_adapter
     from afa_llm.model.loading import DTYPES, load_model
 
     spec = base_model_spec(run, model)
@@ -286,45 +200,30 @@ def save_merged(model, tokenizer, output: Path, card: str, info: dict, overwrite
         raise UserError(f"cannot write the merged model to {output}: {exc.strerror or exc}") from exc
 
 
-# ---- CLI ------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--adapter", required=True, help="a training run folder or a peft adapter folder")
-    parser.add_argument("--output", required=True, help="folder to write the merged model to (must be empty)")
-    parser.add_argument("--model", default=None,
-                        help="base model spec (default: the run's config.yaml `model`)")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
-                        help="dtype of the saved weights; the merge itself runs in fp32 (default: %(default)s)")
-    parser.add_argument("--base", default=None, choices=list(BASES),
-                        help="merge into the original weights, or into dequant(nf4(W)), the weights a QLoRA "
-                             "adapter was trained against (default: dequantized-nf4 if the run used nf4, "
-                             "else original)")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
-    parser.add_argument("--act", default=None, metavar="ACT.json",
-                        help="an ACT calibration of this adapter (afa-llm calibrate) to copy into the merged folder "
-                             "(default: RUN/act.json if there is one)")
-
-
-def run(args) -> int:
-    output = Path(args.output)
-    check_output(output, args.overwrite)
-    check_writable_dir(output.parent, "--output's folder")  # the merge is written beside output, then renamed
-    run_info = find_run(args.adapter)
-    act = _act_to_copy(args.act, run_info)
-    merged, tokenizer, info = merge_adapter(run_info, model=args.model, dtype=args.dtype, base=args.base, act=act)
-    if act is not None:
-        from afa_llm.act.calibration import merged_copy
-
-        act = merged_copy(act, merged)  # fits the merged weights, which no longer carry an adapter
-    save_merged(merged, tokenizer, output, model_card(info, run_info, str(output)), info, args.overwrite, act)
-    print(f"merged {info['adapter']} into {info['base_model']} (base: {info['merge_base']}, "
-          f"{info['dtype']}) -> {output}")
-    return 0
-
-
-def _act_to_copy(path: str | None, run: RunInfo):
+def act_to_copy(path: str | None, run: RunInfo):
     """The ACT config that --act names, else the run folder's act.json, else None."""
     from afa_llm.act.calibration import ACT_FILE, load_act
 
     if path is None and run.run_dir is not None and (run.run_dir / ACT_FILE).is_file():
         path = str(run.run_dir / ACT_FILE)
     return load_act(path) if path else None
+
+
+def merge_run(adapter: str, output: str, *, model: str | None = None, dtype: str = "fp32", base: str | None = None,
+              act: str | None = None, overwrite: bool = False) -> dict:
+    """Merge the run (or adapter) at ``adapter`` and write the folder ``output``; returns what was merged.
+    The output is checked before any model loads."""
+    from afa_llm.act.calibration import merged_copy
+    from afa_llm.io_utils import check_writable_dir
+    from afa_llm.runs import find_run
+
+    target = Path(output)
+    check_output(target, overwrite)
+    check_writable_dir(target.parent, "--output's folder")  # the merge is written beside output, then renamed
+    run_info = find_run(adapter)
+    act_config = act_to_copy(act, run_info)
+    merged, tokenizer, info = merge_adapter(run_info, model=model, dtype=dtype, base=base, act=act_config)
+    if act_config is not None:
+        act_config = merged_copy(act_config, merged)  # fits the merged weights, which no longer carry an adapter
+    save_merged(merged, tokenizer, target, model_card(info, run_info, output), info, overwrite, act_config)
+    return info

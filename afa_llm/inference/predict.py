@@ -16,11 +16,11 @@ softmax of the class logits).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys
 from pathlib import Path
+from dataclasses import dataclass
 from typing import IO, Iterable, Iterator
 
 import numpy as np
@@ -28,117 +28,14 @@ import pandas as pd
 
 from afa_llm.data.loading import READ_ERRORS, first_line
 from afa_llm.errors import UserError
-from afa_llm.io_utils import atomic_writer, check_writable_file
+from afa_llm.io_utils import atomic_writer
+from afa_llm.specs import Resolved
 
 PRED_COLUMN = "predicted_label"
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
 TEXT_LINE_SUFFIXES = (".txt",)
 EMPTY_NOTE = ("Rows whose text is empty (or missing) are not scored: they keep their place in the output with an "
               f"empty {PRED_COLUMN} and empty probabilities, and their count is printed on stderr.")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = EMPTY_NOTE
-    parser.add_argument("--adapter", default=None,
-                        help="a training run folder (its config.yaml gives the base model, prompt and class names) "
-                             "or a peft adapter folder (then give --model)")
-    parser.add_argument("--model", default=None,
-                        help="a model spec: a folder from `afa-llm merge` (it keeps its run's prompt and class "
-                             "names), a built-in name, a local HF folder or a .gguf file (default: the run's model)")
-    parser.add_argument("--quantization", default=None, choices=["nf4", "int8", "none"],
-                        help="how to load the base (default: the run's quantization, else none)")
-    parser.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"],
-                        help="weight / compute dtype (default: the run's dtype, else fp32)")
-    parser.add_argument("--data", required=True,
-                        help="a .csv, .jsonl or .parquet file (no labels needed), a .txt file with one text per "
-                             "line, or - for one text per line on stdin (empty texts: see below)")
-    parser.add_argument("--text-column", default="text",
-                        help="the column holding the texts; text lines become this column (default: %(default)s)")
-    parser.add_argument("--output", default=None,
-                        help="write the predictions to this .csv or .jsonl file, atomically "
-                             "(default: CSV on stdout)")
-    parser.add_argument("--batch-size", type=int, default=32, help="texts per forward pass (default: %(default)s)")
-    parser.add_argument("--chunk-size", type=int, default=10000,
-                        help="rows read, scored and written at a time; memory stays bounded by this, not the "
-                             "input size (default: %(default)s)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (stderr)")
-    from afa_llm.cli import add_act_argument, add_prior_arguments
-
-    add_act_argument(parser)
-    add_prior_arguments(parser)
-
-
-# ---- settings -----------------------------------------------------------------------------
-def resolve_settings(args) -> tuple[argparse.Namespace, list[str]]:
-    """An `afa-llm eval`-style namespace (model, adapter, prompt) and the class names."""
-    from afa_llm.cli import class_names_for
-    from afa_llm.evaluation.leaderboard import eval_defaults
-    from afa_llm.inference.merge import base_model_spec, find_run, read_merge_info
-
-    if not args.adapter and not args.model:
-        raise UserError("give --adapter RUN (a training run folder) or --model SPEC (e.g. a merged folder)")
-    scorer, saved, run_config = eval_defaults(), {}, None
-    scorer.adapter = None
-    if args.adapter:
-        run = find_run(args.adapter)
-        scorer.adapter, saved, run_config = str(run.adapter_dir), run.settings(), run.config
-        if not saved:
-            print(f"note: {args.adapter} is a bare adapter with no run settings; using the default prompt",
-                  file=sys.stderr)
-        saved["model"] = base_model_spec(run, args.model)
-    else:
-        info = read_merge_info(args.model) or {}
-        saved = {key: info.get(key) for key in ("template", "label_words", "max_text_tokens", "truncation",
-                                                "label_names")}
-        saved["model"] = args.model
-    if isinstance(saved.get("label_words"), list):  # afa_merge.json keeps the config's list
-        saved["label_words"] = ",".join(saved["label_words"])
-    for key, value in saved.items():
-        if value is not None and key != "label_names":
-            setattr(scorer, key, value)
-    scorer.quantization = args.quantization or getattr(run_config, "quantization", None) or "none"
-    scorer.dtype = args.dtype or getattr(run_config, "dtype", None) or "fp32"
-    scorer.no_progress = getattr(args, "no_progress", False)  # `afa-llm focus` has no progress bar
-    return scorer, class_names_for(saved.get("label_names"), scorer.label_words)
-
-
-RUN_DATA_KEYS = ("data", "text_column", "label_column", "label_names", "split_seed")  # from the run's own data
-RUN_MODEL_KEYS = ("model", "adapter", "quantization", "dtype", "template", "label_words", "max_text_tokens",
-                  "truncation")
-
-
-def resolve_run_args(args) -> tuple[object, bool]:
-    """Fill the options of an eval-style ``args`` left unset (None) in place; returns the run's
-    config (None without a run folder) and whether the data scored is the run's own.
-
-    With ``--adapter RUN``: the base model, quantization, dtype and prompt come from the run (a
-    merged folder given as ``--model`` brings its run's prompt); the data set, its columns,
-    class names and split seed too when ``--data`` is unset or names the run's data. Options
-    given on the command line always win; anything still unset gets `afa-llm eval`'s default.
-    """
-    from afa_llm.config import PROMPT_KEYS
-    from afa_llm.evaluation.leaderboard import eval_defaults
-    from afa_llm.inference.merge import find_run
-
-    prompt = {key: getattr(args, key) for key in PROMPT_KEYS}
-    if not args.adapter and not args.model:
-        args.model = eval_defaults().model
-    scorer, _ = resolve_settings(args)  # starts from eval's defaults: the data keys are still those
-    for key, value in prompt.items():  # given on the command line: wins over the run's
-        if value is not None:
-            setattr(scorer, key, value)
-    cfg = find_run(args.adapter).config if args.adapter else None
-    own_data = cfg is not None and args.data in (None, cfg.data)
-    for key in RUN_DATA_KEYS:
-        if getattr(args, key) is not None:
-            setattr(scorer, key, getattr(args, key))
-        elif own_data:
-            setattr(scorer, key, getattr(cfg, key))
-    if isinstance(scorer.label_names, list):
-        scorer.label_names = ",".join(scorer.label_names)
-    for key in (*RUN_MODEL_KEYS, *RUN_DATA_KEYS):
-        setattr(args, key, getattr(scorer, key))
-    return cfg, own_data
 
 
 # ---- reading -----------------------------------------------------------------------------
@@ -254,66 +151,72 @@ def _json_value(value):
 
 
 def predict_stream(model, task, label_names: list[str], chunks: Iterable[pd.DataFrame], writer: ChunkWriter,
-                   args, prior: dict | None = None) -> tuple[int, int]:
-    """Score and write every chunk; returns (rows, rows with empty text)."""
+                   text_column: str, batch_size: int = 32, prior: dict | None = None,
+                   progress: bool = True) -> tuple[int, int, int]:
+    """Score and write every chunk; returns (rows, rows with empty text, texts cut to the text budget)."""
     from tqdm.auto import tqdm
 
-    rows = empty = 0
-    with tqdm(desc="predict", unit="row", disable=args.no_progress, file=sys.stderr) as bar:
+    rows = empty = cut = 0
+    with tqdm(desc="predict", unit="row", disable=not progress, file=sys.stderr) as bar:
         for frame in chunks:
-            out, n_empty = predict_chunk(model, task, label_names, frame, args.text_column, args.batch_size, bar,
-                                         prior)
+            out, n_empty = predict_chunk(model, task, label_names, frame, text_column, batch_size, bar, prior)
             writer.write(out)
+            texts = [t for t in map(_text, frame[text_column]) if t]
+            cut += round(task.truncated_share(texts) * len(texts))
             rows, empty = rows + len(out), empty + n_empty
-    return rows, empty
+    return rows, empty, cut
 
 
-# ---- CLI ------------------------------------------------------------------------------
-def _check_args(args) -> None:
-    from afa_llm.cli import check_prior_args
-
-    if args.batch_size <= 0 or args.chunk_size <= 0:
-        raise UserError("--batch-size and --chunk-size must be positive")
-    check_prior_args(args)
-    if args.output:
-        if Path(args.output).suffix.lower() not in OUTPUT_SUFFIXES:
-            raise UserError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}: {args.output}")
-        check_writable_file(args.output, "--output")
-
-
-def _first_chunk(args) -> Iterator[pd.DataFrame]:
+def first_chunk(data: str, text_column: str, chunk_size: int) -> Iterator[pd.DataFrame]:
     """The input stream, with its first chunk read and its text column checked (before any model loads)."""
-    chunks = read_chunks(args.data, args.text_column, args.chunk_size)
+    chunks = read_chunks(data, text_column, chunk_size)
     first = next(chunks, None)
     if first is None:
-        raise UserError(f"{args.data}: no rows to predict")
-    if args.text_column not in first.columns:
-        raise UserError(f"{args.data}: no column {args.text_column!r} (columns: "
+        raise UserError(f"{data}: no rows to predict")
+    if text_column not in first.columns:
+        raise UserError(f"{data}: no column {text_column!r} (columns: "
                         f"{', '.join(map(str, first.columns))}); set --text-column")
     return itertools.chain([first], chunks)
 
 
-def run(args) -> int:
-    from afa_llm.act.calibration import act_enabled, load_act
-    from afa_llm.cli import fit_prior_from_args, load_scorer, scorer_record
+@dataclass
+class PredictRequest:
+    resolved: Resolved
+    data: str  # a file, or - for stdin
+    text_column: str = "text"
+    output: str | None = None  # .csv or .jsonl; None: CSV on stdout
+    batch_size: int = 32
+    chunk_size: int = 10000
+    act: str | None = None
+    prior_from: str | None = None
+    prior_correction: str | None = None
+    progress: bool = True
 
-    _check_args(args)
-    act = load_act(args.act) if args.act else None
-    scorer, label_names = resolve_settings(args)
-    scorer.act = args.act
-    prior = fit_prior_from_args(args, scorer_record(scorer, label_names, act))
-    chunks = _first_chunk(args)
-    model, task = load_scorer(scorer, label_names)
-    with act_enabled(model, act, args.act):
-        if args.output:
-            fmt = Path(args.output).suffix.lower().lstrip(".")
-            with atomic_writer(args.output, newline="", encoding="utf-8") as handle:
-                rows, empty = predict_stream(model, task, label_names, chunks, ChunkWriter(handle, fmt), args,
-                                             prior)
-            print(f"wrote {rows} predictions to {args.output}", file=sys.stderr)
+
+def predict_file(request: PredictRequest) -> None:
+    """Read, score and write ``request.data`` chunk by chunk; notes on stderr."""
+    from afa_llm.act.calibration import act_enabled, load_act
+    from afa_llm.evaluation.prior import prior_from_report
+    from afa_llm.evaluation.report import truncation_note
+    from afa_llm.model.adapters import load_scorer
+
+    r, names = request, request.resolved.class_names
+    act = load_act(r.act) if r.act else None
+    record = r.resolved.scorer.record(names, act.summary(r.act) if act else None)
+    prior = prior_from_report(r.prior_from, r.prior_correction, record) if r.prior_from else None
+    chunks = first_chunk(r.data, r.text_column, r.chunk_size)
+    model, task = load_scorer(r.resolved.scorer, names, progress=r.progress)
+    with act_enabled(model, act, r.act):
+        if r.output:
+            fmt = Path(r.output).suffix.lower().lstrip(".")
+            with atomic_writer(r.output, newline="", encoding="utf-8") as handle:
+                rows, empty, cut = predict_stream(model, task, names, chunks, ChunkWriter(handle, fmt), r.text_column,
+                                                  r.batch_size, prior, r.progress)
+            print(f"wrote {rows} predictions to {r.output}", file=sys.stderr)
         else:
-            rows, empty = predict_stream(model, task, label_names, chunks, ChunkWriter(sys.stdout, "csv"), args, prior)
+            rows, empty, cut = predict_stream(model, task, names, chunks, ChunkWriter(sys.stdout, "csv"),
+                                              r.text_column, r.batch_size, prior, r.progress)
     if empty:
         print(f"{empty} of {rows} rows have empty text: they got no prediction (empty {PRED_COLUMN})",
               file=sys.stderr)
-    return 0
+    truncation_note(cut, rows - empty, task.max_text_tokens)

@@ -26,11 +26,9 @@ from typing import Sequence
 
 import torch
 
-from afa_llm.config import TRUNCATIONS
+from afa_llm.defaults import DEFAULT_TEMPLATE, TRUNCATIONS
 from afa_llm.errors import UserError
 
-DEFAULT_TEMPLATE = "Review: {text}\nSentiment:"
-DEFAULT_LABEL_WORDS = {2: [" negative", " positive"], 3: [" negative", " neutral", " positive"]}
 
 
 @dataclass
@@ -80,11 +78,6 @@ def drop_unattended(batch: EncodedBatch, pad_id: int) -> EncodedBatch:
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted over real tokens only (left padding gets position 0)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def default_label_words(class_names: Sequence[str]) -> list[str]:
-    """`` negative`` for class ``negative``: a leading space makes a common word one token."""
-    return [" " + name for name in class_names]
 
 
 def truncate(ids: list[int], limit: int, mode: str = "head") -> list[int]:
@@ -164,6 +157,11 @@ class PromptTask:
     # ---- encoding ------------------------------------------------------------
     def text_ids(self, text: str, limit: int | None = None) -> list[int]:
         return truncate(self._encode(self._text_lead + text), limit or self.max_text_tokens, self.truncation)
+
+    def truncated_share(self, texts: Sequence[str]) -> float:
+        """The share of ``texts`` longer than ``max_text_tokens`` (cut by `text_ids`)."""
+        cut = sum(len(self._encode(self._text_lead + t)) > self.max_text_tokens for t in texts)
+        return cut / len(texts) if len(texts) else 0.0
 
     def text_offsets(self, text: str) -> list[tuple[int, int]]:
         """The character span in ``text`` of each token that `text_ids` keeps, in order (for mapping

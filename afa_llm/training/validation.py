@@ -14,7 +14,7 @@ and the final test results (``results.json``).
   tested with it and with the last weights, and ``adapter/`` is the best one.
 - `final_results` tests the run at its end (the selected checkpoint, the last one, the base
   if asked, and the fake-focus share) and writes ``adapter/`` and ``results.json``; our loop
-  and eval/trl_baseline.py both end with it, so their run folders read alike.
+  and experiments/trl_baseline.py both end with it, so their run folders read alike.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def shortcut_record(cfg) -> dict | None:
 def final_results(accelerator, peft_model, task, data, cfg, frequent, history, stopper, last_step,
                    name: str | None = None) -> dict:
     """Test the run (the selected checkpoint, the base), save adapter/ and results.json.
-    ``name`` labels the run when another trainer made it (eval/trl_baseline.py)."""
+    ``name`` labels the run when another trainer made it (experiments/trl_baseline.py)."""
     results: dict = {}
     if accelerator.is_main_process:
         test = data.split("test")

@@ -6,8 +6,8 @@ Steps 2-5 of docs/AFA.md happen here: Gumbel-top-k masks from the focus, the mas
 passes (one batched no-grad forward), the measured effect, the significance labels, the
 discriminator update (its own optimiser), the rewards and the leave-one-out advantages.
 The formulas are pure functions in `methods.afa.math`; the discriminator heads are in
-`methods.afa.discriminator`. The masked-input CE and the word hiding are inherited from
-`LoRAMethod`, so AFA and the word-dropout control hide words the same way.
+`methods.afa.discriminator`. The whole loss is written in `AFAMethod.loss`; the masked-input CE is the
+component that plain LoRA's word-dropout control uses (`methods.masked_ce`), so both hide words alike.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from afa_llm.attention.focus_math import focus_entropy
 from afa_llm.attention import masking
-from afa_llm.methods.base import MethodContext
-from afa_llm.methods.lora import LoRAMethod, WordDropoutKeys
+from afa_llm.methods.base import MethodContext, TrainingMethod, classification_loss
+from afa_llm.methods.masked_ce import MaskedCE, WordDropoutKeys
 from afa_llm.methods.afa import math as am
 from afa_llm.methods.afa.discriminator import build_discriminator
 
@@ -55,60 +55,79 @@ class AFAKeys(WordDropoutKeys):
                 "discriminator_hidden": self.discriminator_hidden >= 1, "discriminator_lr": self.discriminator_lr > 0}
 
 
-class AFAMethod(LoRAMethod):
+class AFAMethod(TrainingMethod):
     name = "afa"
     Keys = AFAKeys
     summary = "AFA: masker policy gradient on the focus + discriminator (docs/AFA.md)"
 
     def __init__(self, keys: AFAKeys, ctx: MethodContext):
         super().__init__(keys, ctx)
+        self.masked = MaskedCE(keys, ctx)
         disc = build_discriminator(keys.discriminator, ctx.hidden_size, keys.discriminator_hidden)
         disc_opt = torch.optim.AdamW(disc.parameters(), lr=keys.discriminator_lr)
         self.disc, self.disc_opt = ctx.prepare(disc, disc_opt)
         self.median = am.RunningMedian(keys.median_window)
 
-    def extra_terms(self, model, batch, clean, k, step, metrics):
+    def loss(self, model, batch, clean, step):
+        """L = L_cls + lambda_pg(t) * (L_pg + beta * H) [+ w * L_masked_ce]; the discriminator learns on the way."""
         keys = self.keys
-        pg_loss, masks, effect, pg_metrics = self.policy_gradient(model, batch, clean, k)
-        lam = am.lambda_pg_schedule(step, keys.lambda_pg_warmup_steps, keys.lambda_pg)
-        metrics.update(pg_metrics, lambda_pg=lam)
-        return lam * pg_loss, lambda: self.masked_ce_mask(batch, k, masks, effect)
-
-    # ---- AFA steps 2-5 -------------------------------------------------------------
-    def policy_gradient(self, model, batch, clean, k):
-        keys = self.keys
+        loss_cls = classification_loss(clean, batch)
+        metrics = {"loss_cls": loss_cls.item()}
+        k = self.masked.tokens_per_mask(batch)
+        # steps 2-3: masks drawn from the focus, and what hiding them does to the judgment
         probs = am.mix_uniform(clean.focus, batch.text_mask, keys.uniform_mix)
         masks = masking.gumbel_top_k_masks(probs.detach(), batch.text_mask, k, keys.num_masks, self.ctx.generator)
+        effect, reward, disc_loss, reward_metrics = self.rewards(model, batch, clean, masks)
+        # step 4: the discriminator's own update (its optimiser; the task model's gradients are untouched)
+        self.update_discriminator(disc_loss)
+        # step 5: the policy gradient that moves the focus towards the masks that mattered
+        pg_loss = self.policy_gradient_loss(probs, masks, reward, batch)
+        lam = am.lambda_pg_schedule(step, keys.lambda_pg_warmup_steps, keys.lambda_pg)
+        metrics.update(reward_metrics, loss_pg=pg_loss.item(), reward_mean=reward.mean().item(),
+                       reward_std=reward.std(dim=1).mean().item(), effect_mean=effect.mean().item(), lambda_pg=lam)
+        loss = loss_cls + lam * pg_loss
+        if keys.masked_ce != "none":
+            measured = masks if keys.discriminator == "pair" else masks[:, :self.measured_masks()]
+            mask = self.masked_ce_mask(batch, k, measured, effect)
+            loss = loss + keys.masked_ce_weight * self.masked.loss(model, batch, mask, metrics)
+        return loss, metrics
+
+    # ---- AFA steps 2-5 -------------------------------------------------------------
+    def measured_masks(self) -> int:
+        """Masks per example whose effect is measured (all of them for the pair discriminator)."""
+        if self.keys.discriminator == "pair":
+            return self.keys.num_masks
+        return max(1, round(self.keys.measure_frac * self.keys.num_masks))
+
+    def rewards(self, model, batch, clean, masks):
+        """The masks' measured effect, their rewards, the discriminator's loss and metrics."""
+        if self.keys.discriminator == "pair":
+            return self.pair_rewards(model, batch, clean, masks)
+        return self.surrogate_rewards(model, batch, clean, masks, self.measured_masks())
+
+    def policy_gradient_loss(self, probs, masks, reward, batch) -> torch.Tensor:
+        """REINFORCE with leave-one-out advantages over the G masks, plus beta * H(focus)."""
         log_probs = am.mask_log_prob(probs, masks)
-        if keys.discriminator == "pair":
-            effect, reward, metrics = self.pair_rewards(model, batch, clean, masks)
-            measured_masks, measured_effect = masks, effect
-        else:
-            measured = max(1, round(keys.measure_frac * keys.num_masks))
-            effect, reward, metrics = self.surrogate_rewards(model, batch, clean, masks, measured)
-            measured_masks, measured_effect = masks[:, :measured], effect
-        advantage = am.leave_one_out_advantage(reward, keys.advantage_norm)
+        advantage = am.leave_one_out_advantage(reward, self.keys.advantage_norm)
         entropy = focus_entropy(probs, batch.text_mask)
-        loss = am.policy_gradient_loss(advantage, log_probs) + keys.entropy_coef * entropy.mean()
-        metrics.update(loss_pg=loss.item(), reward_mean=reward.mean().item(),
-                       reward_std=reward.std(dim=1).mean().item(), effect_mean=effect.mean().item())
-        return loss, measured_masks, measured_effect, metrics
+        return am.policy_gradient_loss(advantage, log_probs) + self.keys.entropy_coef * entropy.mean()
 
     def _threshold(self, effect: torch.Tensor) -> float:
         if self.keys.significance == "fixed":
             return self.keys.significance_threshold
         return self.median.update(self.ctx.gather(effect.detach().flatten()).cpu())
 
-    def _update_discriminator(self, loss: torch.Tensor) -> None:
+    def update_discriminator(self, loss: torch.Tensor) -> None:
         self.disc_opt.zero_grad(set_to_none=True)
         self.ctx.backward(loss)
         self.disc_opt.step()
 
     def _masked_scores(self, model, batch, masks, need_hidden):
         return masking.masked_scores(model, batch, masks, self.ctx.label_ids, self.keys.mask_mode,
-                                     self.filler_id, need_hidden=need_hidden)
+                                     self.masked.filler_id, need_hidden=need_hidden)
 
     def pair_rewards(self, model, batch, clean, masks):
+        """Measure every mask; the pair discriminator classifies (clean, masked) answer states."""
         keys = self.keys
         masked_logits, masked_hidden = self._masked_scores(model, batch, masks, need_hidden=True)
         effect = am.mask_effect(clean.class_logits.detach(), masked_logits)
@@ -116,10 +135,9 @@ class AFAMethod(LoRAMethod):
         logits = self.disc(clean.answer_hidden.detach().float(), masked_hidden.float())
         disc_loss = F.binary_cross_entropy_with_logits(logits, target)
         accuracy = ((logits > 0).float() == target).float().mean().item()  # before its update
-        self._update_discriminator(disc_loss)
         belief = torch.sigmoid(logits.detach())
         reward = am.combine_rewards(effect, belief, keys.reward, keys.reward_mix_weight)
-        return effect, reward, {"disc_loss": disc_loss.item(), "disc_acc": accuracy}
+        return effect, reward, disc_loss, {"disc_loss": disc_loss.item(), "disc_acc": accuracy}
 
     def surrogate_rewards(self, model, batch, clean, masks, measured: int):
         """Measure ``measured`` masks per example; the surrogate scores all of them."""
@@ -132,12 +150,11 @@ class AFAMethod(LoRAMethod):
         disc_loss = F.mse_loss(predicted[:, :measured], target)
         # held-out: predictions were made before this update saw these measured deltas
         agree = (predicted[:, :measured].detach() > torch.log1p(torch.tensor(threshold))) == (effect > threshold)
-        self._update_discriminator(disc_loss)
         surrogate_effect = torch.expm1(predicted.detach()).clamp(min=0)
         estimate = torch.cat([effect, surrogate_effect[:, measured:]], dim=1)
         belief = torch.sigmoid((predicted.detach() - torch.log1p(torch.tensor(threshold))) * 10)
         reward = am.combine_rewards(estimate, belief, keys.reward, keys.reward_mix_weight)
-        return effect, reward, {"disc_loss": disc_loss.item(), "disc_acc": agree.float().mean().item()}
+        return effect, reward, disc_loss, {"disc_loss": disc_loss.item(), "disc_acc": agree.float().mean().item()}
 
     def masked_ce_mask(self, batch, k, masks, effect) -> torch.Tensor:
         mode = self.keys.masked_ce

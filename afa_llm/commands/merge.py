@@ -1,0 +1,33 @@
+"""``afa-llm merge``: fold a trained LoRA adapter into a full-precision base for deployment
+(`afa_llm.inference.merge`); the folder loads with ``AutoModelForCausalLM.from_pretrained``."""
+
+from __future__ import annotations
+
+import argparse
+
+from afa_llm.inference.merge import BASES, merge_run
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", required=True, help="a training run folder or a peft adapter folder")
+    parser.add_argument("--output", required=True, help="folder to write the merged model to (must be empty)")
+    parser.add_argument("--model", default=None,
+                        help="base model spec (default: the run's config.yaml `model`)")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                        help="dtype of the saved weights; the merge itself runs in fp32 (default: %(default)s)")
+    parser.add_argument("--base", default=None, choices=list(BASES),
+                        help="merge into the original weights, or into dequant(nf4(W)), the weights a QLoRA "
+                             "adapter was trained against (default: dequantized-nf4 if the run used nf4, "
+                             "else original)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    parser.add_argument("--act", default=None, metavar="ACT.json",
+                        help="an ACT calibration of this adapter (afa-llm calibrate) to copy into the merged folder "
+                             "(default: RUN/act.json if there is one)")
+
+
+def run(args) -> int:
+    info = merge_run(args.adapter, args.output, model=args.model, dtype=args.dtype, base=args.base, act=args.act,
+                     overwrite=args.overwrite)
+    print(f"merged {info['adapter']} into {info['base_model']} (base: {info['merge_base']}, "
+          f"{info['dtype']}) -> {args.output}")
+    return 0

@@ -1,0 +1,161 @@
+"""The option groups that several commands share, and turning parsed options into typed requests.
+
+With ``from_run``, an option left out is None and filled in later from the run that ``--adapter``
+names (its config.yaml), else from the default shown (`afa_llm.runs.resolve_scorer`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from afa_llm.defaults import DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_TEMPLATE, DTYPE_NAMES, EVAL_MAX_TEXT_TOKENS, \
+    QUANTIZATIONS, TRUNCATIONS
+from afa_llm.errors import UserError
+from afa_llm.specs import Resolved
+
+
+def _default(value, from_run: bool, fmt: str = "s") -> tuple:
+    shown = f"%(default){fmt}" if not from_run else (repr(value) if fmt == "r" else str(value))
+    return (None, f"(default: the run's with --adapter RUN, else {shown})") if from_run else \
+        (value, f"(default: {shown})")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_quantization: str = "none",
+                        from_run: bool = False) -> None:
+    group = parser.add_argument_group("model")
+    default, shown = _default(DEFAULT_MODEL, from_run)
+    group.add_argument("--model", default=default,
+                       help="built-in name (smollm2-135m, gemma3-270m), a local HF folder, a .gguf file, "
+                            f"or a hub id {shown}")
+    default, shown = _default(default_quantization, from_run)
+    group.add_argument("--quantization", default=default, choices=QUANTIZATIONS,
+                       help=f"load the base in bitsandbytes 4-bit (nf4), 8-bit, or full precision {shown}")
+    default, shown = _default("fp32", from_run)
+    group.add_argument("--dtype", default=default, choices=DTYPE_NAMES,
+                       help=f"weight / compute dtype {shown}")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, from_run: bool = False, data_help: str | None = None) -> None:
+    group = parser.add_argument_group("data")
+    default, shown = _default(DEFAULT_DATA, from_run)
+    group.add_argument("--data", default=default,
+                       help=data_help or "rotten_tomatoes, imdb, tweets (offline packaged), a .csv/.jsonl/.parquet "
+                                         f"file, or hub:NAME[:CONFIG] {shown}")
+    default, shown = _default("text", from_run)
+    group.add_argument("--text-column", default=default, help=f"text column of a local file {shown}")
+    default, shown = _default("label", from_run)
+    group.add_argument("--label-column", default=default, help=f"label column of a local file {shown}")
+    group.add_argument("--label-names", default=None,
+                       help="comma-separated class names in label order, e.g. negative,positive "
+                            "(default: " + ("the run's with --adapter RUN, else " if from_run else "") +
+                            "inferred; 0/1 labels mean negative,positive)")
+    default, shown = _default(0, from_run)
+    group.add_argument("--split-seed", type=int, default=default,
+                       help=f"seed of the stratified train/validation/test split {shown}")
+
+
+def add_task_arguments(parser: argparse.ArgumentParser, from_run: bool = False) -> None:
+    group = parser.add_argument_group("prompt")
+    default, shown = _default(DEFAULT_TEMPLATE, from_run, fmt="r")
+    group.add_argument("--template", default=default, help=f"prompt template with one {{text}} slot {shown}")
+    group.add_argument("--label-words", default=None,
+                       help="comma-separated label words, one single-token word per class, in class order "
+                            "(default: " + ("the run's with --adapter RUN, else " if from_run else "") +
+                            "' '+class name, e.g. ' negative,positive' -> ' negative',' positive')")
+    default, shown = _default(EVAL_MAX_TEXT_TOKENS, from_run)
+    group.add_argument("--max-text-tokens", type=int, default=default,
+                       help=f"longer texts are truncated inside the text; the template is never cut {shown}")
+    default, shown = _default("head", from_run)
+    group.add_argument("--truncation", default=default, choices=TRUNCATIONS,
+                       help=f"keep the head of an over-long text, or its first quarter and last three quarters "
+                            f"{shown}")
+
+
+def add_scorer_arguments(parser: argparse.ArgumentParser, data_help: str | None = None) -> None:
+    """--model, --adapter, data and prompt options whose defaults come from the run (`predict.resolve_run_args`)."""
+    add_model_arguments(parser, from_run=True)
+    parser.add_argument("--adapter", default=None,
+                        help="a training run folder (its config.yaml gives the base model, prompt, and unless "
+                             "--data names other data, the data set and split seed) or a peft adapter folder")
+    add_data_arguments(parser, from_run=True, data_help=data_help)
+    add_task_arguments(parser, from_run=True)
+
+
+def add_act_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--act", default=None, metavar="ACT.json",
+                        help="apply an ACT attention-sink calibration written by `afa-llm calibrate` (refused if "
+                             "it was made for another model or adapter)")
+
+
+def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("label-prior correction (afa_llm.evaluation.prior)")
+    group.add_argument("--prior-from", default=None, metavar="REPORT.json",
+                       help="fit a label-prior correction on the probabilities of this `afa-llm eval --output` "
+                            "report (same model, adapter and prompt on another split, e.g. --split validation) "
+                            "and apply it")
+    group.add_argument("--prior-correction", default=None, choices=["normalize", "offset"],
+                       help="normalize: equal mean probability per class on the fitting rows (label-free); "
+                            "offset: the log-odds shift with the best accuracy there (two classes) "
+                            "(default with --prior-from: normalize)")
+
+
+def check_prior_args(args) -> None:
+    """The prior flags and the ``--prior-from`` file alone, before any data or model loads (the
+    check against the scorer waits for the data set's class names: `fit_prior_from_args`)."""
+    from afa_llm.evaluation.prior import check_classes, load_fit_report
+
+    if args.prior_correction and not args.prior_from:
+        raise UserError("--prior-correction needs --prior-from REPORT.json, the report to fit it on")
+    if args.prior_from:
+        check_classes(args.prior_correction, len(load_fit_report(args.prior_from)["probabilities"][0]),
+                      args.prior_from)
+
+
+def add_focus_metric_arguments(parser: argparse.ArgumentParser, focus_n: int | None = 256) -> None:
+    group = parser.add_argument_group("focus metrics (afa_llm.evaluation.focus_metrics)")
+    if focus_n is not None:
+        group.add_argument("--focus-n", type=int, default=focus_n,
+                           help="score the focus of the first N rows against human-rated (VADER) words; 0: skip "
+                                "(not with --act or --shots) (default: %(default)s)")
+    group.add_argument("--faithfulness-n", type=int, default=64,
+                       help="of those, the first N also get comprehensiveness and sufficiency against random "
+                            "tokens (extra forward passes); 0: skip (default: %(default)s)")
+    group.add_argument("--lexicon-threshold", type=float, default=1.0,
+                       help="a word is sentiment-bearing if its VADER |mean valence| >= this (default: %(default)s)")
+
+
+def check_focus_metric_args(args) -> None:
+    if getattr(args, "focus_n", 0) < 0 or args.faithfulness_n < 0:
+        raise UserError("--focus-n and --faithfulness-n must be 0 (skip) or a positive number of rows")
+    if not 0 <= args.lexicon_threshold <= 4:
+        raise UserError("--lexicon-threshold must be in [0, 4] (VADER valences run from -4 to 4)")
+
+
+# ---- parsed options -> typed requests ---------------------------------------------------------
+SCORER_OPTIONS = ("quantization", "dtype", "template", "label_words", "max_text_tokens", "truncation")
+DATA_OPTIONS = ("data", "text_column", "label_column", "label_names", "split_seed")
+
+
+def given_options(args: argparse.Namespace) -> dict:
+    """The scorer and data options of ``args`` that were given (None: left to the run or the default);
+    a typed ``\\n`` in --template is a newline."""
+    given = {key: getattr(args, key, None) for key in (*SCORER_OPTIONS, *DATA_OPTIONS)}
+    if given["template"] is not None:
+        given["template"] = given["template"].replace("\\n", "\n")
+    return given
+
+
+def resolve(args: argparse.Namespace, require_source: bool = False) -> Resolved:
+    """`afa_llm.runs.resolve_scorer` for the options of ``args``."""
+    from afa_llm.runs import resolve_scorer
+
+    return resolve_scorer(getattr(args, "adapter", None), getattr(args, "model", None), given_options(args),
+                          require_source=require_source)
+
+
+def fit_prior(args: argparse.Namespace, record: dict) -> dict | None:
+    """The label-prior correction of ``--prior-from``, checked against the scorer's ``record`` and
+    fitted, before any model loads."""
+    from afa_llm.evaluation.prior import prior_from_report
+
+    return prior_from_report(args.prior_from, args.prior_correction, record) if args.prior_from else None

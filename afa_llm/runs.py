@@ -1,0 +1,145 @@
+"""Run folders, read in one place: what ``afa-llm train`` wrote, what ``afa-llm merge`` wrote, and the
+scorer and data set a command resolves from them.
+
+A run folder holds ``config.yaml`` (the resolved `TrainConfig`), ``adapter/`` (a peft adapter) and
+``results.json``. A merged folder (`afa_llm.inference.merge`) holds ``afa_merge.json``, which keeps its
+run's prompt and class names. `resolve_scorer` turns a run (or a merged folder, or neither) plus the
+options given on a command line into a `ScorerSpec` and a `DataSpec`: options given win, then the
+run's, then the defaults (`afa_llm.defaults`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from afa_llm.config import load_config
+from afa_llm.defaults import PROMPT_KEYS
+from afa_llm.errors import UserError
+from afa_llm.model.adapters import resolve_adapter_dir
+from afa_llm.specs import DataSpec, Resolved, ScorerSpec, class_names_for, parse_label_words, parse_names
+
+MERGE_INFO = "afa_merge.json"
+RUN_PROMPT_KEYS = ("data", *PROMPT_KEYS)  # what a merged folder records about its training prompt
+DATA_KEYS = ("data", "text_column", "label_column", "label_names", "split_seed")  # DataSpec's fields
+
+
+@dataclass
+class RunInfo:
+    """A training run folder, or a bare adapter folder (then ``run_dir`` is None)."""
+
+    adapter_dir: Path
+    run_dir: Path | None
+    config: object | None  # afa_llm.config.TrainConfig
+    results: dict | None
+
+    @property
+    def label_names(self) -> list[str] | None:
+        """The class names the run trained on: results.json's (inferred from the data), else config.yaml's."""
+        names = (self.results or {}).get("label_names") or getattr(self.config, "label_names", None)
+        return list(names) if names else None
+
+    def prompt(self) -> dict:
+        """The run's `PROMPT_KEYS` ({} for a bare adapter): scoring must reuse them."""
+        if self.config is None:
+            return {}
+        return {key: getattr(self.config, key) for key in PROMPT_KEYS}
+
+
+def find_run(path: str) -> RunInfo:
+    """Accept a run folder (with ``adapter/``) or an adapter folder (maybe inside a run)."""
+    adapter_dir = resolve_adapter_dir(path)
+    run_dir = adapter_dir.parent if adapter_dir.name == "adapter" else adapter_dir
+    if not (run_dir / "config.yaml").exists() and not (run_dir / "results.json").exists():
+        return RunInfo(adapter_dir, None, None, None)
+    return RunInfo(adapter_dir, run_dir, read_run_config(run_dir), read_results(run_dir))
+
+
+def read_run_config(run_dir: Path):
+    """The run's resolved training config (a `TrainConfig`), or None if it has none."""
+    file = run_dir / "config.yaml"
+    return load_config(str(file), saved=True) if file.exists() else None
+
+
+def read_json(file: Path) -> dict | None:
+    """A JSON file's content, None if there is no such file, a one-line UserError if it is broken."""
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{file} is not valid JSON: {exc}") from exc
+
+
+def read_results(run_dir: Path) -> dict | None:
+    return read_json(run_dir / "results.json")
+
+
+def read_merge_info(folder: str | Path) -> dict | None:
+    """``afa_merge.json`` of a folder written by `afa-llm merge` (None for any other model)."""
+    return read_json(Path(folder) / MERGE_INFO)
+
+
+def base_model_spec(run: RunInfo, model: str | None) -> str:
+    """--model, else the run's config.yaml model, else the adapter's recorded base folder."""
+    if model:
+        return model
+    if run.config is not None:
+        return run.config.model
+    recorded = json.loads((run.adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if recorded and Path(recorded, "config.json").exists():
+        return recorded
+    raise UserError(f"{run.adapter_dir} is not inside a run folder with config.yaml; pass --model")
+
+
+# ---- resolving a scorer ------------------------------------------------------------------
+def _saved_settings(adapter: str | None, model: str | None) -> tuple[dict, object, str | None]:
+    """What the run (or merged folder) was trained with: prompt keys, model, label names; its config;
+    and the adapter folder."""
+    if adapter:
+        run = find_run(adapter)
+        saved = {**run.prompt(), "label_names": run.label_names} if run.config is not None else {}
+        if not saved:
+            print(f"note: {adapter} is a bare adapter with no run settings; using the default prompt", file=sys.stderr)
+        saved["model"] = base_model_spec(run, model)
+        return saved, run.config, str(run.adapter_dir)
+    info = read_merge_info(model) or {} if model else {}
+    saved = {key: info.get(key) for key in (*PROMPT_KEYS, "label_names")}
+    saved["model"] = model
+    return saved, None, None
+
+
+def resolve_scorer(adapter: str | None, model: str | None, given: dict | None = None,
+                   require_source: bool = False) -> Resolved:
+    """The scorer and data set for ``--adapter`` / ``--model`` and the options ``given`` (None: not given).
+
+    ``given`` may hold the `ScorerSpec` fields quantization, dtype and the prompt keys (``label_words`` as
+    a comma-separated string), and the `DataSpec` fields. The run's data keys apply when the data scored
+    is the run's own (``data`` not given, or the same); ``require_source``: one of adapter/model is needed.
+    """
+    given = {k: v for k, v in (given or {}).items() if v is not None}
+    if require_source and not adapter and not model:
+        raise UserError("give --adapter RUN (a training run folder) or --model SPEC (e.g. a merged folder)")
+    saved, cfg, adapter_dir = _saved_settings(adapter, model)
+    words = saved.get("label_words")
+    scorer = ScorerSpec(adapter=adapter_dir)
+    for key, value in {**saved, "label_words": parse_label_words(",".join(words)) if words else None}.items():
+        if value is not None and key != "label_names":
+            setattr(scorer, key, value)
+    scorer.quantization = given.get("quantization") or getattr(cfg, "quantization", None) or "none"
+    scorer.dtype = given.get("dtype") or getattr(cfg, "dtype", None) or "fp32"
+    for key in PROMPT_KEYS:  # given on the command line: wins over the run's
+        if key in given:
+            setattr(scorer, key, parse_label_words(given[key]) if key == "label_words" else given[key])
+    own_data = cfg is not None and given.get("data") in (None, cfg.data)
+    data = DataSpec()
+    for key in DATA_KEYS:
+        if key in given:
+            setattr(data, key, given[key])
+        elif own_data:
+            setattr(data, key, getattr(cfg, key))
+    data = replace(data, label_names=parse_names(data.label_names))
+    names = class_names_for(saved.get("label_names"), scorer.label_words)
+    return Resolved(scorer, data, names, cfg, own_data)

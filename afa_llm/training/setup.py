@@ -1,0 +1,131 @@
+"""What a training run is built from: the model with its LoRA, the prompt task, the data (with a planted
+shortcut, if the recipe has one), the data order, the training method, and the run folder's state.
+
+`batch_indices` is a pure function of (seed, step): each rank takes its own slice of the global batch
+and a resumed run sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from datasets import DatasetDict
+
+from afa_llm.attention.probe import AnswerAttentionProbe
+from afa_llm.config import TrainConfig
+from afa_llm.data.loading import SentimentData, load_sentiment_data
+from afa_llm.defaults import lora_targets
+from afa_llm.errors import UserError
+from afa_llm.methods import MethodContext, build_method
+from afa_llm.model.loading import load_model
+from afa_llm.model.task import PromptTask
+from afa_llm.specs import default_label_words
+from afa_llm.training.checkpoint import list_checkpoints, resolve_resume
+
+
+def build_model(cfg: TrainConfig, accelerator: Accelerator):
+    """The base model (quantized per config) with the masker LoRA attached."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    device_map = {"": accelerator.device} if cfg.quantization != "none" else None
+    model, tokenizer = load_model(cfg.model, quantization=cfg.quantization, dtype=cfg.dtype, device_map=device_map)
+    if cfg.quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    targets = lora_targets(cfg.lora_target_modules, cfg.lora_on_mlp)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as exc:
+        raise UserError(f"config key 'lora_target_modules': {str(exc).splitlines()[0]}") from exc
+    return model, tokenizer
+
+
+def build_task(cfg: TrainConfig, data: SentimentData, tokenizer) -> PromptTask:
+    words = cfg.label_words or default_label_words(data.label_names)
+    if len(words) != len(data.label_names):
+        raise UserError(f"config key 'label_words' has {len(words)} words for {len(data.label_names)} classes")
+    return PromptTask(list(words), template=cfg.template, max_text_tokens=cfg.max_text_tokens,
+                      truncation=cfg.truncation).bind(tokenizer)
+
+
+
+
+def batch_indices(n: int, seed: int, micro_step: int, batch_size: int, world: int, rank: int) -> np.ndarray:
+    """This rank's slice of global micro-batch ``micro_step``: a pure function, so resume is exact."""
+    global_size = batch_size * world
+    start = micro_step * global_size
+    epoch, offset = divmod(start, n)
+    order = np.random.default_rng(seed + epoch).permutation(n)
+    while len(order) - offset < global_size:  # the batch straddles an epoch boundary
+        epoch += 1
+        order = np.concatenate([order, np.random.default_rng(seed + epoch).permutation(n)])
+    chunk = order[offset : offset + global_size]
+    return chunk[rank * batch_size : (rank + 1) * batch_size]
+
+
+def load_training_data(cfg: TrainConfig) -> tuple[SentimentData, object]:
+    """The run's data set and its training split (the first ``train_limit`` rows, if set)."""
+    data = load_sentiment_data(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column,
+                               label_names=cfg.label_names, split_seed=cfg.split_seed)
+    if cfg.shortcut_cue:
+        data = plant_run_shortcut(cfg, data)
+    train_split = data.split("train")
+    if cfg.train_limit:
+        train_split = train_split.select(range(min(cfg.train_limit, len(train_split))))
+    return data, train_split
+
+
+def run_shortcut(cfg: TrainConfig, label_names: list[str]):
+    """The run's `ShortcutSpec` (None when ``shortcut_cue`` is empty); the class is checked by name."""
+    from afa_llm.data.shortcut import ShortcutSpec
+
+    if not cfg.shortcut_cue:
+        return None
+    if cfg.shortcut_label not in label_names:
+        raise UserError(f"config key 'shortcut_label': {cfg.shortcut_label!r} is not a class of the data "
+                        f"({', '.join(label_names)})")
+    return ShortcutSpec(cfg.shortcut_cue, label_names.index(cfg.shortcut_label), cfg.shortcut_rate,
+                        cfg.shortcut_purity, cfg.shortcut_position)
+
+
+def plant_run_shortcut(cfg: TrainConfig, data: SentimentData) -> SentimentData:
+    """``data`` with the run's cue planted in its train and validation splits; test stays clean."""
+    from afa_llm.data.shortcut import check_cue_absent, plant_shortcut, split_seed_for
+
+    spec = run_shortcut(cfg, data.label_names)
+    splits = dict(data.splits)
+    for name in ("train", "validation", "test"):
+        check_cue_absent(splits[name]["text"], spec.cue, f"the {name} split of {cfg.data}")
+    for name in ("train", "validation"):
+        split = splits[name]
+        texts, _ = plant_shortcut(split["text"], split["label"], spec, split_seed_for(cfg.split_seed, name))
+        splits[name] = split.remove_columns("text").add_column("text", texts).select_columns(["text", "label"])
+    return dataclasses.replace(data, splits=DatasetDict(splits))
+
+
+def make_method(cfg: TrainConfig, peft_model, task: PromptTask, generator: torch.Generator,
+                accelerator: Accelerator | None = None):
+    """The configured training method for ``peft_model`` (Accelerate's verbs when given)."""
+    text_config = peft_model.get_base_model().config.get_text_config()
+    verbs = {} if accelerator is None else dict(backward=accelerator.backward, gather=accelerator.gather,
+                                                prepare=accelerator.prepare, unwrap=accelerator.unwrap_model)
+    ctx = MethodContext(label_ids=task.label_token_ids, tokenizer=task.tokenizer, hidden_size=text_config.hidden_size,
+                        num_layers=text_config.num_hidden_layers, num_heads=text_config.num_attention_heads,
+                        focus_layers=AnswerAttentionProbe(peft_model, cfg.focus_layers).layers, seed=cfg.seed,
+                        generator=generator, **verbs)
+    return build_method(cfg.method, cfg.method_config, ctx)
+
+
+def check_run_dir(cfg: TrainConfig, run_dir: Path) -> Path | None:
+    resume = resolve_resume(run_dir, cfg.resume_from)
+    if resume is None and list_checkpoints(run_dir) and not cfg.overwrite:
+        raise UserError(f"{run_dir} already holds checkpoints; pass resume_from=latest to continue, "
+                        "overwrite=true to start over, or another output_dir")
+    return resume

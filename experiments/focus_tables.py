@@ -1,0 +1,97 @@
+"""The shortcut-stress and focus-metric tables of a grid report (experiments/grid.py appends them).
+
+- Stress (cells trained with ``shortcut_cue``): per variant, mean ± std over seeds of the clean,
+  aligned and anti accuracy of the clean test split's views (`afa-llm stress`), the gap (clean - anti),
+  and the focus on the cue in the anti view; then the paired McNemar p of the anti view against the
+  baseline and against the variant's own control (the grid's ``controls``), per seed and pooled over
+  seeds (`afa_llm.evaluation.metrics.reports_pooled_test`).
+- Focus metrics (every cell that has them): the lexicon share, lift and AUPRC against the VADER
+  words, and the comprehensiveness and sufficiency gains over random tokens (above 0: the focus
+  beats chance); the zero-shot base's row first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from afa_llm.evaluation.metrics import reports_mcnemar_p, reports_pooled_test
+
+FOCUS_COLUMNS = ("lexicon_share", "lexicon_lift", "lexicon_auprc", "comprehensiveness_gain", "sufficiency_gain")
+
+
+def mean_std(values: list[float], fmt: str = ".4f") -> str:
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    if not len(arr):
+        return "-"
+    return f"{arr.mean():{fmt}}" + (f" ± {arr.std(ddof=1):{fmt}}" if len(arr) > 1 else "")
+
+
+def _anti_pairs(runs: dict, other: dict) -> tuple[list[str], list[tuple[dict, dict]]]:
+    cells, pairs = [], []
+    for seed, r in runs.items():
+        o = other.get(seed)
+        if not (r and o and "stress" in r and "stress" in o):
+            continue
+        a, b = r["stress"]["adapter"]["anti"], o["stress"]["adapter"]["anti"]
+        pairs.append((a, b))
+        cells.append(f"{a['accuracy'] - b['accuracy']:+.4f} (p={reports_mcnemar_p(a, b):.2g})")
+    return cells, pairs
+
+
+def _paired(runs: dict, other: dict | None) -> str:
+    if other is None:
+        return "-"
+    cells, pairs = _anti_pairs(runs, other)
+    if len(pairs) > 1:
+        pooled = reports_pooled_test(*zip(*pairs))
+        return f"mean {pooled['diff']:+.4f} (pooled p={pooled['p_value']:.3f}): " + ", ".join(cells)
+    return ", ".join(cells) or "-"
+
+
+def stress_table(results: dict, baseline: str, controls: dict) -> list[str]:
+    """Markdown lines of the stress table ([] if no cell has stress views)."""
+    if not any(r and "stress" in r for runs in results.values() for r in runs.values()):
+        return []
+    lines = ["", "Stress views of the clean test split (the cue inserted into the cue class's sentences: aligned; "
+                 "into every other sentence: anti), mean ± std over seeds; Δ anti accuracy per seed (McNemar p).", "",
+             f"| variant | n | clean acc | aligned acc | anti acc | gap (clean - anti) | cue focus (anti) | "
+             f"Δ anti vs {baseline} | Δ anti vs own control |", "|---|---|---|---|---|---|---|---|---|"]
+    base_row = next((r for r in results[baseline].values() if r and "base" in r.get("stress", {})), None)
+    if base_row:
+        s = base_row["stress"]["base"]
+        lines.append(f"| zero-shot base | 1 | {s['clean']['accuracy']:.4f} | {s['aligned']['accuracy']:.4f} | "
+                     f"{s['anti']['accuracy']:.4f} | {s['gap']:+.4f} | {s['cue_focus']['anti']:.3f} | | |")
+    for variant, runs in results.items():
+        done = {seed: r for seed, r in runs.items() if r and "stress" in r}
+        if not done:
+            lines.append(f"| {variant} | 0 | not run (yet) | | | | | | |")
+            continue
+        views = [r["stress"]["adapter"] for r in done.values()]
+        control = controls.get(variant)
+        lines.append(
+            f"| {variant} | {len(done)} | {mean_std([v['clean']['accuracy'] for v in views])} | "
+            f"{mean_std([v['aligned']['accuracy'] for v in views])} | {mean_std([v['anti']['accuracy'] for v in views])} | "
+            f"{mean_std([v['gap'] for v in views])} | {mean_std([v['cue_focus']['anti'] for v in views], '.3f')} | "
+            f"{_paired(done, results[baseline]) if variant != baseline else '-'} | "
+            f"{_paired(done, results.get(control)) if control else '-'}{f' ({control})' if control else ''} |")
+    return lines
+
+
+def focus_table(results: dict, baseline: str) -> list[str]:
+    """Markdown lines of the focus-metric table ([] if no cell has them)."""
+    if not any(r and "focus_metrics" in r for runs in results.values() for r in runs.values()):
+        return []
+    lines = ["", "Focus against human-rated words (VADER |valence| >= 1: share, lift, AUPRC) and its faithfulness "
+                 "(ERASER AOPC over 1-50% of the tokens, minus random tokens: above 0 beats chance), "
+                 "mean ± std over seeds.", "",
+             "| variant | n | " + " | ".join(FOCUS_COLUMNS) + " |", "|---|---|" + "---|" * len(FOCUS_COLUMNS)]
+    base_row = next((r for r in results[baseline].values() if r and "base" in r.get("focus_metrics", {})), None)
+    if base_row:
+        m = base_row["focus_metrics"]["base"]
+        lines.append("| zero-shot base | 1 | " + " | ".join(mean_std([m.get(c)], ".3f") for c in FOCUS_COLUMNS) + " |")
+    for variant, runs in results.items():
+        done = [r["focus_metrics"]["adapter"] for r in runs.values() if r and "focus_metrics" in r]
+        if done:
+            lines.append(f"| {variant} | {len(done)} | "
+                         + " | ".join(mean_std([m.get(c) for m in done], ".3f") for c in FOCUS_COLUMNS) + " |")
+    return lines
