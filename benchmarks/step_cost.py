@@ -103,7 +103,7 @@ def main() -> None:
     task = build_task(cfg, data, tokenizer)
     _wrap(masking, "masked_scores", "masked passes")
     _wrap(AdversarialAttention, "perturbed_logits", "perturbed passes")
-    _wrap(AFAMethod, "_update_discriminator", "discriminator update")
+    _wrap(AFAMethod, "update_discriminator", "discriminator update")
     texts, labels = list(train_split["text"]), list(train_split["label"])
     rows = [measure(c, model, task, texts, labels, args.steps, args.warmup, accelerator.autocast) for c in cfgs]
     phases = sorted({k for r in rows for k in r} - {"total"})

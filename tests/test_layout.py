@@ -166,3 +166,26 @@ def test_every_concern_folder_says_what_it_is():
     for folder in sorted(p for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()):
         doc = ast.get_docstring(ast.parse((folder / "__init__.py").read_text()))
         assert doc, f"{folder.name}/__init__.py needs a one-line docstring"
+
+
+def test_the_adding_a_method_example_trains(tiny_model_dir, learnable_csv, tmp_path, monkeypatch):
+    """docs/ARCHITECTURE.md's example, copied as a newcomer would, registered and trained for two steps."""
+    import re
+
+    from test_train import tiny_overrides
+
+    from afa_llm import methods
+    from afa_llm.config import load_config
+    from afa_llm.training.trainer import train
+
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    code = re.search(r"## Adding a method.*?```python\n(.*?)```", text, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 25
+    namespace: dict = {}
+    exec(compile(code, "ARCHITECTURE.md", "exec"), namespace)
+    monkeypatch.setitem(methods.METHODS, "confidence_penalty", namespace["ConfidencePenalty"])
+    run = tmp_path / "run"
+    results = train(load_config(None, tiny_overrides(run, tiny_model_dir, learnable_csv, "method=confidence_penalty",
+                                                     "penalty=0.2", "steps=2", "eval_every=0")))
+    assert results["method"] == "confidence_penalty"
+    assert "entropy" in (run / "metrics.jsonl").read_text()
