@@ -1,4 +1,9 @@
-"""afa-llm: LoRA fine-tuning of decoder LLMs with Adversarial Feedback for Attention."""
+"""afa-llm: LoRA fine-tuning of decoder LLMs for classification, and methods that teach them where to look.
+
+The library is one folder per concern (data, model, attention, methods, act, evaluation, training,
+inference), typed requests (`afa_llm.specs`), run folders (`afa_llm.runs`) and one command layer on top
+(`afa_llm.commands`, dispatched by `afa_llm.cli`); docs/ARCHITECTURE.md says which layer imports which.
+"""
 
 import logging
 import warnings

@@ -74,6 +74,10 @@ class TrainConfig:
     shortcut_rate: float = 0.5
     shortcut_purity: float = 1.0
     shortcut_position: Literal["random", "start", "end"] = "random"
+    # --- the classification loss ------------------------------------------------------
+    # none | balanced (w_c = n / (C * n_c) over the training split, as sklearn) | [w_1, ..., w_C] in class
+    # order; weights every cross-entropy on class logits (L_cls, the masked CE, AT's adversarial CE)
+    class_weights: Any = "none"
     # --- optimisation ------------------------------------------------------------
     steps: int = 100
     batch_size: int = 8  # per process
@@ -149,6 +153,7 @@ class TrainConfig:
         if (self.early_stopping_patience or self.select_best) and not self.eval_every:
             key = "early_stopping_patience" if self.early_stopping_patience else "select_best"
             raise UserError(f"config key {key!r} needs validations: set eval_every > 0")
+        self.class_weights = _class_weights(self.class_weights)
         if self.shortcut_cue and not self.shortcut_label:
             raise UserError("config key 'shortcut_label' must name the class that shortcut_cue goes with")
         if self.template.count("{text}") != 1:
@@ -171,8 +176,26 @@ class TrainConfig:
 SHARED_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "method_config")
 
 
+def _class_weights(value: Any) -> Any:
+    """``class_weights``: "none", "balanced" or a list of positive numbers (YAML strings are parsed)."""
+    if isinstance(value, str) and value not in ("none", "balanced"):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+    if value in ("none", "balanced", None):
+        return value or "none"
+    if (isinstance(value, list) and len(value) >= 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                         and v > 0 for v in value)):
+        return [float(v) for v in value]
+    raise UserError(f"config key 'class_weights' must be none, balanced or a list of positive numbers, one per "
+                    f"class; got {value!r}")
+
+
 def _coerce(key: str, value: Any, hints: dict[str, Any]) -> Any:
     """Check ``value`` against the annotated type of ``key``; YAML strings are parsed."""
+    if key == "class_weights":
+        return _class_weights(value)
     hint = hints[key]
     optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
     base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint

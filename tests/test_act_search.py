@@ -10,7 +10,6 @@ import pytest
 import torch
 from conftest import TINY_ROWS
 
-from afa_llm.act import search as act_search
 from afa_llm.act.calibration import load_act
 from afa_llm.act import head_search
 from afa_llm.act.search import all_heads, random_heads, select_heads

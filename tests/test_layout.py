@@ -189,3 +189,36 @@ def test_the_adding_a_method_example_trains(tiny_model_dir, learnable_csv, tmp_p
                                                      "penalty=0.2", "steps=2", "eval_every=0")))
     assert results["method"] == "confidence_penalty"
     assert "entropy" in (run / "metrics.jsonl").read_text()
+
+
+def test_the_readme_csv_example_runs(tiny_model_dir, tmp_path, monkeypatch):
+    """README's "your own CSV" block, line by line, on a tiny model (the train line gets a few more overrides)."""
+    import csv
+    import re
+    import shlex
+
+    from afa_llm.cli import main
+
+    block = re.search(r"Train a classifier on your own CSV.*?```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    lines = block.group(1).replace("\\\n", " ").splitlines()
+    commands = [shlex.split(line.split("#")[0]) for line in lines if line.startswith("afa-llm ")]
+    assert [c[1] for c in commands] == ["train", "eval", "predict", "merge"]
+    assert len(block.group(1).strip().splitlines()) <= 10
+    monkeypatch.chdir(tmp_path)
+    words = ["bad", "good"]
+    with open("reviews.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["review", "verdict"])
+        writer.writerows((f"review {i}: a {words[i % 2]} film", words[i % 2]) for i in range(40))
+    with open("new.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["review"], ["a good film"], ["a bad film"]])
+    for command in commands:
+        argv = [str(ROOT / a) if a.startswith("recipes/") else a for a in command[1:]]
+        if argv[0] == "train":
+            argv += [f"model={tiny_model_dir}", "quantization=none", "steps=2", "eval_every=0", "batch_size=4",
+                     "report_to=none", "progress=false", "faithfulness_eval_limit=0"]
+        if argv[0] == "eval":
+            argv += ["--no-progress", "--faithfulness-n", "0"]
+        assert main(argv) == 0, command
+    assert Path("predictions.csv").read_text().splitlines()[0] == "review,predicted_label,prob_bad,prob_good"
+    assert (Path("merged/my-classifier") / "config.json").exists()

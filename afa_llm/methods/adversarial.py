@@ -109,14 +109,14 @@ class AdversarialAttention(TrainingMethod):
     # ---- the step -------------------------------------------------------------------
     def loss(self, model, batch, clean, step):
         keys = self.keys
-        loss_cls = classification_loss(clean, batch)
+        loss_cls = classification_loss(clean, batch, self.ctx.class_weights)
         valid = adv.valid_entries(batch.attention_mask, keys.adv_rows, keys.adv_exclude)
         direction = self.direction(model, batch, clean, loss_cls, valid, step)
         r = [t.detach() for t in adv.normalise(direction, valid, keys.adv_eps, keys.adv_norm_scope)]
         logits = self.perturbed_logits(model, batch, clean, r, grad=True)
         p_hat = clean.class_logits.detach()
         kl = class_kl(p_hat, logits).mean()
-        ce = F.cross_entropy(logits, batch.labels)
+        ce = F.cross_entropy(logits, batch.labels, weight=self.ctx.class_weights)
         term = ce if self.adversarial_loss == "ce" else kl
         metrics = {"loss_cls": loss_cls.item(), "adv_ce": ce.item(), "adv_kl": kl.item(),
                    **self.diagnostics(model, batch, clean, r, valid, step, kl)}

@@ -66,11 +66,13 @@ class MethodContext:
     gather: Callable = lambda t: t  # accelerator.gather
     prepare: Callable = lambda *objs: objs if len(objs) > 1 else objs[0]  # accelerator.prepare
     unwrap: Callable = lambda m: m  # accelerator.unwrap_model
+    class_weights: torch.Tensor | None = None  # (C,) weights of every classification CE (``class_weights``)
 
 
-def classification_loss(clean: CleanPass, batch: EncodedBatch) -> torch.Tensor:
-    """L_cls: cross-entropy of the label-word logits of the clean pass."""
-    return F.cross_entropy(clean.class_logits, batch.labels)
+def classification_loss(clean: CleanPass, batch: EncodedBatch, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """L_cls: cross-entropy of the class logits of the clean pass; with ``weight`` (C,), PyTorch's weighted
+    mean: sum_i w[y_i] * CE_i / sum_i w[y_i]."""
+    return F.cross_entropy(clean.class_logits, batch.labels, weight=weight)
 
 
 class TrainingMethod:

@@ -27,7 +27,7 @@ class LoRAMethod(TrainingMethod):
         self.masked = MaskedCE(keys, ctx)
 
     def loss(self, model, batch, clean, step):
-        loss_cls = classification_loss(clean, batch)
+        loss_cls = classification_loss(clean, batch, self.ctx.class_weights)
         loss, metrics = loss_cls, {"loss_cls": loss_cls.item()}
         if self.keys.masked_ce != "none":
             k = self.masked.tokens_per_mask(batch)

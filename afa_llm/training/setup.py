@@ -21,9 +21,10 @@ from afa_llm.data.loading import SentimentData, load_sentiment_data
 from afa_llm.defaults import lora_targets
 from afa_llm.errors import UserError
 from afa_llm.methods import MethodContext, build_method
+from afa_llm.model.adapters import build_task as scorer_task
 from afa_llm.model.loading import load_model
 from afa_llm.model.task import PromptTask
-from afa_llm.specs import default_label_words
+from afa_llm.specs import ScorerSpec
 from afa_llm.training.checkpoint import list_checkpoints, resolve_resume
 
 
@@ -48,13 +49,13 @@ def build_model(cfg: TrainConfig, accelerator: Accelerator):
 
 
 def build_task(cfg: TrainConfig, data: SentimentData, tokenizer) -> PromptTask:
-    words = cfg.label_words or default_label_words(data.label_names)
-    if len(words) != len(data.label_names):
+    """The run's prompt task: the scorer's (`afa_llm.model.adapters.build_task`) with the recipe's prompt keys."""
+    words = cfg.label_words or None
+    if words is not None and len(words) != len(data.label_names):
         raise UserError(f"config key 'label_words' has {len(words)} words for {len(data.label_names)} classes")
-    return PromptTask(list(words), template=cfg.template, max_text_tokens=cfg.max_text_tokens,
-                      truncation=cfg.truncation).bind(tokenizer)
-
-
+    spec = ScorerSpec(template=cfg.template, label_words=words, max_text_tokens=cfg.max_text_tokens,
+                      truncation=cfg.truncation)
+    return scorer_task(spec, data.label_names, tokenizer)
 
 
 def batch_indices(n: int, seed: int, micro_step: int, batch_size: int, world: int, rank: int) -> np.ndarray:
@@ -110,8 +111,24 @@ def plant_run_shortcut(cfg: TrainConfig, data: SentimentData) -> SentimentData:
     return dataclasses.replace(data, splits=DatasetDict(splits))
 
 
+def class_weight_values(setting, labels, num_classes: int) -> list[float] | None:
+    """The ``class_weights`` of a run: None, balanced ones from the training labels (n / (C * n_c)), or the
+    given list, checked against the number of classes."""
+    if setting in (None, "none"):
+        return None
+    if setting == "balanced":
+        counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(float)
+        if (counts == 0).any():
+            raise UserError(f"config key 'class_weights': balanced needs every class in the training split "
+                            f"(counts {counts.astype(int).tolist()})")
+        return (counts.sum() / (num_classes * counts)).tolist()
+    if len(setting) != num_classes:
+        raise UserError(f"config key 'class_weights' has {len(setting)} weights for {num_classes} classes")
+    return [float(w) for w in setting]
+
+
 def make_method(cfg: TrainConfig, peft_model, task: PromptTask, generator: torch.Generator,
-                accelerator: Accelerator | None = None):
+                accelerator: Accelerator | None = None, class_weights: list[float] | None = None):
     """The configured training method for ``peft_model`` (Accelerate's verbs when given)."""
     text_config = peft_model.get_base_model().config.get_text_config()
     verbs = {} if accelerator is None else dict(backward=accelerator.backward, gather=accelerator.gather,
@@ -119,7 +136,9 @@ def make_method(cfg: TrainConfig, peft_model, task: PromptTask, generator: torch
     ctx = MethodContext(label_ids=task.label_token_ids, tokenizer=task.tokenizer, hidden_size=text_config.hidden_size,
                         num_layers=text_config.num_hidden_layers, num_heads=text_config.num_attention_heads,
                         focus_layers=AnswerAttentionProbe(peft_model, cfg.focus_layers).layers, seed=cfg.seed,
-                        generator=generator, **verbs)
+                        generator=generator, **verbs,
+                        class_weights=None if class_weights is None else torch.tensor(class_weights,
+                                                                                      device=generator.device))
     return build_method(cfg.method, cfg.method_config, ctx)
 
 

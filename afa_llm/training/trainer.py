@@ -49,8 +49,8 @@ from afa_llm.errors import TrainingDiverged, UserError
 from afa_llm.provenance import warn_if_emulated_bf16
 from afa_llm.training.checkpoint import (list_checkpoints, load_adapter_weights, load_trainer_state, rng_state,
                                          save_checkpoint, set_rng_state)
-from afa_llm.training.setup import (batch_indices, build_model, build_task, check_run_dir, load_training_data,
-                                    make_method)
+from afa_llm.training.setup import (batch_indices, build_model, build_task, check_run_dir, class_weight_values,
+                                    load_training_data, make_method)
 from afa_llm.training.validation import EarlyStopping, final_results, save_best_adapter, validate
 
 
@@ -119,7 +119,8 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.generator = torch.Generator(device=acc.device).manual_seed(cfg.seed * 1000 + acc.process_index)
         self.peft_model = acc.unwrap_model(self.model)
-        self.method = make_method(cfg, self.peft_model, self.task, self.generator, acc)
+        self.class_weights = class_weight_values(cfg.class_weights, self.labels, len(self.data.label_names))
+        self.method = make_method(cfg, self.peft_model, self.task, self.generator, acc, self.class_weights)
 
     def _resume(self, checkpoint: Path) -> None:
         acc = self.accelerator
@@ -233,7 +234,7 @@ class Trainer:
     def finish(self, done: int) -> dict:
         with self.accelerator.autocast():
             results = final_results(self.accelerator, self.peft_model, self.task, self.data, self.cfg, self.frequent,
-                                    self.history, self.stopper, done)
+                                    self.history, self.stopper, done, extra={"class_weights": self.class_weights})
         self.accelerator.end_training()
         return results
 

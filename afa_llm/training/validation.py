@@ -154,7 +154,7 @@ def shortcut_record(cfg) -> dict | None:
 
 
 def final_results(accelerator, peft_model, task, data, cfg, frequent, history, stopper, last_step,
-                   name: str | None = None) -> dict:
+                  name: str | None = None, extra: dict | None = None) -> dict:
     """Test the run (the selected checkpoint, the base), save adapter/ and results.json.
     ``name`` labels the run when another trainer made it (experiments/trl_baseline.py)."""
     results: dict = {}
@@ -176,7 +176,7 @@ def final_results(accelerator, peft_model, task, data, cfg, frequent, history, s
                                    evaluate),
                    "fake_focus_share": {"adapter": fake_focus_share_on(peft_model, task, focus_texts, frequent, cfg)},
                    "focus_metrics": {"adapter": focus_metrics_on(peft_model, task, focus_texts, cfg)},
-                   "shortcut": shortcut_record(cfg), "machine": machine_record()}
+                   "shortcut": shortcut_record(cfg), **(extra or {}), "machine": machine_record()}
         if cfg.shortcut_cue:
             results["stress"] = {"adapter": stress_on(peft_model, task, test, data.label_names, cfg, results["test"])}
         if cfg.evaluate_zero_shot:

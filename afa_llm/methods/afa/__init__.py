@@ -71,7 +71,7 @@ class AFAMethod(TrainingMethod):
     def loss(self, model, batch, clean, step):
         """L = L_cls + lambda_pg(t) * (L_pg + beta * H) [+ w * L_masked_ce]; the discriminator learns on the way."""
         keys = self.keys
-        loss_cls = classification_loss(clean, batch)
+        loss_cls = classification_loss(clean, batch, self.ctx.class_weights)
         metrics = {"loss_cls": loss_cls.item()}
         k = self.masked.tokens_per_mask(batch)
         # steps 2-3: masks drawn from the focus, and what hiding them does to the judgment
