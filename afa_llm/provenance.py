@@ -14,7 +14,6 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-import peft
 import torch
 import transformers
 
@@ -64,5 +63,15 @@ def machine_record() -> dict:
         "logical_cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(), "torch": torch.__version__,
-        "transformers": transformers.__version__, "peft": peft.__version__,
+        "transformers": transformers.__version__, "peft": _version("peft"),
     }
+
+
+def _version(package: str) -> str | None:
+    """An installed package's version, None where it is not installed (the lm-eval benchmark's venv has no peft)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None

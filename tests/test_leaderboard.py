@@ -72,6 +72,7 @@ def test_leaderboard_rows_values_and_cache(setup, tmp_path, monkeypatch, capsys)
     row = next(r for r in rows if r["name"] == "zero-shot" and r["data"] == setup["a"])
     assert float(row["accuracy_mean"]) == pytest.approx(zero_shot["accuracy"]) and row["accuracy_std"] == ""
     assert row["examples"] == str(zero_shot["n"])
+    assert float(row["truncated_share"]) == pytest.approx(zero_shot["truncated_share"])  # reported, as eval does
     reports = [json.loads(f.read_text()) for f in (out / "cache").glob("*.json")]
     data_a = str(Path(setup["a"]).resolve())
     run_accs = [r["report"]["accuracy"] for r in reports if r["key"]["adapter"] and r["key"]["data"][0] == data_a]

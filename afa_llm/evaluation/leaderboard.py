@@ -199,11 +199,11 @@ def aggregate(jobs: list[Job]) -> list[dict]:
     rows = []
     for (data, group), members in groups.items():
         row = {"data": data, "name": group, "runs": len(members)}
-        for metric in ("accuracy", "macro_f1", "focus_share", *FOCUS_METRICS):
+        for metric in ("accuracy", "macro_f1", "focus_share", "truncated_share", *FOCUS_METRICS):
             values = [m.result[metric] for m in members if m.result.get(metric) is not None]
             row[f"{metric}_mean"] = statistics.fmean(values) if values else None
             row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
-        for metric in FOCUS_METRICS:  # shown as means
+        for metric in ("truncated_share", *FOCUS_METRICS):  # shown as means
             row[metric] = row.pop(f"{metric}_mean")
             row.pop(f"{metric}_std")
         sizes = sorted({int(m.result.get("n", 0)) for m in members})

@@ -11,8 +11,8 @@ from pathlib import Path
 from afa_llm.io_utils import atomic_path, atomic_write_text, atomic_writer
 
 CSV_COLUMNS = ["data", "name", "runs", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std",
-               "examples", "seeds", "focus_share", "lexicon_share", "lexicon_auprc", "comprehensiveness_gain"]
-FOCUS_HEADERS = {"lexicon_share": "focus on VADER words", "lexicon_auprc": "its AUPRC",
+               "examples", "seeds", "focus_share", "truncated_share", "lexicon_share", "lexicon_auprc", "comprehensiveness_gain"]
+EXTRA_HEADERS = {"truncated_share": "texts cut", "lexicon_share": "focus on VADER words", "lexicon_auprc": "its AUPRC",
                  "comprehensiveness_gain": "comprehensiveness - random"}
 
 
@@ -24,12 +24,12 @@ def _fmt(mean: float | None, std: float | None) -> str:
 
 def write_markdown(rows: list[dict], path: Path, title: str, source: str) -> None:
     focus = any(r["focus_share"] is not None for r in rows)
-    extra = [key for key in FOCUS_HEADERS if any(r.get(key) is not None for r in rows)]
+    extra = [key for key in EXTRA_HEADERS if any(r.get(key) is not None for r in rows)]
     lines = [f"# Leaderboard: {title}", "", f"Test split, {source}. Accuracy and macro-F1 are mean ± sample std "
              "over the runs of a row.", ""]
     for data in dict.fromkeys(r["data"] for r in rows):
         lines += [f"## {data}", "", "| rank | name | runs | accuracy | macro-F1 | examples | seeds |"
-                  + (" fake-focus share |" if focus else "") + "".join(f" {FOCUS_HEADERS[k]} |" for k in extra),
+                  + (" fake-focus share |" if focus else "") + "".join(f" {EXTRA_HEADERS[k]} |" for k in extra),
                   "|---" * (7 + focus + len(extra)) + "|"]
         for rank, r in enumerate((r for r in rows if r["data"] == data), start=1):
             cells = [str(rank), r["name"], str(r["runs"]), _fmt(r["accuracy_mean"], r["accuracy_std"]),
