@@ -73,6 +73,9 @@ def test_leaderboard_rows_values_and_cache(setup, tmp_path, monkeypatch, capsys)
     assert float(row["accuracy_mean"]) == pytest.approx(zero_shot["accuracy"]) and row["accuracy_std"] == ""
     assert row["examples"] == str(zero_shot["n"])
     assert float(row["truncated_share"]) == pytest.approx(zero_shot["truncated_share"])  # reported, as eval does
+    for name, scores in zero_shot["per_class"].items():  # per-class F1 in every report
+        assert float(row[f"f1_{name}"]) == pytest.approx(scores["f1"])
+    assert "per-class F1" in (out / "leaderboard.md").read_text()
     reports = [json.loads(f.read_text()) for f in (out / "cache").glob("*.json")]
     data_a = str(Path(setup["a"]).resolve())
     run_accs = [r["report"]["accuracy"] for r in reports if r["key"]["adapter"] and r["key"]["data"][0] == data_a]

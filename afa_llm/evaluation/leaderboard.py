@@ -211,9 +211,19 @@ def aggregate(jobs: list[Job]) -> list[dict]:
         row["seeds"] = ",".join(str(m.seed) for m in members if m.seed is not None)
         row["focus_share"] = row.pop("focus_share_mean")
         row.pop("focus_share_std")
+        row["per_class_f1"] = per_class_f1([m.result for m in members])
         rows.append(row)
     order = {data: i for i, data in enumerate(dict.fromkeys(job.data.data for job in jobs))}
     return sorted(rows, key=lambda r: (order[r["data"]], -r["accuracy_mean"]))
+
+
+def per_class_f1(results: list[dict]) -> dict[str, float]:
+    """Each class's F1, the mean over the results that report it (their ``per_class``)."""
+    values: dict[str, list[float]] = {}
+    for result in results:
+        for name, scores in (result.get("per_class") or {}).items():
+            values.setdefault(name, []).append(scores["f1"])
+    return {name: statistics.fmean(v) for name, v in values.items()}
 
 
 @dataclass

@@ -28,12 +28,14 @@ def write_markdown(rows: list[dict], path: Path, title: str, source: str) -> Non
     lines = [f"# Leaderboard: {title}", "", f"Test split, {source}. Accuracy and macro-F1 are mean ± sample std "
              "over the runs of a row.", ""]
     for data in dict.fromkeys(r["data"] for r in rows):
-        lines += [f"## {data}", "", "| rank | name | runs | accuracy | macro-F1 | examples | seeds |"
+        lines += [f"## {data}", "", "| rank | name | runs | accuracy | macro-F1 | per-class F1 | examples | seeds |"
                   + (" fake-focus share |" if focus else "") + "".join(f" {EXTRA_HEADERS[k]} |" for k in extra),
-                  "|---" * (7 + focus + len(extra)) + "|"]
+                  "|---" * (8 + focus + len(extra)) + "|"]
         for rank, r in enumerate((r for r in rows if r["data"] == data), start=1):
             cells = [str(rank), r["name"], str(r["runs"]), _fmt(r["accuracy_mean"], r["accuracy_std"]),
-                     _fmt(r["macro_f1_mean"], r["macro_f1_std"]), r["examples"], r["seeds"]]
+                     _fmt(r["macro_f1_mean"], r["macro_f1_std"]),
+                     ", ".join(f"{name} {f1:.3f}" for name, f1 in r.get("per_class_f1", {}).items()),
+                     r["examples"], r["seeds"]]
             cells += [_fmt(r["focus_share"], None)] if focus else []
             cells += [_fmt(r.get(k), None) for k in extra]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -42,10 +44,16 @@ def write_markdown(rows: list[dict], path: Path, title: str, source: str) -> Non
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
+    """One line per row: CSV_COLUMNS, then ``f1_<class>`` for every class of any row."""
+    classes = list(dict.fromkeys(name for r in rows for name in r.get("per_class_f1", {})))
+    columns = CSV_COLUMNS + [f"f1_{name}" for name in classes]
     with atomic_writer(path, newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({k: ("" if r.get(k) is None else r[k]) for k in CSV_COLUMNS} for r in rows)
+        for r in rows:
+            cells = {k: ("" if r.get(k) is None else r[k]) for k in CSV_COLUMNS}
+            cells.update({f"f1_{name}": r.get("per_class_f1", {}).get(name, "") for name in classes})
+            writer.writerow(cells)
 
 
 def write_plot(rows: list[dict], path: Path, title: str) -> None:
