@@ -27,7 +27,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from afa_llm.defaults import (DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_TEMPLATE, DTYPE_NAMES, LORA_ATTENTION_TARGETS,
+from afa_llm.defaults import (FAITHFULNESS_ROWS, FOCUS_METRIC_ROWS, LEXICON_THRESHOLD, DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_TEMPLATE, DTYPE_NAMES, LORA_ATTENTION_TARGETS,
                               QUANTIZATIONS, TRAIN_MAX_TEXT_TOKENS, TRUNCATIONS)
 from afa_llm.errors import UserError
 
@@ -98,9 +98,9 @@ class TrainConfig:
     eval_batch_size: int = 32
     test_limit: Optional[int] = None
     evaluate_zero_shot: bool = True
-    focus_eval_limit: int = 256  # test examples for the fake-focus share and the lexicon focus metrics
-    lexicon_threshold: float = 1.0  # a word is sentiment-bearing if its VADER |mean valence| >= this
-    faithfulness_eval_limit: int = 64  # test examples for comprehensiveness / sufficiency (0: skip)
+    focus_eval_limit: int = FOCUS_METRIC_ROWS  # test examples for the fake-focus share and the lexicon focus metrics
+    lexicon_threshold: float = LEXICON_THRESHOLD  # a word is sentiment-bearing if its VADER |mean valence| >= this
+    faithfulness_eval_limit: int = FAITHFULNESS_ROWS  # test examples for comprehensiveness / sufficiency (0: skip)
     save_every: int = 50
     keep_checkpoints: int = 2
     resume_from: Optional[str] = None  # "latest" or a checkpoint folder

@@ -32,6 +32,13 @@ TRAIN_MAX_TEXT_TOKENS = 96
 EVAL_MAX_TEXT_TOKENS = 256
 TRUNCATION_WARN_SHARE = 0.10
 
+# The focus metrics (afa_llm.evaluation.focus_metrics): rows for the lexicon metrics and the fake-focus share,
+# rows of those for faithfulness (its masked passes are most of the cost), and the VADER |valence| that makes
+# a word sentiment-bearing.
+FOCUS_METRIC_ROWS = 256
+FAITHFULNESS_ROWS = 64
+LEXICON_THRESHOLD = 1.0
+
 
 def lora_targets(attention_targets, on_mlp: bool) -> list[str]:
     """The modules that get LoRA adapters."""

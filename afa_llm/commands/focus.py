@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from afa_llm.defaults import FOCUS_METRIC_ROWS
 from afa_llm.commands import options
 from afa_llm.errors import UserError
 from afa_llm.io_utils import check_writable_dir
@@ -20,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"],
                         help="split the --data texts come from (default: %(default)s)")
     parser.add_argument("--n", type=int, default=8, help="texts of --data to render (default: %(default)s)")
-    parser.add_argument("--metric-n", type=int, default=256,
+    parser.add_argument("--metric-n", type=int, default=FOCUS_METRIC_ROWS,
                         help="texts of --data for the fake-focus share (default: %(default)s)")
     parser.add_argument("--focus-layers", default=None,
                         help="comma-separated layer indices, negative from the end (default: the run's "

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from afa_llm.defaults import DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_TEMPLATE, DTYPE_NAMES, EVAL_MAX_TEXT_TOKENS, \
-    QUANTIZATIONS, TRUNCATIONS
+from afa_llm.defaults import (DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_TEMPLATE, DTYPE_NAMES, EVAL_MAX_TEXT_TOKENS,
+                              FAITHFULNESS_ROWS, FOCUS_METRIC_ROWS, LEXICON_THRESHOLD, QUANTIZATIONS, TRUNCATIONS)
 from afa_llm.errors import UserError
 from afa_llm.specs import Resolved
 
@@ -111,16 +111,16 @@ def check_prior_args(args) -> None:
                       args.prior_from)
 
 
-def add_focus_metric_arguments(parser: argparse.ArgumentParser, focus_n: int | None = 256) -> None:
+def add_focus_metric_arguments(parser: argparse.ArgumentParser, focus_n: int | None = FOCUS_METRIC_ROWS) -> None:
     group = parser.add_argument_group("focus metrics (afa_llm.evaluation.focus_metrics)")
     if focus_n is not None:
         group.add_argument("--focus-n", type=int, default=focus_n,
                            help="score the focus of the first N rows against human-rated (VADER) words; 0: skip "
                                 "(not with --act or --shots) (default: %(default)s)")
-    group.add_argument("--faithfulness-n", type=int, default=64,
+    group.add_argument("--faithfulness-n", type=int, default=FAITHFULNESS_ROWS,
                        help="of those, the first N also get comprehensiveness and sufficiency against random "
                             "tokens (extra forward passes); 0: skip (default: %(default)s)")
-    group.add_argument("--lexicon-threshold", type=float, default=1.0,
+    group.add_argument("--lexicon-threshold", type=float, default=LEXICON_THRESHOLD,
                        help="a word is sentiment-bearing if its VADER |mean valence| >= this (default: %(default)s)")
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from afa_llm.defaults import FOCUS_METRIC_ROWS, FAITHFULNESS_ROWS, LEXICON_THRESHOLD
 from afa_llm.data.loading import load_data
 from afa_llm.errors import UserError
 from afa_llm.io_utils import atomic_path, atomic_write_text, write_json
@@ -100,8 +101,8 @@ def compute(model, task, texts: list[str], layers, batch_size: int, has_adapter:
     return sides
 
 
-def focus_metric_summary(model, task, texts: list[str], sides: dict[str, dict], layers, threshold: float = 1.0,
-                         faithfulness_n: int = 64) -> dict[str, dict]:
+def focus_metric_summary(model, task, texts: list[str], sides: dict[str, dict], layers,
+                         threshold: float = LEXICON_THRESHOLD, faithfulness_n: int = FAITHFULNESS_ROWS) -> dict[str, dict]:
     """Per side: the lexicon metrics of its focus on ``texts`` and (base and adapter sides) faithfulness."""
     from afa_llm.evaluation.faithfulness import faithfulness
     from afa_llm.evaluation.word_focus import lexicon_metrics
@@ -138,12 +139,12 @@ class FocusRequest:
     texts: list[str] | None = None  # render these; None: the first ``n`` rows of the data set's ``split``
     split: str = "test"
     n: int = 8
-    metric_n: int = 256  # rows of the data set for the fake-focus share and the focus metrics
+    metric_n: int = FOCUS_METRIC_ROWS  # rows of the data set for the fake-focus share and the focus metrics
     focus_layers: list[int] | None = None  # None: the run's, else the last third
     batch_size: int = 16
     act: str | None = None
-    faithfulness_n: int = 64
-    lexicon_threshold: float = 1.0
+    faithfulness_n: int = FAITHFULNESS_ROWS
+    lexicon_threshold: float = LEXICON_THRESHOLD
 
 
 def focus_layers_of(model, layers: list[int] | None) -> list[int]:

@@ -3,10 +3,12 @@ human-rated words (`afa_llm.evaluation.word_focus`) and faithfulness (`afa_llm.e
 
 from __future__ import annotations
 
+from afa_llm.defaults import FAITHFULNESS_ROWS, LEXICON_THRESHOLD
+
 from typing import Sequence
 
 
-def focus_metrics(model, task, texts: Sequence[str], *, threshold: float = 1.0, faithfulness_n: int = 64,
+def focus_metrics(model, task, texts: Sequence[str], *, threshold: float = LEXICON_THRESHOLD, faithfulness_n: int = FAITHFULNESS_ROWS,
                   batch_size: int = 32, focus_layers: Sequence[int] | None = None, seed: int = 0) -> dict:
     """Lexicon share, lift and AUPRC on ``texts``; comprehensiveness and sufficiency (AOPC, and their
     gains over random tokens) on the first ``faithfulness_n`` of them (0: skipped)."""

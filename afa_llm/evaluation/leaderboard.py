@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from collections.abc import Iterator
 from pathlib import Path
 
+from afa_llm.defaults import FOCUS_METRIC_ROWS
 from afa_llm.data.loading import load_data
 from afa_llm.errors import UserError
 from afa_llm.io_utils import check_writable_dir, write_json
@@ -40,7 +41,7 @@ from afa_llm.evaluation.leaderboard_tables import write_csv, write_markdown, wri
 from afa_llm.evaluation.prior import check_classes, correct_report, fit_from_report
 
 
-FOCUS_N = 256  # test rows for --focus-metrics (faithfulness: the first 64 of them)
+FOCUS_N = FOCUS_METRIC_ROWS  # test rows for --focus-metrics (faithfulness: the first FAITHFULNESS_ROWS)
 FOCUS_METRICS = ("lexicon_share", "lexicon_auprc", "comprehensiveness_gain")  # the leaderboard's focus columns
 
 

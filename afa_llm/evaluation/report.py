@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from afa_llm.defaults import TRUNCATION_WARN_SHARE
+from afa_llm.defaults import FAITHFULNESS_ROWS, FOCUS_METRIC_ROWS, LEXICON_THRESHOLD, TRUNCATION_WARN_SHARE
 from afa_llm.data.loading import load_data
 from afa_llm.errors import UserError
 from afa_llm.specs import Resolved
@@ -23,9 +23,9 @@ class EvalRequest:
     act: str | None = None  # an act.json (afa-llm calibrate)
     prior_from: str | None = None
     prior_correction: str | None = None
-    focus_n: int = 256  # rows for the focus metrics (0: none)
-    faithfulness_n: int = 64
-    lexicon_threshold: float = 1.0
+    focus_n: int = FOCUS_METRIC_ROWS  # rows for the focus metrics (0: none)
+    faithfulness_n: int = FAITHFULNESS_ROWS
+    lexicon_threshold: float = LEXICON_THRESHOLD
     progress: bool = True
 
 

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from afa_llm.defaults import FOCUS_METRIC_ROWS
 from afa_llm.data.loading import load_data
 from afa_llm.errors import UserError
 
@@ -41,7 +42,7 @@ def cue_focus(model, task, texts: Sequence[str], cue: str, *, batch_size: int = 
 
 def stress_test(model, task, texts: Sequence[str], labels: Sequence[int], label_names: Sequence[str], cue: str,
                 cue_label: int, *, position: str = "random", seed: int = 0, batch_size: int = 32,
-                focus_layers: Sequence[int] | None = None, focus_n: int = 256, clean_report: dict | None = None,
+                focus_layers: Sequence[int] | None = None, focus_n: int = FOCUS_METRIC_ROWS, clean_report: dict | None = None,
                 progress: bool = False) -> dict:
     """Score the three views of (``texts``, ``labels``); ``clean_report`` reuses a clean evaluation
     of the same rows. Focus on the cue comes from the first ``focus_n`` cued rows of each view."""

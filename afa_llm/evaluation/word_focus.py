@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from afa_llm.defaults import LEXICON_THRESHOLD
 from afa_llm.errors import UserError
 
 VADER_PACKAGE, VADER_FILE = "vadersentiment", "vaderSentiment/vader_lexicon.txt"
@@ -49,7 +50,7 @@ def vader_lexicon() -> dict[str, float]:
     return lexicon
 
 
-def sentiment_words(threshold: float = 1.0) -> frozenset[str]:
+def sentiment_words(threshold: float = LEXICON_THRESHOLD) -> frozenset[str]:
     return frozenset(w for w, v in vader_lexicon().items() if abs(v) >= threshold)
 
 
@@ -102,7 +103,7 @@ def lexicon_scores(focus: np.ndarray, units: list[tuple[str | None, list[int]]],
 
 
 def lexicon_metrics(focus_rows: Sequence[np.ndarray], offsets: Sequence[Sequence[tuple[int, int]]],
-                    texts: Sequence[str], threshold: float = 1.0) -> dict[str, float]:
+                    texts: Sequence[str], threshold: float = LEXICON_THRESHOLD) -> dict[str, float]:
     """The three lexicon metrics averaged over the texts that hold a sentiment word."""
     rated = sentiment_words(threshold)
     per_text = [lexicon_scores(f, word_units(t, o), rated) for f, o, t in zip(focus_rows, offsets, texts)]
@@ -139,7 +140,7 @@ def text_focus(model, task, texts: Sequence[str], *, batch_size: int = 32,
     return rows, logits
 
 
-def focus_lexicon(model, task, texts: Sequence[str], *, threshold: float = 1.0, batch_size: int = 32,
+def focus_lexicon(model, task, texts: Sequence[str], *, threshold: float = LEXICON_THRESHOLD, batch_size: int = 32,
                   focus_layers: Sequence[int] | None = None) -> dict[str, float]:
     """`lexicon_metrics` of ``model``'s focus on ``texts``."""
     rows, _ = text_focus(model, task, texts, batch_size=batch_size, focus_layers=focus_layers)
