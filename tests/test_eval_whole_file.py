@@ -68,6 +68,8 @@ def test_default_eval_says_it_scored_the_seeded_test_slice(capsys, tiny_csv, tin
 @pytest.mark.parametrize("args, needle", [
     (["--split", "all", "--shots", "2"], "--shots draws demonstrations from the train split"),
     (["--reliability-plot", "plot.gif"], "--reliability-plot must end in .png, .pdf, .svg"),
+    (["--focus-n", "-1"], "--focus-n and --faithfulness-n must be 0 (skip) or a positive number"),
+    (["--lexicon-threshold", "5"], "--lexicon-threshold must be in [0, 4]"),
 ])
 def test_eval_option_errors(capsys, tiny_csv, args, needle):
     code, out, err = run_eval(capsys, "--data", tiny_csv, *args)
