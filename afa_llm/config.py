@@ -27,8 +27,9 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from afa_llm.defaults import (FAITHFULNESS_ROWS, FOCUS_METRIC_ROWS, LEXICON_THRESHOLD, DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_TEMPLATE, DTYPE_NAMES, LORA_ATTENTION_TARGETS,
-                              QUANTIZATIONS, TRAIN_MAX_TEXT_TOKENS, TRUNCATIONS)
+from afa_llm.defaults import (DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_TEMPLATE, DTYPE_NAMES, FAITHFULNESS_ROWS,
+                              FOCUS_METRIC_ROWS, HEADS, LEXICON_THRESHOLD, LORA_ATTENTION_TARGETS, QUANTIZATIONS,
+                              TRAIN_MAX_TEXT_TOKENS, TRUNCATIONS)
 from afa_llm.errors import UserError
 
 
@@ -62,7 +63,12 @@ class TrainConfig:
     split_seed: int = 0
     train_limit: Optional[int] = None  # low-data training: use the first N train examples
     template: str = DEFAULT_TEMPLATE
-    label_words: Optional[list] = None  # default: " " + class name
+    label_words: Optional[list] = None  # default: " " + class name; a word may be several tokens
+    # label_words: score each class by its label word's log-likelihood after the prompt (lm-eval's);
+    # classifier: a linear layer on the last token's hidden state, started from the label words' LM-head rows
+    # where each is one token (so step 0 equals label_words), saved with the adapter (modules_to_save)
+    head: Literal[HEADS] = "label_words"
+    length_normalize: bool = False  # label words of several tokens: divide the log-likelihood by the token count
     max_text_tokens: int = TRAIN_MAX_TEXT_TOKENS  # eval without a run: 256 (afa_llm.defaults says why)
     truncation: Literal[TRUNCATIONS] = "head"
     # --- a planted shortcut (afa_llm.data.shortcut), off while shortcut_cue is empty -----------

@@ -13,9 +13,11 @@ DEFAULT_TEMPLATE = "Review: {text}\nSentiment:"
 QUANTIZATIONS = ("nf4", "int8", "none")
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
 TRUNCATIONS = ("head", "head_tail")  # how over-long texts are cut (afa_llm.model.task.truncate)
+HEADS = ("label_words", "classifier")  # how a prompt becomes class scores (afa_llm.model.heads)
 
-# the keys that shape a prompt: evaluating, merging or ranking an adapter must reuse its trained values
-PROMPT_KEYS = ("template", "label_words", "max_text_tokens", "truncation")
+# the keys that shape a prompt and its scoring: evaluating, merging or ranking an adapter must reuse its
+# trained values
+PROMPT_KEYS = ("template", "label_words", "max_text_tokens", "truncation", "head", "length_normalize")
 
 # LoRA on the attention projections; ``lora_on_mlp`` adds the MLP's (our loop and the TRL baseline alike)
 LORA_ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")

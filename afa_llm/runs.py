@@ -11,6 +11,7 @@ run's, then the defaults (`afa_llm.defaults`).
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 from afa_llm.config import load_config
 from afa_llm.defaults import PROMPT_KEYS
 from afa_llm.errors import UserError
-from afa_llm.model.adapters import resolve_adapter_dir
+from afa_llm.model.adapters import adapter_classes, resolve_adapter_dir
 from afa_llm.specs import DataSpec, Resolved, ScorerSpec, class_names_for, parse_label_words, parse_names
 
 MERGE_INFO = "afa_merge.json"
@@ -104,11 +105,34 @@ def _saved_settings(adapter: str | None, model: str | None) -> tuple[dict, objec
         if not saved:
             print(f"note: {adapter} is a bare adapter with no run settings; using the default prompt", file=sys.stderr)
         saved["model"] = base_model_spec(run, model)
+        if adapter_classes(run.adapter_dir) is not None:  # a bare classifier adapter says so itself
+            saved["head"] = "classifier"
         return saved, run.config, str(run.adapter_dir)
     info = read_merge_info(model) or {} if model else {}
     saved = {key: info.get(key) for key in (*PROMPT_KEYS, "label_names")}
     saved["model"] = model
+    classifier = sequence_classifier_config(model)
+    if classifier is not None:  # a merged classifier (ours, or any *ForSequenceClassification folder)
+        saved["head"] = "classifier"
+        saved["label_names"] = classifier_label_names(classifier, model)
     return saved, None, None
+
+
+def sequence_classifier_config(model: str | None) -> dict | None:
+    from afa_llm.model.loading import sequence_classifier_folder
+
+    return sequence_classifier_folder(model) if model and Path(model).is_dir() else None
+
+
+def classifier_label_names(config: dict, folder: str) -> list[str]:
+    """The class names of a sequence-classifier folder, from its ``id2label`` (transformers' defaults
+    ``LABEL_0``, ... name no class, so they are refused)."""
+    id2label = config.get("id2label") or {}
+    names = [id2label.get(str(i), id2label.get(i)) for i in range(len(id2label))]
+    if not names or None in names or all(re.fullmatch(r"LABEL_\d+", n) for n in names):
+        raise UserError(f"{folder} is a sequence classifier without id2label in config.json, so its class names "
+                        "are unknown; set id2label (afa-llm merge writes it)")
+    return names
 
 
 def resolve_scorer(adapter: str | None, model: str | None, given: dict | None = None,

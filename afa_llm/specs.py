@@ -27,6 +27,8 @@ class ScorerSpec:
     label_words: list[str] | None = None  # None: " " + class name
     max_text_tokens: int = EVAL_MAX_TEXT_TOKENS
     truncation: str = "head"
+    head: str = "label_words"  # or "classifier" (afa_llm.model.heads); a run's or merged folder's own
+    length_normalize: bool = False
 
     def words_for(self, class_names: Sequence[str]) -> list[str]:
         """The label word of each class (one per class, checked)."""
@@ -42,8 +44,8 @@ class ScorerSpec:
         return {"model": self.model, "adapter": self.adapter, "quantization": self.quantization, "dtype": self.dtype,
                 **{key: rows.get(key) for key in ("data", "split", "split_seed")}, "template": self.template,
                 "label_words": self.words_for(class_names), "label_names": list(class_names),
-                "max_text_tokens": self.max_text_tokens, "truncation": self.truncation,
-                "shots": rows.get("shots", 0), "act": act}
+                "max_text_tokens": self.max_text_tokens, "truncation": self.truncation, "head": self.head,
+                "length_normalize": self.length_normalize, "shots": rows.get("shots", 0), "act": act}
 
 
 @dataclass

@@ -21,7 +21,7 @@ import torch
 from afa_llm.attention import masking
 from afa_llm.config import load_config
 from afa_llm.data.loading import load_sentiment_data
-from afa_llm.training.setup import build_model, build_task
+from afa_llm.training.setup import build_model
 
 
 def main() -> None:
@@ -33,8 +33,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = load_config("recipes/quickstart.yaml", ["quantization=none"])
     data = load_sentiment_data(cfg.data, split_seed=cfg.split_seed)
-    model, tokenizer = build_model(cfg, types.SimpleNamespace(device=torch.device("cpu")))
-    task = build_task(cfg, data, tokenizer)
+    model, task = build_model(cfg, types.SimpleNamespace(device=torch.device("cpu")), data.label_names)
+    tokenizer = task.tokenizer
     train = data.split("train").shuffle(seed=0)
     work = []
     for i in range(args.batches):

@@ -32,7 +32,7 @@ from afa_llm.attention.clean_pass import clean_pass
 from afa_llm.attention import masking
 from afa_llm.methods.adversarial import AdversarialAttention
 from afa_llm.methods.afa import AFAMethod
-from afa_llm.training.setup import build_model, build_task, make_method
+from afa_llm.training.setup import build_model, make_method
 
 TIMES: dict[str, float] = defaultdict(float)
 INNER = ("masked passes", "perturbed passes", "discriminator update")
@@ -99,8 +99,8 @@ def main() -> None:
     data = load_sentiment_data(cfg.data, split_seed=cfg.split_seed)
     train_split = data.split("train")
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
-    model, tokenizer = build_model(cfg, accelerator)
-    task = build_task(cfg, data, tokenizer)
+    model, task = build_model(cfg, accelerator, data.label_names)
+    tokenizer = task.tokenizer
     _wrap(masking, "masked_scores", "masked passes")
     _wrap(AdversarialAttention, "perturbed_logits", "perturbed passes")
     _wrap(AFAMethod, "update_discriminator", "discriminator update")

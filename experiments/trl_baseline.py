@@ -154,7 +154,7 @@ def train_trl(cfg: TrainConfig) -> dict:
     data, train_split = setup.load_training_data(cfg)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_model(cfg.model, quantization=cfg.quantization, dtype=cfg.dtype)
-    task = setup.build_task(cfg, data, tokenizer)
+    task = setup.build_task(cfg, data.label_names, tokenizer)
     rows = ordered_examples(cfg, task, list(train_split["text"]), list(train_split["label"]))
     peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                              target_modules=lora_targets(cfg.lora_target_modules, cfg.lora_on_mlp),

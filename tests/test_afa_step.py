@@ -66,7 +66,7 @@ def peft_model(tiny_model_dir):
 def make_objective(cfg, task, hidden_size=64, seed=0):
     """The configured method (afa or lora) on the tiny model's shape, as the trainer builds it."""
     torch.manual_seed(seed)
-    ctx = MethodContext(label_ids=task.label_token_ids, tokenizer=task.tokenizer, hidden_size=hidden_size,
+    ctx = MethodContext(head=task.head, tokenizer=task.tokenizer, hidden_size=hidden_size,
                         num_layers=2, num_heads=4, focus_layers=[1], seed=seed,
                         generator=torch.Generator().manual_seed(seed))
     return build_method(cfg.method, cfg.method_config, ctx)

@@ -57,8 +57,8 @@ def test_forward_scores_returns_answer_hidden_state(tiny_model, task):
     model, _ = tiny_model
     batch = task.encode(TEXTS[:3])
     with torch.no_grad():
-        out = forward_scores(model, **batch.model_inputs(), label_token_ids=task.label_token_ids, return_hidden=True)
-        plain = forward_scores(model, **batch.model_inputs(), label_token_ids=task.label_token_ids)
+        out = forward_scores(model, **batch.model_inputs(), head=task.head, return_hidden=True)
+        plain = forward_scores(model, **batch.model_inputs(), head=task.head)
         full = model(**batch.model_inputs()).logits[:, -1, :]
     assert out.answer_hidden.shape == (3, 64)
     assert len(out.hidden_states) == 3  # embeddings + 2 layers

@@ -32,10 +32,13 @@ def test_label_words_bind_to_single_tokens(smollm2_tokenizer):
     assert task.num_classes == 3
 
 
-def test_multi_token_label_word_raises(smollm2_tokenizer):
-    task = PromptTask([" supercalifragilistic", " positive"])
-    with pytest.raises(UserError, match=r"label word ' supercalifragilistic' is 6 tokens"):
-        task.bind(smollm2_tokenizer)
+def test_multi_token_label_words_bind_to_token_sequences(smollm2_tokenizer):
+    task = PromptTask([" supercalifragilistic", " positive"]).bind(smollm2_tokenizer)
+    assert [len(t) for t in task.label_token_seqs] == [6, 1]
+    assert task.label_token_seqs[0] == _enc(smollm2_tokenizer, " supercalifragilistic")
+    with pytest.raises(UserError, match="one token each"):
+        task.label_token_ids  # ACT and the TRL baseline need one-token words
+    assert task.classifier_init_rows() is None
 
 
 @pytest.mark.parametrize(

@@ -163,9 +163,12 @@ def test_bad_focus_layer_is_a_user_error(tiny_model_dir, learnable_csv, tmp_path
                                                "focus_layers=[5]")))
 
 
-def test_multi_token_label_word_is_a_user_error(tiny_model_dir, learnable_csv, tmp_path):
-    with pytest.raises(UserError, match="label word"):
+def test_multi_token_label_words_with_gradient_checkpointing_are_a_user_error(tiny_model_dir, learnable_csv,
+                                                                              tmp_path):
+    """Their later tokens read the prompt's KV cache, which activation checkpointing turns off."""
+    with pytest.raises(UserError, match="gradient_checkpointing"):
         train(load_config(None, tiny_overrides(tmp_path / "run", tiny_model_dir, learnable_csv, "steps=1",
+                                               "gradient_checkpointing=true",
                                                "label_words=[' terriblyawful', ' positive']")))
 
 
@@ -247,8 +250,8 @@ def test_mixed_precision_autocasts_every_training_forward(mixed_precision, expec
     seen: list[torch.dtype] = []
     build = train_module.build_model
 
-    def build_and_watch(cfg, accelerator):
-        model, tokenizer = build(cfg, accelerator)
+    def build_and_watch(cfg, accelerator, label_names=None):
+        model, tokenizer = build(cfg, accelerator, label_names)
         q_proj = next(m for n, m in model.named_modules() if n.endswith("layers.0.self_attn.q_proj.base_layer"))
         q_proj.register_forward_hook(lambda mod, args, out: seen.append((mod.training, out.dtype)))
         return model, tokenizer

@@ -38,7 +38,7 @@ def _task(cfg, tiny_model):
     from afa_llm.training.setup import build_task
 
     data = load_sentiment_data(cfg.data, split_seed=cfg.split_seed)
-    return build_task(cfg, data, tiny_model[1]), data.split("train")
+    return build_task(cfg, data.label_names, tiny_model[1]), data.split("train")
 
 
 def test_rows_are_our_prompts_in_our_order(tmp_path, tiny_model, tiny_model_dir, learnable_csv):

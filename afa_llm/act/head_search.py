@@ -60,7 +60,7 @@ class HeadSearch:
     model: torch.nn.Module
     batches: list  # EncodedBatch, on the model's device
     labels: torch.Tensor  # in batch order
-    label_token_ids: list[int]
+    head: object  # afa_llm.model.heads.Head (or one-token label ids)
     beta: float = DEFAULT_BETA
     tau: float = DEFAULT_TAU
     fast: bool = True
@@ -84,7 +84,7 @@ class HeadSearch:
         from afa_llm.model.scoring import forward_scores
 
         with start_at_layer(self.model, start, hidden) if start else contextlib.nullcontext():
-            return forward_scores(self.model, **inputs, label_token_ids=self.label_token_ids).class_logits
+            return forward_scores(self.model, **inputs, head=self.head).class_logits
 
     def _layer_outputs(self, inputs: dict, start: int, hidden: torch.Tensor, stop: int) -> torch.Tensor:
         """The output of layer ``stop`` when ``hidden`` enters layer ``start`` (the forward ends there)."""
@@ -114,7 +114,7 @@ class HeadSearch:
         logits = []
         with attention_hook(self.model), self._autocast():
             for batch in self.batches:
-                out = forward_scores(self.model, **batch.model_inputs(), label_token_ids=self.label_token_ids,
+                out = forward_scores(self.model, **batch.model_inputs(), head=self.head,
                                      return_hidden=self.fast)
                 logits.append(out.class_logits)
                 for layer in self.layer_inputs:

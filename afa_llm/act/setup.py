@@ -99,6 +99,9 @@ def prepare(request: CalibrationRequest) -> Calibration:
     data = load_data(r.resolved.data)
     ids, record = calibration_rows(r, data)
     model, task = load_scorer(r.resolved.scorer, data.label_names, progress=r.progress)
+    if task.head_kind == "label_words" and not task.head.single_token:
+        raise UserError("ACT's search scores the answer position alone: it needs one-token label words "
+                        "(or a run with head=classifier)")
     model.eval()
     warn_if_emulated_bf16(r.bf16, next(model.parameters()).device.type)
     split = data.split(r.split).select(ids)
@@ -108,6 +111,7 @@ def prepare(request: CalibrationRequest) -> Calibration:
     fingerprint = model_fingerprint(model)
     setup = setup_hash({"fingerprint": fingerprint, "ids": ids, "data": record, "beta": r.beta, "tau": r.tau,
                         "bf16": r.bf16, "prompt": [task.template, task.label_words, task.max_text_tokens,
-                                                   task.truncation]})
-    search = HeadSearch(model, batches, labels, task.label_token_ids, beta=r.beta, tau=r.tau, bf16=r.bf16)
+                                                   task.truncation] + ([task.head_kind] if task.head_kind !=
+                                                                       "label_words" else [])})
+    search = HeadSearch(model, batches, labels, task.head, beta=r.beta, tau=r.tau, bf16=r.bf16)
     return Calibration(search, task, record, layers, fingerprint, setup)

@@ -14,7 +14,8 @@ import torch
 
 from afa_llm.attention.focus_math import focus_distribution
 from afa_llm.attention.probe import AnswerAttentionProbe
-from afa_llm.model.scoring import forward_scores
+from afa_llm.model.heads import Head, as_head, prompt_forward
+from afa_llm.model.scoring import score_output
 from afa_llm.model.task import EncodedBatch
 
 
@@ -30,17 +31,19 @@ class CleanPass:
 def clean_pass(
     model: torch.nn.Module,
     batch: EncodedBatch,
-    label_token_ids: Sequence[int],
+    head: Head | Sequence[int],
     focus_layers: Sequence[int] | None = None,
     **forward_kwargs,
 ) -> CleanPass:
     """Forward ``batch`` once, recording the answer-position attention rows.
 
-    ``forward_kwargs`` reach the attention functions (a method's ``attention_edits``)."""
+    ``forward_kwargs`` reach the attention functions (a method's ``attention_edits``). The probe sees the
+    prompt's pass only; label words of several tokens read their later tokens after it."""
+    head, inputs = as_head(head), batch.model_inputs()
     with AnswerAttentionProbe(model, focus_layers, batch.attention_mask) as probe:
-        scores = forward_scores(model, **batch.model_inputs(), label_token_ids=label_token_ids, return_hidden=True,
-                                **forward_kwargs)
+        out = prompt_forward(model, inputs, head, True, **forward_kwargs)
         rows = probe.answer_attention()
+    scores = score_output(model, out, inputs, head, True)
     return CleanPass(
         class_logits=scores.class_logits,
         focus=focus_distribution(rows, batch.text_mask),

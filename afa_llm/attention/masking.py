@@ -105,12 +105,12 @@ def hide_tokens(batch: EncodedBatch, masks: torch.Tensor, mode: str, filler_id: 
     return drop_unattended(hidden, filler_id) if mode == "attention" else hidden
 
 
-def masked_scores(model, batch, masks, label_ids, mode, filler_id, need_hidden):
+def masked_scores(model, batch, masks, head, mode, filler_id, need_hidden):
     """Class logits (B, G, C) and answer states (B, G, D) of the masked inputs, no grad."""
     b, g = masks.shape[:2]
     with torch.no_grad():
         out = forward_scores(model, **hide_tokens(batch, masks, mode, filler_id).model_inputs(),
-                             label_token_ids=label_ids, return_hidden=need_hidden)
+                             head=head, return_hidden=need_hidden)
     hidden = out.answer_hidden.view(b, g, -1) if need_hidden else None
     return out.class_logits.view(b, g, -1), hidden
 

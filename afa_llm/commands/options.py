@@ -59,9 +59,13 @@ def add_task_arguments(parser: argparse.ArgumentParser, from_run: bool = False) 
     default, shown = _default(DEFAULT_TEMPLATE, from_run, fmt="r")
     group.add_argument("--template", default=default, help=f"prompt template with one {{text}} slot {shown}")
     group.add_argument("--label-words", default=None,
-                       help="comma-separated label words, one single-token word per class, in class order "
-                            "(default: " + ("the run's with --adapter RUN, else " if from_run else "") +
+                       help="comma-separated label words, one per class, in class order; a word may be several "
+                            "tokens (scored by its summed log-probability) (default: " +
+                            ("the run's with --adapter RUN, else " if from_run else "") +
                             "' '+class name, e.g. ' negative,positive' -> ' negative',' positive')")
+    group.add_argument("--length-normalize", action="store_const", const=True, default=None,
+                       help="label words of several tokens: divide the log-probability by the token count"
+                            + (" (default: the run's, else summed)" if from_run else " (default: summed)"))
     default, shown = _default(EVAL_MAX_TEXT_TOKENS, from_run)
     group.add_argument("--max-text-tokens", type=int, default=default,
                        help=f"longer texts are truncated inside the text; the template is never cut {shown}")
@@ -132,7 +136,8 @@ def check_focus_metric_args(args) -> None:
 
 
 # ---- parsed options -> typed requests ---------------------------------------------------------
-SCORER_OPTIONS = ("quantization", "dtype", "template", "label_words", "max_text_tokens", "truncation")
+SCORER_OPTIONS = ("quantization", "dtype", "template", "label_words", "max_text_tokens", "truncation",
+                  "length_normalize")
 DATA_OPTIONS = ("data", "text_column", "label_column", "label_names", "split_seed")
 
 

@@ -53,7 +53,7 @@ def predict_logits(
         bar = tqdm(total=len(texts), desc=desc, disable=not progress, unit="ex")
     for idx in length_batches(task, texts, batch_size):
         batch = task.encode([texts[i] for i in idx], demos=[demos[i] for i in idx] if demos else None)
-        logits = class_logits(model, batch.to(device), task.label_token_ids)
+        logits = class_logits(model, batch.to(device), task.head)
         out[idx] = logits.cpu().numpy()
         bar.update(len(idx))
     if own_bar:

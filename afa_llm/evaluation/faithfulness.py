@@ -96,10 +96,10 @@ def faithfulness(model, task, texts: Sequence[str], *, batch_size: int = 8, rand
     parts: list[dict[str, np.ndarray]] = []
     for idx in length_batches(task, texts, batch_size):
         batch = task.encode([texts[i] for i in idx]).to(device)
-        clean = clean_pass(model, batch, task.label_token_ids, focus_layers)
+        clean = clean_pass(model, batch, task.head, focus_layers)
 
         def score(masks: torch.Tensor) -> torch.Tensor:
-            return masking.masked_scores(model, batch, masks, task.label_token_ids, "attention", pad, False)[0]
+            return masking.masked_scores(model, batch, masks, task.head, "attention", pad, False)[0]
 
         parts.append(faithfulness_batch(score, clean.class_logits, clean.focus, batch.text_mask,
                                         random_draws=random_draws, generator=generator))

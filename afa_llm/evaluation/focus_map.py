@@ -41,7 +41,7 @@ from afa_llm.specs import Resolved
 
 
 # ---- computing ----------------------------------------------------------------------
-def calibrated_pass(model, batch, label_token_ids, layers, edits: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def calibrated_pass(model, batch, head, layers, edits: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Class logits and focus with ACT on: the probe's answer rows, with the calibrated heads'
     rows replaced by what the ACT edits computed (the probe recomputes plain softmax rows)."""
     from afa_llm.attention.probe import AnswerAttentionProbe
@@ -49,7 +49,7 @@ def calibrated_pass(model, batch, label_token_ids, layers, edits: dict) -> tuple
     from afa_llm.model.scoring import forward_scores
 
     with AnswerAttentionProbe(model, layers, batch.attention_mask) as probe:
-        logits = forward_scores(model, **batch.model_inputs(), label_token_ids=label_token_ids).class_logits
+        logits = forward_scores(model, **batch.model_inputs(), head=head).class_logits
         rows = probe.answer_attention()
     for slot, layer in enumerate(layers):
         if layer in edits:
@@ -70,10 +70,10 @@ def side_passes(model, task, texts: list[str], layers, batch_size: int, frequent
         batch = task.encode(texts[start : start + batch_size]).to(device)
         with torch.no_grad():
             if act_edits is None:
-                clean = clean_pass(model, batch, task.label_token_ids, layers)
+                clean = clean_pass(model, batch, task.head, layers)
                 logits, focus = clean.class_logits, clean.focus
             else:
-                logits, focus = calibrated_pass(model, batch, task.label_token_ids, layers, act_edits)
+                logits, focus = calibrated_pass(model, batch, task.head, layers, act_edits)
         out["probs"] += logits.softmax(-1).tolist()
         out["focus"] += [row[mask].tolist() for row, mask in zip(focus, batch.text_mask)]
         if frequent is not None:

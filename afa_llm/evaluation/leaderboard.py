@@ -82,6 +82,8 @@ def cache_key(job: Job) -> dict:
         "template": scorer.template, "label_words": _joined(scorer.label_words),
         "max_text_tokens": scorer.max_text_tokens, "truncation": scorer.truncation,
         **({"act": _fingerprint(job.act)} if job.act else {}),  # old cache keys stay valid
+        **({"head": scorer.head} if scorer.head != "label_words" else {}),
+        **({"length_normalize": True} if scorer.length_normalize else {}),
         **({"prior_correction": job.prior_correction} if job.prior_correction else {}),
         **({"focus_metrics": True} if job.focus_metrics else {}),
     }
@@ -94,7 +96,7 @@ def cache_path(cache_dir: Path, job: Job) -> Path:
 
 def evaluate_jobs(jobs: list[Job], cache_dir: Path, batch_size: int, progress: bool) -> int:
     """Fill ``job.result`` from the cache or by evaluating; returns the number evaluated."""
-    from afa_llm.model.adapters import attach_adapter
+    from afa_llm.model.adapters import with_head
     from afa_llm.model.loading import load_model
 
     todo: dict[tuple, list[Job]] = {}
@@ -104,12 +106,11 @@ def evaluate_jobs(jobs: list[Job], cache_dir: Path, batch_size: int, progress: b
             job.result = json.loads(file.read_text())["report"]
         else:
             s = job.scorer
-            todo.setdefault((s.model, s.adapter, s.quantization, s.dtype), []).append(job)
+            todo.setdefault((s.model, s.adapter, s.quantization, s.dtype, s.head), []).append(job)
     datasets = {id(job): data for job, data in _job_data(todo)}  # every data set checked before any model loads
-    for (model_spec, adapter, quantization, dtype), group in todo.items():
+    for (model_spec, adapter, quantization, dtype, _), group in todo.items():
         model, tokenizer = load_model(model_spec, quantization=quantization, dtype=dtype)
-        if adapter:
-            model = attach_adapter(model, adapter)
+        model = with_head(model, group[0].scorer, len(datasets[id(group[0])].label_names))
         for job in group:
             job.result = evaluate_job(job, model, tokenizer, datasets[id(job)], batch_size, progress)
             write_json(str(cache_path(cache_dir, job)), {"key": cache_key(job), "report": job.result})

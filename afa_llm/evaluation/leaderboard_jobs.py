@@ -156,7 +156,8 @@ def _job(entry: dict, settings: dict, item, raw: dict, limit: int | None, run_di
     """The job of one data item of an entry: the run's (or entry's) settings, then the item's data keys."""
     data_item = item if isinstance(item, dict) else {"data": item}
     scorer = ScorerSpec()
-    for key in ("model", "quantization", "dtype", "template", "max_text_tokens", "truncation"):
+    for key in ("model", "quantization", "dtype", "template", "max_text_tokens", "truncation", "head",
+                "length_normalize"):
         if settings.get(key) is not None:
             setattr(scorer, key, settings[key])
     words = settings.get("label_words")

@@ -132,7 +132,7 @@ def text_focus(model, task, texts: Sequence[str], *, batch_size: int = 32,
     logits = np.zeros((len(texts), task.num_classes), dtype=np.float32)
     for idx in length_batches(task, texts, batch_size):
         batch = task.encode([texts[i] for i in idx]).to(device)
-        clean = clean_pass(model, batch, task.label_token_ids, focus_layers)
+        clean = clean_pass(model, batch, task.head, focus_layers)
         for row, i in enumerate(idx):
             rows[i] = clean.focus[row][batch.text_mask[row]].float().cpu().numpy()
         logits[idx] = clean.class_logits.float().cpu().numpy()

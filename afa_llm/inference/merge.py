@@ -89,7 +89,8 @@ def merge_adapter(
     calibrated for this adapter.
     """
     from afa_llm.act.calibration import check_fingerprint
-    from afa_llm.model.adapters import attach_adapter
+    from afa_llm.model.adapters import adapter_classes, attach_adapter
+    from afa_llm.model.heads import as_sequence_classifier, check_head_loaded
     from afa_llm.model.loading import DTYPES, load_model
 
     spec = base_model_spec(run, model)
@@ -104,20 +105,41 @@ def merge_adapter(
     if base == "dequantized-nf4":
         quant_dtype = DTYPES[getattr(run.config, "dtype", None) or "fp32"]
         quantized = dequantize_nf4_(full, quant_dtype)
+    classes = adapter_classes(run.adapter_dir)
+    if classes is not None:
+        full = as_sequence_classifier(full, classes, fill=float("nan"))
     adapted = attach_adapter(full, str(run.adapter_dir))
+    if classes is not None:
+        check_head_loaded(adapted, str(run.adapter_dir))
     if act is not None:
         check_fingerprint(act, adapted, "--act")
     merged = adapted.merge_and_unload().to(DTYPES[dtype])
+    if classes is not None:
+        label_classifier(merged, tokenizer, run.label_names, classes, str(run.adapter_dir))
     info = {
         "base_model": spec, "adapter": str(run.adapter_dir), "run": str(run.run_dir) if run.run_dir else None,
         "merge_base": base, "trained_quantization": trained_quantization, "dtype": dtype,
-        "nf4_round_tripped_modules": len(quantized),
+        "nf4_round_tripped_modules": len(quantized), "head": "classifier" if classes is not None else "label_words",
     }
     if run.config is not None:  # the prompt the adapter was trained with (leaderboard and predict read it)
         info.update({key: getattr(run.config, key) for key in RUN_PROMPT_KEYS}, label_names=run.label_names)
+        info["head"] = "classifier" if classes is not None else "label_words"
     if act is not None:
         info["act"] = act.summary()
     return merged, tokenizer, info
+
+
+def label_classifier(model, tokenizer, names: list[str] | None, classes: int, source: str) -> None:
+    """Name the merged classifier's classes (``id2label``/``label2id``) and give it a pad token, so that
+    ``AutoModelForSequenceClassification`` and ``pipeline("text-classification")`` batch it."""
+    if not names or len(names) != classes:
+        raise UserError(f"{source}: the class names of this classifier are unknown (merge it from its run folder, "
+                        "whose results.json names them)")
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {name: i for i, name in enumerate(names)}
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
 
 
 def model_card(info: dict, run: RunInfo, output: str) -> str:
@@ -143,9 +165,7 @@ def model_card(info: dict, run: RunInfo, output: str) -> str:
     lines = [
         "---", f"base_model: {json.dumps(info['base_model'])}", "library_name: transformers",
         "tags: [afa-llm, lora, merged, text-classification]", "---", "", f"# {Path(output).name}", "",
-        "A standalone causal LM: a LoRA adapter trained with afa-llm, merged into its base with",
-        "`afa-llm merge`. It needs no peft. Classify with label-word scoring and the training prompt:", "",
-        f"    afa-llm eval --model {output}" + (_prompt_flags(cfg) if cfg is not None else ""), "",
+        *_usage(info, output, cfg),
         "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "",
     ]
     blocks = [(name, res[key]) for key, name in (("test", "fine-tuned (test)"), ("zero_shot", "zero-shot base"))
@@ -162,6 +182,22 @@ def model_card(info: dict, run: RunInfo, output: str) -> str:
 
         lines += ["", *model_card_lines(output)]
     return "\n".join(lines) + "\n"
+
+
+def _usage(info: dict, output: str, cfg) -> list[str]:
+    """How to use the merged folder: label-word scoring with afa-llm, or a standard classifier."""
+    if info.get("head") != "classifier":
+        return ["A standalone causal LM: a LoRA adapter trained with afa-llm, merged into its base with",
+                "`afa-llm merge`. It needs no peft. Classify with label-word scoring and the training prompt:", "",
+                f"    afa-llm eval --model {output}" + (_prompt_flags(cfg) if cfg is not None else ""), ""]
+    template = cfg.template if cfg is not None else "{text}"
+    return ["A standalone sequence classifier (`AutoModelForSequenceClassification`, `id2label` set): a LoRA",
+            "adapter and its classification head trained with afa-llm, merged with `afa-llm merge`. It needs no",
+            "peft. It was trained on texts in the prompt below, so give it texts in that prompt:", "",
+            "    from transformers import pipeline",
+            f"    classify = pipeline('text-classification', model={output!r})",
+            f"    classify([{template!r}.format(text=t) for t in texts])", "",
+            f"or `afa-llm predict --model {output} --input FILE.csv` (which applies the prompt itself).", ""]
 
 
 def _prompt_flags(cfg) -> str:

@@ -94,7 +94,7 @@ class AdversarialAttention(TrainingMethod):
         hidden = start if grad else start.detach()
         with torch.set_grad_enabled(grad or any(t.requires_grad for t in r)), \
                 (start_at_layer(model, self.lowest, hidden) if skip else contextlib.nullcontext()):
-            return forward_scores(model, **batch.model_inputs(), label_token_ids=self.ctx.label_ids,
+            return forward_scores(model, **batch.model_inputs(), head=self.ctx.head,
                                   **self.edits(r)).class_logits
 
     def random_direction(self, batch, valid, step: int, salt: int = 0) -> list[torch.Tensor]:

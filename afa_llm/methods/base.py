@@ -9,7 +9,7 @@ A method is a plug-in: one module (or folder) under ``afa_llm/methods/`` with
 The training loop (`afa_llm.training.trainer`) never branches on a method's name. Per micro-batch:
 
     kwargs = method.forward_kwargs(batch)                  # e.g. attention edits at r = 0
-    clean  = clean_pass(model, batch, label_ids, focus_layers, **kwargs)   # shared
+    clean  = clean_pass(model, batch, head, focus_layers, **kwargs)   # shared
     loss, metrics = method.loss(peft_model, batch, clean, step)
     accelerator.backward(loss)
 
@@ -54,7 +54,7 @@ class MethodKeys:
 class MethodContext:
     """What the loop hands a method: the model's shape, the task, and Accelerate's verbs."""
 
-    label_ids: list[int]
+    head: Any  # the task's head (afa_llm.model.heads): label words or a classifier
     tokenizer: Any
     hidden_size: int
     num_layers: int

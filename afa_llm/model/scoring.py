@@ -1,16 +1,19 @@
-"""Label-word scoring: the one function that both training and evaluation use.
+"""Class scoring: the one function that both training and evaluation use.
 
-Class logits are the next-token logits of the label words at the answer position
-(the last prompt token; prompts are left-padded so that is index -1). One forward
-pass per batch; ``logits_to_keep=1`` makes the LM head run on the last position only.
+Class logits come from the run's head (`afa_llm.model.heads`): the label words' log-likelihood at the
+answer position (the last prompt token; prompts are left-padded so that is index -1), or a linear
+classifier over the final hidden state there. One forward pass per batch over the prompts; label
+words of several tokens add one pass over its KV cache.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
+from afa_llm.model.heads import Head, as_head, prompt_forward
 from afa_llm.model.task import EncodedBatch
 
 
@@ -26,34 +29,33 @@ def forward_scores(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     position_ids: torch.Tensor,
-    label_token_ids: list[int] | torch.Tensor,
+    head: Head | Sequence[int],
     *,
     return_hidden: bool = False,
     **forward_kwargs,
 ) -> ScoreOutput:
     """One forward pass -> class logits (B, C) (+ the answer-position hidden state).
 
-    ``forward_kwargs`` reach the attention functions (e.g. ``attention_edits``)."""
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids,
-        logits_to_keep=1,
-        output_hidden_states=return_hidden,
-        use_cache=False,
-        **forward_kwargs,
-    )
-    ids = torch.as_tensor(label_token_ids, device=out.logits.device)
-    class_logits = out.logits[:, -1, :].index_select(-1, ids).float()
+    ``head``: the task's head (a list of token ids: one-token label words). ``forward_kwargs`` reach the
+    attention functions (e.g. ``attention_edits``)."""
+    head = as_head(head)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    out = prompt_forward(model, inputs, head, return_hidden, **forward_kwargs)
+    return score_output(model, out, inputs, head, return_hidden)
+
+
+def score_output(model: torch.nn.Module, out, inputs: dict, head: Head, return_hidden: bool) -> ScoreOutput:
+    """The class logits (and hidden states) of a prompt pass ``out``."""
+    logits = head.class_logits(model, out, inputs)
     if not return_hidden:
-        return ScoreOutput(class_logits, None, None)
+        return ScoreOutput(logits, None, None)
     hidden = out.hidden_states
-    return ScoreOutput(class_logits, hidden[-1][:, -1, :], hidden)
+    return ScoreOutput(logits, hidden[-1][:, -1, :], hidden)
 
 
-def class_logits(model: torch.nn.Module, batch: EncodedBatch, label_token_ids) -> torch.Tensor:
+def class_logits(model: torch.nn.Module, batch: EncodedBatch, head: Head | Sequence[int]) -> torch.Tensor:
     """Class logits (B, C) for an encoded batch."""
-    return forward_scores(model, **batch.model_inputs(), label_token_ids=label_token_ids).class_logits
+    return forward_scores(model, **batch.model_inputs(), head=head).class_logits
 
 
 def class_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:

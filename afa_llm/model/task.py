@@ -1,9 +1,11 @@
 """Prompt-based classification task: template + verbalizer, and batch encoding.
 
 A task turns a text into a prompt (``Review: {text}\\nSentiment:``) and scores each
-class by the next-token logit of its label word (`` negative`` / `` positive``) at the
-last prompt position. Training and evaluation both encode through `PromptTask.encode`
-and score through `afa_llm.model.scoring.class_logits`, so they cannot drift apart.
+class at the last prompt position with its head (`afa_llm.model.heads`): the log-likelihood
+of the class's label word (`` negative`` / `` positive``, or several tokens such as
+`` very negative``), or a linear classifier. Training and evaluation both encode through
+`PromptTask.encode` and score through `afa_llm.model.scoring.class_logits`, so they cannot
+drift apart.
 
 Encoding rules (why they matter):
 - The prefix, text and suffix are tokenized separately and concatenated, so we know
@@ -26,9 +28,9 @@ from typing import Sequence
 
 import torch
 
-from afa_llm.defaults import DEFAULT_TEMPLATE, TRUNCATIONS
+from afa_llm.defaults import DEFAULT_TEMPLATE, HEADS, TRUNCATIONS
 from afa_llm.errors import UserError
-
+from afa_llm.model.heads import ClassifierHead, LabelWordHead
 
 
 @dataclass
@@ -92,14 +94,16 @@ def truncate(ids: list[int], limit: int, mode: str = "head") -> list[int]:
 
 @dataclass
 class PromptTask:
-    """A prompt template with one ``{text}`` slot and one label word per class."""
+    """A prompt template with one ``{text}`` slot, one label word per class and a head (`HEADS`)."""
 
     label_words: list[str]
     template: str = DEFAULT_TEMPLATE
     max_text_tokens: int = 256
     demo_text_tokens: int = 64
     truncation: str = "head"
-    label_token_ids: list[int] = field(default_factory=list)
+    head_kind: str = "label_words"
+    length_normalize: bool = False  # label words of several tokens: mean instead of summed log-probability
+    label_token_seqs: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.template.count("{text}") != 1:
@@ -108,6 +112,8 @@ class PromptTask:
             raise UserError(f"verbalizer needs at least two label words, got {self.label_words}")
         if len(set(self.label_words)) != len(self.label_words):
             raise UserError(f"verbalizer label words must be distinct: {self.label_words}")
+        if self.head_kind not in HEADS:
+            raise UserError(f"head must be one of {', '.join(HEADS)}, got {self.head_kind!r}")
         if self.truncation not in TRUNCATIONS:
             raise UserError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {self.truncation!r}")
         if self.max_text_tokens <= 0 or self.demo_text_tokens <= 0:
@@ -122,20 +128,14 @@ class PromptTask:
         return self._tokenizer
 
     def bind(self, tokenizer) -> "PromptTask":
-        """Resolve label words to single token ids; reject multi-token words."""
-        ids = []
-        for word in self.label_words:
-            toks = tokenizer.encode(word, add_special_tokens=False)
-            if len(toks) != 1:
-                pieces = tokenizer.convert_ids_to_tokens(toks)
-                raise UserError(
-                    f"label word {word!r} is {len(toks)} tokens {pieces} for this tokenizer; "
-                    "choose a word that is a single token (e.g. with a leading space)"
-                )
-            ids.append(toks[0])
-        if len(set(ids)) != len(ids):
-            raise UserError(f"label words {self.label_words} map to the same token")
-        self.label_token_ids = ids
+        """Tokenize the label words (one or more tokens each; they must differ)."""
+        seqs = [tokenizer.encode(word, add_special_tokens=False) for word in self.label_words]
+        for word, toks in zip(self.label_words, seqs):
+            if not toks:
+                raise UserError(f"label word {word!r} is empty for this tokenizer")
+        if self.head_kind == "label_words" and len({tuple(t) for t in seqs}) != len(seqs):
+            raise UserError(f"label words {self.label_words} map to the same tokens")
+        self.label_token_seqs = seqs
         self._tokenizer = tokenizer
         prefix, suffix = self.template.split("{text}")
         # A trailing space in the prefix belongs to the text's first BPE token.
@@ -153,6 +153,27 @@ class PromptTask:
     @property
     def num_classes(self) -> int:
         return len(self.label_words)
+
+    @property
+    def label_token_ids(self) -> list[int]:
+        """The token id of each label word, for the features that need one-token words (ACT, the TRL
+        baseline, the classifier's initialisation)."""
+        if any(len(t) != 1 for t in self.label_token_seqs):
+            pieces = {w: self._tokenizer.convert_ids_to_tokens(t) for w, t in zip(self.label_words, self.label_token_seqs)}
+            raise UserError(f"this needs label words of one token each; the tokenizer splits them as {pieces}")
+        return [t[0] for t in self.label_token_seqs]
+
+    @property
+    def head(self):
+        """The scoring head (`afa_llm.model.heads`) of this task."""
+        if self.head_kind == "classifier":
+            return ClassifierHead(self.num_classes)
+        return LabelWordHead(tuple(tuple(t) for t in self.label_token_seqs), self.length_normalize)
+
+    def classifier_init_rows(self) -> list[int] | None:
+        """The LM-head rows a classifier starts from: the label words' tokens where each is one token."""
+        rows = [t[0] for t in self.label_token_seqs if len(t) == 1]
+        return rows if len(set(rows)) == self.num_classes else None
 
     # ---- encoding ------------------------------------------------------------
     def text_ids(self, text: str, limit: int | None = None) -> list[int]:
@@ -185,7 +206,7 @@ class PromptTask:
         ids = list(self._bos)
         for demo_text, demo_label in demos:
             ids += self._prefix_ids + self.text_ids(demo_text, self.demo_text_tokens) + self._suffix_ids
-            ids += [self.label_token_ids[demo_label]] + self._encode("\n\n")
+            ids += self.label_token_seqs[demo_label] + self._encode("\n\n")
         ids += self._prefix_ids
         start = len(ids)
         ids += self.text_ids(text)

@@ -22,40 +22,51 @@ from afa_llm.defaults import lora_targets
 from afa_llm.errors import UserError
 from afa_llm.methods import MethodContext, build_method
 from afa_llm.model.adapters import build_task as scorer_task
+from afa_llm.model.heads import as_sequence_classifier
 from afa_llm.model.loading import load_model
 from afa_llm.model.task import PromptTask
-from afa_llm.specs import ScorerSpec
+from afa_llm.specs import ScorerSpec, class_names_for
 from afa_llm.training.checkpoint import list_checkpoints, resolve_resume
 
 
-def build_model(cfg: TrainConfig, accelerator: Accelerator):
-    """The base model (quantized per config) with the masker LoRA attached."""
+def build_model(cfg: TrainConfig, accelerator: Accelerator, label_names: list[str] | None = None):
+    """The base model (quantized per config; with ``head: classifier`` its sequence-classification twin,
+    `afa_llm.model.heads`) with the LoRA attached, and the run's prompt task for ``label_names`` (default:
+    the recipe's, else from its label words)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     device_map = {"": accelerator.device} if cfg.quantization != "none" else None
     model, tokenizer = load_model(cfg.model, quantization=cfg.quantization, dtype=cfg.dtype, device_map=device_map)
+    task = build_task(cfg, label_names or class_names_for(cfg.label_names, cfg.label_words), tokenizer)
+    if cfg.head == "classifier":
+        model = as_sequence_classifier(model, task.num_classes, task.classifier_init_rows(), seed=cfg.seed)
     if cfg.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if cfg.gradient_checkpointing and cfg.head == "label_words" and any(len(t) > 1 for t in task.label_token_seqs):
+        raise UserError("config key 'gradient_checkpointing': label words of several tokens read the prompt's KV "
+                        "cache, which gradient checkpointing turns off; use head=classifier or one-token words")
     targets = lora_targets(cfg.lora_target_modules, cfg.lora_on_mlp)
+    head_keys = dict(task_type="SEQ_CLS", modules_to_save=["score"]) if cfg.head == "classifier" else \
+        dict(task_type="CAUSAL_LM")
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=targets, task_type="CAUSAL_LM")
+                      target_modules=targets, **head_keys)
     try:
         model = get_peft_model(model, lora)
     except ValueError as exc:
         raise UserError(f"config key 'lora_target_modules': {str(exc).splitlines()[0]}") from exc
-    return model, tokenizer
+    return model, task
 
 
-def build_task(cfg: TrainConfig, data: SentimentData, tokenizer) -> PromptTask:
+def build_task(cfg: TrainConfig, label_names: list[str], tokenizer) -> PromptTask:
     """The run's prompt task: the scorer's (`afa_llm.model.adapters.build_task`) with the recipe's prompt keys."""
     words = cfg.label_words or None
-    if words is not None and len(words) != len(data.label_names):
-        raise UserError(f"config key 'label_words' has {len(words)} words for {len(data.label_names)} classes")
+    if words is not None and len(words) != len(label_names):
+        raise UserError(f"config key 'label_words' has {len(words)} words for {len(label_names)} classes")
     spec = ScorerSpec(template=cfg.template, label_words=words, max_text_tokens=cfg.max_text_tokens,
-                      truncation=cfg.truncation)
-    return scorer_task(spec, data.label_names, tokenizer)
+                      truncation=cfg.truncation, head=cfg.head, length_normalize=cfg.length_normalize)
+    return scorer_task(spec, label_names, tokenizer)
 
 
 def batch_indices(n: int, seed: int, micro_step: int, batch_size: int, world: int, rank: int) -> np.ndarray:
@@ -133,7 +144,7 @@ def make_method(cfg: TrainConfig, peft_model, task: PromptTask, generator: torch
     text_config = peft_model.get_base_model().config.get_text_config()
     verbs = {} if accelerator is None else dict(backward=accelerator.backward, gather=accelerator.gather,
                                                 prepare=accelerator.prepare, unwrap=accelerator.unwrap_model)
-    ctx = MethodContext(label_ids=task.label_token_ids, tokenizer=task.tokenizer, hidden_size=text_config.hidden_size,
+    ctx = MethodContext(head=task.head, tokenizer=task.tokenizer, hidden_size=text_config.hidden_size,
                         num_layers=text_config.num_hidden_layers, num_heads=text_config.num_attention_heads,
                         focus_layers=AnswerAttentionProbe(peft_model, cfg.focus_layers).layers, seed=cfg.seed,
                         generator=generator, **verbs,

@@ -10,7 +10,8 @@ Features:
   clean pass, and its own state for checkpoints; plain LoRA is the same loop with L_cls;
 - a LoRA adapter (peft) on an nf4 / int8 / full-precision base;
 - focus from the answer-position attention probe (the model stays on SDPA);
-- the same label-word scoring as `afa-llm eval`, so train and eval cannot drift;
+- the same scoring as `afa-llm eval` (label words of any length, or a classifier head), so train and
+  eval cannot drift;
 - one process, several CPU processes, or multi-GPU DDP: the data order is a pure
   function of (seed, step), and each rank takes its own slice of the global batch;
 - atomic checkpoints every ``save_every`` steps (adapter, optimiser, scheduler, the method's
@@ -49,7 +50,7 @@ from afa_llm.errors import TrainingDiverged, UserError
 from afa_llm.provenance import warn_if_emulated_bf16
 from afa_llm.training.checkpoint import (list_checkpoints, load_adapter_weights, load_trainer_state, rng_state,
                                          save_checkpoint, set_rng_state)
-from afa_llm.training.setup import (batch_indices, build_model, build_task, check_run_dir, class_weight_values,
+from afa_llm.training.setup import (batch_indices, build_model, check_run_dir, class_weight_values,
                                     load_training_data, make_method)
 from afa_llm.training.validation import EarlyStopping, final_results, save_best_adapter, validate
 
@@ -102,12 +103,11 @@ class Trainer:
         """Data, model, task, optimiser, scheduler, the mask sampler and the method, in this order (seeded)."""
         cfg, acc = self.cfg, self.accelerator
         self.data, train_split = load_training_data(cfg)
-        model, tokenizer = build_model(cfg, acc)
+        model, self.task = build_model(cfg, acc, self.data.label_names)
         try:  # an out-of-range focus layer is a config error, not a traceback at the first step
             AnswerAttentionProbe(model, cfg.focus_layers)
         except ValueError as exc:
             raise UserError(f"config key 'focus_layers': {exc}") from exc
-        self.task = build_task(cfg, self.data, tokenizer)
         self.texts, self.labels = train_split["text"], np.asarray(train_split["label"])
         self.frequent = frequent_ids(self.task, list(self.texts))
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
@@ -158,7 +158,7 @@ class Trainer:
             tokens += int(batch.attention_mask.sum())
             # autocast explicitly: the method also forwards through the unwrapped peft model
             with acc.accumulate(self.model), acc.autocast():
-                clean = clean_pass(self.model, batch, self.task.label_token_ids, cfg.focus_layers,
+                clean = clean_pass(self.model, batch, self.task.head, cfg.focus_layers,
                                    **method.forward_kwargs(batch))
                 loss, metrics = method.loss(self.peft_model, batch, clean, step)
                 _stop_if_diverged(acc, loss, step, self.run_dir)

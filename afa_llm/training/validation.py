@@ -121,7 +121,7 @@ def fake_focus_share_on(peft_model, task, texts: list[str], frequent, cfg) -> fl
     with torch.no_grad():
         for start in range(0, len(texts), cfg.eval_batch_size):
             batch = task.encode(texts[start : start + cfg.eval_batch_size]).to(device)
-            focus = clean_pass(peft_model, batch, task.label_token_ids, cfg.focus_layers).focus
+            focus = clean_pass(peft_model, batch, task.head, cfg.focus_layers).focus
             share, base = fm.frequent_shares(focus, batch.input_ids, batch.text_mask, frequent)
             shares.append(share)
             bases.append(base)
@@ -153,6 +153,15 @@ def shortcut_record(cfg) -> dict | None:
     return {key: getattr(cfg, key) for key in keys} if cfg.shortcut_cue else None
 
 
+def head_record(task, cfg) -> dict:
+    """How the run scored its classes: the head, how a classifier started, length normalisation."""
+    init = None
+    if task.head_kind == "classifier":
+        init = "label_word_rows" if task.classifier_init_rows() else "random"
+    return {"head": task.head_kind, "head_init": init, "length_normalize": task.length_normalize,
+            "label_tokens": [len(t) for t in task.label_token_seqs]}
+
+
 def final_results(accelerator, peft_model, task, data, cfg, frequent, history, stopper, last_step,
                   name: str | None = None, extra: dict | None = None) -> dict:
     """Test the run (the selected checkpoint, the base), save adapter/ and results.json.
@@ -171,7 +180,7 @@ def final_results(accelerator, peft_model, task, data, cfg, frequent, history, s
                    "num_processes": accelerator.num_processes,  # a silently single-process launch shows here
                    "global_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes,
                    "label_names": data.label_names, "label_words": task.label_words, "template": task.template,
-                   "validation": history, "stopped_early": last_step < cfg.steps,
+                   **head_record(task, cfg), "validation": history, "stopped_early": last_step < cfg.steps,
                    **selected_test(peft_model, Path(cfg.output_dir), history, stopper, cfg.select_best, last_step,
                                    evaluate),
                    "fake_focus_share": {"adapter": fake_focus_share_on(peft_model, task, focus_texts, frequent, cfg)},
@@ -179,7 +188,7 @@ def final_results(accelerator, peft_model, task, data, cfg, frequent, history, s
                    "shortcut": shortcut_record(cfg), **(extra or {}), "machine": machine_record()}
         if cfg.shortcut_cue:
             results["stress"] = {"adapter": stress_on(peft_model, task, test, data.label_names, cfg, results["test"])}
-        if cfg.evaluate_zero_shot:
+        if cfg.evaluate_zero_shot and results["head_init"] != "random":  # a random head has no zero-shot
             with peft_model.disable_adapter():
                 results["zero_shot"] = evaluate()
                 results["fake_focus_share"]["base"] = fake_focus_share_on(peft_model, task, focus_texts, frequent, cfg)

@@ -123,7 +123,7 @@ class AFAMethod(TrainingMethod):
         self.disc_opt.step()
 
     def _masked_scores(self, model, batch, masks, need_hidden):
-        return masking.masked_scores(model, batch, masks, self.ctx.label_ids, self.keys.mask_mode,
+        return masking.masked_scores(model, batch, masks, self.ctx.head, self.keys.mask_mode,
                                      self.masked.filler_id, need_hidden=need_hidden)
 
     def pair_rewards(self, model, batch, clean, masks):
