@@ -267,3 +267,59 @@ def test_heads_are_plain_values():
     head = LabelWordHead(((1, 2), (3,)))
     assert not head.single_token and head.first_ids == [1, 3]
     assert ClassifierHead(3).num_classes == 3
+
+
+def test_a_classifier_run_through_every_command(tiny_model_dir, learnable_csv, tmp_path, capsys):
+    """predict, focus, calibrate (ACT) and the leaderboard follow the run's head."""
+    import yaml
+
+    run = tmp_path / "run"
+    _train_classifier(run, tiny_model_dir, learnable_csv, "method=lora")
+    preds = tmp_path / "preds.csv"
+    assert cli.main(["predict", "--adapter", str(run), "--data", learnable_csv, "--output", str(preds),
+                     "--no-progress"]) == 0
+    import pandas as pd
+
+    table = pd.read_csv(preds)
+    assert set(table["predicted_label"]) <= {"negative", "positive"} and "prob_positive" in table
+    assert cli.main(["focus", "--adapter", str(run), "--text", "the movie was good today",
+                     "--output", str(tmp_path / "focus")]) == 0
+    assert cli.main(["calibrate", "--adapter", str(run), "--output", str(tmp_path / "act"), "--calibration-size",
+                     "4", "--layers", "1", "--heads", "all", "--no-progress"]) == 0
+    board = tmp_path / "board.yaml"
+    board.write_text(yaml.safe_dump({"entries": [{"name": "clf", "run": str(run)}]}))
+    assert cli.main(["leaderboard", str(board), "--output-dir", str(tmp_path / "board"), "--limit", "8",
+                     "--no-progress"]) == 0
+    capsys.readouterr()
+
+
+def test_five_multi_token_classes_zero_shot(tiny_model_dir, make_csv, capsys):
+    names = ["very negative", "negative", "neutral", "positive", "very positive"]
+    rows = [(f"text number {i} is {names[i % 5]}", names[i % 5]) for i in range(40)]
+    code = cli.main(["eval", "--model", tiny_model_dir, "--data", make_csv(rows), "--split", "all", "--no-progress",
+                     "--focus-n", "4", "--faithfulness-n", "2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "very positive" in captured.out
+
+
+def test_class_weights_of_the_wrong_length_fail_before_the_model_loads(tiny_model_dir, learnable_csv, tmp_path,
+                                                                       capsys):
+    code = cli.main(["train", "recipes/quickstart.yaml", f"model={tmp_path / 'no-such-model'}", f"data={learnable_csv}",
+                     "class_weights=[1, 2, 3]", f"output_dir={tmp_path / 'run'}", "progress=false"])
+    _one_line_error(code, capsys.readouterr().err, "'class_weights' has 3 weights for 2 classes")
+
+
+def test_a_model_without_a_pad_token_still_batches_as_a_classifier(tiny_model_dir):
+    from afa_llm.model.loading import load_model
+
+    causal, tokenizer = load_model(tiny_model_dir)
+    causal.config.pad_token_id = None
+    model = as_sequence_classifier(causal, 2, seed=0).eval()
+    assert model.config.pad_token_id == causal.config.eos_token_id
+    task = PromptTask([" negative", " positive"], head_kind="classifier").bind(tokenizer)
+    texts = ["short", "a longer text than the first one"]
+    with torch.no_grad():
+        together = class_logits(model, task.encode(texts, pad_token_id=model.config.pad_token_id), task.head)
+        alone = torch.cat([class_logits(model, task.encode([t]), task.head) for t in texts])
+    assert torch.allclose(together, alone, atol=1e-5)

@@ -165,7 +165,14 @@ def as_sequence_classifier(causal_lm: nn.Module, num_classes: int, init_rows: Se
             std = getattr(config.get_text_config(), "initializer_range", 0.02)
             score.weight.copy_(torch.randn(score.weight.shape, generator=generator) * std)
     model.score = score.to(weight.dtype if weight.dtype.is_floating_point else torch.float32)
-    model.config.pad_token_id = causal_lm.config.pad_token_id
+    # transformers pools at the last token that is not padding, and refuses batches without a pad id: a
+    # tokenizer without one pads with eos (as `afa_llm.model.task` does), and left padding keeps the
+    # pooled token at -1, the answer position
+    pad = causal_lm.config.pad_token_id
+    if pad is None:
+        eos = causal_lm.config.eos_token_id
+        pad = eos[0] if isinstance(eos, list) else eos
+    model.config.pad_token_id = pad
     return model
 
 

@@ -103,12 +103,13 @@ class Trainer:
         """Data, model, task, optimiser, scheduler, the mask sampler and the method, in this order (seeded)."""
         cfg, acc = self.cfg, self.accelerator
         self.data, train_split = load_training_data(cfg)
+        self.texts, self.labels = train_split["text"], np.asarray(train_split["label"])
+        self.class_weights = class_weight_values(cfg.class_weights, self.labels, len(self.data.label_names))
         model, self.task = build_model(cfg, acc, self.data.label_names)
         try:  # an out-of-range focus layer is a config error, not a traceback at the first step
             AnswerAttentionProbe(model, cfg.focus_layers)
         except ValueError as exc:
             raise UserError(f"config key 'focus_layers': {exc}") from exc
-        self.texts, self.labels = train_split["text"], np.asarray(train_split["label"])
         self.frequent = frequent_ids(self.task, list(self.texts))
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                       lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -119,7 +120,6 @@ class Trainer:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.generator = torch.Generator(device=acc.device).manual_seed(cfg.seed * 1000 + acc.process_index)
         self.peft_model = acc.unwrap_model(self.model)
-        self.class_weights = class_weight_values(cfg.class_weights, self.labels, len(self.data.label_names))
         self.method = make_method(cfg, self.peft_model, self.task, self.generator, acc, self.class_weights)
 
     def _resume(self, checkpoint: Path) -> None:
