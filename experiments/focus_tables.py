@@ -7,16 +7,18 @@
   seeds (`afa_llm.evaluation.metrics.reports_pooled_test`).
 - Focus metrics (every cell that has them): the lexicon share, lift and AUPRC against the VADER
   words, and the comprehensiveness and sufficiency gains over random tokens (above 0: the focus
-  beats chance); the zero-shot base's row first.
+  beats chance); the zero-shot base's row first; then the lexicon share's and the comprehensiveness
+  gain's difference from the baseline, paired by seed (Student's paired t over the seeds both ran).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from afa_llm.evaluation.metrics import reports_mcnemar_p, reports_pooled_test
+from afa_llm.evaluation.metrics import paired_t_test, reports_mcnemar_p, reports_pooled_test
 
 FOCUS_COLUMNS = ("lexicon_share", "lexicon_lift", "lexicon_auprc", "comprehensiveness_gain", "sufficiency_gain")
+PAIRED_FOCUS = ("lexicon_share", "comprehensiveness_gain")  # compared with the baseline seed by seed
 
 
 def mean_std(values: list[float], fmt: str = ".4f") -> str:
@@ -77,21 +79,43 @@ def stress_table(results: dict, baseline: str, controls: dict) -> list[str]:
     return lines
 
 
+def _focus_by_seed(runs: dict) -> dict:
+    return {seed: r["focus_metrics"]["adapter"] for seed, r in runs.items() if r and "focus_metrics" in r}
+
+
+def _paired_focus(runs: dict, base_runs: dict, column: str) -> str:
+    """The difference from the baseline in ``column``, mean over the shared seeds, with the paired t p."""
+    mine, base = _focus_by_seed(runs), _focus_by_seed(base_runs)
+    seeds = [s for s in mine if s in base and mine[s].get(column) is not None and base[s].get(column) is not None]
+    if not seeds:
+        return "-"
+    test = paired_t_test([mine[s][column] for s in seeds], [base[s][column] for s in seeds])
+    p = f", p={test['p_value']:.2g}" if test["p_value"] == test["p_value"] else ""
+    return f"{test['diff']:+.3f} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}{p})"
+
+
 def focus_table(results: dict, baseline: str) -> list[str]:
     """Markdown lines of the focus-metric table ([] if no cell has them)."""
     if not any(r and "focus_metrics" in r for runs in results.values() for r in runs.values()):
         return []
+    paired = [f"Δ {c} vs {baseline}" for c in PAIRED_FOCUS]
     lines = ["", "Focus against human-rated words (VADER |valence| >= 1: share, lift, AUPRC) and its faithfulness "
                  "(ERASER AOPC over 1-50% of the tokens, minus random tokens: above 0 beats chance), "
-                 "mean ± std over seeds.", "",
-             "| variant | n | " + " | ".join(FOCUS_COLUMNS) + " |", "|---|---|" + "---|" * len(FOCUS_COLUMNS)]
+                 "mean ± std over seeds; Δ: the difference from the baseline, mean over the seeds both ran "
+                 "(paired t-test over seeds).", "",
+             "| variant | n | " + " | ".join(FOCUS_COLUMNS + tuple(paired)) + " |",
+             "|---|---|" + "---|" * (len(FOCUS_COLUMNS) + len(paired))]
     base_row = next((r for r in results[baseline].values() if r and "base" in r.get("focus_metrics", {})), None)
     if base_row:
         m = base_row["focus_metrics"]["base"]
-        lines.append("| zero-shot base | 1 | " + " | ".join(mean_std([m.get(c)], ".3f") for c in FOCUS_COLUMNS) + " |")
+        lines.append("| zero-shot base | 1 | " + " | ".join(mean_std([m.get(c)], ".3f") for c in FOCUS_COLUMNS)
+                     + " |" * (len(paired) + 1))
     for variant, runs in results.items():
-        done = [r["focus_metrics"]["adapter"] for r in runs.values() if r and "focus_metrics" in r]
+        done = list(_focus_by_seed(runs).values())
         if done:
+            deltas = ["-"] * len(paired) if variant == baseline else \
+                [_paired_focus(runs, results[baseline], c) for c in PAIRED_FOCUS]
             lines.append(f"| {variant} | {len(done)} | "
-                         + " | ".join(mean_std([m.get(c) for m in done], ".3f") for c in FOCUS_COLUMNS) + " |")
+                         + " | ".join([mean_std([m.get(c) for m in done], ".3f") for c in FOCUS_COLUMNS] + deltas)
+                         + " |")
     return lines

@@ -366,7 +366,19 @@ def test_report_adds_the_stress_table_with_each_methods_control(tmp_path):
     assert "| 0.9000 | 0.1000 | 0.300 |" in afa_row  # anti accuracy, gap (2 of 20 flipped), cue focus
     assert "+0.4000 (p=0.0078)" in afa_row and "+0.3000 (p=0.031) (drop)" in afa_row
     focus_row = [line for line in text.splitlines() if line.startswith("| afa ")][-1]
-    assert focus_row == "| afa | 1 | 0.250 | 1.500 | 0.400 | 0.100 | - |"
+    assert focus_row == "| afa | 1 | 0.250 | 1.500 | 0.400 | 0.100 | - | +0.000 (1 seed) | +0.000 (1 seed) |"
+
+
+def test_focus_table_pairs_the_seeds_with_the_baseline(tmp_path):
+    grid = {"recipe": "r.yaml", "output_root": str(tmp_path), "seeds": [0, 1, 2],
+            "variants": {"lora": [], "afa": []}}
+    for seed, (lora_share, afa_share) in enumerate([(0.14, 0.27), (0.15, 0.28), (0.13, 0.30)]):
+        for name, share in (("lora", lora_share), ("afa", afa_share)):
+            _write(tmp_path / f"{name}-seed{seed}", seed, [{"step": 10, "accuracy": 0.8}])
+            _with_stress(tmp_path / f"{name}-seed{seed}", 2, share)
+    focus_row = [line for line in grid_mod.report(grid).splitlines() if line.startswith("| afa ")][-1]
+    # differences 0.13, 0.13, 0.17: mean 0.1433, sd 0.0231, t = 10.75 with 2 df -> p = 0.0085
+    assert "| +0.143 (3 seeds, p=0.0085) |" in focus_row
 
 
 def test_controls_must_name_variants(tmp_path):

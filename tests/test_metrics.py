@@ -136,3 +136,19 @@ def test_seed_pooled_test_does_not_count_an_example_once_per_seed():
     assert pooled["p_value"] == pytest.approx(one_seed, abs=0.02)
     with pytest.raises(ValueError, match="shapes differ"):
         seed_pooled_test(np.tile(a, (3, 1)), np.tile(b, (2, 1)))
+
+
+def test_student_t_p_matches_closed_forms():
+    import math
+
+    from afa_llm.evaluation.metrics import paired_t_test, student_t_two_sided_p
+
+    for t in (0.5, 1.0, 3.0, 10.0):
+        assert student_t_two_sided_p(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), abs=1e-7)
+        assert student_t_two_sided_p(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-7)
+    assert student_t_two_sided_p(1.96, 100000) == pytest.approx(0.05, abs=1e-3)  # the normal limit
+    # three seeds: differences 0.10, 0.12, 0.14 -> t = 0.12 / (0.02 / sqrt 3), df 2
+    out = paired_t_test([0.30, 0.32, 0.34], [0.20, 0.20, 0.20])
+    t = 0.12 / (0.02 / math.sqrt(3))
+    assert out["diff"] == pytest.approx(0.12) and out["p_value"] == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-7)
+    assert math.isnan(paired_t_test([0.3], [0.2])["p_value"])

@@ -102,6 +102,28 @@ def reports_pooled_test(reports_a: Sequence[dict], reports_b: Sequence[dict], **
 ECE_BINS = 15
 
 
+def paired_t_test(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Student's paired t-test of ``a - b`` (e.g. one metric per seed of two variants): the mean difference
+    and the two-sided p with n - 1 degrees of freedom (the t density integrated by Simpson's rule; numpy
+    only). p is NaN below two pairs or when every difference is equal."""
+    diffs = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    n = len(diffs)
+    if n < 2 or np.ptp(diffs) == 0:
+        return {"diff": float(diffs.mean()) if n else float("nan"), "p_value": float("nan"), "n": n}
+    t = abs(diffs.mean()) / (diffs.std(ddof=1) / math.sqrt(n))
+    return {"diff": float(diffs.mean()), "p_value": student_t_two_sided_p(t, n - 1), "n": n}
+
+
+def student_t_two_sided_p(t: float, df: int, points: int = 4001) -> float:
+    """P(|T| >= t) for Student's t with ``df`` degrees of freedom."""
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    x = np.linspace(0.0, abs(t), points)
+    density = np.exp(log_norm - (df + 1) / 2 * np.log1p(x * x / df))
+    h = x[1] - x[0]
+    inner = h / 3 * (density[0] + density[-1] + 4 * density[1:-1:2].sum() + 2 * density[2:-1:2].sum())
+    return float(min(1.0, max(0.0, 1.0 - 2.0 * inner)))
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax of (N, C) logits (shifted by the row max, so no overflow)."""
     shifted = np.asarray(logits, dtype=np.float64)
