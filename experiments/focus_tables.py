@@ -1,4 +1,8 @@
-"""The shortcut-stress and focus-metric tables of a grid report (experiments/grid.py appends them).
+"""The per-class, shortcut-stress and focus-metric tables of a grid report (experiments/grid.py appends them).
+
+- Per class (every grid with more than two classes, or whose runs differ in head or class weights): the
+  test F1 of each class, mean ± std over seeds, with the class's share of the test split: the minority
+  class's F1 is what class weights are for.
 
 - Stress (cells trained with ``shortcut_cue``): per variant, mean ± std over seeds of the clean,
   aligned and anti accuracy of the clean test split's views (`afa-llm stress`), the gap (clean - anti),
@@ -26,6 +30,28 @@ def mean_std(values: list[float], fmt: str = ".4f") -> str:
     if not len(arr):
         return "-"
     return f"{arr.mean():{fmt}}" + (f" ± {arr.std(ddof=1):{fmt}}" if len(arr) > 1 else "")
+
+
+def per_class_table(results: dict) -> list[str]:
+    """Markdown lines of the per-class F1 table ([] for two classes trained alike)."""
+    done = [r for runs in results.values() for r in runs.values() if r and "per_class" in r.get("test", {})]
+    if not done:
+        return []
+    names = list(done[0]["test"]["per_class"])
+    settings = {(r.get("head") or "label_words", str(r.get("class_weights") or "none")) for r in done}
+    if len(names) <= 2 and len(settings) == 1:
+        return []
+    support = {c: done[0]["test"]["per_class"][c]["support"] for c in names}
+    total = sum(support.values()) or 1
+    lines = ["", "Test F1 per class (its share of the test split), mean ± std over seeds.", "",
+             "| variant | n | " + " | ".join(f"F1 {c} ({support[c] / total:.0%})" for c in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for variant, runs in results.items():
+        tests = [r["test"]["per_class"] for r in runs.values() if r and "per_class" in r.get("test", {})]
+        if tests:
+            lines.append(f"| {variant} | {len(tests)} | "
+                         + " | ".join(mean_std([t[c]["f1"] for t in tests]) for c in names) + " |")
+    return lines
 
 
 def _anti_pairs(runs: dict, other: dict) -> tuple[list[str], list[tuple[dict, dict]]]:

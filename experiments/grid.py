@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from carry import CARRY, carried, drop_carry, restore_carry  # noqa: E402
 from grid_model import (ARCHIVE, archived_cell, archived_grid, cell_config, cell_dir, cell_overrides,  # noqa: E402,F401
                         finished, load_grid, pending_cells, selected_cells)
-from focus_tables import focus_table, stress_table  # noqa: E402
+from focus_tables import focus_table, per_class_table, stress_table  # noqa: E402
 
 from afa_llm.errors import TrainingDiverged, UserError  # noqa: E402
 from afa_llm.evaluation.metrics import reports_mcnemar_p, reports_pooled_test  # noqa: E402
@@ -217,6 +217,7 @@ def report(grid: dict) -> str:
         lines.append(f"| {variant} | `{' '.join(grid['variants'][variant]) or '-'}` | {len(acc)} | "
                      f"{acc.mean():.4f}{std} | {f1.mean():.4f} | {', '.join(paired) or '-'} | "
                      f"{', '.join(reach) or '-'} | {np.mean(share):.3f} |" + tail)
+    lines += per_class_table(results)
     lines += stress_table(results, baseline, grid.get("controls") or {})
     lines += focus_table(results, baseline)
     return "\n".join(lines)

@@ -386,3 +386,17 @@ def test_controls_must_name_variants(tmp_path):
     path.write_text("recipe: r.yaml\noutput_root: o\nseeds: [0]\nvariants: {a: [], b: []}\ncontrols: {a: c}\n")
     with pytest.raises(UserError, match="controls"):
         grid_mod.load_grid(str(path))
+
+
+def test_report_has_per_class_f1_when_heads_differ(tmp_path):
+    grid = {"recipe": "r.yaml", "output_root": str(tmp_path), "seeds": [0],
+            "variants": {"lora": [], "lora_classifier": ["head=classifier"]}}
+    for name, f1_neg, head in (("lora", 0.8, "label_words"), ("lora_classifier", 0.7, "classifier")):
+        _write(tmp_path / f"{name}-seed0", 2, [{"step": 10, "accuracy": 0.8}])
+        result = json.loads((tmp_path / f"{name}-seed0" / "results.json").read_text())
+        result["head"] = head
+        result["test"]["per_class"] = {"neg": {"f1": f1_neg, "support": 15}, "pos": {"f1": 0.9, "support": 5}}
+        (tmp_path / f"{name}-seed0" / "results.json").write_text(json.dumps(result))
+    lines = grid_mod.report(grid).splitlines()
+    assert "| variant | n | F1 neg (75%) | F1 pos (25%) |" in lines
+    assert "| lora_classifier | 1 | 0.7000 | 0.9000 |" in lines
