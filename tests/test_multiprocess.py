@@ -194,13 +194,16 @@ def test_two_cpu_processes_stay_in_sync(launcher, quantization, tiny_model_dir, 
     assert all("loss_masked_ce" in m and "loss_pg" in m for m in metrics)
 
 
-@pytest.mark.slow  # an extra two-process variant
-@pytest.mark.parametrize("method", ["vat", "at"])
-def test_two_cpu_processes_stay_in_sync_with_attention_perturbations(method, tiny_model_dir, words_csv, tmp_path):
+@pytest.mark.slow  # extra two-process variants: attention perturbations, and the heads (a classifier; label words
+# of several tokens, whose later tokens take a second forward of the DDP model per step)
+@pytest.mark.parametrize("method, extra", [("vat", ()), ("at", ()), ("lora", ("head=classifier",)),
+                                           ("lora", ("label_words=[' very bad', ' very good']",))])
+def test_two_cpu_processes_stay_in_sync_with_attention_perturbations(method, extra, tiny_model_dir, words_csv,
+                                                                     tmp_path):
     run, dumps = tmp_path / "run", tmp_path / "dumps"
     dumps.mkdir()
-    overrides = [f"output_dir={run}", f"model={tiny_model_dir}", f"data={words_csv}", "quantization=none",
-                 f"method={method}", "adv_eps=1", f"steps={STEPS}", f"batch_size={BATCH}",
+    overrides = [f"output_dir={run}", f"model={tiny_model_dir}", f"data={words_csv}", "quantization=none", *extra,
+                 f"method={method}", *(("adv_eps=1",) if method != "lora" else ()), f"steps={STEPS}", f"batch_size={BATCH}",
                  "max_text_tokens=32", "learning_rate=5e-3", "save_every=2", "eval_every=0", "test_limit=4",
                  "focus_eval_limit=4", "evaluate_zero_shot=false", "report_to=none", "progress=false"]
     command = [*_launch_command("accelerate", _free_port()), str(Path(__file__)), str(dumps), *overrides]
@@ -214,7 +217,8 @@ def test_two_cpu_processes_stay_in_sync_with_attention_perturbations(method, tin
         assert torch.equal(r0["adapter"][key], r1["adapter"][key]), key
     assert any("lora_B" in k and v.abs().max() > 0 for k, v in r0["adapter"].items())
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert all(m["adv_norm"] == pytest.approx(1.0, rel=1e-3) and m["adv_kl"] >= 0 for m in metrics)
+    if method != "lora":
+        assert all(m["adv_norm"] == pytest.approx(1.0, rel=1e-3) and m["adv_kl"] >= 0 for m in metrics)
 
 
 @pytest.mark.slow  # an extra two-process variant
