@@ -323,3 +323,14 @@ def test_a_model_without_a_pad_token_still_batches_as_a_classifier(tiny_model_di
         together = class_logits(model, task.encode(texts, pad_token_id=model.config.pad_token_id), task.head)
         alone = torch.cat([class_logits(model, task.encode([t]), task.head) for t in texts])
     assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_a_classifier_on_a_4bit_base_trains_and_merges(tiny_model_dir, learnable_csv, tmp_path, capsys):
+    """QLoRA: the head is a full-precision layer beside the nf4 decoder; the merge round-trips the base."""
+    run, merged = tmp_path / "run", tmp_path / "merged"
+    results = _train_classifier(run, tiny_model_dir, learnable_csv, "method=lora", "quantization=nf4")
+    assert results["head"] == "classifier" and results["quantization"] == "nf4"
+    assert cli.main(["merge", "--adapter", str(run), "--output", str(merged)]) == 0
+    info = json.loads((merged / "afa_merge.json").read_text())
+    assert info["merge_base"] == "dequantized-nf4" and info["head"] == "classifier"
+    capsys.readouterr()
