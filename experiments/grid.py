@@ -25,6 +25,11 @@ as the units: afa_llm.evaluation.metrics.reports_pooled_test), the steps needed 
 accuracy, and the fake-focus share of the adapter (base in brackets). Cells with a planted shortcut add
 the stress table, and cells with focus metrics the focus table (experiments/focus_tables.py); ``controls:``
 (variant -> its control variant) adds the anti-view comparison with each method's own control.
+
+A cell imports parts of the package only when it reaches them (validation, the final evaluation), so a
+grid that runs for hours must not run from a checkout whose code is being edited: run it from a worktree of
+a commit, sharing runs/ (``git worktree add --detach ../gridwt HEAD && ln -s $PWD/runs ../gridwt/runs``,
+then the command above from ../gridwt), and archive from the main checkout.
 """
 
 from __future__ import annotations
