@@ -209,6 +209,8 @@ def test_merged_classifier_loads_in_plain_transformers_and_predicts_as_the_adapt
     _train_classifier(run, tiny_model_dir, learnable_csv, "method=lora")
     assert cli.main(["merge", "--adapter", str(run), "--output", str(merged)]) == 0
     capsys.readouterr()
+    card = (merged / "README.md").read_text()
+    assert "pipeline('text-classification'" in card and f"afa-llm predict --model {merged} --data" in card
     model = AutoModelForSequenceClassification.from_pretrained(merged).eval()
     assert model.config.id2label == {0: "negative", 1: "positive"}
     texts = ["the movie was good today", "honestly it is bad really", "i found it good for me"]

@@ -154,6 +154,7 @@ def model_card(info: dict, run: RunInfo, output: str) -> str:
         ("merge base", f"{info['merge_base']} ({base_note})"),
         ("adapter", f"`{info['adapter']}`"),
         ("dtype", info["dtype"]),
+        ("head", info.get("head", "label_words")),
     ]
     if cfg is not None:
         rows += [
@@ -197,7 +198,7 @@ def _usage(info: dict, output: str, cfg) -> list[str]:
             "    from transformers import pipeline",
             f"    classify = pipeline('text-classification', model={output!r})",
             f"    classify([{template!r}.format(text=t) for t in texts])", "",
-            f"or `afa-llm predict --model {output} --input FILE.csv` (which applies the prompt itself).", ""]
+            f"or `afa-llm predict --model {output} --data FILE.csv` (which applies the prompt itself).", ""]
 
 
 def _prompt_flags(cfg) -> str:
