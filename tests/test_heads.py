@@ -180,6 +180,17 @@ def test_every_method_trains_a_step_with_the_classifier(method, extra, tiny_mode
     assert results["focus_metrics"]["adapter"] is not None
 
 
+@pytest.mark.parametrize("method", ["afa", "at", "vat", "attn_rp"])
+def test_every_method_trains_a_step_with_multi_token_label_words(method, tiny_model_dir, learnable_csv, tmp_path):
+    """The later tokens read the prompt's KV cache, also under the attention hook and AFA's masked passes."""
+    from afa_llm.training.trainer import train
+
+    results = train(load_config(None, tiny_overrides(tmp_path / "run", tiny_model_dir, learnable_csv, f"method={method}",
+                                                     "steps=2", "eval_every=0", "faithfulness_eval_limit=4",
+                                                     "label_words=[' very bad', ' quite good']")))
+    assert results["label_tokens"] == [2, 2] and 0 <= results["test"]["accuracy"] <= 1
+
+
 @pytest.mark.parametrize("head", ["label_words", "classifier"])
 def test_multi_token_class_names_train_and_evaluate(head, tiny_model_dir, make_csv, tmp_path, capsys):
     """A CSV whose class names are several tokens: train, then `afa-llm eval` of the run."""

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from afa_llm.attention.hook import EDITS_KWARG, ScorePerturbation
 from afa_llm.attention.decoder_layers import normalise_layers, start_at_layer, unwrap_model
+from afa_llm.model.heads import as_head
 from afa_llm.model.scoring import class_kl, forward_scores
 from afa_llm.methods import adversarial_math as adv
 from afa_llm.methods.base import MethodContext, MethodKeys, TrainingMethod, classification_loss
@@ -87,10 +88,12 @@ class AdversarialAttention(TrainingMethod):
         return self.edits(self._zero)
 
     def perturbed_logits(self, model, batch, clean, r: list[torch.Tensor], *, grad: bool) -> torch.Tensor:
-        """Class logits with ``r`` added; from layer `lowest` on, unless checkpointing forbids it."""
+        """Class logits with ``r`` added; from layer `lowest` on, unless checkpointing or the head forbids it."""
         base = unwrap_model(model)
         start = clean.layer_inputs[self.lowest]
-        skip = not getattr(base, "is_activation_checkpointing", False)  # transformers 5.x name
+        # the layers below are skipped unless checkpointing forbids it, or the head reads the prompt's KV cache
+        # (label words of several tokens), which skipped layers never fill
+        skip = not getattr(base, "is_activation_checkpointing", False) and not as_head(self.ctx.head).reads_cache
         hidden = start if grad else start.detach()
         with torch.set_grad_enabled(grad or any(t.requires_grad for t in r)), \
                 (start_at_layer(model, self.lowest, hidden) if skip else contextlib.nullcontext()):

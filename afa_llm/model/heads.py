@@ -43,6 +43,11 @@ class LabelWordHead:
     def first_ids(self) -> list[int]:
         return [ids[0] for ids in self.token_ids]
 
+    @property
+    def reads_cache(self) -> bool:
+        """Whether scoring needs every layer's KV cache of the prompt (a shortcut that skips layers cannot)."""
+        return not self.single_token
+
     def forward_kwargs(self) -> dict:
         # the LM head on the answer position only; later tokens of a word read the prompt's KV cache
         return {"logits_to_keep": 1, "use_cache": not self.single_token}
@@ -65,6 +70,7 @@ class ClassifierHead:
     """A linear ``score`` layer at the last real token (the model is a ``*ForSequenceClassification``)."""
 
     num_classes: int
+    reads_cache = False
 
     def forward_kwargs(self) -> dict:
         return {"use_cache": False}
