@@ -92,6 +92,9 @@ def evaluate_request(request: EvalRequest) -> tuple[dict, str]:
     if act:
         title += f" + ACT ({act.n_heads} heads, beta {act.beta}, tau {act.tau}: {r.act})"
     title += f"\nscored {scored['n']} of {scored['of']} rows: {scored['rows']}"
+    title += "\nhead: " + ("a classification head" if spec.head == "classifier" else
+                          "label words " + ", ".join(repr(w) for w in spec.words_for(data.label_names))
+                          + (" (log-likelihood per token)" if spec.length_normalize else ""))
     if correction:
         report = correct_report(report, correction, data.label_names)
         uncorrected = report["prior_correction"]["uncorrected"]
