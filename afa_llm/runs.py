@@ -111,17 +111,13 @@ def _saved_settings(adapter: str | None, model: str | None) -> tuple[dict, objec
     info = read_merge_info(model) or {} if model else {}
     saved = {key: info.get(key) for key in (*PROMPT_KEYS, "label_names")}
     saved["model"] = model
-    classifier = sequence_classifier_config(model)
+    from afa_llm.model.loading import sequence_classifier_folder  # transformers: not at start-up
+
+    classifier = sequence_classifier_folder(model) if model else None
     if classifier is not None:  # a merged classifier (ours, or any *ForSequenceClassification folder)
         saved["head"] = "classifier"
         saved["label_names"] = classifier_label_names(classifier, model)
     return saved, None, None
-
-
-def sequence_classifier_config(model: str | None) -> dict | None:
-    from afa_llm.model.loading import sequence_classifier_folder
-
-    return sequence_classifier_folder(model) if model and Path(model).is_dir() else None
 
 
 def classifier_label_names(config: dict, folder: str) -> list[str]:

@@ -99,7 +99,7 @@ def prepare(request: CalibrationRequest) -> Calibration:
     data = load_data(r.resolved.data)
     ids, record = calibration_rows(r, data)
     model, task = load_scorer(r.resolved.scorer, data.label_names, progress=r.progress)
-    if task.head_kind == "label_words" and not task.head.single_token:
+    if task.head.reads_cache:
         raise UserError("ACT's search scores the answer position alone: it needs one-token label words "
                         "(or a run with head=classifier)")
     model.eval()

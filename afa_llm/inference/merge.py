@@ -89,9 +89,9 @@ def merge_adapter(
     calibrated for this adapter.
     """
     from afa_llm.act.calibration import check_fingerprint
-    from afa_llm.model.adapters import adapter_classes, attach_adapter
-    from afa_llm.model.heads import as_sequence_classifier, check_head_loaded
+    from afa_llm.model.adapters import adapter_classes, with_head
     from afa_llm.model.loading import DTYPES, load_model
+    from afa_llm.specs import ScorerSpec
 
     spec = base_model_spec(run, model)
     trained_quantization = getattr(run.config, "quantization", None)
@@ -106,11 +106,8 @@ def merge_adapter(
         quant_dtype = DTYPES[getattr(run.config, "dtype", None) or "fp32"]
         quantized = dequantize_nf4_(full, quant_dtype)
     classes = adapter_classes(run.adapter_dir)
-    if classes is not None:
-        full = as_sequence_classifier(full, classes, fill=float("nan"))
-    adapted = attach_adapter(full, str(run.adapter_dir))
-    if classes is not None:
-        check_head_loaded(adapted, str(run.adapter_dir))
+    head = "label_words" if classes is None else "classifier"
+    adapted = with_head(full, ScorerSpec(model=spec, adapter=str(run.adapter_dir), head=head), classes or 0)
     if act is not None:
         check_fingerprint(act, adapted, "--act")
     merged = adapted.merge_and_unload().to(DTYPES[dtype])
@@ -119,11 +116,11 @@ def merge_adapter(
     info = {
         "base_model": spec, "adapter": str(run.adapter_dir), "run": str(run.run_dir) if run.run_dir else None,
         "merge_base": base, "trained_quantization": trained_quantization, "dtype": dtype,
-        "nf4_round_tripped_modules": len(quantized), "head": "classifier" if classes is not None else "label_words",
+        "nf4_round_tripped_modules": len(quantized),
     }
     if run.config is not None:  # the prompt the adapter was trained with (leaderboard and predict read it)
         info.update({key: getattr(run.config, key) for key in RUN_PROMPT_KEYS}, label_names=run.label_names)
-        info["head"] = "classifier" if classes is not None else "label_words"
+    info["head"] = head  # what the adapter holds, also for a bare adapter
     if act is not None:
         info["act"] = act.summary()
     return merged, tokenizer, info

@@ -33,6 +33,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from afa_llm.defaults import DEFAULT_MODEL, DTYPE_NAMES, QUANTIZATIONS
 from afa_llm.errors import UserError
+from afa_llm.model.heads import SEQ_CLS_SUFFIX
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))  # name -> torch dtype
 BUILTIN_MODELS = {
@@ -192,7 +193,7 @@ def sequence_classifier_folder(path: str | Path) -> dict | None:
     if not file.is_file():
         return None
     config = json.loads(file.read_text())
-    return config if any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or []) else None
+    return config if any(a.endswith(SEQ_CLS_SUFFIX) for a in config.get("architectures") or []) else None
 
 
 def load_model(

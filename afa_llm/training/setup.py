@@ -38,15 +38,15 @@ def build_model(cfg: TrainConfig, accelerator: Accelerator, label_names: list[st
     device_map = {"": accelerator.device} if cfg.quantization != "none" else None
     model, tokenizer = load_model(cfg.model, quantization=cfg.quantization, dtype=cfg.dtype, device_map=device_map)
     task = build_task(cfg, label_names or class_names_for(cfg.label_names, cfg.label_words), tokenizer)
+    if cfg.gradient_checkpointing and task.head.reads_cache:
+        raise UserError("config key 'gradient_checkpointing': label words of several tokens read the prompt's KV "
+                        "cache, which gradient checkpointing turns off; use head=classifier or one-token words")
     if cfg.head == "classifier":
         model = as_sequence_classifier(model, task.num_classes, task.classifier_init_rows(), seed=cfg.seed)
     if cfg.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    if cfg.gradient_checkpointing and cfg.head == "label_words" and any(len(t) > 1 for t in task.label_token_seqs):
-        raise UserError("config key 'gradient_checkpointing': label words of several tokens read the prompt's KV "
-                        "cache, which gradient checkpointing turns off; use head=classifier or one-token words")
     targets = lora_targets(cfg.lora_target_modules, cfg.lora_on_mlp)
     head_keys = dict(task_type="SEQ_CLS", modules_to_save=["score"]) if cfg.head == "classifier" else \
         dict(task_type="CAUSAL_LM")
