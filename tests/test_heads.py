@@ -347,3 +347,24 @@ def test_a_classifier_on_a_4bit_base_trains_and_merges(tiny_model_dir, learnable
     info = json.loads((merged / "afa_merge.json").read_text())
     assert info["merge_base"] == "dequantized-nf4" and info["head"] == "classifier"
     capsys.readouterr()
+
+
+def test_act_refuses_label_words_of_several_tokens(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    code = cli.main(["calibrate", "--model", tiny_model_dir, "--data", tiny_csv, "--label-words",
+                     " very bad, very good", "--calibration-size", "4", "--output", str(tmp_path / "act"),
+                     "--no-progress"])
+    _one_line_error(code, capsys.readouterr().err, "one-token label words")
+
+
+def test_merging_a_bare_classifier_adapter_without_class_names_is_refused(tiny_model_dir, learnable_csv, tmp_path,
+                                                                          capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    _train_classifier(run, tiny_model_dir, learnable_csv, "method=lora")
+    bare = tmp_path / "bare"
+    shutil.copytree(run / "adapter", bare)  # no config.yaml or results.json beside it: the class names are gone
+    capsys.readouterr()
+    code = cli.main(["merge", "--adapter", str(bare), "--model", tiny_model_dir, "--output", str(tmp_path / "m")])
+    _one_line_error(code, capsys.readouterr().err, "class names of this classifier are unknown")
+    assert not (tmp_path / "m").exists()
