@@ -303,6 +303,7 @@ def test_a_classifier_run_through_every_command(tiny_model_dir, learnable_csv, t
     board.write_text(yaml.safe_dump({"entries": [{"name": "clf", "run": str(run)}]}))
     assert cli.main(["leaderboard", str(board), "--output-dir", str(tmp_path / "board"), "--limit", "8",
                      "--no-progress"]) == 0
+    assert "| clf | classifier | 1 |" in (tmp_path / "board" / "leaderboard.md").read_text()  # the head column
     capsys.readouterr()
 
 

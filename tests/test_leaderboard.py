@@ -83,7 +83,7 @@ def test_leaderboard_rows_values_and_cache(setup, tmp_path, monkeypatch, capsys)
     assert float(row["accuracy_mean"]) == pytest.approx(statistics.fmean(run_accs))
     assert float(row["accuracy_std"]) == pytest.approx(statistics.stdev(run_accs))
     markdown = (out / "leaderboard.md").read_text()
-    assert f"## {setup['a']}" in markdown and "| afa | 2 |" in markdown
+    assert f"## {setup['a']}" in markdown and "| afa | label_words | 2 |" in markdown
 
     # re-run: everything comes from the cache; only what changed is evaluated again
     calls.clear()
@@ -115,6 +115,7 @@ def test_from_results_aggregates_results_json(setup, tmp_path, monkeypatch):
     assert float(rows["afa"]["focus_share"]) == pytest.approx(0.9)
     zero = rows[f"zero-shot {setup['base']}"]
     assert zero["runs"] == "1" and float(zero["accuracy_mean"]) == pytest.approx(0.5)  # shared base, counted once
+    assert rows["afa"]["head"] == zero["head"] == "label_words"
     assert "fake-focus share" in (out / "leaderboard.md").read_text()
     assert float(rows["afa"]["lexicon_share"]) == pytest.approx(0.375)  # results.json's focus metrics, averaged
     assert float(zero["lexicon_share"]) == pytest.approx(0.2) and rows["afa"]["comprehensiveness_gain"] == ""

@@ -27,7 +27,7 @@ import hashlib
 import json
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,7 +186,8 @@ def results_jobs(jobs: list[Job]) -> list[Job]:
         if zero_key and zero_key not in seen_zero_shot:
             seen_zero_shot.add(zero_key)
             name = f"zero-shot {results.get('model', job.scorer.model)}"
-            out.append(Job(name, name, None, job.scorer, DataSpec(data=data),
+            # the base scores with its LM head (a classifier's step 0 equals it; a random one has no row)
+            out.append(Job(name, name, None, replace(job.scorer, head="label_words"), DataSpec(data=data),
                            result={**results["zero_shot"], "focus_share": focus.get("base"),
                                    **metrics.get("base", {})}))
     return out
@@ -200,7 +201,8 @@ def aggregate(jobs: list[Job]) -> list[dict]:
         groups.setdefault((job.data.data, job.group), []).append(job)
     rows = []
     for (data, group), members in groups.items():
-        row = {"data": data, "name": group, "runs": len(members)}
+        row = {"data": data, "name": group, "runs": len(members),
+               "head": ",".join(sorted({m.scorer.head for m in members}))}
         for metric in ("accuracy", "macro_f1", "focus_share", "truncated_share", *FOCUS_METRICS):
             values = [m.result[metric] for m in members if m.result.get(metric) is not None]
             row[f"{metric}_mean"] = statistics.fmean(values) if values else None

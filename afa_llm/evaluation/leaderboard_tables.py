@@ -10,7 +10,7 @@ from pathlib import Path
 
 from afa_llm.io_utils import atomic_path, atomic_write_text, atomic_writer
 
-CSV_COLUMNS = ["data", "name", "runs", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std",
+CSV_COLUMNS = ["data", "name", "head", "runs", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std",
                "examples", "seeds", "focus_share", "truncated_share", "lexicon_share", "lexicon_auprc", "comprehensiveness_gain"]
 EXTRA_HEADERS = {"truncated_share": "texts cut", "lexicon_share": "focus on VADER words", "lexicon_auprc": "its AUPRC",
                  "comprehensiveness_gain": "comprehensiveness - random"}
@@ -28,11 +28,11 @@ def write_markdown(rows: list[dict], path: Path, title: str, source: str) -> Non
     lines = [f"# Leaderboard: {title}", "", f"Test split, {source}. Accuracy and macro-F1 are mean ± sample std "
              "over the runs of a row.", ""]
     for data in dict.fromkeys(r["data"] for r in rows):
-        lines += [f"## {data}", "", "| rank | name | runs | accuracy | macro-F1 | per-class F1 | examples | seeds |"
+        lines += [f"## {data}", "", "| rank | name | head | runs | accuracy | macro-F1 | per-class F1 | examples | seeds |"
                   + (" fake-focus share |" if focus else "") + "".join(f" {EXTRA_HEADERS[k]} |" for k in extra),
-                  "|---" * (8 + focus + len(extra)) + "|"]
+                  "|---" * (9 + focus + len(extra)) + "|"]
         for rank, r in enumerate((r for r in rows if r["data"] == data), start=1):
-            cells = [str(rank), r["name"], str(r["runs"]), _fmt(r["accuracy_mean"], r["accuracy_std"]),
+            cells = [str(rank), r["name"], r["head"], str(r["runs"]), _fmt(r["accuracy_mean"], r["accuracy_std"]),
                      _fmt(r["macro_f1_mean"], r["macro_f1_std"]),
                      ", ".join(f"{name} {f1:.3f}" for name, f1 in r.get("per_class_f1", {}).items()),
                      r["examples"], r["seeds"]]
