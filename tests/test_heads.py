@@ -254,8 +254,20 @@ def test_a_merged_classifier_without_id2label_is_refused(tiny_model_dir, tiny_cs
     folder = tmp_path / "seqcls"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    capsys.readouterr()  # transformers' loading bars (on where no earlier test turned them off)
     code = cli.main(["eval", "--model", str(folder), "--data", tiny_csv, "--no-progress"])
     _one_line_error(code, capsys.readouterr().err, "without id2label")
+
+
+def test_few_shot_eval_of_a_classifier_is_refused(tiny_model_dir, tiny_csv, tmp_path, capsys):
+    model, _, tokenizer = _classifier(tiny_model_dir)
+    model.config.id2label, model.config.label2id = {0: "negative", 1: "positive"}, {"negative": 0, "positive": 1}
+    folder = tmp_path / "seqcls"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    capsys.readouterr()  # transformers' loading bars (on where no earlier test turned them off)
+    code = cli.main(["eval", "--model", str(folder), "--data", tiny_csv, "--shots", "2", "--no-progress"])
+    _one_line_error(code, capsys.readouterr().err, "zero-shot only")
 
 
 def test_an_adapter_without_a_head_is_refused_as_a_classifier(tiny_model_dir, learnable_csv, tmp_path):

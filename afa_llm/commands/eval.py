@@ -62,7 +62,11 @@ def run(args) -> int:
     from afa_llm.evaluation.report import EvalRequest, evaluate_request
 
     check_args(args)
-    request = EvalRequest(options.resolve(args), split=args.split, limit=args.limit, batch_size=args.batch_size,
+    resolved = options.resolve(args)
+    if args.shots and resolved.scorer.head == "classifier":
+        raise UserError("--shots puts demonstrations before the prompt for label words; a classifier head "
+                        "was trained on the plain prompt and is scored zero-shot only")
+    request = EvalRequest(resolved, split=args.split, limit=args.limit, batch_size=args.batch_size,
                           shots=args.shots, seed=args.seed, act=args.act, prior_from=args.prior_from,
                           prior_correction=args.prior_correction, focus_n=args.focus_n,
                           faithfulness_n=args.faithfulness_n, lexicon_threshold=args.lexicon_threshold,
