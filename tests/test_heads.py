@@ -103,6 +103,28 @@ def test_a_classifier_from_the_label_word_rows_equals_label_word_scoring(tiny_mo
     assert type(model).__name__ == "LlamaForSequenceClassification"
 
 
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma3"])
+def test_the_classifier_twin_of_each_architecture(arch, smollm2_tokenizer, tmp_path):
+    """Step 0 equals label words; the folder names the class that AutoModelForSequenceClassification builds
+    (Gemma 3 text: Gemma3TextForSequenceClassification, which vLLM reads from ``architectures``) and reloads."""
+    from transformers import AutoModelForSequenceClassification
+
+    from test_act_search import _tiny
+
+    causal = _tiny(arch, smollm2_tokenizer)
+    task = PromptTask([" negative", " positive"]).bind(smollm2_tokenizer)
+    batch = task.encode(["a fine film", "a dull and long one"])
+    with torch.no_grad():
+        words = class_logits(causal, batch, task.head)
+        model = as_sequence_classifier(causal, 2, task.classifier_init_rows()).eval()
+        head = class_logits(model, batch, ClassifierHead(2))
+        assert torch.allclose(words, head, atol=1e-5)
+        model.save_pretrained(tmp_path)
+        again = AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+        assert model.config.architectures == [type(model).__name__] == [type(again).__name__]
+        assert torch.allclose(class_logits(again, batch, ClassifierHead(2)), head, atol=1e-5)
+
+
 def test_classifier_padding_side_and_batch_do_not_change_a_prediction(tiny_model_dir):
     from transformers import AutoModelForSequenceClassification
 

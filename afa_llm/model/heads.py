@@ -149,13 +149,13 @@ def as_sequence_classifier(causal_lm: nn.Module, num_classes: int, init_rows: Se
 
     config = copy.deepcopy(causal_lm.config)
     config.num_labels = num_classes
-    config.architectures = [type(causal_lm).__name__.replace("ForCausalLM", SEQ_CLS_SUFFIX)]
     try:
         with torch.device("meta"):  # the decoder is moved over, not built twice
             model = AutoModelForSequenceClassification.from_config(config)
     except ValueError as exc:
         raise UserError(f"head=classifier: transformers has no sequence-classification class for "
                         f"{type(causal_lm).__name__} ({str(exc).splitlines()[0]})") from exc
+    model.config.architectures = [type(model).__name__]  # e.g. Gemma3TextForSequenceClassification (vLLM reads it)
     prefix = model.base_model_prefix
     setattr(model, prefix, getattr(causal_lm, causal_lm.base_model_prefix))
     lm_head = causal_lm.get_output_embeddings()
