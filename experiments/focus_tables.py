@@ -8,7 +8,8 @@
   aligned and anti accuracy of the clean test split's views (`afa-llm stress`), the gap (clean - anti),
   and the focus on the cue in the anti view; then the paired McNemar p of the anti view against the
   baseline and against the variant's own control (the grid's ``controls``), per seed and pooled over
-  seeds (`afa_llm.evaluation.metrics.reports_pooled_test`).
+  seeds (`afa_llm.evaluation.metrics.reports_pooled_test`); and the gap's difference from the baseline's,
+  paired by seed: a method can raise the anti accuracy only by raising the clean one, and the gap tells.
 - Focus metrics (every cell that has them): the lexicon share, lift and AUPRC against the VADER
   words, and the comprehensiveness and sufficiency gains over random tokens (above 0: the focus
   beats chance); the zero-shot base's row first; then the lexicon share's and the comprehensiveness
@@ -23,6 +24,11 @@ from afa_llm.evaluation.metrics import paired_t_test, reports_mcnemar_p, reports
 
 FOCUS_COLUMNS = ("lexicon_share", "lexicon_lift", "lexicon_auprc", "comprehensiveness_gain", "sufficiency_gain")
 PAIRED_FOCUS = ("lexicon_share", "comprehensiveness_gain")  # compared with the baseline seed by seed
+
+
+def pooled_p(p: float) -> str:
+    """A pooled p-value for a table: three decimals, or ``<0.001`` (never a bare 0.000)."""
+    return "<0.001" if p < 0.001 else f"={p:.3f}"
 
 
 def mean_std(values: list[float], fmt: str = ".4f") -> str:
@@ -72,8 +78,12 @@ def _paired(runs: dict, other: dict | None) -> str:
     cells, pairs = _anti_pairs(runs, other)
     if len(pairs) > 1:
         pooled = reports_pooled_test(*zip(*pairs))
-        return f"mean {pooled['diff']:+.4f} (pooled p={pooled['p_value']:.3f}): " + ", ".join(cells)
+        return f"mean {pooled['diff']:+.4f} (pooled p{pooled_p(pooled['p_value'])}): " + ", ".join(cells)
     return ", ".join(cells) or "-"
+
+
+def _gaps(runs: dict) -> dict:
+    return {seed: r["stress"]["adapter"]["gap"] for seed, r in runs.items() if r and "stress" in r}
 
 
 def stress_table(results: dict, baseline: str, controls: dict) -> list[str]:
@@ -81,18 +91,21 @@ def stress_table(results: dict, baseline: str, controls: dict) -> list[str]:
     if not any(r and "stress" in r for runs in results.values() for r in runs.values()):
         return []
     lines = ["", "Stress views of the clean test split (the cue inserted into the cue class's sentences: aligned; "
-                 "into every other sentence: anti), mean ± std over seeds; Δ anti accuracy per seed (McNemar p).", "",
+                 "into every other sentence: anti), mean ± std over seeds; Δ anti accuracy per seed (McNemar p); "
+                 "Δ gap: the gap's difference from the baseline's, mean over the seeds both ran (paired t over "
+                 "seeds; below 0: less reliance on the cue, whatever the clean accuracy does).", "",
              f"| variant | n | clean acc | aligned acc | anti acc | gap (clean - anti) | cue focus (anti) | "
-             f"Δ anti vs {baseline} | Δ anti vs own control |", "|---|---|---|---|---|---|---|---|---|"]
+             f"Δ anti vs {baseline} | Δ anti vs own control | Δ gap vs {baseline} |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     base_row = next((r for r in results[baseline].values() if r and "base" in r.get("stress", {})), None)
     if base_row:
         s = base_row["stress"]["base"]
         lines.append(f"| zero-shot base | 1 | {s['clean']['accuracy']:.4f} | {s['aligned']['accuracy']:.4f} | "
-                     f"{s['anti']['accuracy']:.4f} | {s['gap']:+.4f} | {s['cue_focus']['anti']:.3f} | | |")
+                     f"{s['anti']['accuracy']:.4f} | {s['gap']:+.4f} | {s['cue_focus']['anti']:.3f} | | | |")
     for variant, runs in results.items():
         done = {seed: r for seed, r in runs.items() if r and "stress" in r}
         if not done:
-            lines.append(f"| {variant} | 0 | not run (yet) | | | | | | |")
+            lines.append(f"| {variant} | 0 | not run (yet) | | | | | | | |")
             continue
         views = [r["stress"]["adapter"] for r in done.values()]
         control = controls.get(variant)
@@ -101,7 +114,8 @@ def stress_table(results: dict, baseline: str, controls: dict) -> list[str]:
             f"{mean_std([v['aligned']['accuracy'] for v in views])} | {mean_std([v['anti']['accuracy'] for v in views])} | "
             f"{mean_std([v['gap'] for v in views])} | {mean_std([v['cue_focus']['anti'] for v in views], '.3f')} | "
             f"{_paired(done, results[baseline]) if variant != baseline else '-'} | "
-            f"{_paired(done, results.get(control)) if control else '-'}{f' ({control})' if control else ''} |")
+            f"{_paired(done, results.get(control)) if control else '-'}{f' ({control})' if control else ''} | "
+            f"{'-' if variant == baseline else _paired_values(_gaps(done), _gaps(results[baseline]), '+.4f')} |")
     return lines
 
 
@@ -109,15 +123,20 @@ def _focus_by_seed(runs: dict) -> dict:
     return {seed: r["focus_metrics"]["adapter"] for seed, r in runs.items() if r and "focus_metrics" in r}
 
 
+def _paired_values(mine: dict, base: dict, fmt: str = "+.3f") -> str:
+    """``mine - base`` (seed -> value), mean over the seeds both have, with the paired t p (2+ seeds)."""
+    seeds = [s for s in mine if s in base and mine[s] is not None and base[s] is not None]
+    if not seeds:
+        return "-"
+    test = paired_t_test([mine[s] for s in seeds], [base[s] for s in seeds])
+    p = f", p={test['p_value']:.2g}" if test["p_value"] == test["p_value"] else ""
+    return f"{test['diff']:{fmt}} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}{p})"
+
+
 def _paired_focus(runs: dict, base_runs: dict, column: str) -> str:
     """The difference from the baseline in ``column``, mean over the shared seeds, with the paired t p."""
     mine, base = _focus_by_seed(runs), _focus_by_seed(base_runs)
-    seeds = [s for s in mine if s in base and mine[s].get(column) is not None and base[s].get(column) is not None]
-    if not seeds:
-        return "-"
-    test = paired_t_test([mine[s][column] for s in seeds], [base[s][column] for s in seeds])
-    p = f", p={test['p_value']:.2g}" if test["p_value"] == test["p_value"] else ""
-    return f"{test['diff']:+.3f} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}{p})"
+    return _paired_values({s: m.get(column) for s, m in mine.items()}, {s: m.get(column) for s, m in base.items()})
 
 
 def focus_table(results: dict, baseline: str) -> list[str]:

@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from carry import CARRY, carried, drop_carry, restore_carry  # noqa: E402
 from grid_model import (ARCHIVE, archived_cell, archived_grid, cell_config, cell_dir, cell_overrides,  # noqa: E402,F401
                         finished, load_grid, pending_cells, selected_cells)
-from focus_tables import focus_table, per_class_table, stress_table  # noqa: E402
+from focus_tables import focus_table, per_class_table, pooled_p, stress_table  # noqa: E402
 
 from afa_llm.errors import TrainingDiverged, UserError  # noqa: E402
 from afa_llm.evaluation.metrics import reports_mcnemar_p, reports_pooled_test  # noqa: E402
@@ -216,8 +216,8 @@ def report(grid: dict) -> str:
                 reach.append(str(hit) if hit else "not reached")
         std = f" ± {acc.std(ddof=1):.4f}" if len(acc) > 1 else ""
         if len(delta) > 1:
-            pooled_p = reports_pooled_test(*zip(*pairs))["p_value"]
-            paired = [f"mean {np.mean(delta):+.4f} (pooled p={pooled_p:.3f}): " + ", ".join(paired)]
+            pooled_pvalue = reports_pooled_test(*zip(*pairs))["p_value"]
+            paired = [f"mean {np.mean(delta):+.4f} (pooled p{pooled_p(pooled_pvalue)}): " + ", ".join(paired)]
         tail = f" {converged_cells(done)} |" if converged else ""
         lines.append(f"| {variant} | `{' '.join(grid['variants'][variant]) or '-'}` | {len(acc)} | "
                      f"{acc.mean():.4f}{std} | {f1.mean():.4f} | {', '.join(paired) or '-'} | "
