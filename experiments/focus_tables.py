@@ -9,7 +9,8 @@
   and the focus on the cue in the anti view; then the paired McNemar p of the anti view against the
   baseline and against the variant's own control (the grid's ``controls``), per seed and pooled over
   seeds (`afa_llm.evaluation.metrics.reports_pooled_test`); and the gap's difference from the baseline's,
-  paired by seed: a method can raise the anti accuracy only by raising the clean one, and the gap tells.
+  pooled the same way (per example: clean correct minus anti correct): a method can raise the anti accuracy
+  by raising the clean one, and only the gap tells whether it leans on the cue less.
 - Focus metrics (every cell that has them): the lexicon share, lift and AUPRC against the VADER
   words, and the comprehensiveness and sufficiency gains over random tokens (above 0: the focus
   beats chance); the zero-shot base's row first; then the lexicon share's and the comprehensiveness
@@ -20,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from afa_llm.evaluation.metrics import paired_t_test, reports_mcnemar_p, reports_pooled_test
+from afa_llm.evaluation.metrics import (paired_t_test, report_correct, reports_mcnemar_p, reports_pooled_test,
+                                        seed_pooled_test)
 
 FOCUS_COLUMNS = ("lexicon_share", "lexicon_lift", "lexicon_auprc", "comprehensiveness_gain", "sufficiency_gain")
 PAIRED_FOCUS = ("lexicon_share", "comprehensiveness_gain")  # compared with the baseline seed by seed
@@ -82,8 +84,21 @@ def _paired(runs: dict, other: dict | None) -> str:
     return ", ".join(cells) or "-"
 
 
-def _gaps(runs: dict) -> dict:
-    return {seed: r["stress"]["adapter"]["gap"] for seed, r in runs.items() if r and "stress" in r}
+def _gap_by_example(stress: dict) -> np.ndarray:
+    """Per example: correct on the clean view minus correct on the anti view (1: the cue flipped it)."""
+    return report_correct(stress["clean"]).astype(float) - report_correct(stress["anti"]).astype(float)
+
+
+def _paired_gap(runs: dict, base_runs: dict) -> str:
+    """The gap's difference from the baseline's, pooled over the shared seeds with the examples as the
+    units (`seed_pooled_test`, as the anti view's pooled McNemar)."""
+    seeds = [s for s, r in runs.items() if r and "stress" in r and (base_runs.get(s) or {}).get("stress")]
+    if not seeds:
+        return "-"
+    mine = [_gap_by_example(runs[s]["stress"]["adapter"]) for s in seeds]
+    base = [_gap_by_example(base_runs[s]["stress"]["adapter"]) for s in seeds]
+    test = seed_pooled_test(np.stack(mine), np.stack(base))
+    return f"{test['diff']:+.4f} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}, p{pooled_p(test['p_value'])})"
 
 
 def stress_table(results: dict, baseline: str, controls: dict) -> list[str]:
@@ -92,8 +107,8 @@ def stress_table(results: dict, baseline: str, controls: dict) -> list[str]:
         return []
     lines = ["", "Stress views of the clean test split (the cue inserted into the cue class's sentences: aligned; "
                  "into every other sentence: anti), mean ± std over seeds; Δ anti accuracy per seed (McNemar p); "
-                 "Δ gap: the gap's difference from the baseline's, mean over the seeds both ran (paired t over "
-                 "seeds; below 0: less reliance on the cue, whatever the clean accuracy does).", "",
+                 "Δ gap: the gap's difference from the baseline's over the seeds both ran, the examples the units "
+                 "(sign-flip p; below 0: less reliance on the cue, whatever the clean accuracy does).", "",
              f"| variant | n | clean acc | aligned acc | anti acc | gap (clean - anti) | cue focus (anti) | "
              f"Δ anti vs {baseline} | Δ anti vs own control | Δ gap vs {baseline} |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -115,7 +130,7 @@ def stress_table(results: dict, baseline: str, controls: dict) -> list[str]:
             f"{mean_std([v['gap'] for v in views])} | {mean_std([v['cue_focus']['anti'] for v in views], '.3f')} | "
             f"{_paired(done, results[baseline]) if variant != baseline else '-'} | "
             f"{_paired(done, results.get(control)) if control else '-'}{f' ({control})' if control else ''} | "
-            f"{'-' if variant == baseline else _paired_values(_gaps(done), _gaps(results[baseline]), '+.4f')} |")
+            f"{'-' if variant == baseline else _paired_gap(done, results[baseline])} |")
     return lines
 
 
@@ -123,14 +138,14 @@ def _focus_by_seed(runs: dict) -> dict:
     return {seed: r["focus_metrics"]["adapter"] for seed, r in runs.items() if r and "focus_metrics" in r}
 
 
-def _paired_values(mine: dict, base: dict, fmt: str = "+.3f") -> str:
+def _paired_values(mine: dict, base: dict) -> str:
     """``mine - base`` (seed -> value), mean over the seeds both have, with the paired t p (2+ seeds)."""
     seeds = [s for s in mine if s in base and mine[s] is not None and base[s] is not None]
     if not seeds:
         return "-"
     test = paired_t_test([mine[s] for s in seeds], [base[s] for s in seeds])
     p = f", p={test['p_value']:.2g}" if test["p_value"] == test["p_value"] else ""
-    return f"{test['diff']:{fmt}} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}{p})"
+    return f"{test['diff']:+.3f} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}{p})"
 
 
 def _paired_focus(runs: dict, base_runs: dict, column: str) -> str:

@@ -365,7 +365,7 @@ def test_report_adds_the_stress_table_with_each_methods_control(tmp_path):
     afa_row = [line for line in text.splitlines() if line.startswith("| afa ")][-2]  # the stress table's row
     assert "| 0.9000 | 0.1000 | 0.300 |" in afa_row  # anti accuracy, gap (2 of 20 flipped), cue focus
     assert "+0.4000 (p=0.0078)" in afa_row and "+0.3000 (p=0.031) (drop)" in afa_row
-    assert afa_row.endswith("| -0.4000 (1 seed) |")  # the gap 0.1 against LoRA's 0.5
+    assert afa_row.endswith("| -0.4000 (1 seed, p=0.009) |")  # gap 0.1 vs 0.5; 10,000 sign flips (exact: 2/256)
     focus_row = [line for line in text.splitlines() if line.startswith("| afa ")][-1]
     assert focus_row == "| afa | 1 | 0.250 | 1.500 | 0.400 | 0.100 | - | +0.000 (1 seed) | +0.000 (1 seed) |"
 
@@ -381,7 +381,7 @@ def test_focus_table_pairs_the_seeds_with_the_baseline(tmp_path):
     # differences 0.13, 0.13, 0.17: mean 0.1433, sd 0.0231, t = 10.75 with 2 df -> p = 0.0085
     assert "| +0.143 (3 seeds, p=0.0085) |" in focus_row
     stress_row = [line for line in grid_mod.report(grid).splitlines() if line.startswith("| afa ")][-2]
-    assert stress_row.endswith("| +0.0000 (3 seeds) |")  # equal gaps: no p (the t statistic is 0/0)
+    assert stress_row.endswith("| +0.0000 (3 seeds, p=1.000) |")  # the same examples flipped
 
 
 def test_controls_must_name_variants(tmp_path):
