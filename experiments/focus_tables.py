@@ -62,15 +62,15 @@ def per_class_table(results: dict) -> list[str]:
     return lines
 
 
+def _shared_stress(runs: dict, other: dict) -> list[tuple[dict, dict]]:
+    """The adapter's stress views of each seed that both ``runs`` and ``other`` finished, paired."""
+    return [(r["stress"]["adapter"], other[seed]["stress"]["adapter"]) for seed, r in runs.items()
+            if r and "stress" in r and (other.get(seed) or {}).get("stress")]
+
+
 def _anti_pairs(runs: dict, other: dict) -> tuple[list[str], list[tuple[dict, dict]]]:
-    cells, pairs = [], []
-    for seed, r in runs.items():
-        o = other.get(seed)
-        if not (r and o and "stress" in r and "stress" in o):
-            continue
-        a, b = r["stress"]["adapter"]["anti"], o["stress"]["adapter"]["anti"]
-        pairs.append((a, b))
-        cells.append(f"{a['accuracy'] - b['accuracy']:+.4f} (p={reports_mcnemar_p(a, b):.2g})")
+    pairs = [(mine["anti"], theirs["anti"]) for mine, theirs in _shared_stress(runs, other)]
+    cells = [f"{a['accuracy'] - b['accuracy']:+.4f} (p={reports_mcnemar_p(a, b):.2g})" for a, b in pairs]
     return cells, pairs
 
 
@@ -92,13 +92,12 @@ def _gap_by_example(stress: dict) -> np.ndarray:
 def _paired_gap(runs: dict, base_runs: dict) -> str:
     """The gap's difference from the baseline's, pooled over the shared seeds with the examples as the
     units (`seed_pooled_test`, as the anti view's pooled McNemar)."""
-    seeds = [s for s, r in runs.items() if r and "stress" in r and (base_runs.get(s) or {}).get("stress")]
-    if not seeds:
+    shared = _shared_stress(runs, base_runs)
+    if not shared:
         return "-"
-    mine = [_gap_by_example(runs[s]["stress"]["adapter"]) for s in seeds]
-    base = [_gap_by_example(base_runs[s]["stress"]["adapter"]) for s in seeds]
-    test = seed_pooled_test(np.stack(mine), np.stack(base))
-    return f"{test['diff']:+.4f} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}, p{pooled_p(test['p_value'])})"
+    test = seed_pooled_test(np.stack([_gap_by_example(mine) for mine, _ in shared]),
+                            np.stack([_gap_by_example(base) for _, base in shared]))
+    return f"{test['diff']:+.4f} ({len(shared)} seed{'s' if len(shared) > 1 else ''}, p{pooled_p(test['p_value'])})"
 
 
 def stress_table(results: dict, baseline: str, controls: dict) -> list[str]:
@@ -138,20 +137,15 @@ def _focus_by_seed(runs: dict) -> dict:
     return {seed: r["focus_metrics"]["adapter"] for seed, r in runs.items() if r and "focus_metrics" in r}
 
 
-def _paired_values(mine: dict, base: dict) -> str:
-    """``mine - base`` (seed -> value), mean over the seeds both have, with the paired t p (2+ seeds)."""
-    seeds = [s for s in mine if s in base and mine[s] is not None and base[s] is not None]
-    if not seeds:
-        return "-"
-    test = paired_t_test([mine[s] for s in seeds], [base[s] for s in seeds])
-    p = f", p={test['p_value']:.2g}" if test["p_value"] == test["p_value"] else ""
-    return f"{test['diff']:+.3f} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}{p})"
-
-
 def _paired_focus(runs: dict, base_runs: dict, column: str) -> str:
     """The difference from the baseline in ``column``, mean over the shared seeds, with the paired t p."""
     mine, base = _focus_by_seed(runs), _focus_by_seed(base_runs)
-    return _paired_values({s: m.get(column) for s, m in mine.items()}, {s: m.get(column) for s, m in base.items()})
+    seeds = [s for s in mine if s in base and mine[s].get(column) is not None and base[s].get(column) is not None]
+    if not seeds:
+        return "-"
+    test = paired_t_test([mine[s][column] for s in seeds], [base[s][column] for s in seeds])
+    p = f", p={test['p_value']:.2g}" if test["p_value"] == test["p_value"] else ""
+    return f"{test['diff']:+.3f} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}{p})"
 
 
 def focus_table(results: dict, baseline: str) -> list[str]:
