@@ -1,4 +1,4 @@
-"""The ``afa-llm`` command line: eval, train, predict, merge, calibrate, focus, stress, leaderboard.
+"""afa-llm: LoRA text classifiers on decoder LLMs, and the methods that steer their attention.
 
 This module only dispatches: each subcommand is a module of `afa_llm.commands` with
 ``add_arguments(parser)`` and ``run(args) -> int``, imported only when it runs. User errors
@@ -17,8 +17,10 @@ from afa_llm.errors import TrainingDiverged, UserError
 
 # subcommand -> module with `add_arguments(parser)` and `run(args) -> int`
 SUBCOMMANDS = {
-    "eval": ("afa_llm.commands.eval", "Evaluate a model (+ adapter) on a sentiment data set with label-word scoring."),
-    "train": ("afa_llm.commands.train", "Train a LoRA adapter with AFA or plain LoRA from a YAML recipe."),
+    "eval": ("afa_llm.commands.eval", "Score a model, a run or a merged folder on a labelled split: accuracy, macro-F1, per-class F1 "
+                                      "and calibration (ECE, Brier)."),
+    "train": ("afa_llm.commands.train", "Train a LoRA classifier from a YAML recipe (method=lora|afa|at|vat|iat|attn_rp; "
+                                        "head=label_words|classifier), checkpointed and resumable."),
     "predict": ("afa_llm.commands.predict", "Classify new texts (CSV, JSONL, parquet, or lines on stdin) with a "
                                             "trained run or merged model: predicted label and class probabilities "
                                             "per row."),

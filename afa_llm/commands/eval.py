@@ -1,4 +1,4 @@
-"""``afa-llm eval``: score a model (+ adapter) on a labelled data set with label-word scoring
+"""``afa-llm eval``: score a model (+ adapter) on a labelled data set with its head (label words or a classifier)
 (`afa_llm.evaluation.report.evaluate_request`), print the table and write the JSON report."""
 
 from __future__ import annotations
