@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 from afa_llm.errors import TrainingDiverged, UserError
 
@@ -38,7 +39,7 @@ SUBCOMMANDS = {
 class OneLineErrorParser(argparse.ArgumentParser):
     """Usage errors print one line on stderr and exit 2, like `UserError` (no usage dump)."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 

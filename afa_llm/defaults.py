@@ -6,6 +6,8 @@ read these names, so a default cannot disagree with itself across the package.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_DATA = "rotten_tomatoes"
 DEFAULT_TEMPLATE = "Review: {text}\nSentiment:"
@@ -42,6 +44,6 @@ FAITHFULNESS_ROWS = 64
 LEXICON_THRESHOLD = 1.0
 
 
-def lora_targets(attention_targets, on_mlp: bool) -> list[str]:
+def lora_targets(attention_targets: Iterable[str], on_mlp: bool) -> list[str]:
     """The modules that get LoRA adapters."""
     return list(attention_targets) + (list(LORA_MLP_TARGETS) if on_mlp else [])

@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from afa_llm.config import load_config
+from afa_llm.config import TrainConfig, load_config
 from afa_llm.defaults import PROMPT_KEYS
 from afa_llm.errors import UserError
 from afa_llm.model.adapters import adapter_classes, resolve_adapter_dir
@@ -58,7 +58,7 @@ def find_run(path: str) -> RunInfo:
     return RunInfo(adapter_dir, run_dir, read_run_config(run_dir), read_results(run_dir))
 
 
-def read_run_config(run_dir: Path):
+def read_run_config(run_dir: Path) -> TrainConfig | None:
     """The run's resolved training config (a `TrainConfig`), or None if it has none."""
     file = run_dir / "config.yaml"
     return load_config(str(file), saved=True) if file.exists() else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ import torch
 from afa_llm.act.calibration import DEFAULT_BETA, DEFAULT_TAU, ACTConfig
 from afa_llm.attention.hook import attention_hook, set_module_edits
 from afa_llm.attention.decoder_layers import find_decoder_layers, replace_stack_output, start_at_layer
+
+if TYPE_CHECKING:
+    from afa_llm.model.task import PromptTask
 
 
 def accuracy_and_margin(logits: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -170,7 +174,8 @@ class HeadSearch:
         return {"layer": layer, "head": head, **self.score({layer: [head]})}
 
 
-def prepare_batches(task, texts: list[str], labels: list[int], batch_size: int, device) -> tuple[list, torch.Tensor]:
+def prepare_batches(task: PromptTask, texts: list[str], labels: list[int], batch_size: int,
+                    device: torch.device | str) -> tuple[list, torch.Tensor]:
     """Length-sorted encoded batches and the labels in the same order."""
     from afa_llm.evaluation.evaluate import length_batches
 

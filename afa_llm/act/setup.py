@@ -11,7 +11,7 @@ from afa_llm.act.calibration import DEFAULT_BETA, DEFAULT_TAU, default_eligible_
 from afa_llm.act.head_search import HeadSearch, prepare_batches
 from afa_llm.act.search_log import setup_hash
 from afa_llm.attention.decoder_layers import find_decoder_layers
-from afa_llm.data.loading import load_data
+from afa_llm.data.loading import SentimentData, load_data
 from afa_llm.errors import UserError
 from afa_llm.provenance import warn_if_emulated_bf16
 from afa_llm.specs import Resolved
@@ -52,7 +52,7 @@ def check_calibration_source(resolved: Resolved, split: str) -> None:
                         f"overlaps its training examples: use --split-seed {cfg.split_seed}")
 
 
-def calibration_rows(request: CalibrationRequest, data) -> tuple[list[int], dict]:
+def calibration_rows(request: CalibrationRequest, data: SentimentData) -> tuple[list[int], dict]:
     """The drawn example ids of the split and the record of where they came from."""
     r, spec = request, request.resolved.data
     split = data.split(r.split)

@@ -21,10 +21,14 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from afa_llm.errors import UserError
+
+if TYPE_CHECKING:
+    from afa_llm.act.setup import Calibration, CalibrationRequest
 
 POLL_S = 2.0
 
@@ -52,7 +56,8 @@ def shares(todo: list, workers: int) -> list[list]:
     return [todo[k::workers] for k in range(workers) if todo[k::workers]]
 
 
-def search_in_workers(request, cal, done: dict, log: Path, progress: bool = True) -> dict:
+def search_in_workers(request: CalibrationRequest, cal: Calibration, done: dict, log: Path,
+                      progress: bool = True) -> dict:
     """Score the candidates not in ``done`` in ``request.workers`` processes; the finished records by candidate."""
     from tqdm.auto import tqdm
 

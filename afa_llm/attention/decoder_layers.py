@@ -4,7 +4,7 @@ and choosing the focus layers. Used by the attention probe and the focus report.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torch import nn
@@ -130,7 +130,7 @@ def _skipped(layers: Sequence[nn.Module], hook: Any):
 
 
 @contextlib.contextmanager
-def start_at_layer(model: nn.Module, index: int, hidden: Any):
+def start_at_layer(model: nn.Module, index: int, hidden: Any) -> Iterator[None]:
     """Inside the block, a forward of ``model`` skips layers ``0..index-1`` and feeds
     ``hidden`` (what the clean pass gave layer ``index``) to layer ``index``.
 
@@ -155,7 +155,7 @@ def start_at_layer(model: nn.Module, index: int, hidden: Any):
 
 
 @contextlib.contextmanager
-def replace_stack_output(model: nn.Module, hidden: Any):
+def replace_stack_output(model: nn.Module, hidden: Any) -> Iterator[None]:
     """Inside the block, a forward of ``model`` skips every decoder layer and gives ``hidden`` to
     what follows them (the final norm, the LM head, any logit soft-cap), as the last layer's output."""
     layers = find_decoder_layers(model)

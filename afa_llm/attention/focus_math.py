@@ -14,8 +14,12 @@ length (left-padded). ``text_mask`` is bool (B, L), True on the example's *text*
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from afa_llm.model.task import PromptTask
 
 # Floor before log: keeps log finite (no -inf, no NaN grads) for zero-probability tokens.
 LOG_FLOOR = 1e-12
@@ -105,7 +109,7 @@ def fake_focus_ratio(focus_shares: torch.Tensor, token_shares: torch.Tensor) -> 
     return (focus_shares.float().mean() / token_shares.float().mean().clamp(min=1e-8)).item()
 
 
-def frequent_ids(task, texts: list[str], limit: int = 5000) -> torch.Tensor:
+def frequent_ids(task: PromptTask, texts: list[str], limit: int = 5000) -> torch.Tensor:
     """The most frequent 1% of token types in the training texts ("fake focus" words)."""
     counts: dict[int, int] = {}
     for text in texts[:limit]:

@@ -76,7 +76,7 @@ class ScorePerturbation(AttentionEdit):
 
 
 # ---------------------------------------------------------------------------------- math
-def visible_keys(attention_mask: torch.Tensor | None, q_len: int, k_len: int, device) -> torch.Tensor:
+def visible_keys(attention_mask: torch.Tensor | None, q_len: int, k_len: int, device: torch.device) -> torch.Tensor:
     """Bool (B|1, 1, q_len, k_len), True = the query may attend to the key.
 
     Accepts what the attention function receives: a 4D bool mask from ``sdpa_mask``, a
@@ -140,7 +140,7 @@ def splice(sdpa_out: torch.Tensor, edited: torch.Tensor, edit: AttentionEdit,
 # ------------------------------------------------------------------------- the function
 def edited_sdpa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                           attention_mask: torch.Tensor | None, dropout: float = 0.0,
-                          scaling: float | None = None, **kwargs):
+                          scaling: float | None = None, **kwargs) -> tuple[torch.Tensor, None]:
     """The registered attention function: SDPA, then the layer's edit (if any)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

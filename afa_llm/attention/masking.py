@@ -10,12 +10,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 import torch
 
 from afa_llm.errors import UserError
 from afa_llm.attention.focus_math import LOG_FLOOR, _text_counts
 from afa_llm.model.scoring import forward_scores
 from afa_llm.model.task import EncodedBatch, drop_unattended
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from afa_llm.model.heads import Head
 
 
 def masks_per_example(n_text: torch.Tensor, rho: float) -> torch.Tensor:
@@ -105,7 +112,8 @@ def hide_tokens(batch: EncodedBatch, masks: torch.Tensor, mode: str, filler_id: 
     return drop_unattended(hidden, filler_id) if mode == "attention" else hidden
 
 
-def masked_scores(model, batch, masks, head, mode, filler_id, need_hidden):
+def masked_scores(model: torch.nn.Module, batch: EncodedBatch, masks: torch.Tensor, head: Head | Sequence[int],
+                  mode: str, filler_id: int, need_hidden: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Class logits (B, G, C) and answer states (B, G, D) of the masked inputs, no grad."""
     b, g = masks.shape[:2]
     with torch.no_grad():
@@ -115,7 +123,7 @@ def masked_scores(model, batch, masks, head, mode, filler_id, need_hidden):
     return out.class_logits.view(b, g, -1), hidden
 
 
-def filler_token_id(tokenizer, token: str | None) -> int:
+def filler_token_id(tokenizer: PreTrainedTokenizerBase, token: str | None) -> int:
     """The id that ``mask_mode=filler`` writes over hidden tokens (default: the pad token).
 
     Accepts a vocabulary entry (``<|endoftext|>``, ``Ġthe``) or a text that is one token

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
-def check_args(args) -> None:
+def check_args(args: argparse.Namespace) -> None:
     if args.calibration_size <= 0 or args.batch_size <= 0 or args.workers <= 0:
         raise UserError("--calibration-size, --batch-size and --workers must be positive")
     if not 0 <= args.beta <= 1 or args.tau < 0:
@@ -65,7 +65,7 @@ def eligible_layers(spec: str | None) -> list[int] | None:
         raise UserError(f"--layers must be comma-separated integers, got {spec!r}") from exc
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from afa_llm.act.search import calibrate
 
     check_args(args)

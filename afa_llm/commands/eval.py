@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def check_args(args) -> None:
+def check_args(args: argparse.Namespace) -> None:
     """Reject bad numbers and unwritable outputs before any data or model is loaded."""
     from afa_llm.evaluation.reliability import PLOT_SUFFIXES
 
@@ -56,7 +56,7 @@ def check_args(args) -> None:
         check_writable_file(args.reliability_plot, "--reliability-plot")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from afa_llm.evaluation.evaluate import format_report
     from afa_llm.evaluation.focus_metrics import format_focus_metrics
     from afa_llm.evaluation.report import EvalRequest, evaluate_request

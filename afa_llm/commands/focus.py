@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_focus_metric_arguments(parser, focus_n=None)
 
 
-def check_args(args) -> None:
+def check_args(args: argparse.Namespace) -> None:
     check_writable_dir(args.output, "--output")
     if args.act:
         from afa_llm.act.calibration import load_act
@@ -57,7 +57,7 @@ def focus_layers(spec: str | None) -> list[int] | None:
         raise UserError(f"--focus-layers must be comma-separated integers, got {spec!r}") from exc
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from afa_llm.evaluation.focus_map import FocusRequest, focus_report, write_focus
 
     check_args(args)

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from afa_llm.evaluation.leaderboard import LeaderboardRequest, run_leaderboard
 
     if args.limit is not None and args.limit <= 0:

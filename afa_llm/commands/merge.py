@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: RUN/act.json if there is one)")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     info = merge_run(args.adapter, args.output, model=args.model, dtype=args.dtype, base=args.base, act=args.act,
                      overwrite=args.overwrite)
     print(f"merged {info['adapter']} into {info['base_model']} (base: {info['merge_base']}, "

@@ -103,7 +103,7 @@ def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default with --prior-from: normalize)")
 
 
-def check_prior_args(args) -> None:
+def check_prior_args(args: argparse.Namespace) -> None:
     """The prior flags and the ``--prior-from`` file alone, before any data or model loads (the
     check against the scorer waits for the data set's class names: `fit_prior_from_args`)."""
     from afa_llm.evaluation.prior import check_classes, load_fit_report
@@ -128,7 +128,7 @@ def add_focus_metric_arguments(parser: argparse.ArgumentParser, focus_n: int | N
                        help="a word is sentiment-bearing if its VADER |mean valence| >= this (default: %(default)s)")
 
 
-def check_focus_metric_args(args) -> None:
+def check_focus_metric_args(args: argparse.Namespace) -> None:
     if getattr(args, "focus_n", 0) < 0 or args.faithfulness_n < 0:
         raise UserError("--focus-n and --faithfulness-n must be 0 (skip) or a positive number of rows")
     if not 0 <= args.lexicon_threshold <= 4:

@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_prior_arguments(parser)
 
 
-def check_args(args) -> None:
+def check_args(args: argparse.Namespace) -> None:
     if args.batch_size <= 0 or args.chunk_size <= 0:
         raise UserError("--batch-size and --chunk-size must be positive")
     options.check_prior_args(args)
@@ -53,7 +53,7 @@ def check_args(args) -> None:
         check_writable_file(args.output, "--output")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from afa_llm.inference.predict import predict_file
 
     check_args(args)

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from afa_llm.evaluation.stress import format_stress, stress_request
 
     cue = args.cue.strip()

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from afa_llm.training.trainer import train
 
     overrides = list(args.overrides)

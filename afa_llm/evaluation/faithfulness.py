@@ -19,12 +19,15 @@ and the answer position are never hidden.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 
 from afa_llm.attention import masking
+
+if TYPE_CHECKING:
+    from afa_llm.model.task import PromptTask
 
 AOPC_FRACTIONS = (0.01, 0.05, 0.10, 0.20, 0.50)
 KINDS = ("comprehensiveness", "sufficiency")
@@ -82,8 +85,8 @@ def summarize(per_text: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def faithfulness(model, task, texts: Sequence[str], *, batch_size: int = 8, random_draws: int = 2, seed: int = 0,
-                 focus_layers: Sequence[int] | None = None) -> dict[str, float]:
+def faithfulness(model: torch.nn.Module, task: PromptTask, texts: Sequence[str], *, batch_size: int = 8,
+                 random_draws: int = 2, seed: int = 0, focus_layers: Sequence[int] | None = None) -> dict[str, float]:
     """Comprehensiveness and sufficiency (AOPC) of ``model``'s focus on ``texts``, against random tokens."""
     from afa_llm.evaluation.evaluate import length_batches
     from afa_llm.attention.clean_pass import clean_pass

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -39,9 +40,15 @@ from afa_llm.errors import UserError
 from afa_llm.io_utils import atomic_path, atomic_write_text, write_json
 from afa_llm.specs import Resolved
 
+if TYPE_CHECKING:
+    from afa_llm.act.calibration import ACTConfig
+    from afa_llm.model.heads import Head
+    from afa_llm.model.task import EncodedBatch, PromptTask
+
 
 # ---- computing ----------------------------------------------------------------------
-def calibrated_pass(model, batch, head, layers, edits: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def calibrated_pass(model: torch.nn.Module, batch: EncodedBatch, head: Head, layers: list[int],
+                    edits: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Class logits and focus with ACT on: the probe's answer rows, with the calibrated heads'
     rows replaced by what the ACT edits computed (the probe recomputes plain softmax rows)."""
     from afa_llm.attention.probe import AnswerAttentionProbe
@@ -57,8 +64,8 @@ def calibrated_pass(model, batch, head, layers, edits: dict) -> tuple[torch.Tens
     return logits, focus_distribution(rows, batch.text_mask)
 
 
-def side_passes(model, task, texts: list[str], layers, batch_size: int, frequent: torch.Tensor | None,
-                act_edits: dict | None = None) -> dict:
+def side_passes(model: torch.nn.Module, task: PromptTask, texts: list[str], layers: list[int], batch_size: int,
+                frequent: torch.Tensor | None, act_edits: dict | None = None) -> dict:
     """Class probabilities, per-text focus over its text tokens, and fake-focus shares
     (``act_edits``: the capturing edits of an active ACT calibration)."""
     from afa_llm.attention import focus_math as am
@@ -83,8 +90,8 @@ def side_passes(model, task, texts: list[str], layers, batch_size: int, frequent
     return out
 
 
-def compute(model, task, texts: list[str], layers, batch_size: int, has_adapter: bool,
-            frequent: torch.Tensor | None = None, act=None) -> dict[str, dict]:
+def compute(model: torch.nn.Module, task: PromptTask, texts: list[str], layers: list[int], batch_size: int,
+            has_adapter: bool, frequent: torch.Tensor | None = None, act: ACTConfig | None = None) -> dict[str, dict]:
     """``{"base": ..., "adapter": ..., "act": ...}`` ("adapter" only with an adapter, "act" only with ``act``)."""
     from afa_llm.act.calibration import act_enabled
 
@@ -101,8 +108,9 @@ def compute(model, task, texts: list[str], layers, batch_size: int, has_adapter:
     return sides
 
 
-def focus_metric_summary(model, task, texts: list[str], sides: dict[str, dict], layers,
-                         threshold: float = LEXICON_THRESHOLD, faithfulness_n: int = FAITHFULNESS_ROWS) -> dict[str, dict]:
+def focus_metric_summary(model: torch.nn.Module, task: PromptTask, texts: list[str], sides: dict[str, dict],
+                         layers: list[int], threshold: float = LEXICON_THRESHOLD,
+                         faithfulness_n: int = FAITHFULNESS_ROWS) -> dict[str, dict]:
     """Per side: the lexicon metrics of its focus on ``texts`` and (base and adapter sides) faithfulness."""
     from afa_llm.evaluation.faithfulness import faithfulness
     from afa_llm.evaluation.word_focus import lexicon_metrics
@@ -147,7 +155,7 @@ class FocusRequest:
     lexicon_threshold: float = LEXICON_THRESHOLD
 
 
-def focus_layers_of(model, layers: list[int] | None) -> list[int]:
+def focus_layers_of(model: torch.nn.Module, layers: list[int] | None) -> list[int]:
     """Resolved (non-negative) focus layers; out-of-range indices are a UserError."""
     from afa_llm.attention.decoder_layers import default_focus_layers, find_decoder_layers
 

@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from afa_llm.defaults import FAITHFULNESS_ROWS, LEXICON_THRESHOLD
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import torch
+
+    from afa_llm.model.task import PromptTask
 
 
-def focus_metrics(model, task, texts: Sequence[str], *, threshold: float = LEXICON_THRESHOLD, faithfulness_n: int = FAITHFULNESS_ROWS,
+def focus_metrics(model: torch.nn.Module, task: PromptTask, texts: Sequence[str], *,
+                  threshold: float = LEXICON_THRESHOLD, faithfulness_n: int = FAITHFULNESS_ROWS,
                   batch_size: int = 32, focus_layers: Sequence[int] | None = None, seed: int = 0) -> dict:
     """Lexicon share, lift and AUPRC on ``texts``; comprehensiveness and sufficiency (AOPC, and their
     gains over random tokens) on the first ``faithfulness_n`` of them (0: skipped)."""

@@ -30,15 +30,20 @@ import sys
 from dataclasses import dataclass, replace
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from afa_llm.defaults import FOCUS_METRIC_ROWS
-from afa_llm.data.loading import load_data
+from afa_llm.data.loading import SentimentData, load_data
 from afa_llm.errors import UserError
 from afa_llm.io_utils import check_writable_dir, write_json
 from afa_llm.specs import DataSpec
 from afa_llm.evaluation.leaderboard_jobs import Job, build_jobs, read_config, select_entries  # noqa: F401 (re-exported)
 from afa_llm.evaluation.leaderboard_tables import write_csv, write_markdown, write_plot
 from afa_llm.evaluation.prior import check_classes, correct_report, fit_from_report
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 
 FOCUS_N = FOCUS_METRIC_ROWS  # test rows for --focus-metrics (faithfulness: the first FAITHFULNESS_ROWS)
@@ -119,7 +124,8 @@ def evaluate_jobs(jobs: list[Job], cache_dir: Path, batch_size: int, progress: b
     return sum(len(group) for group in todo.values())
 
 
-def evaluate_job(job: Job, model, tokenizer, data, batch_size: int, progress: bool) -> dict:
+def evaluate_job(job: Job, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, data: SentimentData,
+                 batch_size: int, progress: bool) -> dict:
     """One entry on one data set's test split: scores (ACT, prior correction), truncation, focus metrics."""
     from afa_llm.act.calibration import act_enabled, load_act
     from afa_llm.evaluation.evaluate import evaluate_dataset

@@ -5,11 +5,17 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 from afa_llm.defaults import FAITHFULNESS_ROWS, FOCUS_METRIC_ROWS, LEXICON_THRESHOLD, TRUNCATION_WARN_SHARE
-from afa_llm.data.loading import load_data
+from afa_llm.data.loading import SentimentData, load_data
 from afa_llm.errors import UserError
 from afa_llm.specs import Resolved
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+    from afa_llm.model.task import PromptTask
 
 
 @dataclass
@@ -29,7 +35,8 @@ class EvalRequest:
     progress: bool = True
 
 
-def rows_to_score(data, split_name: str, limit: int | None, data_name: str, split_seed: int):
+def rows_to_score(data: SentimentData, split_name: str, limit: int | None, data_name: str,
+                  split_seed: int) -> tuple[Dataset, dict]:
     """The rows that are scored, and a record of which they are (for the report)."""
     total = len(data.split("all"))
     split = data.split(split_name)
@@ -51,7 +58,7 @@ def warn_if_truncated(share: float, n: int, max_text_tokens: int) -> None:
               "were cut; pass --max-text-tokens N to score more of each text", file=sys.stderr)
 
 
-def truncation_record(task, texts) -> dict:
+def truncation_record(task: PromptTask, texts: Sequence[str]) -> dict:
     """The share of ``texts`` cut to the text budget (warned about past `TRUNCATION_WARN_SHARE`)."""
     share = task.truncated_share(texts)
     warn_if_truncated(share, len(texts), task.max_text_tokens)

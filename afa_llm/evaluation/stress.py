@@ -15,7 +15,7 @@ shortcut fails on the anti view.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -23,11 +23,17 @@ from afa_llm.defaults import FOCUS_METRIC_ROWS
 from afa_llm.data.loading import load_data
 from afa_llm.errors import UserError
 
+if TYPE_CHECKING:
+    import torch
+
+    from afa_llm.model.task import PromptTask
+    from afa_llm.specs import Resolved
+
 VIEWS = ("clean", "aligned", "anti")
 
 
 # ---- the library ------------------------------------------------------------------------
-def cue_focus(model, task, texts: Sequence[str], cue: str, *, batch_size: int = 32,
+def cue_focus(model: torch.nn.Module, task: PromptTask, texts: Sequence[str], cue: str, *, batch_size: int = 32,
               focus_layers: Sequence[int] | None = None) -> float:
     """The mean focus mass on the cue's tokens over ``texts`` (each holds the cue)."""
     from afa_llm.data.shortcut import cue_char_span
@@ -40,10 +46,10 @@ def cue_focus(model, task, texts: Sequence[str], cue: str, *, batch_size: int = 
     return float(np.mean(masses))
 
 
-def stress_test(model, task, texts: Sequence[str], labels: Sequence[int], label_names: Sequence[str], cue: str,
-                cue_label: int, *, position: str = "random", seed: int = 0, batch_size: int = 32,
-                focus_layers: Sequence[int] | None = None, focus_n: int = FOCUS_METRIC_ROWS, clean_report: dict | None = None,
-                progress: bool = False) -> dict:
+def stress_test(model: torch.nn.Module, task: PromptTask, texts: Sequence[str], labels: Sequence[int],
+                label_names: Sequence[str], cue: str, cue_label: int, *, position: str = "random", seed: int = 0,
+                batch_size: int = 32, focus_layers: Sequence[int] | None = None, focus_n: int = FOCUS_METRIC_ROWS,
+                clean_report: dict | None = None, progress: bool = False) -> dict:
     """Score the three views of (``texts``, ``labels``); ``clean_report`` reuses a clean evaluation
     of the same rows. Focus on the cue comes from the first ``focus_n`` cued rows of each view."""
     from datasets import Dataset
@@ -70,7 +76,8 @@ def stress_test(model, task, texts: Sequence[str], labels: Sequence[int], label_
             "cue_focus": focus}
 
 
-def stress_views_checked(texts, labels, cue: str, cue_label: int, num_classes: int, position: str, seed: int):
+def stress_views_checked(texts: Sequence[str], labels: Sequence[int], cue: str, cue_label: int, num_classes: int,
+                         position: str, seed: int) -> dict[str, list[str]]:
     from afa_llm.data.shortcut import ShortcutSpec, check_cue_absent, stress_views
 
     ShortcutSpec(cue, cue_label, position=position)  # checks the cue and the position
@@ -98,7 +105,7 @@ def format_stress(result: dict, title: str) -> str:
     return "\n".join(lines)
 
 
-def stress_request(resolved, cue: str, cue_label: str | None, position: str | None, split_name: str = "test",
+def stress_request(resolved: Resolved, cue: str, cue_label: str | None, position: str | None, split_name: str = "test",
                    limit: int | None = None, batch_size: int = 32, seed: int = 0, progress: bool = True) -> dict:
     """`stress_test` of the scorer and data set of ``resolved`` (`afa_llm.runs.resolve_scorer`); the cue class
     and position default to the run's ``shortcut_label`` and ``shortcut_position``. Bad input fails before

@@ -23,13 +23,16 @@ import functools
 import importlib.metadata
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
 from afa_llm.defaults import LEXICON_THRESHOLD
 from afa_llm.errors import UserError
+
+if TYPE_CHECKING:
+    from afa_llm.model.task import PromptTask
 
 VADER_PACKAGE, VADER_FILE = "vadersentiment", "vaderSentiment/vader_lexicon.txt"
 _WORD = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)*")
@@ -119,7 +122,7 @@ def span_focus(focus: np.ndarray, spans: Sequence[tuple[int, int]], start: int, 
 
 
 @torch.no_grad()
-def text_focus(model, task, texts: Sequence[str], *, batch_size: int = 32,
+def text_focus(model: torch.nn.Module, task: PromptTask, texts: Sequence[str], *, batch_size: int = 32,
                focus_layers: Sequence[int] | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """Per text: its text tokens' focus (in `text_offsets` order), and the class logits (N, C)."""
     from afa_llm.evaluation.evaluate import length_batches
@@ -140,7 +143,8 @@ def text_focus(model, task, texts: Sequence[str], *, batch_size: int = 32,
     return rows, logits
 
 
-def focus_lexicon(model, task, texts: Sequence[str], *, threshold: float = LEXICON_THRESHOLD, batch_size: int = 32,
+def focus_lexicon(model: torch.nn.Module, task: PromptTask, texts: Sequence[str], *,
+                  threshold: float = LEXICON_THRESHOLD, batch_size: int = 32,
                   focus_layers: Sequence[int] | None = None) -> dict[str, float]:
     """`lexicon_metrics` of ``model``'s focus on ``texts``."""
     rows, _ = text_focus(model, task, texts, batch_size=batch_size, focus_layers=focus_layers)

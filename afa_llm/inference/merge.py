@@ -24,12 +24,18 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from afa_llm.errors import UserError
 from afa_llm.io_utils import atomic_dir
 from afa_llm.runs import MERGE_INFO, RUN_PROMPT_KEYS, RunInfo, base_model_spec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from afa_llm.act.calibration import ACTConfig
 
 BASES = ("original", "dequantized-nf4")
 
@@ -80,7 +86,8 @@ def dequantize_nf4_(model: torch.nn.Module, quant_dtype: torch.dtype) -> list[st
 
 # ---- merging ------------------------------------------------------------------------
 def merge_adapter(
-    run: RunInfo, *, model: str | None = None, dtype: str = "fp32", base: str | None = None, act=None
+    run: RunInfo, *, model: str | None = None, dtype: str = "fp32", base: str | None = None,
+    act: ACTConfig | None = None
 ) -> tuple[torch.nn.Module, object, dict]:
     """Load the base in fp32, (optionally) round-trip it through nf4, merge, cast to ``dtype``.
 
@@ -126,7 +133,8 @@ def merge_adapter(
     return merged, tokenizer, info
 
 
-def label_classifier(model, tokenizer, names: list[str] | None, classes: int, source: str) -> None:
+def label_classifier(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, names: list[str] | None, classes: int,
+                     source: str) -> None:
     """Name the merged classifier's classes (``id2label``/``label2id``) and give it a pad token, so that
     ``AutoModelForSequenceClassification`` and ``pipeline("text-classification")`` batch it."""
     if not names or len(names) != classes:
@@ -217,7 +225,8 @@ def check_output(output: Path, overwrite: bool) -> None:
         raise UserError(f"--output {output} exists and is not empty; pass --overwrite to replace it")
 
 
-def save_merged(model, tokenizer, output: Path, card: str, info: dict, overwrite: bool = False, act=None) -> None:
+def save_merged(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output: Path, card: str, info: dict,
+                overwrite: bool = False, act: ACTConfig | None = None) -> None:
     """Save into a temp folder beside ``output``, then rename it into place (with ``act``'s act.json)."""
     check_output(output, overwrite)
     try:
@@ -234,7 +243,7 @@ def save_merged(model, tokenizer, output: Path, card: str, info: dict, overwrite
         raise UserError(f"cannot write the merged model to {output}: {exc.strerror or exc}") from exc
 
 
-def act_to_copy(path: str | None, run: RunInfo):
+def act_to_copy(path: str | None, run: RunInfo) -> ACTConfig | None:
     """The ACT config that --act names, else the run folder's act.json, else None."""
     from afa_llm.act.calibration import ACT_FILE, load_act
 

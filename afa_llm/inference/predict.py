@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 from dataclasses import dataclass
-from typing import IO, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -30,6 +30,12 @@ from afa_llm.data.loading import READ_ERRORS, first_line
 from afa_llm.errors import UserError
 from afa_llm.io_utils import atomic_writer
 from afa_llm.specs import Resolved
+
+if TYPE_CHECKING:
+    import torch
+    from tqdm.auto import tqdm
+
+    from afa_llm.model.task import PromptTask
 
 PRED_COLUMN = "predicted_label"
 OUTPUT_SUFFIXES = (".csv", ".jsonl")
@@ -102,8 +108,8 @@ def _text(value) -> str:
 
 
 # ---- scoring and writing --------------------------------------------------------------------
-def predict_chunk(model, task, label_names: list[str], frame: pd.DataFrame, text_column: str,
-                  batch_size: int, bar, prior: dict | None = None) -> tuple[pd.DataFrame, int]:
+def predict_chunk(model: torch.nn.Module, task: PromptTask, label_names: list[str], frame: pd.DataFrame,
+                  text_column: str, batch_size: int, bar: tqdm, prior: dict | None = None) -> tuple[pd.DataFrame, int]:
     """``frame`` plus the prediction columns; also returns how many rows had empty text.
 
     With a label-prior correction (`afa_llm.evaluation.prior`) the probabilities and labels are the corrected ones."""
@@ -150,8 +156,8 @@ def _json_value(value):
     return value.item() if hasattr(value, "item") else str(value)
 
 
-def predict_stream(model, task, label_names: list[str], chunks: Iterable[pd.DataFrame], writer: ChunkWriter,
-                   text_column: str, batch_size: int = 32, prior: dict | None = None,
+def predict_stream(model: torch.nn.Module, task: PromptTask, label_names: list[str], chunks: Iterable[pd.DataFrame],
+                   writer: ChunkWriter, text_column: str, batch_size: int = 32, prior: dict | None = None,
                    progress: bool = True) -> tuple[int, int, int]:
     """Score and write every chunk; returns (rows, rows with empty text, texts cut to the text budget)."""
     from tqdm.auto import tqdm

@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import zlib
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Optional
+from typing import TYPE_CHECKING, ClassVar, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,10 @@ from afa_llm.model.heads import as_head
 from afa_llm.model.scoring import class_kl, forward_scores
 from afa_llm.methods import adversarial_math as adv
 from afa_llm.methods.base import MethodContext, MethodKeys, TrainingMethod, classification_loss
+
+if TYPE_CHECKING:
+    from afa_llm.attention.clean_pass import CleanPass
+    from afa_llm.model.task import EncodedBatch
 
 
 @dataclass
@@ -71,7 +75,7 @@ class AdversarialAttention(TrainingMethod):
         self._zero: list[torch.Tensor] | None = None
 
     # ---- the pieces -----------------------------------------------------------------
-    def shapes(self, batch) -> list[tuple[int, ...]]:
+    def shapes(self, batch: EncodedBatch) -> list[tuple[int, ...]]:
         b, length = batch.input_ids.shape
         row = (length,) if self.keys.adv_rows == "answer" else (length, length)
         return [(b, self.ctx.num_heads, *row) for _ in self.layers]
@@ -80,14 +84,15 @@ class AdversarialAttention(TrainingMethod):
         rows = "last" if self.keys.adv_rows == "answer" else "all"
         return {EDITS_KWARG: {layer: ScorePerturbation(rows=rows, r=r) for layer, r in zip(self.layers, directions)}}
 
-    def forward_kwargs(self, batch) -> dict:
+    def forward_kwargs(self, batch: EncodedBatch) -> dict:
         if not self.needs_clean_gradient:
             return {}
         device = batch.input_ids.device
         self._zero = [torch.zeros(s, device=device, requires_grad=True) for s in self.shapes(batch)]
         return self.edits(self._zero)
 
-    def perturbed_logits(self, model, batch, clean, r: list[torch.Tensor], *, grad: bool) -> torch.Tensor:
+    def perturbed_logits(self, model: torch.nn.Module, batch: EncodedBatch, clean: CleanPass, r: list[torch.Tensor],
+                         *, grad: bool) -> torch.Tensor:
         """Class logits with ``r`` added; from layer `lowest` on, unless checkpointing or the head forbids it."""
         base = unwrap_model(model)
         start = clean.layer_inputs[self.lowest]
@@ -100,17 +105,20 @@ class AdversarialAttention(TrainingMethod):
             return forward_scores(model, **batch.model_inputs(), head=self.ctx.head,
                                   **self.edits(r)).class_logits
 
-    def random_direction(self, batch, valid, step: int, salt: int = 0) -> list[torch.Tensor]:
+    def random_direction(self, batch: EncodedBatch, valid: torch.Tensor, step: int,
+                         salt: int = 0) -> list[torch.Tensor]:
         lengths = (batch.attention_mask != 0).sum(-1)
         seeds = [zlib.crc32(row[-int(n):].cpu().numpy().tobytes()) ^ (self.ctx.seed * 1_000_003 + step * 7919 + salt)
                  for row, n in zip(batch.input_ids, lengths)]
         return adv.random_directions(self.shapes(batch), valid, lengths, seeds)
 
-    def direction(self, model, batch, clean, loss_cls, valid, step) -> list[torch.Tensor]:
+    def direction(self, model: torch.nn.Module, batch: EncodedBatch, clean: CleanPass, loss_cls: torch.Tensor,
+                  valid: torch.Tensor, step: int) -> list[torch.Tensor]:
         raise NotImplementedError
 
     # ---- the step -------------------------------------------------------------------
-    def loss(self, model, batch, clean, step):
+    def loss(self, model: torch.nn.Module, batch: EncodedBatch, clean: CleanPass,
+             step: int) -> tuple[torch.Tensor, dict[str, float]]:
         keys = self.keys
         loss_cls = classification_loss(clean, batch, self.ctx.class_weights)
         valid = adv.valid_entries(batch.attention_mask, keys.adv_rows, keys.adv_exclude)
@@ -125,7 +133,8 @@ class AdversarialAttention(TrainingMethod):
                    **self.diagnostics(model, batch, clean, r, valid, step, kl)}
         return loss_cls + keys.adv_lambda * term, metrics
 
-    def random_kl(self, model, batch, clean, valid, step, adv_kl: torch.Tensor) -> float:
+    def random_kl(self, model: torch.nn.Module, batch: EncodedBatch, clean: CleanPass, valid: torch.Tensor, step: int,
+                  adv_kl: torch.Tensor) -> float:
         """KL(p^ || p(s + r_random)) for a random centred direction of norm eps: one more pass."""
         keys = self.keys
         random = adv.normalise(self.random_direction(batch, valid, step, salt=1), valid, keys.adv_eps,
@@ -134,7 +143,8 @@ class AdversarialAttention(TrainingMethod):
             logits = self.perturbed_logits(model, batch, clean, random, grad=False)
         return class_kl(clean.class_logits.detach(), logits).mean().item()
 
-    def diagnostics(self, model, batch, clean, r, valid, step, adv_kl: torch.Tensor) -> dict[str, float]:
+    def diagnostics(self, model: torch.nn.Module, batch: EncodedBatch, clean: CleanPass, r: list[torch.Tensor],
+                    valid: torch.Tensor, step: int, adv_kl: torch.Tensor) -> dict[str, float]:
         keys = self.keys
         random_kl = self.random_kl(model, batch, clean, valid, step, adv_kl)
         first = torch.zeros_like(batch.attention_mask, dtype=torch.bool)
@@ -151,7 +161,8 @@ class AttentionAT(AdversarialAttention):
     needs_clean_gradient = True
     sign: ClassVar[float] = 1.0
 
-    def direction(self, model, batch, clean, loss_cls, valid, step):
+    def direction(self, model: torch.nn.Module, batch: EncodedBatch, clean: CleanPass, loss_cls: torch.Tensor,
+                  valid: torch.Tensor, step: int) -> list[torch.Tensor]:
         grads = torch.autograd.grad(loss_cls, self._zero, retain_graph=True)  # only r: no parameter grads
         self._zero = None
         return [self.sign * g for g in grads]
@@ -169,7 +180,8 @@ class AttentionVAT(AdversarialAttention):
     summary = "Attention VAT: KL to the clean prediction under the virtual-adversarial perturbation"
     adversarial_loss = "kl"
 
-    def direction(self, model, batch, clean, loss_cls, valid, step):
+    def direction(self, model: torch.nn.Module, batch: EncodedBatch, clean: CleanPass, loss_cls: torch.Tensor,
+                  valid: torch.Tensor, step: int) -> list[torch.Tensor]:
         keys = self.keys
         p_hat = clean.class_logits.detach()
         d = self.random_direction(batch, valid, step)
@@ -183,7 +195,8 @@ class AttentionVAT(AdversarialAttention):
             d = adv.keep_where_vanished(list(grads), d)
         return d
 
-    def random_kl(self, model, batch, clean, valid, step, adv_kl):
+    def random_kl(self, model: torch.nn.Module, batch: EncodedBatch, clean: CleanPass, valid: torch.Tensor, step: int,
+                  adv_kl: torch.Tensor) -> float:
         if self._start_kl is not None:  # no extra pass: the power iteration's start already measured it
             return self._start_kl
         return super().random_kl(model, batch, clean, valid, step, adv_kl)
@@ -193,8 +206,10 @@ class AttentionRP(AdversarialAttention):
     name = "attn_rp"
     summary = "Attention RP: the control; CE under a random centred perturbation of the same norm"
 
-    def direction(self, model, batch, clean, loss_cls, valid, step):
+    def direction(self, model: torch.nn.Module, batch: EncodedBatch, clean: CleanPass, loss_cls: torch.Tensor,
+                  valid: torch.Tensor, step: int) -> list[torch.Tensor]:
         return self.random_direction(batch, valid, step)
 
-    def random_kl(self, model, batch, clean, valid, step, adv_kl):
+    def random_kl(self, model: torch.nn.Module, batch: EncodedBatch, clean: CleanPass, valid: torch.Tensor, step: int,
+                  adv_kl: torch.Tensor) -> float:
         return adv_kl.item()  # its own perturbation is the random direction of norm eps

@@ -91,7 +91,8 @@ class TrainingMethod:
         """Extra keyword arguments for the clean forward pass (default: none)."""
         return {}
 
-    def loss(self, model, batch: EncodedBatch, clean: CleanPass, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: torch.nn.Module, batch: EncodedBatch, clean: CleanPass,
+             step: int) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:

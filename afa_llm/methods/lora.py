@@ -11,9 +11,17 @@ The masked CE (`methods.masked_ce`) is the same component that AFA uses, so both
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from afa_llm.attention import masking
 from afa_llm.methods.base import MethodContext, TrainingMethod, classification_loss
 from afa_llm.methods.masked_ce import MaskedCE, WordDropoutKeys
+
+if TYPE_CHECKING:
+    import torch
+
+    from afa_llm.attention.clean_pass import CleanPass
+    from afa_llm.model.task import EncodedBatch
 
 
 class LoRAMethod(TrainingMethod):
@@ -26,7 +34,8 @@ class LoRAMethod(TrainingMethod):
         super().__init__(keys, ctx)
         self.masked = MaskedCE(keys, ctx)
 
-    def loss(self, model, batch, clean, step):
+    def loss(self, model: torch.nn.Module, batch: EncodedBatch, clean: CleanPass,
+             step: int) -> tuple[torch.Tensor, dict[str, float]]:
         loss_cls = classification_loss(clean, batch, self.ctx.class_weights)
         loss, metrics = loss_cls, {"loss_cls": loss_cls.item()}
         if self.keys.masked_ce != "none":
@@ -35,7 +44,7 @@ class LoRAMethod(TrainingMethod):
             loss = loss + self.keys.masked_ce_weight * self.masked.loss(model, batch, mask, metrics)
         return loss, metrics
 
-    def hidden_words(self, batch, clean, k):
+    def hidden_words(self, batch: EncodedBatch, clean: CleanPass, k: torch.Tensor) -> torch.Tensor:
         """The words the masked CE hides: the top-k of the focus, or k at random."""
         if self.keys.masked_ce == "focus":
             return masking.top_k_masks(clean.focus, batch.text_mask, k)

@@ -9,7 +9,7 @@ tokens are deleted from the attention (positions kept), or replaced by a filler 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +17,9 @@ import torch.nn.functional as F
 from afa_llm.attention import masking
 from afa_llm.methods.base import MethodContext, MethodKeys
 from afa_llm.model.scoring import forward_scores
+
+if TYPE_CHECKING:
+    from afa_llm.model.task import EncodedBatch
 
 
 @dataclass
@@ -38,14 +41,14 @@ class MaskedCE:
         self.keys, self.ctx = keys, ctx
         self.filler_id = masking.filler_token_id(ctx.tokenizer, keys.filler_token)
 
-    def tokens_per_mask(self, batch) -> torch.Tensor:
+    def tokens_per_mask(self, batch: EncodedBatch) -> torch.Tensor:
         return masking.masks_per_example(batch.text_mask.sum(-1), self.keys.mask_ratio)
 
-    def random_mask(self, batch, k: torch.Tensor) -> torch.Tensor:
+    def random_mask(self, batch: EncodedBatch, k: torch.Tensor) -> torch.Tensor:
         """k[b] text tokens drawn uniformly (the method's sampler) -> (B, L)."""
         return masking.uniform_masks(batch.text_mask, k, 1, self.ctx.generator)[:, 0]
 
-    def loss(self, model, batch, mask: torch.Tensor, metrics: dict) -> torch.Tensor:
+    def loss(self, model: torch.nn.Module, batch: EncodedBatch, mask: torch.Tensor, metrics: dict) -> torch.Tensor:
         masked = masking.hide_tokens(batch, mask.unsqueeze(1), self.keys.mask_mode, self.filler_id)
         logits = forward_scores(model, **masked.model_inputs(), head=self.ctx.head).class_logits
         loss = F.cross_entropy(logits, batch.labels, weight=self.ctx.class_weights)

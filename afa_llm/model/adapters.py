@@ -4,12 +4,17 @@ the model (+ adapter) and its bound prompt task, from a `ScorerSpec`."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from afa_llm.errors import UserError
 from afa_llm.specs import ScorerSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from afa_llm.model.task import PromptTask
 
 
 def resolve_adapter_dir(path: str) -> Path:
@@ -54,7 +59,7 @@ def attach_adapter(model: torch.nn.Module, adapter: str) -> torch.nn.Module:
         raise UserError(f"adapter {folder} does not fit this model: {str(exc).splitlines()[0]}") from exc
 
 
-def build_task(spec: ScorerSpec, class_names: Sequence[str], tokenizer):
+def build_task(spec: ScorerSpec, class_names: Sequence[str], tokenizer: PreTrainedTokenizerBase) -> PromptTask:
     """The prompt task of ``spec`` for ``class_names``, bound to ``tokenizer``."""
     from afa_llm.model.task import PromptTask
 
@@ -63,7 +68,8 @@ def build_task(spec: ScorerSpec, class_names: Sequence[str], tokenizer):
     return task.bind(tokenizer)
 
 
-def load_scorer(spec: ScorerSpec, class_names: Sequence[str], progress: bool = True):
+def load_scorer(spec: ScorerSpec, class_names: Sequence[str],
+                progress: bool = True) -> tuple[torch.nn.Module, PromptTask]:
     """The model (+ ``spec.adapter``) and its bound prompt task. The adapter folder and the label words
     are checked before the weights load, so a typo costs no loading time."""
     from afa_llm.model.loading import load_model, load_model_tokenizer

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
 
 from afa_llm.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers.cache_utils import Cache
+    from transformers.utils import ModelOutput
 
 SEQ_CLS_SUFFIX = "ForSequenceClassification"
 
@@ -52,7 +56,7 @@ class LabelWordHead:
         # the LM head on the answer position only; later tokens of a word read the prompt's KV cache
         return {"logits_to_keep": 1, "use_cache": not self.single_token}
 
-    def class_logits(self, model: nn.Module, out, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def class_logits(self, model: nn.Module, out: ModelOutput, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         last = out.logits[:, -1, :].float()
         ids = torch.tensor(self.first_ids, device=last.device)
         if self.single_token and not self.length_normalize:
@@ -75,7 +79,7 @@ class ClassifierHead:
     def forward_kwargs(self) -> dict:
         return {"use_cache": False}
 
-    def class_logits(self, model: nn.Module, out, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def class_logits(self, model: nn.Module, out: ModelOutput, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         if out.logits.dim() != 2:
             raise RuntimeError("the classifier head needs a *ForSequenceClassification model "
                                "(afa_llm.model.heads.as_sequence_classifier)")
@@ -93,12 +97,12 @@ def as_head(head: Head | Sequence[int]) -> Head:
 
 
 def prompt_forward(model: nn.Module, inputs: dict[str, torch.Tensor], head: Head, return_hidden: bool = False,
-                   **forward_kwargs):
+                   **forward_kwargs) -> ModelOutput:
     """The one forward pass over the prompts (``forward_kwargs`` reach the attention functions)."""
     return model(**inputs, output_hidden_states=return_hidden, **head.forward_kwargs(), **forward_kwargs)
 
 
-def continuation_logprobs(model: nn.Module, cache, inputs: dict[str, torch.Tensor],
+def continuation_logprobs(model: nn.Module, cache: Cache | None, inputs: dict[str, torch.Tensor],
                           token_ids: Sequence[Sequence[int]]) -> torch.Tensor:
     """(B, C): sum over k >= 1 of log p(word_c[k] | prompt, word_c[:k]), 0 for one-token words.
 

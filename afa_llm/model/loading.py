@@ -27,6 +27,7 @@ import struct
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
@@ -34,6 +35,9 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from afa_llm.defaults import DEFAULT_MODEL, DTYPE_NAMES, QUANTIZATIONS
 from afa_llm.errors import UserError
 from afa_llm.model.heads import SEQ_CLS_SUFFIX
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 DTYPES = dict(zip(DTYPE_NAMES, (torch.float32, torch.bfloat16, torch.float16)))  # name -> torch dtype
 BUILTIN_MODELS = {
@@ -168,7 +172,7 @@ def disable_bnb_cpu_repack(model: torch.nn.Module) -> int:
     return patched
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -176,7 +180,7 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_model_tokenizer(spec: str = DEFAULT_MODEL):
+def load_model_tokenizer(spec: str = DEFAULT_MODEL) -> PreTrainedTokenizerBase:
     """The tokenizer of ``spec`` alone (cheap), e.g. to check label words before the weights load."""
     path = resolve_model_path(spec)
     try:
@@ -203,7 +207,7 @@ def load_model(
     dtype: str = "fp32",
     attn_implementation: str = "sdpa",
     device_map: str | dict | None = None,
-):
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)`` for ``spec``; see the module docstring."""
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")

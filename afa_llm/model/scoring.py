@@ -9,12 +9,15 @@ words of several tokens add one pass over its KV cache.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from afa_llm.model.heads import Head, as_head, prompt_forward
 from afa_llm.model.task import EncodedBatch
+
+if TYPE_CHECKING:
+    from transformers.utils import ModelOutput
 
 
 @dataclass
@@ -44,7 +47,8 @@ def forward_scores(
     return score_output(model, out, inputs, head, return_hidden)
 
 
-def score_output(model: torch.nn.Module, out, inputs: dict, head: Head, return_hidden: bool) -> ScoreOutput:
+def score_output(model: torch.nn.Module, out: ModelOutput, inputs: dict, head: Head,
+                 return_hidden: bool) -> ScoreOutput:
     """The class logits (and hidden states) of a prompt pass ``out``."""
     logits = head.class_logits(model, out, inputs)
     if not return_hidden:

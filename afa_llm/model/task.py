@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from afa_llm.defaults import DEFAULT_TEMPLATE, HEADS, TRUNCATIONS
 from afa_llm.errors import UserError
-from afa_llm.model.heads import ClassifierHead, LabelWordHead
+from afa_llm.model.heads import ClassifierHead, Head, LabelWordHead
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -124,10 +127,10 @@ class PromptTask:
 
     # ---- tokenizer binding -------------------------------------------------
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         return self._tokenizer
 
-    def bind(self, tokenizer) -> "PromptTask":
+    def bind(self, tokenizer: PreTrainedTokenizerBase) -> "PromptTask":
         """Tokenize the label words (one or more tokens each; they must differ)."""
         seqs = [tokenizer.encode(word, add_special_tokens=False) for word in self.label_words]
         for word, toks in zip(self.label_words, seqs):
@@ -164,7 +167,7 @@ class PromptTask:
         return [t[0] for t in self.label_token_seqs]
 
     @property
-    def head(self):
+    def head(self) -> Head:
         """The scoring head (`afa_llm.model.heads`) of this task."""
         if self.head_kind == "classifier":
             return ClassifierHead(self.num_classes)
@@ -241,7 +244,7 @@ class PromptTask:
         )
 
 
-def leading_special_tokens(tokenizer) -> list[int]:
+def leading_special_tokens(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """The tokens the tokenizer itself puts before a text (e.g. Gemma's ``<bos>``).
 
     Read off an encoding rather than ``add_bos_token``, which transformers 5 tokenizers

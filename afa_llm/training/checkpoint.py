@@ -17,12 +17,18 @@ import random
 import re
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from afa_llm.errors import UserError
 from afa_llm.io_utils import atomic_dir
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+    from afa_llm.config import TrainConfig
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -47,7 +53,8 @@ def set_rng_state(state: dict, generator: torch.Generator | None) -> None:
         generator.set_state(state["sampler"])
 
 
-def save_checkpoint(run_dir: Path, step: int, peft_model, state: dict, config, keep: int) -> Path:
+def save_checkpoint(run_dir: Path, step: int, peft_model: PeftModel, state: dict, config: TrainConfig,
+                    keep: int) -> Path:
     """Write ``RUN/checkpoints/step-N`` atomically and prune old ones (keep the newest)."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -86,7 +93,7 @@ def load_trainer_state(checkpoint: Path) -> dict:
     return torch.load(checkpoint / "trainer_state.pt", map_location="cpu", weights_only=False)
 
 
-def load_adapter_weights(peft_model, adapter_dir: Path) -> None:
+def load_adapter_weights(peft_model: PeftModel, adapter_dir: Path) -> None:
     """Load the adapter saved in ``adapter_dir`` (its adapter_model.safetensors) into ``peft_model``."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file

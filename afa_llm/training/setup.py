@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from afa_llm.config import TrainConfig
 from afa_llm.data.loading import SentimentData, load_sentiment_data
 from afa_llm.defaults import lora_targets
 from afa_llm.errors import UserError
-from afa_llm.methods import MethodContext, build_method
+from afa_llm.methods import MethodContext, TrainingMethod, build_method
 from afa_llm.model.adapters import build_task as scorer_task
 from afa_llm.model.heads import as_sequence_classifier
 from afa_llm.model.loading import load_model
@@ -28,8 +29,15 @@ from afa_llm.model.task import PromptTask
 from afa_llm.specs import ScorerSpec, class_names_for
 from afa_llm.training.checkpoint import list_checkpoints, resolve_resume
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
 
-def build_model(cfg: TrainConfig, accelerator: Accelerator, label_names: list[str] | None = None):
+    from afa_llm.data.shortcut import ShortcutSpec
+
+
+def build_model(cfg: TrainConfig, accelerator: Accelerator,
+                label_names: list[str] | None = None) -> tuple[PeftModel, PromptTask]:
     """The base model (quantized per config; with ``head: classifier`` its sequence-classification twin,
     `afa_llm.model.heads`) with the LoRA attached, and the run's prompt task for ``label_names`` (default:
     the recipe's, else from its label words)."""
@@ -59,7 +67,7 @@ def build_model(cfg: TrainConfig, accelerator: Accelerator, label_names: list[st
     return model, task
 
 
-def build_task(cfg: TrainConfig, label_names: list[str], tokenizer) -> PromptTask:
+def build_task(cfg: TrainConfig, label_names: list[str], tokenizer: PreTrainedTokenizerBase) -> PromptTask:
     """The run's prompt task: the scorer's (`afa_llm.model.adapters.build_task`) with the recipe's prompt keys."""
     words = cfg.label_words or None
     if words is not None and len(words) != len(label_names):
@@ -94,7 +102,7 @@ def load_training_data(cfg: TrainConfig) -> tuple[SentimentData, object]:
     return data, train_split
 
 
-def run_shortcut(cfg: TrainConfig, label_names: list[str]):
+def run_shortcut(cfg: TrainConfig, label_names: list[str]) -> ShortcutSpec | None:
     """The run's `ShortcutSpec` (None when ``shortcut_cue`` is empty); the class is checked by name."""
     from afa_llm.data.shortcut import ShortcutSpec
 
@@ -122,7 +130,8 @@ def plant_run_shortcut(cfg: TrainConfig, data: SentimentData) -> SentimentData:
     return dataclasses.replace(data, splits=DatasetDict(splits))
 
 
-def class_weight_values(setting, labels, num_classes: int) -> list[float] | None:
+def class_weight_values(setting: str | list[float] | None, labels: Sequence[int] | np.ndarray,
+                        num_classes: int) -> list[float] | None:
     """The ``class_weights`` of a run: None, balanced ones from the training labels (n / (C * n_c)), or the
     given list, checked against the number of classes."""
     if setting in (None, "none"):
@@ -138,8 +147,8 @@ def class_weight_values(setting, labels, num_classes: int) -> list[float] | None
     return [float(w) for w in setting]
 
 
-def make_method(cfg: TrainConfig, peft_model, task: PromptTask, generator: torch.Generator,
-                accelerator: Accelerator | None = None, class_weights: list[float] | None = None):
+def make_method(cfg: TrainConfig, peft_model: PeftModel, task: PromptTask, generator: torch.Generator,
+                accelerator: Accelerator | None = None, class_weights: list[float] | None = None) -> TrainingMethod:
     """The configured training method for ``peft_model`` (Accelerate's verbs when given)."""
     text_config = peft_model.get_base_model().config.get_text_config()
     verbs = {} if accelerator is None else dict(backward=accelerator.backward, gather=accelerator.gather,

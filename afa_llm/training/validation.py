@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -31,6 +31,15 @@ from afa_llm.evaluation.evaluate import evaluate_dataset
 from afa_llm.attention.clean_pass import clean_pass
 from afa_llm.io_utils import atomic_dir, write_json
 from afa_llm.provenance import machine_record
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from datasets import Dataset
+    from peft import PeftModel
+
+    from afa_llm.config import TrainConfig
+    from afa_llm.data.loading import SentimentData
+    from afa_llm.model.task import PromptTask
 
 BEST_DIR = "best"  # under checkpoints/; not a step-N folder, so pruning and resume never touch it
 
@@ -71,7 +80,8 @@ def validation_record(report: dict, step: int) -> dict:
     return {"step": step, "accuracy": report["accuracy"], "loss": float(-np.log(np.clip(gold, 1e-12, 1)).mean())}
 
 
-def validate(accelerator, peft_model, task, data, cfg, step: int) -> dict:
+def validate(accelerator: Accelerator, peft_model: PeftModel, task: PromptTask, data: SentimentData, cfg: TrainConfig,
+             step: int) -> dict:
     """Score the validation split on the main process; every rank returns its record."""
     record = [None]
     if accelerator.is_main_process:
@@ -88,7 +98,7 @@ def validate(accelerator, peft_model, task, data, cfg, step: int) -> dict:
     return record[0]
 
 
-def save_best_adapter(peft_model, run_dir: Path) -> Path:
+def save_best_adapter(peft_model: PeftModel, run_dir: Path) -> Path:
     """Write the adapter to ``checkpoints/best/adapter`` atomically (main process only)."""
     target = run_dir / "checkpoints" / BEST_DIR
     with atomic_dir(target) as tmp:
@@ -96,7 +106,7 @@ def save_best_adapter(peft_model, run_dir: Path) -> Path:
     return target
 
 
-def selected_test(peft_model, run_dir: Path, history: list[dict], stopper: EarlyStopping, select_best: bool,
+def selected_test(peft_model: PeftModel, run_dir: Path, history: list[dict], stopper: EarlyStopping, select_best: bool,
                   last_step: int, evaluate: Callable[[], dict]) -> dict:
     """Test the last weights, and with ``select_best`` the best validation's; the model keeps
     the selected weights. Returns the results.json fields."""
@@ -114,7 +124,8 @@ def selected_test(peft_model, run_dir: Path, history: list[dict], stopper: Early
     return fields
 
 
-def fake_focus_share_on(peft_model, task, texts: list[str], frequent, cfg) -> float:
+def fake_focus_share_on(peft_model: PeftModel, task: PromptTask, texts: list[str], frequent: torch.Tensor,
+                        cfg: TrainConfig) -> float:
     """The adapter's fake-focus share on ``texts`` (`focus_math.fake_focus_ratio`)."""
     shares, bases = [], []
     device = next(peft_model.parameters()).device
@@ -128,7 +139,7 @@ def fake_focus_share_on(peft_model, task, texts: list[str], frequent, cfg) -> fl
     return fm.fake_focus_ratio(torch.cat(shares), torch.cat(bases))
 
 
-def focus_metrics_on(model, task, texts: list[str], cfg) -> dict:
+def focus_metrics_on(model: torch.nn.Module, task: PromptTask, texts: list[str], cfg: TrainConfig) -> dict:
     """`afa_llm.evaluation.focus_metrics.focus_metrics` with the run's keys (threshold, example counts, layers, seed)."""
     from afa_llm.evaluation.focus_metrics import focus_metrics
 
@@ -137,7 +148,8 @@ def focus_metrics_on(model, task, texts: list[str], cfg) -> dict:
                          focus_layers=cfg.focus_layers, seed=cfg.seed)
 
 
-def stress_on(model, task, test, label_names, cfg, clean_report: dict) -> dict:
+def stress_on(model: torch.nn.Module, task: PromptTask, test: Dataset, label_names: list[str], cfg: TrainConfig,
+              clean_report: dict) -> dict:
     """The stress views of the test split with the run's own cue (`afa_llm.evaluation.stress`)."""
     from afa_llm.data.shortcut import split_seed_for
     from afa_llm.evaluation.stress import stress_test
@@ -148,12 +160,12 @@ def stress_on(model, task, test, label_names, cfg, clean_report: dict) -> dict:
                        focus_layers=cfg.focus_layers, focus_n=cfg.focus_eval_limit, clean_report=clean_report)
 
 
-def shortcut_record(cfg) -> dict | None:
+def shortcut_record(cfg: TrainConfig) -> dict | None:
     keys = ("shortcut_cue", "shortcut_label", "shortcut_rate", "shortcut_purity", "shortcut_position")
     return {key: getattr(cfg, key) for key in keys} if cfg.shortcut_cue else None
 
 
-def head_record(task, cfg) -> dict:
+def head_record(task: PromptTask, cfg: TrainConfig) -> dict:
     """How the run scored its classes: the head, how a classifier started, length normalisation."""
     init = None
     if task.head_kind == "classifier":
@@ -162,7 +174,8 @@ def head_record(task, cfg) -> dict:
             "label_tokens": [len(t) for t in task.label_token_seqs]}
 
 
-def final_results(accelerator, peft_model, task, data, cfg, frequent, history, stopper, last_step,
+def final_results(accelerator: Accelerator, peft_model: PeftModel, task: PromptTask, data: SentimentData,
+                  cfg: TrainConfig, frequent: torch.Tensor, history: list[dict], stopper: EarlyStopping, last_step: int,
                   name: str | None = None, extra: dict | None = None) -> dict:
     """Test the run (the selected checkpoint, the base), save adapter/ and results.json.
     ``name`` labels the run when another trainer made it (experiments/trl_baseline.py)."""

@@ -13,7 +13,7 @@ component that plain LoRA's word-dropout control uses (`methods.masked_ce`), so 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,10 @@ from afa_llm.methods.base import MethodContext, TrainingMethod, classification_l
 from afa_llm.methods.masked_ce import MaskedCE, WordDropoutKeys
 from afa_llm.methods.afa import math as am
 from afa_llm.methods.afa.discriminator import build_discriminator
+
+if TYPE_CHECKING:
+    from afa_llm.attention.clean_pass import CleanPass
+    from afa_llm.model.task import EncodedBatch
 
 
 @dataclass
@@ -68,7 +72,8 @@ class AFAMethod(TrainingMethod):
         self.disc, self.disc_opt = ctx.prepare(disc, disc_opt)
         self.median = am.RunningMedian(keys.median_window)
 
-    def loss(self, model, batch, clean, step):
+    def loss(self, model: torch.nn.Module, batch: EncodedBatch, clean: CleanPass,
+             step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """L = L_cls + lambda_pg(t) * (L_pg + beta * H) [+ w * L_masked_ce]; the discriminator learns on the way."""
         keys = self.keys
         loss_cls = classification_loss(clean, batch, self.ctx.class_weights)
@@ -99,13 +104,15 @@ class AFAMethod(TrainingMethod):
             return self.keys.num_masks
         return max(1, round(self.keys.measure_frac * self.keys.num_masks))
 
-    def rewards(self, model, batch, clean, masks):
+    def rewards(self, model: torch.nn.Module, batch: EncodedBatch, clean: CleanPass,
+                masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
         """The masks' measured effect, their rewards, the discriminator's loss and metrics."""
         if self.keys.discriminator == "pair":
             return self.pair_rewards(model, batch, clean, masks)
         return self.surrogate_rewards(model, batch, clean, masks, self.measured_masks())
 
-    def policy_gradient_loss(self, probs, masks, reward, batch) -> torch.Tensor:
+    def policy_gradient_loss(self, probs: torch.Tensor, masks: torch.Tensor, reward: torch.Tensor,
+                             batch: EncodedBatch) -> torch.Tensor:
         """REINFORCE with leave-one-out advantages over the G masks, plus beta * H(focus)."""
         log_probs = am.mask_log_prob(probs, masks)
         advantage = am.leave_one_out_advantage(reward, self.keys.advantage_norm)
@@ -126,7 +133,8 @@ class AFAMethod(TrainingMethod):
         return masking.masked_scores(model, batch, masks, self.ctx.head, self.keys.mask_mode,
                                      self.masked.filler_id, need_hidden=need_hidden)
 
-    def pair_rewards(self, model, batch, clean, masks):
+    def pair_rewards(self, model: torch.nn.Module, batch: EncodedBatch, clean: CleanPass,
+                     masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
         """Measure every mask; the pair discriminator classifies (clean, masked) answer states."""
         keys = self.keys
         masked_logits, masked_hidden = self._masked_scores(model, batch, masks, need_hidden=True)
@@ -139,7 +147,8 @@ class AFAMethod(TrainingMethod):
         reward = am.combine_rewards(effect, belief, keys.reward, keys.reward_mix_weight)
         return effect, reward, disc_loss, {"disc_loss": disc_loss.item(), "disc_acc": accuracy}
 
-    def surrogate_rewards(self, model, batch, clean, masks, measured: int):
+    def surrogate_rewards(self, model: torch.nn.Module, batch: EncodedBatch, clean: CleanPass, masks: torch.Tensor,
+                          measured: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, float]]:
         """Measure ``measured`` masks per example; the surrogate scores all of them."""
         keys = self.keys
         masked_logits, _ = self._masked_scores(model, batch, masks[:, :measured], need_hidden=False)
@@ -156,7 +165,8 @@ class AFAMethod(TrainingMethod):
         reward = am.combine_rewards(estimate, belief, keys.reward, keys.reward_mix_weight)
         return effect, reward, disc_loss, {"disc_loss": disc_loss.item(), "disc_acc": agree.float().mean().item()}
 
-    def masked_ce_mask(self, batch, k, masks, effect) -> torch.Tensor:
+    def masked_ce_mask(self, batch: EncodedBatch, k: torch.Tensor, masks: torch.Tensor,
+                       effect: torch.Tensor) -> torch.Tensor:
         mode = self.keys.masked_ce
         if mode == "random":  # the word-dropout control, on top of AFA
             return masking.uniform_masks(batch.text_mask, k, 1, self.ctx.generator)[:, 0]
