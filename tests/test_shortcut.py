@@ -179,3 +179,24 @@ def test_stress_command_writes_its_views(tiny_model_dir, learnable_csv, tmp_path
     assert len(report["anti"]["predictions"]) == report["n"] == 128
     assert report["gap"] == pytest.approx(report["clean"]["accuracy"] - report["anti"]["accuracy"])
     assert re.search(r"gap \(clean - anti accuracy\)", capsys.readouterr().out)
+
+
+def test_a_data_set_too_small_to_split_is_refused_before_training(tiny_model_dir, tmp_path):
+    """Three rows per class leave the seeded test and validation splits empty: one line before any
+    training, not a failure at the final test."""
+    import csv
+
+    from test_train import tiny_overrides
+
+    from afa_llm.config import load_config
+    from afa_llm.training.trainer import load_training_data
+
+    path = tmp_path / "tiny.csv"
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows([["text", "label"]] + [[f"text {i}", i % 2] for i in range(6)])
+    cfg = load_config(None, tiny_overrides(tmp_path / "run", tiny_model_dir, str(path), "eval_every=0"))
+    with pytest.raises(UserError, match=r"the seeded test split is empty: 6 rows are too few"):
+        load_training_data(cfg)
+    cfg = load_config(None, tiny_overrides(tmp_path / "run", tiny_model_dir, str(path), "eval_every=5"))
+    with pytest.raises(UserError, match=r"the seeded test and validation splits are empty"):
+        load_training_data(cfg)

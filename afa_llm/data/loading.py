@@ -218,6 +218,16 @@ def _default_names(n: int) -> list[str]:
 
 
 # ---- splitting -------------------------------------------------------------------
+def check_splits_nonempty(data: SentimentData, names: Sequence[str], data_name: str, hint: str = "") -> None:
+    """One line when a seeded split that a job needs is empty (a data set too small to split); ``hint``: the fix."""
+    empty = [name for name in names if len(data.split(name)) == 0]
+    if empty:
+        raise UserError(f"{data_name}: the seeded {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} "
+                        f"empty: {len(data.split('all'))} rows "
+                        "are too few to split (the test split takes 15% of each class, the validation split 10%)"
+                        + (f"; {hint}" if hint else ""))
+
+
 def stratified_splits(
     texts: Sequence[str],
     labels: Sequence[int],

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from afa_llm.defaults import FAITHFULNESS_ROWS, FOCUS_METRIC_ROWS, LEXICON_THRESHOLD, TRUNCATION_WARN_SHARE
-from afa_llm.data.loading import SentimentData, load_data
-from afa_llm.errors import UserError
+from afa_llm.data.loading import SentimentData, check_splits_nonempty, load_data
 from afa_llm.specs import Resolved
 
 if TYPE_CHECKING:
@@ -38,17 +37,13 @@ class EvalRequest:
 def rows_to_score(data: SentimentData, split_name: str, limit: int | None, data_name: str,
                   split_seed: int) -> tuple[Dataset, dict]:
     """The rows that are scored, and a record of which they are (for the report)."""
-    total = len(data.split("all"))
+    check_splits_nonempty(data, [split_name], data_name, "score every row with --split all")
     split = data.split(split_name)
-    if len(split) == 0:
-        raise UserError(f"{data_name}: the seeded {split_name} split is empty: {total} rows are too few to split "
-                        "(the test split takes 15% of each class, the validation split 10%); "
-                        "score every row with --split all")
     if limit:
         split = split.select(range(min(limit, len(split))))
     which = "all rows" if split_name == "all" else f"the seeded {split_name} split (split seed {split_seed})"
     which += f", the first {len(split)} (--limit)" if limit else ""
-    return split, {"rows": which, "n": len(split), "of": total, "limit": limit}
+    return split, {"rows": which, "n": len(split), "of": len(data.split("all")), "limit": limit}
 
 
 def warn_if_truncated(share: float, n: int, max_text_tokens: int) -> None:

@@ -18,7 +18,7 @@ from datasets import DatasetDict
 
 from afa_llm.attention.probe import AnswerAttentionProbe
 from afa_llm.config import TrainConfig
-from afa_llm.data.loading import SentimentData, load_sentiment_data
+from afa_llm.data.loading import SentimentData, check_splits_nonempty, load_sentiment_data
 from afa_llm.defaults import lora_targets
 from afa_llm.errors import UserError
 from afa_llm.methods import MethodContext, TrainingMethod, build_method
@@ -94,6 +94,8 @@ def load_training_data(cfg: TrainConfig) -> tuple[SentimentData, object]:
     """The run's data set and its training split (the first ``train_limit`` rows, if set)."""
     data = load_sentiment_data(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column,
                                label_names=cfg.label_names, split_seed=cfg.split_seed)
+    # the final test, and the validations if any, need their splits: refuse before training, not after
+    check_splits_nonempty(data, ["train", "test"] + (["validation"] if cfg.eval_every else []), cfg.data)
     if cfg.shortcut_cue:
         data = plant_run_shortcut(cfg, data)
     train_split = data.split("train")
