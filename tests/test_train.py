@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import contextlib
 import json
 import math
@@ -368,6 +370,10 @@ def test_filler_token_id(smollm2_tokenizer):
     assert filler_token_id(tok, tok.eos_token) == tok.eos_token_id
     with pytest.raises(UserError, match="filler_token"):
         filler_token_id(tok, " antidisestablishmentarianism")
+    no_pad = copy.deepcopy(tok)
+    no_pad.pad_token = None
+    with pytest.raises(UserError, match="no pad token"):
+        filler_token_id(no_pad, None)
 
 
 def test_batch_indices_partition_each_global_batch():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from afa_llm.evaluation.faithfulness import aopc, faithfulness_batch, faithfulness_masks, summarize
+from afa_llm.evaluation.faithfulness import aopc, faithfulness, faithfulness_batch, faithfulness_masks, summarize
 from afa_llm.attention.masking import top_k_masks
 from afa_llm.evaluation.word_focus import (average_precision, lexicon_metrics, lexicon_scores, sentiment_words, span_focus,
                                 vader_lexicon, word_units)
@@ -137,3 +137,8 @@ def test_random_baseline_follows_its_seed():
     assert torch.equal(draw(3), draw(3))
     assert not torch.equal(draw(3)[:, 2:], draw(4)[:, 2:])
     assert torch.equal(draw(3)[:, :2], draw(4)[:, :2])  # the focus blocks do not depend on the seed
+
+
+def test_faithfulness_of_no_texts_is_an_empty_report():
+    # no model is touched: the empty case returns before the first pass
+    assert faithfulness(torch.nn.Linear(1, 1), None, []) == {"faithfulness_n": 0}

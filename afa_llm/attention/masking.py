@@ -130,6 +130,9 @@ def filler_token_id(tokenizer: PreTrainedTokenizerBase, token: str | None) -> in
     (`` the``); anything else is a config error rather than a silent fallback to the unk id.
     """
     if not token:
+        if tokenizer.pad_token_id is None:  # load_tokenizer always sets one; a hand-built tokenizer may not
+            raise UserError("config key 'filler_token': the tokenizer has no pad token to fill with; "
+                            "name one token, e.g. ' the'")
         return tokenizer.pad_token_id
     vocab_id = tokenizer.convert_tokens_to_ids(token)
     if vocab_id is not None and (vocab_id != tokenizer.unk_token_id or token == tokenizer.unk_token):

@@ -17,7 +17,10 @@ def focus_metrics(model: torch.nn.Module, task: PromptTask, texts: Sequence[str]
                   threshold: float = LEXICON_THRESHOLD, faithfulness_n: int = FAITHFULNESS_ROWS,
                   batch_size: int = 32, focus_layers: Sequence[int] | None = None, seed: int = 0) -> dict:
     """Lexicon share, lift and AUPRC on ``texts``; comprehensiveness and sufficiency (AOPC, and their
-    gains over random tokens) on the first ``faithfulness_n`` of them (0: skipped)."""
+    gains over random tokens) on the first ``faithfulness_n`` of them (0: skipped).
+
+    ``batch_size`` is the lexicon pass's; faithfulness keeps its own smaller default, because each of
+    its texts is scored as 30 masked copies."""
     from afa_llm.evaluation.faithfulness import faithfulness
     from afa_llm.evaluation.word_focus import focus_lexicon
 
