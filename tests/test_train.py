@@ -12,9 +12,8 @@
 
 from __future__ import annotations
 
-import copy
-
 import contextlib
+import copy
 import json
 import math
 import os
