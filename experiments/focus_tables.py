@@ -2,7 +2,9 @@
 
 - Per class (every grid with more than two classes, or whose runs differ in head or class weights): the
   test F1 of each class, mean ± std over seeds, with the class's share of the test split: the minority
-  class's F1 is what class weights are for.
+  class's F1 is what class weights are for; then the macro-F1's difference from the baseline and, where the
+  classes are imbalanced, the minority class F1's, pooled over the seeds both ran (approximate
+  randomization over the examples, `afa_llm.evaluation.metrics.seed_pooled_f1_test`).
 
 - Stress (cells trained with ``shortcut_cue``): per variant, mean ± std over seeds of the clean,
   aligned and anti accuracy of the clean test split's views (`afa-llm stress`), the gap (clean - anti),
@@ -22,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from afa_llm.evaluation.metrics import (paired_t_test, report_correct, reports_mcnemar_p, reports_pooled_test,
-                                        seed_pooled_test)
+                                        seed_pooled_f1_test, seed_pooled_test)
 
 FOCUS_COLUMNS = ("lexicon_share", "lexicon_lift", "lexicon_auprc", "comprehensiveness_gain", "sufficiency_gain")
 PAIRED_FOCUS = ("lexicon_share", "comprehensiveness_gain")  # compared with the baseline seed by seed
@@ -40,8 +42,9 @@ def mean_std(values: list[float], fmt: str = ".4f") -> str:
     return f"{arr.mean():{fmt}}" + (f" ± {arr.std(ddof=1):{fmt}}" if len(arr) > 1 else "")
 
 
-def per_class_table(results: dict) -> list[str]:
-    """Markdown lines of the per-class F1 table ([] for two classes trained alike)."""
+def per_class_table(results: dict, baseline: str) -> list[str]:
+    """Markdown lines of the per-class F1 table ([] for two classes trained alike), with each variant's
+    macro-F1 difference from the baseline and, where the classes are imbalanced, its minority class's."""
     done = [r for runs in results.values() for r in runs.values() if r and "per_class" in r.get("test", {})]
     if not done:
         return []
@@ -51,15 +54,32 @@ def per_class_table(results: dict) -> list[str]:
         return []
     support = {c: done[0]["test"]["per_class"][c]["support"] for c in names}
     total = sum(support.values()) or 1
-    lines = ["", "Test F1 per class (its share of the test split), mean ± std over seeds.", "",
-             "| variant | n | " + " | ".join(f"F1 {c} ({support[c] / total:.0%})" for c in names) + " |",
-             "|---|---|" + "---|" * len(names)]
+    minority = min(names, key=support.get) if len(set(support.values())) > 1 else None
+    deltas = {"macro-F1": None} | ({f"F1 {minority}": names.index(minority)} if minority else {})
+    lines = ["", "Test F1 per class (its share of the test split), mean ± std over seeds; Δ: the difference from "
+             f"{baseline}, mean over the seeds both ran, with an approximate-randomization p pooled over them "
+             "(`afa_llm.evaluation.metrics.seed_pooled_f1_test`).", "",
+             "| variant | n | " + " | ".join(f"F1 {c} ({support[c] / total:.0%})" for c in names)
+             + "".join(f" | Δ {d} vs {baseline}" for d in deltas) + " |",
+             "|---|---|" + "---|" * (len(names) + len(deltas))]
     for variant, runs in results.items():
         tests = [r["test"]["per_class"] for r in runs.values() if r and "per_class" in r.get("test", {})]
         if tests:
-            lines.append(f"| {variant} | {len(tests)} | "
-                         + " | ".join(mean_std([t[c]["f1"] for t in tests]) for c in names) + " |")
+            cells = [mean_std([t[c]["f1"] for t in tests]) for c in names]
+            cells += [_paired_f1(runs, results.get(baseline, {}), len(names), index) if variant != baseline else "-"
+                      for index in deltas.values()]
+            lines.append(f"| {variant} | {len(tests)} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _paired_f1(runs: dict, base_runs: dict, num_classes: int, class_index: int | None) -> str:
+    pairs = [(r["test"], base_runs[seed]["test"]) for seed, r in runs.items()
+             if r and base_runs.get(seed) and "predictions" in r["test"] and "predictions" in base_runs[seed]["test"]]
+    if not pairs:
+        return ""
+    result = seed_pooled_f1_test([a["predictions"] for a, _ in pairs], [b["predictions"] for _, b in pairs],
+                                 pairs[0][0]["labels"], num_classes, class_index)
+    return f"{result['diff']:+.4f} ({len(pairs)} seed{'s' * (len(pairs) > 1)}, p{pooled_p(result['p_value'])})"
 
 
 def _shared_stress(runs: dict, other: dict) -> list[tuple[dict, dict]]:

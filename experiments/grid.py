@@ -222,7 +222,7 @@ def report(grid: dict) -> str:
         lines.append(f"| {variant} | `{' '.join(grid['variants'][variant]) or '-'}` | {len(acc)} | "
                      f"{acc.mean():.4f}{std} | {f1.mean():.4f} | {', '.join(paired) or '-'} | "
                      f"{', '.join(reach) or '-'} | {np.mean(share):.3f} |" + tail)
-    lines += per_class_table(results)
+    lines += per_class_table(results, baseline)
     lines += stress_table(results, baseline, grid.get("controls") or {})
     lines += focus_table(results, baseline)
     return "\n".join(lines)

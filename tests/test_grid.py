@@ -392,17 +392,24 @@ def test_controls_must_name_variants(tmp_path):
 
 
 def test_report_has_per_class_f1_when_heads_differ(tmp_path):
+    from afa_llm.evaluation.metrics import f1_by_class
+
     grid = {"recipe": "r.yaml", "output_root": str(tmp_path), "seeds": [0],
             "variants": {"lora": [], "lora_classifier": ["head=classifier"]}}
-    for name, f1_neg, head in (("lora", 0.8, "label_words"), ("lora_classifier", 0.7, "classifier")):
-        _write(tmp_path / f"{name}-seed0", 2, [{"step": 10, "accuracy": 0.8}])
+    for name, f1_neg, head, flips in (("lora", 0.8, "label_words", 2), ("lora_classifier", 0.7, "classifier", 8)):
+        _write(tmp_path / f"{name}-seed0", flips, [{"step": 10, "accuracy": 0.8}])
         result = json.loads((tmp_path / f"{name}-seed0" / "results.json").read_text())
         result["head"] = head
         result["test"]["per_class"] = {"neg": {"f1": f1_neg, "support": 15}, "pos": {"f1": 0.9, "support": 5}}
         (tmp_path / f"{name}-seed0" / "results.json").write_text(json.dumps(result))
     lines = grid_mod.report(grid).splitlines()
-    assert "| variant | n | F1 neg (75%) | F1 pos (25%) |" in lines
-    assert "| lora_classifier | 1 | 0.7000 | 0.9000 |" in lines
+    assert "| variant | n | F1 neg (75%) | F1 pos (25%) | Δ macro-F1 vs lora | Δ F1 pos vs lora |" in lines
+    row = next(line for line in lines if line.startswith("| lora_classifier | 1 | 0.7000 | 0.9000 |"))
+    labels = [0, 1] * 10
+    a, b = ([1 - y if i < k else y for i, y in enumerate(labels)] for k in (8, 2))
+    f1_a, f1_b = f1_by_class(labels, a, 2), f1_by_class(labels, b, 2)
+    assert f"| {f1_a.mean() - f1_b.mean():+.4f} (1 seed, p=" in row and f"| {f1_a[1] - f1_b[1]:+.4f} (1 seed, p=" in row
+    assert "| lora | 1 | 0.8000 | 0.9000 | - | - |" in lines
 
 
 def test_pooled_p_never_prints_a_bare_zero():

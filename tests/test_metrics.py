@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import pytest
 
-from afa_llm.evaluation.metrics import (classification_report, confusion_matrix, mcnemar_test, paired_bootstrap, reports_mcnemar_p,
-                             seed_pooled_test)
+from afa_llm.evaluation.metrics import (classification_report, confusion_matrix, f1_by_class, mcnemar_test,
+                                        paired_bootstrap, reports_mcnemar_p, seed_pooled_f1_test, seed_pooled_test)
 
 LABELS = [0, 0, 0, 1, 1, 1, 1, 2]
 PREDS = [0, 1, 0, 1, 1, 0, 2, 2]
@@ -152,3 +153,50 @@ def test_student_t_p_matches_closed_forms():
     t = 0.12 / (0.02 / math.sqrt(3))
     assert out["diff"] == pytest.approx(0.12) and out["p_value"] == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-7)
     assert math.isnan(paired_t_test([0.3], [0.2])["p_value"])
+
+
+# ---- F1 tests (macro-F1, one class's F1) --------------------------------------------------------
+def test_f1_by_class_matches_the_classification_report():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 50)
+    preds = np.stack([rng.integers(0, 3, 50), np.where(rng.random(50) < 0.7, labels, 0)])
+    rows = f1_by_class(labels, preds, 3)
+    for row, p in zip(rows, preds):
+        report = classification_report(labels, p, ["a", "b", "c"])
+        assert row == pytest.approx([report["per_class"][c]["f1"] for c in "abc"])
+        assert row.mean() == pytest.approx(report["macro_f1"])
+    assert f1_by_class([0, 0], np.array([0, 0]), 3).tolist() == [1.0, 0.0, 0.0]  # absent and never predicted
+
+
+def test_seed_pooled_f1_test_matches_exact_enumeration():
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    a = np.array([0, 0, 1, 1, 1, 2, 2, 2, 2, 0])
+    b = np.array([0, 1, 1, 1, 0, 0, 2, 2, 1, 1])
+
+    def macro(pa, pb):
+        return f1_by_class(labels, pa, 3).mean() - f1_by_class(labels, pb, 3).mean()
+
+    observed = macro(a, b)
+    swaps = np.array(list(itertools.product([False, True], repeat=len(labels))))
+    exact = np.mean([abs(macro(np.where(s, b, a), np.where(s, a, b))) >= abs(observed) - 1e-12 for s in swaps])
+    result = seed_pooled_f1_test(a, b, labels, 3, samples=20000)
+    assert result["diff"] == pytest.approx(observed)
+    assert result["p_value"] == pytest.approx(exact, abs=0.015)
+    assert 0.0 < exact < 1.0
+    # one class's F1: its own difference
+    one = seed_pooled_f1_test(a, b, labels, 3, class_index=2, samples=200)
+    assert one["diff"] == pytest.approx(f1_by_class(labels, a, 3)[2] - f1_by_class(labels, b, 3)[2])
+
+
+def test_seed_pooled_f1_test_units_are_examples():
+    labels = np.repeat([0, 1, 2], 40)
+    rng = np.random.default_rng(3)
+    a = np.where(rng.random(120) < 0.8, labels, (labels + 1) % 3)
+    b = np.where(rng.random(120) < 0.5, labels, (labels + 1) % 3)
+    tie = seed_pooled_f1_test(np.tile(a, (3, 1)), np.tile(a, (3, 1)), labels, 3, samples=500)
+    assert tie == {"diff": 0.0, "p_value": 1.0}
+    one = seed_pooled_f1_test(a, b, labels, 3, samples=2000)
+    three = seed_pooled_f1_test(np.tile(a, (3, 1)), np.tile(b, (3, 1)), labels, 3, samples=2000)
+    assert one["p_value"] < 0.01 and three == pytest.approx(one)  # copies of one seed are no new evidence
+    with pytest.raises(ValueError, match="shapes differ"):
+        seed_pooled_f1_test(np.tile(a, (3, 1)), np.tile(b, (2, 1)), labels, 3)

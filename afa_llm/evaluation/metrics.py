@@ -98,6 +98,46 @@ def reports_pooled_test(reports_a: Sequence[dict], reports_b: Sequence[dict], **
     return seed_pooled_test([report_correct(r) for r in reports_a], [report_correct(r) for r in reports_b], **kwargs)
 
 
+
+def f1_by_class(labels: Sequence[int], preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """Each class's F1 for one or many rows of predictions: ``preds`` (..., N) -> (..., C).
+
+    2 tp / (predicted + actual), which is `classification_report`'s 2PR / (P + R); 0 for a class that is
+    neither predicted nor present."""
+    classes = np.arange(num_classes)
+    predicted = np.asarray(preds)[..., None] == classes  # (..., N, C)
+    actual = np.asarray(labels)[:, None] == classes      # (N, C)
+    true_pos = (predicted & actual).sum(-2)
+    denom = predicted.sum(-2) + actual.sum(0)
+    return np.divide(2.0 * true_pos, denom, out=np.zeros(true_pos.shape), where=denom > 0)
+
+
+def seed_pooled_f1_test(preds_a: np.ndarray, preds_b: np.ndarray, labels: Sequence[int], num_classes: int,
+                        class_index: int | None = None, samples: int = 10000, seed: int = 0) -> dict:
+    """Paired test of macro-F1 (or of one class's F1) between two models, pooled over seeds.
+
+    ``preds_a``/``preds_b``: (seeds, examples) predicted classes on the same examples. The statistic is
+    the seed-mean F1 difference. F1 is not a mean over examples, so the test is approximate
+    randomization (Noreen 1989; Yeh, COLING 2000): under the null, swapping the two models' predictions
+    for an example (in every seed at once: the examples are the units, as in `seed_pooled_test`) changes
+    nothing. Returns the difference and the two-sided p."""
+    a, b = np.atleast_2d(np.asarray(preds_a, int)), np.atleast_2d(np.asarray(preds_b, int))
+    if a.shape != b.shape:
+        raise ValueError(f"prediction shapes differ: {a.shape} vs {b.shape}")
+
+    def difference(pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
+        diff = f1_by_class(labels, pa, num_classes) - f1_by_class(labels, pb, num_classes)  # (..., seeds, C)
+        return (diff.mean(-1) if class_index is None else diff[..., class_index]).mean(-1)
+
+    observed = float(difference(a, b))
+    rng = np.random.default_rng(seed)
+    exceed, chunk = 0, 250  # chunks bound the (chunk, seeds, N, C) masks
+    for start in range(0, samples, chunk):
+        swap = rng.random((min(chunk, samples - start), 1, a.shape[1])) < 0.5
+        permuted = difference(np.where(swap, b, a), np.where(swap, a, b))
+        exceed += int((np.abs(permuted) >= abs(observed) - 1e-12).sum())
+    return {"diff": observed, "p_value": min(1.0, (1 + exceed) / (1 + samples))}
+
 # ---- calibration ---------------------------------------------------------------------
 ECE_BINS = 15
 
