@@ -5,6 +5,8 @@
   class's F1 is what class weights are for; then the macro-F1's difference from the baseline and, where the
   classes are imbalanced, the minority class F1's, pooled over the seeds both ran (approximate
   randomization over the examples, `afa_llm.evaluation.metrics.seed_pooled_f1_test`).
+- Calibration (grids whose runs differ in head or class weights): test ECE and Brier score, mean ± std over
+  seeds, and the Brier score's difference from the baseline, pooled over seeds (sign flips per example).
 
 - Stress (cells trained with ``shortcut_cue``): per variant, mean ± std over seeds of the clean,
   aligned and anti accuracy of the clean test split's views (`afa-llm stress`), the gap (clean - anti),
@@ -23,8 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from afa_llm.evaluation.metrics import (paired_t_test, report_correct, reports_mcnemar_p, reports_pooled_test,
-                                        seed_pooled_f1_test, seed_pooled_test)
+from afa_llm.evaluation.metrics import (brier_by_example, paired_t_test, report_correct, reports_mcnemar_p,
+                                        reports_pooled_test, seed_pooled_f1_test, seed_pooled_test)
 
 FOCUS_COLUMNS = ("lexicon_share", "lexicon_lift", "lexicon_auprc", "comprehensiveness_gain", "sufficiency_gain")
 PAIRED_FOCUS = ("lexicon_share", "comprehensiveness_gain")  # compared with the baseline seed by seed
@@ -49,8 +51,7 @@ def per_class_table(results: dict, baseline: str) -> list[str]:
     if not done:
         return []
     names = list(done[0]["test"]["per_class"])
-    settings = {(r.get("head") or "label_words", str(r.get("class_weights") or "none")) for r in done}
-    if len(names) <= 2 and len(settings) == 1:
+    if len(names) <= 2 and not _settings_differ(done):
         return []
     support = {c: done[0]["test"]["per_class"][c]["support"] for c in names}
     total = sum(support.values()) or 1
@@ -81,6 +82,37 @@ def _paired_f1(runs: dict, base_runs: dict, num_classes: int, class_index: int |
                                  pairs[0][0]["labels"], num_classes, class_index)
     return f"{result['diff']:+.4f} ({len(pairs)} seed{'s' * (len(pairs) > 1)}, p{pooled_p(result['p_value'])})"
 
+
+
+def _settings_differ(done: list[dict]) -> bool:
+    """Whether the finished runs differ in head or class weights (the grids that compare them)."""
+    return len({(r.get("head") or "label_words", str(r.get("class_weights") or "none")) for r in done}) > 1
+
+
+def calibration_table(results: dict, baseline: str) -> list[str]:
+    """Markdown lines of test calibration (ECE, Brier score) for grids whose runs differ in head or class
+    weights ([] otherwise): a head or a class weighting can change the probabilities more than the labels."""
+    done = [r for runs in results.values() for r in runs.values() if r and "probabilities" in r.get("test", {})]
+    if not done or not _settings_differ(done):
+        return []
+    lines = ["", "Test calibration, mean ± std over seeds: expected calibration error (15 bins) and the Brier score "
+             f"(lower is better); Δ Brier: the difference from {baseline}, mean over the seeds both ran, the "
+             "examples the units (sign-flip p, `afa_llm.evaluation.metrics.seed_pooled_test`).", "",
+             f"| variant | n | ECE | Brier | Δ Brier vs {baseline} |", "|---|---|---|---|---|"]
+    for variant, runs in results.items():
+        tests = {seed: r["test"] for seed, r in runs.items() if r and "probabilities" in r.get("test", {})}
+        if not tests:
+            continue
+        delta = "-"
+        base = {seed: r["test"] for seed, r in results.get(baseline, {}).items() if r and "probabilities" in r["test"]}
+        seeds = [seed for seed in tests if seed in base]
+        if variant != baseline and seeds:
+            test = seed_pooled_test([brier_by_example(tests[s]["probabilities"], tests[s]["labels"]) for s in seeds],
+                                    [brier_by_example(base[s]["probabilities"], base[s]["labels"]) for s in seeds])
+            delta = f"{test['diff']:+.4f} ({len(seeds)} seed{'s' * (len(seeds) > 1)}, p{pooled_p(test['p_value'])})"
+        lines.append(f"| {variant} | {len(tests)} | {mean_std([t['ece'] for t in tests.values()])} | "
+                     f"{mean_std([t['brier'] for t in tests.values()])} | {delta} |")
+    return lines
 
 def _shared_stress(runs: dict, other: dict) -> list[tuple[dict, dict]]:
     """The adapter's stress views of each seed that both ``runs`` and ``other`` finished, paired."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from afa_llm.evaluation.metrics import brier_score, expected_calibration_error, reliability_bins, softmax
+from afa_llm.evaluation.metrics import brier_by_example, brier_score, expected_calibration_error, reliability_bins, softmax
 
 # confidence (max prob), prediction (argmax, first on ties), label, correct, 15-bin index
 #   0.60  0  0  yes  8   (0.533, 0.600]: an edge value falls in the lower bin
@@ -55,3 +55,10 @@ def test_brier_score_by_hand():
 def test_softmax_is_stable_and_normalised():
     probs = softmax(np.array([[1000.0, 1000.0 + np.log(3.0)], [0.0, 0.0]]))
     np.testing.assert_allclose(probs, [[0.25, 0.75], [0.5, 0.5]])
+
+
+def test_brier_by_example_by_hand():
+    probs = [[0.7, 0.2, 0.1], [0.5, 0.5, 0.0]]
+    terms = brier_by_example(probs, [0, 2])
+    assert terms == pytest.approx([0.09 + 0.04 + 0.01, 0.25 + 0.25 + 1.0])
+    assert brier_score(probs, [0, 2]) == pytest.approx(terms.mean())

@@ -412,5 +412,26 @@ def test_report_has_per_class_f1_when_heads_differ(tmp_path):
     assert "| lora | 1 | 0.8000 | 0.9000 | - | - |" in lines
 
 
+def test_report_has_calibration_when_heads_differ(tmp_path):
+    grid = {"recipe": "r.yaml", "output_root": str(tmp_path), "seeds": [0],
+            "variants": {"lora": [], "lora_classifier": ["head=classifier"]}}
+    labels = [0, 1] * 10
+    for name, head, sure in (("lora", "label_words", 0.9), ("lora_classifier", "classifier", 0.6)):
+        _write(tmp_path / f"{name}-seed0", 0, [{"step": 10, "accuracy": 0.8}])
+        result = json.loads((tmp_path / f"{name}-seed0" / "results.json").read_text())
+        result["head"] = head
+        result["test"].update(probabilities=[[sure, 1 - sure] if y == 0 else [1 - sure, sure] for y in labels],
+                              ece=1 - sure, brier=2 * (1 - sure) ** 2)
+        (tmp_path / f"{name}-seed0" / "results.json").write_text(json.dumps(result))
+    lines = grid_mod.report(grid).splitlines()
+    assert "| variant | n | ECE | Brier | Δ Brier vs lora |" in lines
+    assert "| lora | 1 | 0.1000 | 0.0200 | - |" in lines
+    # every example's Brier: 2 * 0.4^2 = 0.32 against 0.02, the same on all 20: a sure difference
+    assert "| lora_classifier | 1 | 0.4000 | 0.3200 | +0.3000 (1 seed, p<0.001) |" in lines
+    same = dict(grid, variants={"lora": [], "lora_b": ["seed=1"]})
+    shutil.copytree(tmp_path / "lora-seed0", tmp_path / "lora_b-seed0")
+    assert not any(line.startswith("| variant | n | ECE") for line in grid_mod.report(same).splitlines())
+
+
 def test_pooled_p_never_prints_a_bare_zero():
     assert grid_mod.pooled_p(2e-7) == "<0.001" and grid_mod.pooled_p(0.0456) == "=0.046"

@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from afa_llm.evaluation.metrics import (classification_report, confusion_matrix, f1_by_class, mcnemar_test,
-                                        paired_bootstrap, reports_mcnemar_p, seed_pooled_f1_test, seed_pooled_test)
+from afa_llm.evaluation.metrics import (classification_report, confusion_matrix, f1_by_class,
+                                        mcnemar_test, paired_bootstrap, reports_mcnemar_p,
+                                        seed_pooled_f1_test, seed_pooled_test)
 
 LABELS = [0, 0, 0, 1, 1, 1, 1, 2]
 PREDS = [0, 1, 0, 1, 1, 0, 2, 2]

@@ -205,6 +205,11 @@ def brier_score(probs: np.ndarray, labels: Sequence[int]) -> float:
     0 is perfect; 2 is the worst (all mass on one wrong class); always predicting the
     uniform distribution over C classes scores 1 - 1/C.
     """
+    return float(brier_by_example(probs, labels).mean())
+
+
+def brier_by_example(probs: np.ndarray, labels: Sequence[int]) -> np.ndarray:
+    """Each example's sum over classes of (p_c - [c == y])^2 (N,): the Brier score's terms, for paired tests."""
     probs = np.asarray(probs, dtype=np.float64)
     onehot = np.eye(probs.shape[1])[np.asarray(labels, dtype=int)]
-    return float(((probs - onehot) ** 2).sum(-1).mean())
+    return ((probs - onehot) ** 2).sum(-1)
