@@ -41,17 +41,19 @@ def cpu_bf16_native(capabilities: Mapping | None = None) -> bool | None:
     return None if features is None else any(caps.get(name, False) for name in features)
 
 
-def emulated_bf16_warning(bf16: bool, device_type: str, native: bool | None) -> str | None:
-    """The warning for bf16 asked for on a CPU that would emulate it; None when there is nothing to say."""
+def emulated_bf16_warning(bf16: bool, device_type: str, native: bool | None,
+                          fix: str = "set mixed_precision: no") -> str | None:
+    """The warning for bf16 asked for on a CPU that would emulate it; None when there is nothing to say.
+    ``fix``: how the command at hand turns bf16 off."""
     if not bf16 or device_type != "cpu" or native is not False:
         return None
     return ("warning: bf16 on a CPU without bf16 instructions (AVX512-BF16/AMX on x86) is emulated and "
-            "many times slower than fp32; set mixed_precision: no (docs/PERFORMANCE.md)")
+            f"many times slower than fp32; {fix} (docs/PERFORMANCE.md)")
 
 
-def warn_if_emulated_bf16(bf16: bool, device_type: str) -> None:
+def warn_if_emulated_bf16(bf16: bool, device_type: str, fix: str = "set mixed_precision: no") -> None:
     """Print ``emulated_bf16_warning`` to stderr when it applies (the run goes on as asked)."""
-    message = emulated_bf16_warning(bf16, device_type, cpu_bf16_native() if bf16 else None)
+    message = emulated_bf16_warning(bf16, device_type, cpu_bf16_native() if bf16 else None, fix)
     if message:
         print(message, file=sys.stderr)
 

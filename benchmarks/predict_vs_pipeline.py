@@ -8,7 +8,7 @@ Setup, from the repo root after `make setup` (.venv; nothing else to install), a
 Run:
 
     .venv/bin/python benchmarks/predict_vs_pipeline.py --merged runs/clf-merged [--n 1000] [--batch-size 32]
-        [--threads 1] [--repeats 3] [--out runs/bench_predict_vs_pipeline]
+        [--threads 1] [--repeats 3] [--unsorted] [--bf16] [--out runs/bench_predict_vs_pipeline]
 
 Both tools score the same folder (an ``AutoModelForSequenceClassification`` written by `afa-llm merge`), the
 same rows (the first N of the data set's test split, its split seed, from ``afa_merge.json``), in fp32, with
@@ -23,7 +23,8 @@ It prints the throughput ratio, each tool's peak RSS, and the share of identical
 The same computation, arranged differently: `afa-llm predict` sorts the texts by length before batching
 (each batch pads to its own longest row: less padding), runs under ``torch.no_grad``, and builds the
 prompt's token ids directly; the pipeline batches rows in file order. ``--unsorted`` adds a third
-child, ours without the length sort, to show how much of the ratio the sort alone gives.
+child, ours without the length sort, to show how much of the ratio the sort alone gives; ``--bf16`` adds
+ours with ``--dtype bf16``: other arithmetic, so it reports how many labels still equal the pipeline's.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from common import peak_rss_mb, run_child  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def child_ours(merged: str, rows: str, out: str, batch_size: int, threads: int, unsorted: bool) -> dict:
+def child_ours(merged: str, rows: str, out: str, batch_size: int, threads: int, unsorted: bool,
+               dtype: str = "fp32") -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -57,7 +59,7 @@ def child_ours(merged: str, rows: str, out: str, batch_size: int, threads: int, 
                                                              for s in range(0, len(texts), size)]
     start = time.perf_counter()
     Path(out).unlink(missing_ok=True)
-    code = cli.main(["predict", "--model", merged, "--data", rows, "--output", out,
+    code = cli.main(["predict", "--model", merged, "--data", rows, "--output", out, "--dtype", dtype,
                      "--batch-size", str(batch_size), "--no-progress"])
     seconds = time.perf_counter() - start
     if code != 0:
@@ -106,13 +108,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads, both tools (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per tool (default: %(default)s)")
     parser.add_argument("--unsorted", action="store_true", help="add ours without the length sort")
+    parser.add_argument("--bf16", action="store_true",
+                        help="add ours with --dtype bf16 (faster where the CPU has bf16 units; not the same arithmetic)")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench_predict_vs_pipeline"))
     parser.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         kind, merged, rows, out, batch, threads = args.child
         result = (child_pipeline(merged, rows, out, int(batch), int(threads)) if kind == "pipeline"
-                  else child_ours(merged, rows, out, int(batch), int(threads), kind == "unsorted"))
+                  else child_ours(merged, rows, out, int(batch), int(threads), kind == "unsorted",
+                                  "bf16" if kind == "bf16" else "fp32"))
         print(json.dumps(result))
         return
     if not args.merged or not (Path(args.merged) / "afa_merge.json").is_file():
@@ -120,7 +125,7 @@ def main() -> None:
     out = Path(args.out)
     rows = out / "rows.csv"
     n = write_rows(args.merged, args.n, rows)
-    kinds = ["ours", "pipeline"] + (["unsorted"] if args.unsorted else [])
+    kinds = ["ours", "pipeline"] + (["unsorted"] if args.unsorted else []) + (["bf16"] if args.bf16 else [])
     results: dict[str, list[dict]] = {k: [] for k in kinds}
     for r in range(args.repeats):
         for kind in (kinds if r % 2 == 0 else kinds[::-1]):
@@ -128,12 +133,16 @@ def main() -> None:
                                            str(args.batch_size), str(args.threads)))
             print(f"{kind} run {r + 1}: {results[kind][-1]['seconds']:.2f} s", file=sys.stderr)
     seconds = {k: statistics.median(x["seconds"] for x in v) for k, v in results.items()}
-    same = sum(a == b for a, b in zip(results["ours"][0]["labels"], results["pipeline"][0]["labels"]))
+    def agree(kind: str) -> int:
+        return sum(a == b for a, b in zip(results[kind][0]["labels"], results["pipeline"][0]["labels"]))
+
+    same = agree("ours")
     summary = {"n": n, "batch_size": args.batch_size, "threads": args.threads, "repeats": args.repeats,
                "median_seconds": seconds, "rows_per_second": {k: n / s for k, s in seconds.items()},
                "throughput_ratio": seconds["pipeline"] / seconds["ours"],
                "peak_rss_mb": {k: max(x["peak_rss_mb"] for x in v) for k, v in results.items()},
-               "identical_predictions": same / n}
+               "identical_predictions": same / n,
+               **({"bf16_identical_predictions": agree("bf16") / n} if args.bf16 else {})}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     print(f"{n} rows, batch {args.batch_size}, {args.threads} thread(s), median of {args.repeats}:")
     for k in kinds:
@@ -143,6 +152,9 @@ def main() -> None:
     if args.unsorted:
         print(f"  of which the length sort: ours / ours unsorted = {seconds['unsorted'] / seconds['ours']:.2f}x")
     print(f"identical predicted labels: {same} / {n} ({100 * same / n:.1f}%)")
+    if args.bf16:
+        print(f"ours in bf16: {seconds['pipeline'] / seconds['bf16']:.2f}x the pipeline (fp32), "
+              f"{agree('bf16')} / {n} labels identical to it")
 
 
 if __name__ == "__main__":

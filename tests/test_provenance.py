@@ -54,3 +54,15 @@ def test_warn_if_emulated_bf16_prints_one_line_to_stderr(monkeypatch, capsys):
     provenance.warn_if_emulated_bf16(False, "cpu")
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and "mixed_precision: no" in captured.err
+
+
+def test_scoring_in_bf16_warns_with_the_flag_that_turns_it_off(monkeypatch, capsys, tiny_model_dir):
+    from afa_llm.model.adapters import load_scorer
+    from afa_llm.specs import ScorerSpec
+
+    monkeypatch.setattr(provenance, "cpu_bf16_native", lambda capabilities=None: False)
+    load_scorer(ScorerSpec(model=tiny_model_dir, dtype="bf16"), ["negative", "positive"], progress=False)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "emulated" in err and "use --dtype fp32" in err
+    load_scorer(ScorerSpec(model=tiny_model_dir), ["negative", "positive"], progress=False)  # fp32: nothing to say
+    assert capsys.readouterr().err == ""

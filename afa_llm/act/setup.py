@@ -103,7 +103,7 @@ def prepare(request: CalibrationRequest) -> Calibration:
         raise UserError("ACT's search scores the answer position alone: it needs one-token label words "
                         "(or a run with head=classifier)")
     model.eval()
-    warn_if_emulated_bf16(r.bf16, next(model.parameters()).device.type)
+    warn_if_emulated_bf16(r.bf16, next(model.parameters()).device.type, fix="drop --bf16")
     split = data.split(r.split).select(ids)
     batches, labels = prepare_batches(task, list(split["text"]), list(split["label"]), r.batch_size,
                                       next(model.parameters()).device)

@@ -73,6 +73,7 @@ def load_scorer(spec: ScorerSpec, class_names: Sequence[str],
     """The model (+ ``spec.adapter``) and its bound prompt task. The adapter folder and the label words
     are checked before the weights load, so a typo costs no loading time."""
     from afa_llm.model.loading import load_model, load_model_tokenizer
+    from afa_llm.provenance import warn_if_emulated_bf16
 
     if spec.adapter:
         resolve_adapter_dir(spec.adapter)
@@ -82,6 +83,7 @@ def load_scorer(spec: ScorerSpec, class_names: Sequence[str],
 
         hf_logging.disable_progress_bar()
     model, tokenizer = load_model(spec.model, quantization=spec.quantization, dtype=spec.dtype)
+    warn_if_emulated_bf16(spec.dtype == "bf16", next(model.parameters()).device.type, fix="use --dtype fp32")
     task.bind(tokenizer)
     return with_head(model, spec, task.num_classes), task
 
