@@ -1,5 +1,7 @@
-"""The per-class, shortcut-stress and focus-metric tables of a grid report (experiments/grid.py appends them).
+"""The tables a grid report adds below its main one (experiments/grid.py appends them).
 
+- Controls (grids with ``controls:``): each method against its own control on the test split, accuracy per
+  seed (McNemar) and pooled over seeds, and macro-F1 (approximate randomization).
 - Per class (every grid with more than two classes, or whose runs differ in head or class weights): the
   test F1 of each class, mean ± std over seeds, with the class's share of the test split: the minority
   class's F1 is what class weights are for; then the macro-F1's difference from the baseline and, where the
@@ -113,6 +115,35 @@ def calibration_table(results: dict, baseline: str) -> list[str]:
         lines.append(f"| {variant} | {len(tests)} | {mean_std([t['ece'] for t in tests.values()])} | "
                      f"{mean_std([t['brier'] for t in tests.values()])} | {delta} |")
     return lines
+
+
+def control_table(results: dict, controls: dict) -> list[str]:
+    """Markdown lines of each method against its own control on the test split ([] without controls or
+    before both have a seed in common): accuracy per seed (McNemar p) and pooled, and macro-F1."""
+    rows = []
+    for variant, control in controls.items():
+        mine, theirs = results.get(variant, {}), results.get(control, {})
+        pairs = [(r["test"], theirs[seed]["test"]) for seed, r in mine.items()
+                 if r and theirs.get(seed) and "predictions" in r["test"] and "predictions" in theirs[seed]["test"]]
+        if not pairs:
+            continue
+        cells = [f"{a['accuracy'] - b['accuracy']:+.4f} (p={reports_mcnemar_p(a, b):.2g})" for a, b in pairs]
+        if len(pairs) > 1:
+            pooled = reports_pooled_test(*zip(*pairs))
+            cells = [f"mean {pooled['diff']:+.4f} (pooled p{pooled_p(pooled['p_value'])}): " + ", ".join(cells)]
+        classes = len(pairs[0][0]["per_class"]) if "per_class" in pairs[0][0] else None
+        f1 = "-"
+        if classes:
+            test = seed_pooled_f1_test([a["predictions"] for a, _ in pairs], [b["predictions"] for _, b in pairs],
+                                       pairs[0][0]["labels"], classes)
+            f1 = f"{test['diff']:+.4f} (p{pooled_p(test['p_value'])})"
+        rows.append(f"| {variant} | {control} | {len(pairs)} | {', '.join(cells)} | {f1} |")
+    if not rows:
+        return []
+    return ["", "Each method against its own control on the test split, over the seeds both ran: accuracy per seed "
+            "(McNemar p) and pooled (sign-flip p); macro-F1 (approximate randomization, pooled).", "",
+            "| variant | its control | n | Δ acc | Δ macro-F1 |", "|---|---|---|---|---|"] + rows
+
 
 def _shared_stress(runs: dict, other: dict) -> list[tuple[dict, dict]]:
     """The adapter's stress views of each seed that both ``runs`` and ``other`` finished, paired."""

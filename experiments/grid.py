@@ -26,7 +26,8 @@ accuracy, and the fake-focus share of the adapter (base in brackets). Grids of m
 whose runs differ in head or class weights, add per-class F1 (and the macro-F1 and minority-class F1 against
 the baseline); the latter also calibration (ECE, Brier). Cells with a planted shortcut add the stress table,
 and cells with focus metrics the focus table (experiments/focus_tables.py); ``controls:``
-(variant -> its control variant) adds the anti-view comparison with each method's own control.
+(variant -> its control variant) adds each method against its own control on the test split and, with a
+cue, on the anti view.
 
 A cell imports parts of the package only when it reaches them (validation, the final evaluation), so a
 grid that runs for hours must not run from a checkout whose code is being edited: run it from a worktree of
@@ -51,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from carry import CARRY, carried, drop_carry, restore_carry  # noqa: E402
 from grid_model import (ARCHIVE, archived_cell, archived_grid, cell_config, cell_dir, cell_overrides,  # noqa: E402,F401
                         finished, load_grid, pending_cells, selected_cells)
-from focus_tables import calibration_table, focus_table, per_class_table, pooled_p, stress_table  # noqa: E402
+from focus_tables import calibration_table, control_table, focus_table, per_class_table, pooled_p, stress_table  # noqa: E402
 
 from afa_llm.errors import TrainingDiverged, UserError  # noqa: E402
 from afa_llm.evaluation.metrics import reports_mcnemar_p, reports_pooled_test  # noqa: E402
@@ -224,6 +225,7 @@ def report(grid: dict) -> str:
         lines.append(f"| {variant} | `{' '.join(grid['variants'][variant]) or '-'}` | {len(acc)} | "
                      f"{acc.mean():.4f}{std} | {f1.mean():.4f} | {', '.join(paired) or '-'} | "
                      f"{', '.join(reach) or '-'} | {np.mean(share):.3f} |" + tail)
+    lines += control_table(results, grid.get("controls") or {})
     lines += per_class_table(results, baseline)
     lines += calibration_table(results, baseline)
     lines += stress_table(results, baseline, grid.get("controls") or {})

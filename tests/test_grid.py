@@ -433,5 +433,20 @@ def test_report_has_calibration_when_heads_differ(tmp_path):
     assert not any(line.startswith("| variant | n | ECE") for line in grid_mod.report(same).splitlines())
 
 
+def test_report_compares_each_method_with_its_own_control(tmp_path):
+    grid = {"recipe": "r.yaml", "output_root": str(tmp_path), "seeds": [0, 1],
+            "variants": {"lora": [], "afa": ["method=afa"], "wd": ["masked_ce=random"]}, "controls": {"afa": "wd"}}
+    for name, flips in (("lora", 4), ("afa", 2), ("wd", 6)):
+        for seed in (0, 1):
+            _write(tmp_path / f"{name}-seed{seed}", flips, [{"step": 10, "accuracy": 0.8}])
+    lines = grid_mod.report(grid).splitlines()
+    assert "| variant | its control | n | Δ acc | Δ macro-F1 |" in lines
+    row = next(line for line in lines if line.startswith("| afa | wd | 2 |"))
+    # 4 more right of 20 on both seeds: +0.2, each McNemar on 4 discordant pairs (p = 0.125)
+    assert "mean +0.2000 (pooled p=" in row and "+0.2000 (p=0.12), +0.2000 (p=0.12)" in row
+    assert not any(line.startswith("| variant | its control") for line in
+                   grid_mod.report(dict(grid, controls={})).splitlines())
+
+
 def test_pooled_p_never_prints_a_bare_zero():
     assert grid_mod.pooled_p(2e-7) == "<0.001" and grid_mod.pooled_p(0.0456) == "=0.046"
