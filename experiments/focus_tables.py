@@ -75,15 +75,19 @@ def per_class_table(results: dict, baseline: str) -> list[str]:
     return lines
 
 
+def _test_pairs(runs: dict, other: dict, key: str = "predictions") -> list[tuple[dict, dict]]:
+    """The test reports of each seed that both ``runs`` and ``other`` finished with ``key``, paired."""
+    return [(r["test"], other[seed]["test"]) for seed, r in runs.items()
+            if r and other.get(seed) and key in r["test"] and key in other[seed]["test"]]
+
+
 def _paired_f1(runs: dict, base_runs: dict, num_classes: int, class_index: int | None) -> str:
-    pairs = [(r["test"], base_runs[seed]["test"]) for seed, r in runs.items()
-             if r and base_runs.get(seed) and "predictions" in r["test"] and "predictions" in base_runs[seed]["test"]]
+    pairs = _test_pairs(runs, base_runs)
     if not pairs:
         return ""
     result = seed_pooled_f1_test([a["predictions"] for a, _ in pairs], [b["predictions"] for _, b in pairs],
                                  pairs[0][0]["labels"], num_classes, class_index)
     return f"{result['diff']:+.4f} ({len(pairs)} seed{'s' * (len(pairs) > 1)}, p{pooled_p(result['p_value'])})"
-
 
 
 def _settings_differ(done: list[dict]) -> bool:
@@ -106,12 +110,11 @@ def calibration_table(results: dict, baseline: str) -> list[str]:
         if not tests:
             continue
         delta = "-"
-        base = {seed: r["test"] for seed, r in results.get(baseline, {}).items() if r and "probabilities" in r["test"]}
-        seeds = [seed for seed in tests if seed in base]
-        if variant != baseline and seeds:
-            test = seed_pooled_test([brier_by_example(tests[s]["probabilities"], tests[s]["labels"]) for s in seeds],
-                                    [brier_by_example(base[s]["probabilities"], base[s]["labels"]) for s in seeds])
-            delta = f"{test['diff']:+.4f} ({len(seeds)} seed{'s' * (len(seeds) > 1)}, p{pooled_p(test['p_value'])})"
+        pairs = _test_pairs(runs, results.get(baseline, {}), "probabilities")
+        if variant != baseline and pairs:
+            terms = [[brier_by_example(t["probabilities"], t["labels"]) for t in pair] for pair in pairs]
+            test = seed_pooled_test(*zip(*terms))
+            delta = f"{test['diff']:+.4f} ({len(pairs)} seed{'s' * (len(pairs) > 1)}, p{pooled_p(test['p_value'])})"
         lines.append(f"| {variant} | {len(tests)} | {mean_std([t['ece'] for t in tests.values()])} | "
                      f"{mean_std([t['brier'] for t in tests.values()])} | {delta} |")
     return lines
@@ -122,9 +125,7 @@ def control_table(results: dict, controls: dict) -> list[str]:
     before both have a seed in common): accuracy per seed (McNemar p) and pooled, and macro-F1."""
     rows = []
     for variant, control in controls.items():
-        mine, theirs = results.get(variant, {}), results.get(control, {})
-        pairs = [(r["test"], theirs[seed]["test"]) for seed, r in mine.items()
-                 if r and theirs.get(seed) and "predictions" in r["test"] and "predictions" in theirs[seed]["test"]]
+        pairs = _test_pairs(results.get(variant, {}), results.get(control, {}))
         if not pairs:
             continue
         cells = [f"{a['accuracy'] - b['accuracy']:+.4f} (p={reports_mcnemar_p(a, b):.2g})" for a, b in pairs]

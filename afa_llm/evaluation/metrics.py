@@ -98,7 +98,6 @@ def reports_pooled_test(reports_a: Sequence[dict], reports_b: Sequence[dict], **
     return seed_pooled_test([report_correct(r) for r in reports_a], [report_correct(r) for r in reports_b], **kwargs)
 
 
-
 def f1_by_class(labels: Sequence[int], preds: np.ndarray, num_classes: int) -> np.ndarray:
     """Each class's F1 for one or many rows of predictions: ``preds`` (..., N) -> (..., C).
 
@@ -137,6 +136,7 @@ def seed_pooled_f1_test(preds_a: np.ndarray, preds_b: np.ndarray, labels: Sequen
         permuted = difference(np.where(swap, b, a), np.where(swap, a, b))
         exceed += int((np.abs(permuted) >= abs(observed) - 1e-12).sum())
     return {"diff": observed, "p_value": min(1.0, (1 + exceed) / (1 + samples))}
+
 
 # ---- calibration ---------------------------------------------------------------------
 ECE_BINS = 15
