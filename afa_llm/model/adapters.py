@@ -82,9 +82,8 @@ def load_scorer(spec: ScorerSpec, class_names: Sequence[str],
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    model, tokenizer = load_model(spec.model, quantization=spec.quantization, dtype=spec.dtype)
+    model, _ = load_model(spec.model, quantization=spec.quantization, dtype=spec.dtype, tokenizer=task.tokenizer)
     warn_if_emulated_bf16(spec.dtype == "bf16", next(model.parameters()).device.type, fix="use --dtype fp32")
-    task.bind(tokenizer)
     return with_head(model, spec, task.num_classes), task
 
 

@@ -207,8 +207,10 @@ def load_model(
     dtype: str = "fp32",
     attn_implementation: str = "sdpa",
     device_map: str | dict | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
-    """Load ``(model, tokenizer)`` for ``spec``; see the module docstring."""
+    """Load ``(model, tokenizer)`` for ``spec``; see the module docstring. ``tokenizer``: one already
+    loaded by ``load_model_tokenizer(spec)``, so that it is not read twice."""
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     path = resolve_model_path(spec)
@@ -222,7 +224,7 @@ def load_model(
     try:
         auto = AutoModelForSequenceClassification if sequence_classifier_folder(path) else AutoModelForCausalLM
         model = auto.from_pretrained(path, **kwargs)
-        tokenizer = load_tokenizer(path)
+        tokenizer = tokenizer or load_tokenizer(path)
     except OSError as exc:
         raise UserError(f"cannot load model {spec!r}: {str(exc).splitlines()[0]}") from exc
     disable_bnb_cpu_repack(model)
