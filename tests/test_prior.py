@@ -9,7 +9,8 @@ import pytest
 
 from afa_llm import cli
 from afa_llm.errors import UserError
-from afa_llm.evaluation.prior import apply_correction, check_fit_report, fit_correction, fitted_offset, log_odds, prior_weights
+from afa_llm.evaluation.prior import (apply_correction, check_fit_report, fit_correction, fitted_offset,
+                                     fitted_temperature, log_odds, mean_nll, prior_weights, softmax_rows, tempered)
 
 
 # ---- the math ------------------------------------------------------------------------------
@@ -57,6 +58,33 @@ def test_offset_needs_two_classes():
         fit_correction(np.full((4, 3), 1 / 3), np.zeros(4, dtype=int), "offset")
 
 
+def _sampled(temperature: float, n: int = 4000, classes: int = 3, seed: int = 0):
+    """Logits z and labels drawn from softmax(z / temperature): softmax(z) is off by that temperature."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(scale=3.0, size=(n, classes))
+    truth = softmax_rows(logits / temperature)
+    labels = np.array([rng.choice(classes, p=row) for row in truth])
+    return softmax_rows(logits), labels
+
+
+@pytest.mark.parametrize("true_t", [0.5, 1.0, 2.0])
+def test_fitted_temperature_recovers_the_temperature_that_drew_the_labels(true_t):
+    probs, labels = _sampled(true_t)
+    assert fitted_temperature(probs, labels) == pytest.approx(true_t, rel=0.1)
+
+
+def test_temperature_minimises_the_nll_and_keeps_every_prediction():
+    probs, labels = _sampled(2.0, n=500, classes=2, seed=1)
+    correction = fit_correction(probs, labels, "temperature")
+    corrected = apply_correction(probs, correction)
+    assert np.allclose(corrected.sum(1), 1.0)
+    assert np.array_equal(corrected.argmax(1), probs.argmax(1))
+    best = min(mean_nll(tempered(probs, t), labels) for t in np.exp(np.linspace(-4, 4, 801)))
+    assert mean_nll(corrected, labels) <= best + 1e-6
+    assert mean_nll(corrected, labels) < mean_nll(probs, labels) - 0.01  # the overconfident input really improves
+    assert np.allclose(tempered(probs, 1.0), probs, atol=1e-9)
+
+
 def test_a_report_of_another_scorer_or_of_the_same_rows_is_refused():
     scorer = {"model": "m", "adapter": "runs/a", "template": "T {text}", "data": "d", "split": "test", "split_seed": 0}
     check_fit_report({**scorer, "adapter": "runs/a/", "split": "validation"}, scorer, "v.json")  # same adapter
@@ -91,6 +119,23 @@ def test_eval_applies_the_correction_fitted_on_a_validation_report(capsys, tiny_
     assert record["method"] == "normalize" and record["fitted_n"] == val_r["n"]
     assert record["fitted_on"]["split"] == "validation" and record["uncorrected"]["accuracy"] == plain_r["accuracy"]
     assert "label-prior correction (normalize" in out
+
+
+def test_eval_temperature_scaling_changes_confidence_not_predictions(capsys, tiny_csv, tiny_model_dir, tmp_path):
+    common = ["--model", tiny_model_dir, "--data", tiny_csv, "--batch-size", "4"]
+    val, plain, scaled = (tmp_path / f"{n}.json" for n in ("val", "test", "scaled"))
+    assert _eval(capsys, *common, "--split", "validation", "--output", str(val))[0] == 0
+    assert _eval(capsys, *common, "--output", str(plain))[0] == 0
+    code, out, err = _eval(capsys, *common, "--prior-from", str(val), "--prior-correction", "temperature",
+                           "--output", str(scaled))
+    assert code == 0, err
+    val_r, plain_r, scaled_r = (json.loads(p.read_text()) for p in (val, plain, scaled))
+    t = fitted_temperature(np.asarray(val_r["probabilities"]), np.asarray(val_r["labels"]))
+    assert scaled_r["prior_correction"]["temperature"] == pytest.approx(t)
+    assert np.allclose(scaled_r["probabilities"], tempered(np.asarray(plain_r["probabilities"]), t), atol=2e-6)
+    assert scaled_r["predictions"] == plain_r["predictions"]
+    assert scaled_r["prior_correction"]["uncorrected"]["ece"] == plain_r["ece"]
+    assert "temperature scaling (T = " in out
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -136,5 +181,8 @@ def test_module_main_corrects_a_stored_report_without_a_model(tmp_path, capsys):
     (tmp_path / "test.json").write_text(json.dumps(test))
     assert main([str(tmp_path / "fit.json"), str(tmp_path / "test.json"), "--method", "offset"]) == 0
     assert "accuracy 0.5000 -> 1.0000" in capsys.readouterr().out
+    assert main([str(tmp_path / "fit.json"), str(tmp_path / "test.json"), "--method", "temperature"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy 0.5000 -> 0.5000" in out and "temperature scaling (T = " in out and "ECE n/a -> " in out
     assert main([str(tmp_path / "test.json"), str(tmp_path / "test.json")]) == 2  # fitted on the rows it scores
     assert "same rows" in capsys.readouterr().err

@@ -92,15 +92,16 @@ def add_act_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("label-prior correction (afa_llm.evaluation.prior)")
+    group = parser.add_argument_group("label-prior correction and temperature scaling (afa_llm.evaluation.prior)")
     group.add_argument("--prior-from", default=None, metavar="REPORT.json",
-                       help="fit a label-prior correction on the probabilities of this `afa-llm eval --output` "
+                       help="fit a correction of the probabilities on this `afa-llm eval --output` "
                             "report (same model, adapter and prompt on another split, e.g. --split validation) "
                             "and apply it")
-    group.add_argument("--prior-correction", default=None, choices=["normalize", "offset"],
+    group.add_argument("--prior-correction", default=None, choices=["normalize", "offset", "temperature"],
                        help="normalize: equal mean probability per class on the fitting rows (label-free); "
-                            "offset: the log-odds shift with the best accuracy there (two classes) "
-                            "(default with --prior-from: normalize)")
+                            "offset: the log-odds shift with the best accuracy there (two classes); "
+                            "temperature: the one scale of the log-probabilities with the lowest NLL there "
+                            "(confidence only, no prediction changes) (default with --prior-from: normalize)")
 
 
 def check_prior_args(args: argparse.Namespace) -> None:

@@ -9,7 +9,7 @@ with ``data``/``text_column``/``label_column``/``label_names``); optional ``spli
 ``seed``, ``group``, ``quantization``, ``dtype``, ``template``, ``label_words``,
 ``max_text_tokens``, ``truncation``, ``act`` (an act.json from `afa-llm calibrate`, applied with
 `afa_llm.act.calibration.act_enabled`; a path relative to the YAML's folder is found too), ``prior_correction``
-(``normalize`` | ``offset``: `afa_llm.evaluation.prior`, fitted on the entry's validation split). Entries with the
+(``normalize`` | ``offset`` | ``temperature``: `afa_llm.evaluation.prior`, fitted on the entry's validation split). Entries with the
 same ``group`` (default: the name) form one row per data set: mean ± std over their runs.
 
 Every (entry, data set) goes through `afa_llm.evaluation.evaluate.evaluate_dataset` on the test

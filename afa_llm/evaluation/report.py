@@ -72,7 +72,7 @@ def evaluate_request(request: EvalRequest) -> tuple[dict, str]:
     from afa_llm.act.calibration import act_enabled, load_act
     from afa_llm.evaluation.evaluate import evaluate_dataset
     from afa_llm.evaluation.focus_metrics import focus_metrics
-    from afa_llm.evaluation.prior import correct_report, prior_from_report
+    from afa_llm.evaluation.prior import correct_report, correction_name, prior_from_report
     from afa_llm.model.adapters import load_scorer
     from afa_llm.provenance import machine_record
 
@@ -100,9 +100,10 @@ def evaluate_request(request: EvalRequest) -> tuple[dict, str]:
     if correction:
         report = correct_report(report, correction, data.label_names)
         uncorrected = report["prior_correction"]["uncorrected"]
-        title += (f"\nlabel-prior correction ({correction['method']}, fitted on {correction['fitted_n']} rows: "
+        title += (f"\n{correction_name(correction)}, fitted on {correction['fitted_n']} rows: "
                   f"{r.prior_from}); without it: accuracy={uncorrected['accuracy']:.4f}"
-                  f"  macro_f1={uncorrected['macro_f1']:.4f}")
+                  f"  macro_f1={uncorrected['macro_f1']:.4f}  ece={uncorrected['ece']:.4f}"
+                  f"  brier={uncorrected['brier']:.4f}")
     if r.focus_n and not act and not r.shots:  # focus of the plain prompt: not under ACT, not few-shot
         cfg = request.resolved.config
         report["focus_metrics"] = focus_metrics(
