@@ -101,15 +101,21 @@ def _eval(capsys, *args: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
-def test_eval_applies_the_correction_fitted_on_a_validation_report(capsys, tiny_csv, tiny_model_dir, tmp_path):
-    common = ["--model", tiny_model_dir, "--data", tiny_csv, "--batch-size", "4"]
+def _val_plain_corrected(capsys, data: str, model: str, tmp_path, method: str) -> tuple[dict, dict, dict, str]:
+    """Eval reports of the validation split, the test split, and the test split corrected by ``method``
+    fitted on the first; with what the corrected eval printed."""
+    common = ["--model", model, "--data", data, "--batch-size", "4"]
     val, plain, corrected = (tmp_path / f"{n}.json" for n in ("val", "test", "corrected"))
     assert _eval(capsys, *common, "--split", "validation", "--output", str(val))[0] == 0
     assert _eval(capsys, *common, "--output", str(plain))[0] == 0
-    code, out, err = _eval(capsys, *common, "--prior-from", str(val), "--prior-correction", "normalize",
+    code, out, err = _eval(capsys, *common, "--prior-from", str(val), "--prior-correction", method,
                            "--output", str(corrected))
     assert code == 0, err
-    val_r, plain_r, corr_r = (json.loads(p.read_text()) for p in (val, plain, corrected))
+    return (*(json.loads(p.read_text()) for p in (val, plain, corrected)), out)
+
+
+def test_eval_applies_the_correction_fitted_on_a_validation_report(capsys, tiny_csv, tiny_model_dir, tmp_path):
+    val_r, plain_r, corr_r, out = _val_plain_corrected(capsys, tiny_csv, tiny_model_dir, tmp_path, "normalize")
     weights = prior_weights(np.asarray(val_r["probabilities"]))
     expected = (np.asarray(plain_r["probabilities"]) * weights).argmax(1)
     assert corr_r["predictions"] == expected.tolist()
@@ -122,14 +128,7 @@ def test_eval_applies_the_correction_fitted_on_a_validation_report(capsys, tiny_
 
 
 def test_eval_temperature_scaling_changes_confidence_not_predictions(capsys, tiny_csv, tiny_model_dir, tmp_path):
-    common = ["--model", tiny_model_dir, "--data", tiny_csv, "--batch-size", "4"]
-    val, plain, scaled = (tmp_path / f"{n}.json" for n in ("val", "test", "scaled"))
-    assert _eval(capsys, *common, "--split", "validation", "--output", str(val))[0] == 0
-    assert _eval(capsys, *common, "--output", str(plain))[0] == 0
-    code, out, err = _eval(capsys, *common, "--prior-from", str(val), "--prior-correction", "temperature",
-                           "--output", str(scaled))
-    assert code == 0, err
-    val_r, plain_r, scaled_r = (json.loads(p.read_text()) for p in (val, plain, scaled))
+    val_r, plain_r, scaled_r, out = _val_plain_corrected(capsys, tiny_csv, tiny_model_dir, tmp_path, "temperature")
     t = fitted_temperature(np.asarray(val_r["probabilities"]), np.asarray(val_r["labels"]))
     assert scaled_r["prior_correction"]["temperature"] == pytest.approx(t)
     assert np.allclose(scaled_r["probabilities"], tempered(np.asarray(plain_r["probabilities"]), t), atol=2e-6)
