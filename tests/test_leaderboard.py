@@ -73,6 +73,7 @@ def test_leaderboard_rows_values_and_cache(setup, tmp_path, monkeypatch, capsys)
     assert float(row["accuracy_mean"]) == pytest.approx(zero_shot["accuracy"]) and row["accuracy_std"] == ""
     assert row["examples"] == str(zero_shot["n"])
     assert float(row["truncated_share"]) == pytest.approx(zero_shot["truncated_share"])  # reported, as eval does
+    assert float(row["ece"]) == pytest.approx(zero_shot["ece"])
     for name, scores in zero_shot["per_class"].items():  # per-class F1 in every report
         assert float(row[f"f1_{name}"]) == pytest.approx(scores["f1"])
     assert "per-class F1" in (out / "leaderboard.md").read_text()
@@ -82,8 +83,10 @@ def test_leaderboard_rows_values_and_cache(setup, tmp_path, monkeypatch, capsys)
     row = next(r for r in rows if r["name"] == "afa" and r["data"] == setup["a"])
     assert float(row["accuracy_mean"]) == pytest.approx(statistics.fmean(run_accs))
     assert float(row["accuracy_std"]) == pytest.approx(statistics.stdev(run_accs))
+    run_eces = [r["report"]["ece"] for r in reports if r["key"]["adapter"] and r["key"]["data"][0] == data_a]
+    assert float(row["ece"]) == pytest.approx(statistics.fmean(run_eces))  # calibration: the mean over runs
     markdown = (out / "leaderboard.md").read_text()
-    assert f"## {setup['a']}" in markdown and "| afa | label_words | 2 |" in markdown
+    assert f"## {setup['a']}" in markdown and "| afa | label_words | 2 |" in markdown and " ECE |" in markdown
 
     # re-run: everything comes from the cache; only what changed is evaluated again
     calls.clear()
@@ -154,6 +157,14 @@ def test_prior_correction_entry_matches_eval_prior_from(setup, tmp_path, capsys)
               for c in (json.loads(f.read_text()) for f in (tmp_path / "out" / "cache").glob("*.json"))}
     assert cached[True] == corrected["predictions"]
     assert cached[False] != cached[True]  # the correction moved decisions: the test can fail
+    scaled = {**entry, "name": "zs+temperature", "prior_correction": "temperature"}
+    write_config(config, [scaled, plain])
+    assert cli.main(["leaderboard", str(config), "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert cli.main(["eval", *common, "--prior-from", str(val), "--prior-correction", "temperature",
+                     "--output", str(test)]) == 0
+    row = {r["name"]: r for r in read_rows(tmp_path / "out")}["zs+temperature"]
+    assert float(row["ece"]) == pytest.approx(json.loads(test.read_text())["ece"])
+    assert float(row["accuracy_mean"]) == pytest.approx(rows["zs"])  # temperature moves no decision
     bad = write_config(tmp_path / "bad.yaml", [{**entry, "prior_correction": "contextual"}])
     assert "prior_correction" in _error(capsys, ["leaderboard", str(bad)])
 

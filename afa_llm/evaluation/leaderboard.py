@@ -17,7 +17,8 @@ split of the entry's split seed. Reports are cached in ``OUT/cache/<hash>.json``
 by model, adapter (content hash), data, split seed, limit, template and label words, so a
 re-run evaluates only what changed. ``--from-results`` evaluates nothing: it aggregates
 the ``test`` and ``zero_shot`` blocks of each run's results.json. Outputs:
-``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.png``. ``--only NAME`` (repeatable) keeps the
+``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.png``; a row has accuracy and macro-F1 (mean ± std),
+per-class F1, and the mean ECE and share of texts cut. ``--only NAME`` (repeatable) keeps the
 entries with that name or group, e.g. to score some sources while others still train.
 """
 
@@ -144,7 +145,7 @@ def evaluate_job(job: Job, model: torch.nn.Module, tokenizer: PreTrainedTokenize
                                           batch_size=batch_size, progress=progress)
             correction = fit_from_report(validation, job.prior_correction, "the validation split")
             report = correct_report(report, correction, data.label_names)
-    result = {k: report[k] for k in ("accuracy", "macro_f1", "n", "per_class", "predictions", "labels")}
+    result = {k: report[k] for k in ("accuracy", "macro_f1", "ece", "n", "per_class", "predictions", "labels")}
     result.update(truncation_record(task, list(test["text"])))
     if job.focus_metrics:  # the plain prompt's focus (ACT is off here)
         from afa_llm.evaluation.focus_metrics import focus_metrics
@@ -209,11 +210,11 @@ def aggregate(jobs: list[Job]) -> list[dict]:
     for (data, group), members in groups.items():
         row = {"data": data, "name": group, "runs": len(members),
                "head": ",".join(sorted({m.scorer.head for m in members}))}
-        for metric in ("accuracy", "macro_f1", "focus_share", "truncated_share", *FOCUS_METRICS):
+        for metric in ("accuracy", "macro_f1", "focus_share", "truncated_share", "ece", *FOCUS_METRICS):
             values = [m.result[metric] for m in members if m.result.get(metric) is not None]
             row[f"{metric}_mean"] = statistics.fmean(values) if values else None
             row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
-        for metric in ("truncated_share", *FOCUS_METRICS):  # shown as means
+        for metric in ("truncated_share", "ece", *FOCUS_METRICS):  # shown as means
             row[metric] = row.pop(f"{metric}_mean")
             row.pop(f"{metric}_std")
         sizes = sorted({int(m.result.get("n", 0)) for m in members})
