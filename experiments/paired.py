@@ -8,6 +8,9 @@ and its McNemar p on the same test examples (from the cells' per-example predict
 the mean ± std over the seeds where there are several, and the seeds' pooled test: the mean
 difference with its 95% bootstrap interval over test examples and a sign-flip permutation p,
 the examples as the units (afa_llm.evaluation.metrics.reports_pooled_test).
+``--f1`` adds a table of the seed-mean differences in macro-F1 and in the F1 of the test split's smallest
+class, each with an approximate-randomization p pooled over the seeds
+(afa_llm.evaluation.metrics.seed_pooled_f1_test), as the grid report's per-class table has them.
 The grid report (experiments/grid.py) pairs every variant with its baseline only; this pairs any two.
 """
 
@@ -21,7 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from afa_llm.evaluation.metrics import reports_mcnemar_p, reports_pooled_test  # noqa: E402
+import numpy as np  # noqa: E402
+
+from afa_llm.evaluation.metrics import reports_mcnemar_p, reports_pooled_test, seed_pooled_f1_test  # noqa: E402
 
 
 def _test(folder: Path, variant: str, seed: int, key: str = "test") -> dict:
@@ -70,6 +75,31 @@ def table(folder: Path, variants: list[str], others: list[str], seeds: list[int]
     return "\n".join(lines)
 
 
+def f1_cells(mine: list[dict], theirs: list[dict]) -> tuple[str, str]:
+    """Macro-F1 and smallest-class F1 differences in points, pooled over the seeds, with their p."""
+    labels = mine[0]["labels"]
+    if any(r["labels"] != labels for r in (*mine, *theirs)):
+        raise ValueError("the runs were scored on different test examples")
+    names = list(mine[0]["per_class"])
+    smallest = int(np.argmin(np.bincount(labels, minlength=len(names))))
+    a, b = (np.array([r["predictions"] for r in reports]) for reports in (mine, theirs))
+    cells = []
+    for index in (None, smallest):
+        test = seed_pooled_f1_test(a, b, labels, len(names), class_index=index)
+        cells.append(f"{100 * test['diff']:+.2f} (p {_p(test['p_value'])})")
+    return cells[0], f"{names[smallest]}: {cells[1]}"
+
+
+def f1_table(folder: Path, variants: list[str], others: list[str], seeds: list[int], key: str = "test") -> str:
+    lines = ["| variant | against | seeds | Δ macro-F1, points (p) | Δ smallest class's F1, points (p) |",
+             "|---|---|---|---|---|"]
+    for variant in variants:
+        for other in others:
+            mine, theirs = ([_test(folder, v, s, key) for s in seeds] for v in (variant, other))
+            lines.append(f"| `{variant}` | `{other}` | {len(seeds)} | " + " | ".join(f1_cells(mine, theirs)) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="an archived grid, e.g. docs/results_data/rt_gemma")
@@ -78,9 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--last", action="store_true",
                         help="pair the last checkpoints' test predictions (test_last) instead of the selected ones")
+    parser.add_argument("--f1", action="store_true", help="add the macro-F1 and smallest-class F1 differences")
     args = parser.parse_args(argv)
+    key = "test_last" if args.last else "test"
     try:
-        print(table(Path(args.folder), args.variants, args.against, args.seeds, "test_last" if args.last else "test"))
+        print(table(Path(args.folder), args.variants, args.against, args.seeds, key))
+        if args.f1:
+            print("\n" + f1_table(Path(args.folder), args.variants, args.against, args.seeds, key))
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

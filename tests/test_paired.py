@@ -47,3 +47,19 @@ def test_missing_cell_or_other_examples_is_one_line(tmp_path, capsys):
     assert paired.main([str(tmp_path), "a", "--against", "b", "--seeds", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "does not exist" in err[0] and "different test examples" in err[1]
+
+
+def test_f1_table_names_the_smallest_class_and_its_difference(tmp_path, capsys):
+    labels = [0] * 10 + [1] * 6 + [2] * 4  # class 2 is the smallest
+    names = {"neg": {}, "neu": {}, "pos": {}}
+    good, bad = list(labels), labels[:16] + [1] * 4  # `a` finds class 2; `b` calls it class 1
+    for name, preds in (("a-seed0", good), ("b-seed0", bad)):
+        _cell(tmp_path, name, preds, labels)
+        path = tmp_path / name / "results.json"
+        results = json.loads(path.read_text())
+        results["test"]["per_class"] = names
+        path.write_text(json.dumps(results))
+    assert paired.main([str(tmp_path), "a", "--against", "b", "--seeds", "0", "--f1"]) == 0
+    out = capsys.readouterr().out
+    # macro-F1: a = 1; b: neg 1, neu 2*6/(6+10)=0.75, pos 0 -> 0.5833; smallest class: pos, 1 - 0
+    assert "| `a` | `b` | 1 | +41.67 (p " in out and "pos: +100.00 (p " in out
