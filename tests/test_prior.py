@@ -124,7 +124,7 @@ def test_eval_applies_the_correction_fitted_on_a_validation_report(capsys, tiny_
     record = corr_r["prior_correction"]
     assert record["method"] == "normalize" and record["fitted_n"] == val_r["n"]
     assert record["fitted_on"]["split"] == "validation" and record["uncorrected"]["accuracy"] == plain_r["accuracy"]
-    assert "label-prior correction (normalize" in out
+    assert "label-prior correction, normalize (fitted on" in out
 
 
 def test_eval_temperature_scaling_changes_confidence_not_predictions(capsys, tiny_csv, tiny_model_dir, tmp_path):
@@ -134,7 +134,7 @@ def test_eval_temperature_scaling_changes_confidence_not_predictions(capsys, tin
     assert np.allclose(scaled_r["probabilities"], tempered(np.asarray(plain_r["probabilities"]), t), atol=2e-6)
     assert scaled_r["predictions"] == plain_r["predictions"]
     assert scaled_r["prior_correction"]["uncorrected"]["ece"] == plain_r["ece"]
-    assert "temperature scaling (T = " in out
+    assert "temperature scaling, T = " in out
 
 
 @pytest.mark.parametrize("extra, needle", [
@@ -182,6 +182,6 @@ def test_module_main_corrects_a_stored_report_without_a_model(tmp_path, capsys):
     assert "accuracy 0.5000 -> 1.0000" in capsys.readouterr().out
     assert main([str(tmp_path / "fit.json"), str(tmp_path / "test.json"), "--method", "temperature"]) == 0
     out = capsys.readouterr().out
-    assert "accuracy 0.5000 -> 0.5000" in out and "temperature scaling (T = " in out and "ECE n/a -> " in out
+    assert "accuracy 0.5000 -> 0.5000" in out and "(temperature scaling, T = " in out and "ECE n/a -> " in out
     assert main([str(tmp_path / "test.json"), str(tmp_path / "test.json")]) == 2  # fitted on the rows it scores
     assert "same rows" in capsys.readouterr().err

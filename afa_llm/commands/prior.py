@@ -19,7 +19,8 @@ def _fmt(value: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Correct a stored report without the model: ``python -m afa_llm.prior FIT.json REPORT.json``
     (reports older than ECE and Brier print n/a before the correction)."""
-    parser = argparse.ArgumentParser(description="apply a label-prior correction or temperature scaling to a stored `afa-llm eval` report")
+    parser = argparse.ArgumentParser(
+        description="apply a label-prior correction or temperature scaling to a stored `afa-llm eval` report")
     parser.add_argument("fit", help="the report to fit on (e.g. --split validation)")
     parser.add_argument("report", help="the report to correct (same model and prompt, other rows)")
     parser.add_argument("--method", default="normalize", choices=METHODS)
@@ -35,6 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.report}: accuracy {report['accuracy']:.4f} -> {corrected['accuracy']:.4f}, macro-F1 "
           f"{report['macro_f1']:.4f} -> {corrected['macro_f1']:.4f}, ECE {_fmt(report.get('ece'))} -> "
           f"{corrected['ece']:.4f}, Brier {_fmt(report.get('brier'))} -> {corrected['brier']:.4f} "
-          f"({correction_name(correction)}) fitted on {len(fit['labels'])} rows of {args.fit}; "
+          f"({correction_name(correction)}, fitted on {len(fit['labels'])} rows of {args.fit}; "
           f"McNemar p = {reports_mcnemar_p(corrected, report):.2f})")
     return 0

@@ -86,6 +86,7 @@ def fitted_temperature(probs: np.ndarray, labels: np.ndarray, iterations: int = 
     """
     ratio = (np.sqrt(5.0) - 1.0) / 2.0
     lo, hi = -4.0, 4.0
+
     def loss(log_t: float) -> float:
         return mean_nll(tempered(probs, float(np.exp(log_t))), labels)
 
@@ -186,10 +187,10 @@ def prior_from_report(path: str, method: str | None, scorer: dict) -> dict:
 
 
 def correction_name(correction: dict) -> str:
-    """How reports name a fitted correction, e.g. ``temperature scaling (T = 1.42``; the caller closes it."""
+    """How reports name a fitted correction: ``temperature scaling, T = 1.420``, ``label-prior correction, offset``."""
     if correction["method"] == "temperature":
-        return f"temperature scaling (T = {correction['temperature']:.3f}"
-    return f"label-prior correction ({correction['method']}"
+        return f"temperature scaling, T = {correction['temperature']:.3f}"
+    return f"label-prior correction, {correction['method']}"
 
 
 def correct_report(report: dict, correction: dict, label_names: Sequence[str]) -> dict:

@@ -100,7 +100,7 @@ def evaluate_request(request: EvalRequest) -> tuple[dict, str]:
     if correction:
         report = correct_report(report, correction, data.label_names)
         uncorrected = report["prior_correction"]["uncorrected"]
-        title += (f"\n{correction_name(correction)}, fitted on {correction['fitted_n']} rows: "
+        title += (f"\n{correction_name(correction)} (fitted on {correction['fitted_n']} rows: "
                   f"{r.prior_from}); without it: accuracy={uncorrected['accuracy']:.4f}"
                   f"  macro_f1={uncorrected['macro_f1']:.4f}  ece={uncorrected['ece']:.4f}"
                   f"  brier={uncorrected['brier']:.4f}")
