@@ -112,7 +112,8 @@ def predict_chunk(model: torch.nn.Module, task: PromptTask, label_names: list[st
                   text_column: str, batch_size: int, bar: tqdm, prior: dict | None = None) -> tuple[pd.DataFrame, int]:
     """``frame`` plus the prediction columns; also returns how many rows had empty text.
 
-    With a `--prior-from` correction (label prior or temperature, `afa_llm.evaluation.prior`) the probabilities and labels are the corrected ones."""
+    With a `--prior-from` correction (label prior or temperature, `afa_llm.evaluation.prior`) the
+    probabilities and labels are the corrected ones."""
     from afa_llm.evaluation.evaluate import predict_logits
     from afa_llm.evaluation.metrics import softmax
     from afa_llm.evaluation.prior import apply_correction
