@@ -8,9 +8,9 @@ config.yaml) or ``merged`` (a folder from `afa-llm merge`); ``data`` (specs, or 
 with ``data``/``text_column``/``label_column``/``label_names``); optional ``split_seed``,
 ``seed``, ``group``, ``quantization``, ``dtype``, ``template``, ``label_words``,
 ``max_text_tokens``, ``truncation``, ``act`` (an act.json from `afa-llm calibrate`, applied with
-`afa_llm.act.calibration.act_enabled`; a path relative to the YAML's folder is found too), ``prior_correction``
-(``normalize`` | ``offset`` | ``temperature``: `afa_llm.evaluation.prior`, fitted on the entry's validation split). Entries with the
-same ``group`` (default: the name) form one row per data set: mean ± std over their runs.
+`afa_llm.act.calibration.act_enabled`; a path relative to the YAML's folder is found too),
+``prior_correction`` (``normalize`` | ``offset`` | ``temperature``: `afa_llm.evaluation.prior`, fitted on the
+entry's validation split). Entries with the same ``group`` (default: the name) form one row per data set: mean ± std over their runs.
 
 Every (entry, data set) goes through `afa_llm.evaluation.evaluate.evaluate_dataset` on the test
 split of the entry's split seed. Reports are cached in ``OUT/cache/<hash>.json``, keyed

@@ -11,9 +11,10 @@ from pathlib import Path
 from afa_llm.io_utils import atomic_path, atomic_write_text, atomic_writer
 
 CSV_COLUMNS = ["data", "name", "head", "runs", "accuracy_mean", "accuracy_std", "macro_f1_mean", "macro_f1_std",
-               "examples", "seeds", "focus_share", "truncated_share", "ece", "lexicon_share", "lexicon_auprc", "comprehensiveness_gain"]
-EXTRA_HEADERS = {"truncated_share": "texts cut", "ece": "ECE", "lexicon_share": "focus on VADER words", "lexicon_auprc": "its AUPRC",
-                 "comprehensiveness_gain": "comprehensiveness - random"}
+               "examples", "seeds", "focus_share", "truncated_share", "ece", "lexicon_share", "lexicon_auprc",
+               "comprehensiveness_gain"]
+EXTRA_HEADERS = {"truncated_share": "texts cut", "ece": "ECE", "lexicon_share": "focus on VADER words",
+                 "lexicon_auprc": "its AUPRC", "comprehensiveness_gain": "comprehensiveness - random"}
 
 
 def _fmt(mean: float | None, std: float | None) -> str:

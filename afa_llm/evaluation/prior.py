@@ -201,5 +201,6 @@ def correct_report(report: dict, correction: dict, label_names: Sequence[str]) -
     from afa_llm.evaluation.evaluate import scores_from_probabilities
 
     corrected = apply_correction(np.asarray(report["probabilities"], dtype=np.float64), correction)
-    record = {**correction, "uncorrected": {k: report[k] for k in ("accuracy", "macro_f1", "ece", "brier") if k in report}}
+    before = {k: report[k] for k in ("accuracy", "macro_f1", "ece", "brier") if k in report}
+    record = {**correction, "uncorrected": before}
     return {**report, **scores_from_probabilities(corrected, report["labels"], label_names), "prior_correction": record}
