@@ -9,8 +9,9 @@ import pytest
 
 from afa_llm import cli
 from afa_llm.errors import UserError
+from afa_llm.evaluation.metrics import softmax
 from afa_llm.evaluation.prior import (apply_correction, check_fit_report, fit_correction, fitted_offset,
-                                     fitted_temperature, log_odds, mean_nll, prior_weights, softmax_rows, tempered)
+                                     fitted_temperature, log_odds, mean_nll, prior_weights, tempered)
 
 
 # ---- the math ------------------------------------------------------------------------------
@@ -62,9 +63,9 @@ def _sampled(temperature: float, n: int = 4000, classes: int = 3, seed: int = 0)
     """Logits z and labels drawn from softmax(z / temperature): softmax(z) is off by that temperature."""
     rng = np.random.default_rng(seed)
     logits = rng.normal(scale=3.0, size=(n, classes))
-    truth = softmax_rows(logits / temperature)
+    truth = softmax(logits / temperature)
     labels = np.array([rng.choice(classes, p=row) for row in truth])
-    return softmax_rows(logits), labels
+    return softmax(logits), labels
 
 
 @pytest.mark.parametrize("true_t", [0.5, 1.0, 2.0])

@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 
 from afa_llm.errors import UserError
+from afa_llm.evaluation.metrics import softmax
 
 METHODS = ("normalize", "offset", "temperature")
 # what must be the same between the fitting report and the evaluation it corrects (where both record it)
@@ -65,14 +66,9 @@ def fitted_offset(margins: np.ndarray, labels: np.ndarray) -> float:
     return float(min((b for b, a in zip(candidates, accuracy) if a == best), key=abs))
 
 
-def softmax_rows(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
-
-
 def tempered(probs: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(log p / T): the same ranking per row, flatter for T > 1, sharper for T < 1."""
-    return softmax_rows(np.log(probs + _EPS) / temperature)
+    return softmax(np.log(probs + _EPS) / temperature)
 
 
 def mean_nll(probs: np.ndarray, labels: np.ndarray) -> float:
