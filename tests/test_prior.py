@@ -131,6 +131,7 @@ def test_eval_applies_the_correction_fitted_on_a_validation_report(capsys, tiny_
 def test_eval_temperature_scaling_changes_confidence_not_predictions(capsys, tiny_csv, tiny_model_dir, tmp_path):
     val_r, plain_r, scaled_r, out = _val_plain_corrected(capsys, tiny_csv, tiny_model_dir, tmp_path, "temperature")
     t = fitted_temperature(np.asarray(val_r["probabilities"]), np.asarray(val_r["labels"]))
+    assert abs(t - 1.0) > 1e-3  # the tiny model is not calibrated: scaling really moves the probabilities
     assert scaled_r["prior_correction"]["temperature"] == pytest.approx(t)
     assert np.allclose(scaled_r["probabilities"], tempered(np.asarray(plain_r["probabilities"]), t), atol=2e-6)
     assert scaled_r["predictions"] == plain_r["predictions"]
