@@ -3,7 +3,7 @@
     .venv/bin/python experiments/paired.py GRID_FOLDER VARIANT --against OTHER [OTHER ...] [--seeds 0 1 2]
     .venv/bin/python experiments/paired.py docs/results_data/tweets_smollm2 at_eps3 vat_eps3 --against afa attn_rp_eps3
 
-One markdown row per variant: for each OTHER, the test-accuracy difference in points per seed
+One markdown row per variant: for each OTHER (but itself), the test-accuracy difference in points per seed
 and its McNemar p on the same test examples (from the cells' per-example predictions), led by
 the mean ± std over the seeds where there are several, and the seeds' pooled test: the mean
 difference with its 95% bootstrap interval over test examples and a sign-flip permutation p,
@@ -68,9 +68,12 @@ def table(folder: Path, variants: list[str], others: list[str], seeds: list[int]
     for variant in variants:
         cells = []
         for other in others:
+            if other == variant:
+                cells.append("-")
+                continue
             mine, theirs = ([_test(folder, v, s, key) for s in seeds] for v in (variant, other))
             pairs = [paired(a, b) for a, b in zip(mine, theirs)]
-            cells.append(pooled(mine, theirs) + ", ".join(f"{d:+.2f} ({p:.2f})" for d, p in pairs))
+            cells.append(pooled(mine, theirs) + ", ".join(f"{d:+.2f} (p {_p(p)})" for d, p in pairs))
         lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -94,7 +97,7 @@ def f1_table(folder: Path, variants: list[str], others: list[str], seeds: list[i
     lines = ["| variant | against | seeds | Δ macro-F1, points (p) | Δ smallest class's F1, points (p) |",
              "|---|---|---|---|---|"]
     for variant in variants:
-        for other in others:
+        for other in (o for o in others if o != variant):
             mine, theirs = ([_test(folder, v, s, key) for s in seeds] for v in (variant, other))
             lines.append(f"| `{variant}` | `{other}` | {len(seeds)} | " + " | ".join(f1_cells(mine, theirs)) + " |")
     return "\n".join(lines)

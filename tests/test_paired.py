@@ -10,11 +10,11 @@ paired = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(paired)
 
 
-def _cell(folder: Path, name: str, preds: list[int], labels: list[int]) -> None:
+def _cell(folder: Path, name: str, preds: list[int], labels: list[int], **test: object) -> None:
     (folder / name).mkdir(parents=True)
     accuracy = sum(p == y for p, y in zip(preds, labels)) / len(labels)
     (folder / name / "results.json").write_text(json.dumps({"test": {"accuracy": accuracy, "predictions": preds,
-                                                                     "labels": labels}}))
+                                                                     "labels": labels, **test}}))
 
 
 def test_rows_points_and_mcnemar(tmp_path, capsys):
@@ -23,7 +23,7 @@ def test_rows_points_and_mcnemar(tmp_path, capsys):
     _cell(tmp_path, "lora-seed0", [0] * 20, labels)  # 0.5: 10 discordant, all for `at`
     assert paired.main([str(tmp_path), "at", "--against", "lora", "--seeds", "0"]) == 0
     out = capsys.readouterr().out
-    assert "| `at` | +50.00 (0.00) |" in out
+    assert "| `at` | +50.00 (p 0.002) |" in out
     assert paired.main([str(tmp_path), "at", "--against", "lora", "--seeds", "0", "--last"]) == 2  # no test_last
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'at-seed0' / 'results.json'} has no 'test_last' (a run without select_best)"
 
@@ -36,7 +36,8 @@ def test_several_seeds_lead_with_mean_and_std(tmp_path, capsys):
     assert paired.main([str(tmp_path), "at", "--against", "lora", "--seeds", "0", "1"]) == 0
     out = capsys.readouterr().out
     # pooled: 10 examples with d = 1 or 0.5, the rest 0; sign flips reach |mean| only as 2 of 2^10
-    assert "| `at` | mean +45.00 ± 7.07, pooled [+22.50, +67.50] p 0.003: +50.00 (0.00), +40.00 (0.02) |" in out
+    # per seed, McNemar: 10 discordant all for `at` (p = 2/1024), then 9 against 1 (p = 2 * 11/1024)
+    assert "| `at` | mean +45.00 ± 7.07, pooled [+22.50, +67.50] p 0.003: +50.00 (p 0.002), +40.00 (p 0.021) |" in out
 
 
 def test_missing_cell_or_other_examples_is_one_line(tmp_path, capsys):
@@ -63,3 +64,12 @@ def test_f1_table_names_the_smallest_class_and_its_difference(tmp_path, capsys):
     out = capsys.readouterr().out
     # macro-F1: a = 1; b: neg 1, neu 2*6/(6+10)=0.75, pos 0 -> 0.5833; smallest class: pos, 1 - 0
     assert "| `a` | `b` | 1 | +41.67 (p " in out and "pos: +100.00 (p " in out
+
+
+def test_a_variant_is_not_paired_with_itself(tmp_path, capsys):
+    labels = [0, 1] * 10
+    _cell(tmp_path, "a-seed0", labels, labels, per_class={"neg": {}, "pos": {}})
+    _cell(tmp_path, "b-seed0", [0] * 20, labels, per_class={"neg": {}, "pos": {}})
+    assert paired.main([str(tmp_path), "a", "b", "--against", "b", "--seeds", "0", "--f1"]) == 0
+    out = capsys.readouterr().out
+    assert "| `b` | - |" in out and "| `b` | `b` |" not in out and "| `a` | `b` | 1 |" in out
