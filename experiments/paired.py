@@ -40,6 +40,11 @@ def _test(folder: Path, variant: str, seed: int, key: str = "test") -> dict:
     return results[key]
 
 
+def _reports(folder: Path, variant: str, seeds: list[int], key: str) -> list[dict]:
+    """The variant's test reports, one per seed, in the order of ``seeds``."""
+    return [_test(folder, variant, seed, key) for seed in seeds]
+
+
 def paired(a: dict, b: dict) -> tuple[float, float]:
     """Accuracy difference a - b in points and the McNemar p on the same examples."""
     if a["labels"] != b["labels"]:
@@ -71,7 +76,7 @@ def table(folder: Path, variants: list[str], others: list[str], seeds: list[int]
             if other == variant:
                 cells.append("-")
                 continue
-            mine, theirs = ([_test(folder, v, s, key) for s in seeds] for v in (variant, other))
+            mine, theirs = _reports(folder, variant, seeds, key), _reports(folder, other, seeds, key)
             pairs = [paired(a, b) for a, b in zip(mine, theirs)]
             cells.append(pooled(mine, theirs) + ", ".join(f"{d:+.2f} (p {_p(p)})" for d, p in pairs))
         lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
@@ -98,7 +103,7 @@ def f1_table(folder: Path, variants: list[str], others: list[str], seeds: list[i
              "|---|---|---|---|---|"]
     for variant in variants:
         for other in (o for o in others if o != variant):
-            mine, theirs = ([_test(folder, v, s, key) for s in seeds] for v in (variant, other))
+            mine, theirs = _reports(folder, variant, seeds, key), _reports(folder, other, seeds, key)
             lines.append(f"| `{variant}` | `{other}` | {len(seeds)} | " + " | ".join(f1_cells(mine, theirs)) + " |")
     return "\n".join(lines)
 
