@@ -27,6 +27,11 @@ prompt's token ids directly; the pipeline batches rows in file order. ``--unsort
 child, ours without the length sort, to show how much of the ratio the sort alone gives; ``--bf16`` adds
 two children in bf16, ours with ``--dtype bf16`` and the pipeline with ``dtype=torch.bfloat16``: the
 like-for-like ratio in bf16, and how many bf16 labels still equal the fp32 pipeline's (other arithmetic).
+
+It also prints the token ceiling: the tokens the pipeline computes (each file-order batch padded to its
+longest row) over the real tokens of the rows. A tool that computes every real token of every row at the
+same cost per token cannot be faster than that ratio (less the fixed cost of load and imports); more
+needs less work per row (another dtype, a shared-prefix cache), not better batching.
 """
 
 from __future__ import annotations
@@ -90,6 +95,23 @@ def child_pipeline(merged: str, rows: str, out: str, batch_size: int, threads: i
     return {"seconds": time.perf_counter() - start, "labels": labels, "peak_rss_mb": peak_rss_mb()}
 
 
+def padded_tokens(lengths: list[int], batch_size: int, sort: bool) -> int:
+    """Tokens computed when rows of these lengths run in batches of ``batch_size``, each padded to its longest."""
+    ordered = sorted(lengths) if sort else list(lengths)
+    return sum(len(b) * max(b) for b in (ordered[s: s + batch_size] for s in range(0, len(ordered), batch_size)))
+
+
+def prompt_lengths(merged: str, rows: Path) -> list[int]:
+    """Token count of each row's prompt as the pipeline tokenizes it (the template applied)."""
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    template = json.loads((Path(merged) / "afa_merge.json").read_text())["template"]
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    texts = pd.read_csv(rows)["text"].astype(str).tolist()
+    return [len(ids) for ids in tokenizer([template.format(text=t) for t in texts])["input_ids"]]
+
+
 def write_rows(merged: str, n: int, path: Path) -> int:
     from afa_llm.data.loading import load_sentiment_data
 
@@ -127,6 +149,9 @@ def main() -> None:
     out = Path(args.out)
     rows = out / "rows.csv"
     n = write_rows(args.merged, args.n, rows)
+    lengths = prompt_lengths(args.merged, rows)
+    tokens = {"real": sum(lengths), "file_order": padded_tokens(lengths, args.batch_size, sort=False),
+              "sorted": padded_tokens(lengths, args.batch_size, sort=True)}
     kinds = ["ours", "pipeline"] + (["unsorted"] if args.unsorted else []) + (["bf16", "pipeline_bf16"] if args.bf16 else [])
     results: dict[str, list[dict]] = {k: [] for k in kinds}
     for r in range(args.repeats):
@@ -143,7 +168,8 @@ def main() -> None:
                "median_seconds": seconds, "rows_per_second": {k: n / s for k, s in seconds.items()},
                "throughput_ratio": seconds["pipeline"] / seconds["ours"],
                "peak_rss_mb": {k: max(x["peak_rss_mb"] for x in v) for k, v in results.items()},
-               "identical_predictions": same / n,
+               "identical_predictions": same / n, "tokens": tokens,
+               "token_ceiling": tokens["file_order"] / tokens["real"],
                **({"bf16_throughput_ratio": seconds["pipeline_bf16"] / seconds["bf16"],
                    "bf16_identical_predictions": agree("bf16") / n,
                    "bf16_pipeline_identical_predictions": agree("pipeline_bf16") / n} if args.bf16 else {})}
@@ -155,6 +181,9 @@ def main() -> None:
     print(f"throughput: afa-llm predict / pipeline = {summary['throughput_ratio']:.2f}x")
     if args.unsorted:
         print(f"  of which the length sort: ours / ours unsorted = {seconds['unsorted'] / seconds['ours']:.2f}x")
+    print(f"token ceiling: the pipeline computes {tokens['file_order']} tokens (file-order batches, padded), "
+          f"sorted batches {tokens['sorted']}, the rows hold {tokens['real']}: at the same cost per token no tool "
+          f"is more than {summary['token_ceiling']:.2f}x the pipeline")
     print(f"identical predicted labels: {same} / {n} ({100 * same / n:.1f}%)")
     if args.bf16:
         print(f"in bf16: afa-llm predict / pipeline = {summary['bf16_throughput_ratio']:.2f}x; ours in bf16 is "

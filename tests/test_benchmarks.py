@@ -34,3 +34,17 @@ def test_step_cost_prints_phases_and_ratio(tiny_model_dir, tiny_csv):
     for method in ("afa", "vat"):
         ratio = re.search(rf"^{method} / LoRA step time: ([\d.]+)x", stdout, re.M)
         assert ratio and float(ratio.group(1)) > 0, stdout
+
+
+def test_padded_tokens_counts_each_batch_at_its_longest_row():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("predict_vs_pipeline", ROOT / "benchmarks/predict_vs_pipeline.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    lengths = [5, 1, 5, 1, 3]
+    # file order, batches of 2: [5, 1] -> 10, [5, 1] -> 10, [3] -> 3
+    assert bench.padded_tokens(lengths, 2, sort=False) == 23
+    # sorted: [1, 1] -> 2, [3, 5] -> 10, [5] -> 5
+    assert bench.padded_tokens(lengths, 2, sort=True) == 17
+    assert bench.padded_tokens(lengths, 1, sort=False) == sum(lengths)
