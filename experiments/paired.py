@@ -40,9 +40,9 @@ def _test(folder: Path, variant: str, seed: int, key: str = "test") -> dict:
     return results[key]
 
 
-def _reports(folder: Path, variant: str, seeds: list[int], key: str) -> list[dict]:
-    """The variant's test reports, one per seed, in the order of ``seeds``."""
-    return [_test(folder, variant, seed, key) for seed in seeds]
+def read_reports(folder: Path, names: list[str], seeds: list[int], key: str = "test") -> dict[str, list[dict]]:
+    """Each named variant's test reports, one per seed in the order of ``seeds``; each file read once."""
+    return {name: [_test(folder, name, seed, key) for seed in seeds] for name in dict.fromkeys(names)}
 
 
 def paired(a: dict, b: dict) -> tuple[float, float]:
@@ -67,7 +67,7 @@ def _p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"  # the permutation p's floor is 1/(samples + 1)
 
 
-def table(folder: Path, variants: list[str], others: list[str], seeds: list[int], key: str = "test") -> str:
+def table(reports: dict[str, list[dict]], variants: list[str], others: list[str]) -> str:
     lines = ["| variant | " + " | ".join(f"vs `{o}`: points (p) per seed" for o in others) + " |",
              "|---|" + "---|" * len(others)]
     for variant in variants:
@@ -76,7 +76,7 @@ def table(folder: Path, variants: list[str], others: list[str], seeds: list[int]
             if other == variant:
                 cells.append("-")
                 continue
-            mine, theirs = _reports(folder, variant, seeds, key), _reports(folder, other, seeds, key)
+            mine, theirs = reports[variant], reports[other]
             pairs = [paired(a, b) for a, b in zip(mine, theirs)]
             cells.append(pooled(mine, theirs) + ", ".join(f"{d:+.2f} (p {_p(p)})" for d, p in pairs))
         lines.append(f"| `{variant}` | " + " | ".join(cells) + " |")
@@ -98,13 +98,13 @@ def f1_cells(mine: list[dict], theirs: list[dict]) -> tuple[str, str]:
     return cells[0], f"{names[smallest]}: {cells[1]}"
 
 
-def f1_table(folder: Path, variants: list[str], others: list[str], seeds: list[int], key: str = "test") -> str:
+def f1_table(reports: dict[str, list[dict]], variants: list[str], others: list[str]) -> str:
     lines = ["| variant | against | seeds | Δ macro-F1, points (p) | Δ smallest class's F1, points (p) |",
              "|---|---|---|---|---|"]
     for variant in variants:
         for other in (o for o in others if o != variant):
-            mine, theirs = _reports(folder, variant, seeds, key), _reports(folder, other, seeds, key)
-            lines.append(f"| `{variant}` | `{other}` | {len(seeds)} | " + " | ".join(f1_cells(mine, theirs)) + " |")
+            mine, theirs = reports[variant], reports[other]
+            lines.append(f"| `{variant}` | `{other}` | {len(mine)} | " + " | ".join(f1_cells(mine, theirs)) + " |")
     return "\n".join(lines)
 
 
@@ -120,9 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     key = "test_last" if args.last else "test"
     try:
-        print(table(Path(args.folder), args.variants, args.against, args.seeds, key))
+        reports = read_reports(Path(args.folder), args.variants + args.against, args.seeds, key)
+        print(table(reports, args.variants, args.against))
         if args.f1:
-            print("\n" + f1_table(Path(args.folder), args.variants, args.against, args.seeds, key))
+            print("\n" + f1_table(reports, args.variants, args.against))
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
