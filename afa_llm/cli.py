@@ -31,6 +31,8 @@ SUBCOMMANDS = {
     "focus": ("afa_llm.commands.focus", "Render where the model looks (answer-position focus) as HTML and PNG."),
     "stress": ("afa_llm.commands.stress", "Shortcut stress test: score clean, aligned and anti views of a cue word "
                                           "(gap, McNemar p, focus on the cue)."),
+    "audit": ("afa_llm.commands.audit", "Shortcut audit: rank the words a trained classifier leans on beyond what the "
+                                        "zero-shot base would (hiding each word, label skew), as a table, JSON and HTML."),
     "leaderboard": ("afa_llm.commands.leaderboard", "Evaluate many runs/models and write leaderboard.md/.csv/.png."),
 }
 

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from afa_llm.model.task import PromptTask
 
 VADER_PACKAGE, VADER_FILE = "vadersentiment", "vaderSentiment/vader_lexicon.txt"
-_WORD = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)*")
+WORD = re.compile(r"[A-Za-z0-9]+(?:'[A-Za-z]+)*")
 
 
 @functools.lru_cache(maxsize=1)
@@ -60,7 +60,7 @@ def sentiment_words(threshold: float = LEXICON_THRESHOLD) -> frozenset[str]:
 def word_units(text: str, spans: Sequence[tuple[int, int]]) -> list[tuple[str | None, list[int]]]:
     """Group token indices into words: ``(word lower-cased, [token indices])`` in text order; a token
     that overlaps no word is ``(None, [i])``. A token overlapping several words joins the first."""
-    words = [(m.start(), m.end(), m.group().lower()) for m in _WORD.finditer(text)]
+    words = [(m.start(), m.end(), m.group().lower()) for m in WORD.finditer(text)]
     units: list[tuple[str | None, list[int]]] = []
     by_word: dict[int, int] = {}
     w = 0
