@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config("recipes/quickstart.yaml", ["quantization=none"])
+    cfg = load_config("recipes/quickstart.yaml", ["quantization=none", "method=afa"])  # AFA's mask keys
     data = load_sentiment_data(cfg.data, split_seed=cfg.split_seed)
     model, task = build_model(cfg, types.SimpleNamespace(device=torch.device("cpu")), data.label_names)
     tokenizer = task.tokenizer

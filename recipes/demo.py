@@ -3,7 +3,9 @@
     python recipes/demo.py [--recipe recipes/quickstart.yaml] [key=value ...]
 
 1. trains plain LoRA (method=lora) and AFA (method=afa) from the same recipe: same
-   model, data, seed, steps and batch; only the AFA terms differ;
+   model, data, seed, steps and batch; only the AFA terms differ. Both methods are named
+   here, never taken from the recipe, so the comparison does not change with the
+   recipe's own ``method``;
 2. each run evaluates itself on the held-out test split (the zero-shot base once);
 3. prints accuracy / macro-F1 / fake-focus share for zero-shot, LoRA and AFA, and a
    paired McNemar test of AFA against LoRA on the same test examples.
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides for both runs")
     args = parser.parse_args(argv)
     try:
+        # both methods named here, never the recipe's own `method`
         lora = run_method(args.recipe, "lora", args.overrides)
         afa = run_method(args.recipe, "afa", args.overrides)
     except (UserError, TrainingDiverged) as exc:

@@ -41,3 +41,21 @@ def test_demo_table_reports_paired_difference_and_verdict():
     assert "AFA beats plain LoRA" in table  # exact McNemar p = 2/2^10 < 0.05
     same = demo.comparison_table(lora, _result("afa", lora["test"]["predictions"], labels, 0.8))
     assert "does NOT significantly beat" in same
+
+
+def test_quickstart_trains_plain_lora():
+    from afa_llm.config import load_config
+
+    assert load_config(str(ROOT / "recipes" / "quickstart.yaml")).method == "lora"
+
+
+def test_demo_names_both_methods_whatever_the_recipe_says(tmp_path, monkeypatch):
+    demo = _load_demo()
+    trained = []
+    monkeypatch.setattr(demo, "train", lambda cfg: trained.append((cfg.method, cfg.output_dir)) or {})
+    for recipe_method in ("lora", "afa"):
+        recipe = tmp_path / f"{recipe_method}.yaml"
+        recipe.write_text(f"method: {recipe_method}\nsteps: 3\noutput_dir: {tmp_path / recipe_method}\n")
+        for method in ("lora", "afa"):
+            demo.run_method(str(recipe), method, [])
+    assert trained == [(m, f"{tmp_path / r}-{m}") for r in ("lora", "afa") for m in ("lora", "afa")]
