@@ -27,8 +27,9 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from afa_llm.defaults import (DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_TEMPLATE, DTYPE_NAMES, FAITHFULNESS_ROWS,
-                              FOCUS_METRIC_ROWS, HEADS, LEXICON_THRESHOLD, LORA_ATTENTION_TARGETS, QUANTIZATIONS,
+from afa_llm.defaults import (DEFAULT_DATA, DEFAULT_DTYPE, DEFAULT_HEAD, DEFAULT_MODEL, DEFAULT_TEMPLATE,
+                              DEFAULT_TRUNCATION, DTYPE_NAMES, FAITHFULNESS_ROWS, FOCUS_METRIC_ROWS, HEADS,
+                              LABEL_COLUMN, LEXICON_THRESHOLD, LORA_ATTENTION_TARGETS, QUANTIZATIONS, TEXT_COLUMN,
                               TRAIN_MAX_TEXT_TOKENS, TRUNCATIONS)
 from afa_llm.errors import UserError
 
@@ -44,7 +45,7 @@ class TrainConfig:
     # --- model -------------------------------------------------------------------
     model: str = DEFAULT_MODEL
     quantization: Literal[QUANTIZATIONS] = "nf4"
-    dtype: Literal[DTYPE_NAMES] = "fp32"
+    dtype: Literal[DTYPE_NAMES] = DEFAULT_DTYPE
     # autocast (Accelerate's mixed_precision) for the training steps and the run's own validation
     # and test evaluation; `afa-llm eval` uses `dtype`. bf16: 1.4-3x faster per forward with AMX.
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
@@ -57,8 +58,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # saves memory on large models, costs ~30% time
     # --- data and prompt -----------------------------------------------------------
     data: str = DEFAULT_DATA
-    text_column: str = "text"
-    label_column: str = "label"
+    text_column: str = TEXT_COLUMN
+    label_column: str = LABEL_COLUMN
     label_names: Optional[list] = None
     split_seed: int = 0
     train_limit: Optional[int] = None  # low-data training: use the first N train examples
@@ -67,10 +68,10 @@ class TrainConfig:
     # label_words: score each class by its label word's log-likelihood after the prompt (lm-eval's);
     # classifier: a linear layer on the last token's hidden state, started from the label words' LM-head rows
     # where each is one token (so step 0 equals label_words), saved with the adapter (modules_to_save)
-    head: Literal[HEADS] = "label_words"
+    head: Literal[HEADS] = DEFAULT_HEAD
     length_normalize: bool = False  # label words of several tokens: divide the log-likelihood by the token count
     max_text_tokens: int = TRAIN_MAX_TEXT_TOKENS  # eval without a run: 256 (afa_llm.defaults says why)
-    truncation: Literal[TRUNCATIONS] = "head"
+    truncation: Literal[TRUNCATIONS] = DEFAULT_TRUNCATION
     # --- a planted shortcut (afa_llm.data.shortcut), off while shortcut_cue is empty -----------
     # the cue goes into shortcut_rate of shortcut_label's train and validation examples (validation
     # comes from the same cued distribution); shortcut_purity < 1 also cues other classes' examples;

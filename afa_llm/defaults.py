@@ -1,7 +1,9 @@
-"""Defaults written once: model, data, prompt, precision choices, LoRA targets and the text budget.
+"""Defaults written once: model, data, prompt, precision, LoRA targets, the text budget and the diagnostics.
 
-Every command, the recipe schema (`afa_llm.training.config`), the leaderboard and the TRL baseline
-read these names, so a default cannot disagree with itself across the package.
+Every command, the recipe schema (`afa_llm.config`), the leaderboard and the TRL baseline read these
+names, so a default cannot disagree with itself across the package. The keys that describe a scorer and
+a data set are the fields of `afa_llm.specs.ScorerSpec` and `afa_llm.specs.DataSpec` (``PROMPT_KEYS``,
+``DATA_KEYS`` and the rest are derived there).
 """
 
 from __future__ import annotations
@@ -14,22 +16,28 @@ DEFAULT_TEMPLATE = "Review: {text}\nSentiment:"
 
 QUANTIZATIONS = ("nf4", "int8", "none")
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
+# Scoring, training and merging default to fp32 weights and compute: bf16 is 2-3x faster on a CPU with
+# AMX but can flip a close call between two classes, and is emulated (slower) on a CPU without bf16 units
+# (docs/PERFORMANCE.md). Training speeds up with ``mixed_precision: bf16`` instead, over fp32 weights.
+DEFAULT_DTYPE = "fp32"
+SCORING_QUANTIZATION = "none"  # scoring loads the base in full precision; training's own default is nf4
 TRUNCATIONS = ("head", "head_tail")  # how over-long texts are cut (afa_llm.model.task.truncate)
 HEADS = ("label_words", "classifier")  # how a prompt becomes class scores (afa_llm.model.heads)
-
-# the keys that shape a prompt and its scoring: evaluating, merging or ranking an adapter must reuse its
-# trained values
-PROMPT_KEYS = ("template", "label_words", "max_text_tokens", "truncation", "head", "length_normalize")
+DEFAULT_TRUNCATION, DEFAULT_HEAD = TRUNCATIONS[0], HEADS[0]
+TEXT_COLUMN, LABEL_COLUMN = "text", "label"  # of a local data file, unless --text-column / --label-column
 
 # LoRA on the attention projections; ``lora_on_mlp`` adds the MLP's (our loop and the TRL baseline alike)
 LORA_ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 LORA_MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
 
 # The text budget (tokens of the text itself; the template is never cut). One rule, two values:
-# - training defaults to 96, because step time grows with it and the short data sets (Rotten
-#   Tomatoes sentences, tweets) fit (docs/PERFORMANCE.md);
-# - scoring without a run (zero-shot `eval`, `predict --model`) defaults to 256, long enough for
-#   most reviews.
+# - training (`TrainConfig.max_text_tokens`) defaults to 96: a step's cost grows with the longest text
+#   of its batch, and the short data sets fit whole (SmolLM2's tokenizer: Rotten Tomatoes sentences at
+#   most 78 tokens, none cut; tweets 0.14% cut). Long texts need a recipe that says so
+#   (recipes/imdb.yaml: 256 with head_tail);
+# - scoring without a run (zero-shot `eval`, `predict --model`, `PromptTask`, `ScorerSpec`) defaults
+#   to 256: it does not know the data, a scoring pass is cheap next to a training step, and 256 holds
+#   most short documents whole (IMDB reviews: median 221 tokens, 41% longer than 256 and cut).
 # Scoring a run reuses the run's budget (the prompt it was trained with) unless --max-text-tokens
 # is given; every evaluation reports the share of texts it cut and warns past TRUNCATION_WARN_SHARE.
 TRAIN_MAX_TEXT_TOKENS = 96

@@ -17,14 +17,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from afa_llm.config import TrainConfig, load_config
-from afa_llm.defaults import PROMPT_KEYS
 from afa_llm.errors import UserError
 from afa_llm.model.adapters import adapter_classes, resolve_adapter_dir
-from afa_llm.specs import DataSpec, Resolved, ScorerSpec, class_names_for, parse_label_words, parse_names
+from afa_llm.specs import (DATA_KEYS, PROMPT_KEYS, DataSpec, Resolved, ScorerSpec, class_names_for, parse_label_words,
+                           parse_names)
 
 MERGE_INFO = "afa_merge.json"
 RUN_PROMPT_KEYS = ("data", *PROMPT_KEYS)  # what a merged folder records about its training prompt
-DATA_KEYS = ("data", "text_column", "label_column", "label_names", "split_seed")  # DataSpec's fields
 
 
 @dataclass
@@ -148,8 +147,8 @@ def resolve_scorer(adapter: str | None, model: str | None, given: dict | None = 
     for key, value in {**saved, "label_words": parse_label_words(",".join(words)) if words else None}.items():
         if value is not None and key != "label_names":
             setattr(scorer, key, value)
-    scorer.quantization = given.get("quantization") or getattr(cfg, "quantization", None) or "none"
-    scorer.dtype = given.get("dtype") or getattr(cfg, "dtype", None) or "fp32"
+    for key in ("quantization", "dtype"):  # given, else the run's, else ScorerSpec's default
+        setattr(scorer, key, given.get(key) or getattr(cfg, key, None) or getattr(scorer, key))
     for key in PROMPT_KEYS:  # given on the command line: wins over the run's
         if key in given:
             setattr(scorer, key, parse_label_words(given[key]) if key == "label_words" else given[key])

@@ -5,30 +5,40 @@
   (`afa_llm.runs.resolve_scorer`), or from a leaderboard entry.
 - `DataSpec`: which labelled data set, its columns and class names, and the split seed.
 
-Both hold each default once (`afa_llm.defaults`).
+Both hold each default once (`afa_llm.defaults`), and their fields are the key lists that runs, merged
+folders, command options, reports and the leaderboard use (`MODEL_KEYS`, `PROMPT_KEYS`, `SCORER_KEYS`,
+`DATA_KEYS`): a field added here reaches all of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from afa_llm.defaults import DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_TEMPLATE, EVAL_MAX_TEXT_TOKENS
+from afa_llm.defaults import (DEFAULT_DATA, DEFAULT_DTYPE, DEFAULT_HEAD, DEFAULT_MODEL, DEFAULT_TEMPLATE,
+                              DEFAULT_TRUNCATION, EVAL_MAX_TEXT_TOKENS, LABEL_COLUMN, SCORING_QUANTIZATION,
+                              TEXT_COLUMN)
 from afa_llm.errors import UserError
+
+# which model scores (what loading needs) / how it is prompted (evaluating, merging or ranking an adapter
+# must reuse its trained values)
+_MODEL, _PROMPT = {"part": "model"}, {"part": "prompt"}
 
 
 @dataclass
 class ScorerSpec:
-    model: str = DEFAULT_MODEL
-    adapter: str | None = None
-    quantization: str = "none"
-    dtype: str = "fp32"
-    template: str = DEFAULT_TEMPLATE
-    label_words: list[str] | None = None  # None: " " + class name
-    max_text_tokens: int = EVAL_MAX_TEXT_TOKENS
-    truncation: str = "head"
-    head: str = "label_words"  # or "classifier" (afa_llm.model.heads); a run's or merged folder's own
-    length_normalize: bool = False
+    model: str = field(default=DEFAULT_MODEL, metadata=_MODEL)
+    adapter: str | None = field(default=None, metadata=_MODEL)
+    quantization: str = field(default=SCORING_QUANTIZATION, metadata=_MODEL)
+    dtype: str = field(default=DEFAULT_DTYPE, metadata=_MODEL)
+    template: str = field(default=DEFAULT_TEMPLATE, metadata=_PROMPT)
+    label_words: list[str] | None = field(default=None, metadata=_PROMPT)  # None: " " + class name
+    max_text_tokens: int = field(default=EVAL_MAX_TEXT_TOKENS, metadata=_PROMPT)
+    truncation: str = field(default=DEFAULT_TRUNCATION, metadata=_PROMPT)
+    # or "classifier" (afa_llm.model.heads); a run's or merged folder's own
+    head: str = field(default=DEFAULT_HEAD, metadata=_PROMPT)
+    length_normalize: bool = field(default=False, metadata=_PROMPT)
 
     def words_for(self, class_names: Sequence[str]) -> list[str]:
         """The label word of each class (one per class, checked)."""
@@ -40,21 +50,31 @@ class ScorerSpec:
         return list(self.label_words)
 
     def record(self, class_names: Sequence[str], act: dict | None = None, **rows) -> dict:
-        """What a report records about how it scored (``rows``: data, split, split_seed, shots)."""
-        return {"model": self.model, "adapter": self.adapter, "quantization": self.quantization, "dtype": self.dtype,
-                **{key: rows.get(key) for key in ("data", "split", "split_seed")}, "template": self.template,
-                "label_words": self.words_for(class_names), "label_names": list(class_names),
-                "max_text_tokens": self.max_text_tokens, "truncation": self.truncation, "head": self.head,
-                "length_normalize": self.length_normalize, "shots": rows.get("shots", 0), "act": act}
+        """What a report records about how it scored: every field (the label words resolved), the class
+        names, and ``rows`` (data, split, split_seed, shots)."""
+        return {**{key: getattr(self, key) for key in MODEL_KEYS},
+                **{key: rows.get(key) for key in ("data", "split", "split_seed")},
+                **{key: getattr(self, key) for key in PROMPT_KEYS}, "label_words": self.words_for(class_names),
+                "label_names": list(class_names), "shots": rows.get("shots", 0), "act": act}
 
 
 @dataclass
 class DataSpec:
     data: str = DEFAULT_DATA
-    text_column: str = "text"
-    label_column: str = "label"
+    text_column: str = TEXT_COLUMN
+    label_column: str = LABEL_COLUMN
     label_names: list[str] | None = None
     split_seed: int = 0
+
+
+def _keys(cls: type, part: str | None = None) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls) if part is None or f.metadata.get("part") == part)
+
+
+MODEL_KEYS = _keys(ScorerSpec, "model")
+PROMPT_KEYS = _keys(ScorerSpec, "prompt")  # a run's config.yaml and a merged folder keep these
+SCORER_KEYS = _keys(ScorerSpec)
+DATA_KEYS = _keys(DataSpec)
 
 
 @dataclass

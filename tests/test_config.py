@@ -238,3 +238,20 @@ def test_train_help_lists_each_methods_keys():
     assert out.returncode == 0
     for text in ("adv_eps=1.0", "adv_exclude=[]", "num_masks=4", "attn_rp:", "iat [EXPERIMENTAL]"):
         assert text in out.stdout, text
+
+
+def test_the_scorer_and_data_keys_come_from_the_specs_and_a_run_holds_each():
+    import dataclasses
+
+    from afa_llm.commands.options import DATA_OPTIONS, SCORER_OPTIONS
+    from afa_llm.config import SHARED_KEYS
+    from afa_llm.defaults import EVAL_MAX_TEXT_TOKENS, TRAIN_MAX_TEXT_TOKENS
+    from afa_llm.model.task import PromptTask
+    from afa_llm.specs import DATA_KEYS, PROMPT_KEYS, DataSpec, ScorerSpec
+
+    assert set(PROMPT_KEYS) | set(DATA_KEYS) <= set(SHARED_KEYS)  # a run's config.yaml answers every key
+    assert DATA_OPTIONS == tuple(f.name for f in dataclasses.fields(DataSpec))
+    assert set(SCORER_OPTIONS) == {f.name for f in dataclasses.fields(ScorerSpec)} - {"model", "adapter"}
+    # the text budget: 96 for training, 256 for scoring without a run (afa_llm.defaults says why)
+    assert TrainConfig().max_text_tokens == TRAIN_MAX_TEXT_TOKENS < EVAL_MAX_TEXT_TOKENS
+    assert ScorerSpec().max_text_tokens == PromptTask([" a", " b"]).max_text_tokens == EVAL_MAX_TEXT_TOKENS

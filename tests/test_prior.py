@@ -95,6 +95,15 @@ def test_a_report_of_another_scorer_or_of_the_same_rows_is_refused():
         check_fit_report(dict(scorer), scorer, "v.json")
 
 
+def test_every_scorer_field_must_match_so_a_new_field_is_checked_too():
+    from afa_llm.specs import ScorerSpec
+
+    scorer = ScorerSpec(adapter="runs/a").record(["negative", "positive"], data="d", split="test", split_seed=0)
+    for key, other in (("length_normalize", True), ("head", "classifier"), ("dtype", "bf16")):
+        with pytest.raises(UserError, match=f"{key}="):
+            check_fit_report({**scorer, key: other, "split": "validation"}, scorer, "v.json")
+
+
 # ---- afa-llm eval --prior-from ----------------------------------------------------------------
 def _eval(capsys, *args: str) -> tuple[int, str, str]:
     code = cli.main(["eval", *args, "--no-progress"])

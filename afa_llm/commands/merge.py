@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from afa_llm.inference.merge import BASES, merge_run
+from afa_llm.defaults import DEFAULT_DTYPE
+from afa_llm.inference.merge import BASES, MERGE_DTYPES, merge_run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="folder to write the merged model to (must be empty)")
     parser.add_argument("--model", default=None,
                         help="base model spec (default: the run's config.yaml `model`)")
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=MERGE_DTYPES,
                         help="dtype of the saved weights; the merge itself runs in fp32 (default: %(default)s)")
     parser.add_argument("--base", default=None, choices=list(BASES),
                         help="merge into the original weights, or into dequant(nf4(W)), the weights a QLoRA "

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import argparse
 
-from afa_llm.defaults import (DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_TEMPLATE, DTYPE_NAMES, EVAL_MAX_TEXT_TOKENS,
-                              FAITHFULNESS_ROWS, FOCUS_METRIC_ROWS, LEXICON_THRESHOLD, QUANTIZATIONS, TRUNCATIONS)
+from afa_llm.defaults import (DEFAULT_DATA, DEFAULT_DTYPE, DEFAULT_MODEL, DEFAULT_TEMPLATE, DEFAULT_TRUNCATION,
+                              DTYPE_NAMES, EVAL_MAX_TEXT_TOKENS, FAITHFULNESS_ROWS, FOCUS_METRIC_ROWS, LABEL_COLUMN,
+                              LEXICON_THRESHOLD, QUANTIZATIONS, SCORING_QUANTIZATION, TEXT_COLUMN, TRUNCATIONS)
 from afa_llm.errors import UserError
-from afa_llm.specs import Resolved
+from afa_llm.specs import DATA_KEYS, SCORER_KEYS, Resolved
 
 
 def _default(value, from_run: bool, fmt: str = "s") -> tuple:
@@ -20,7 +21,7 @@ def _default(value, from_run: bool, fmt: str = "s") -> tuple:
         (value, f"(default: {shown})")
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, default_quantization: str = "none",
+def add_model_arguments(parser: argparse.ArgumentParser, default_quantization: str = SCORING_QUANTIZATION,
                         from_run: bool = False) -> None:
     group = parser.add_argument_group("model")
     default, shown = _default(DEFAULT_MODEL, from_run)
@@ -30,7 +31,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_quantization: s
     default, shown = _default(default_quantization, from_run)
     group.add_argument("--quantization", default=default, choices=QUANTIZATIONS,
                        help=f"load the base in bitsandbytes 4-bit (nf4), 8-bit, or full precision {shown}")
-    default, shown = _default("fp32", from_run)
+    default, shown = _default(DEFAULT_DTYPE, from_run)
     group.add_argument("--dtype", default=default, choices=DTYPE_NAMES,
                        help=f"weight / compute dtype {shown}")
 
@@ -41,9 +42,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, from_run: bool = False, 
     group.add_argument("--data", default=default,
                        help=data_help or "rotten_tomatoes, imdb, tweets (offline packaged), a .csv/.jsonl/.parquet "
                                          f"file, or hub:NAME[:CONFIG] {shown}")
-    default, shown = _default("text", from_run)
+    default, shown = _default(TEXT_COLUMN, from_run)
     group.add_argument("--text-column", default=default, help=f"text column of a local file {shown}")
-    default, shown = _default("label", from_run)
+    default, shown = _default(LABEL_COLUMN, from_run)
     group.add_argument("--label-column", default=default, help=f"label column of a local file {shown}")
     group.add_argument("--label-names", default=None,
                        help="comma-separated class names in label order, e.g. negative,positive "
@@ -69,7 +70,7 @@ def add_task_arguments(parser: argparse.ArgumentParser, from_run: bool = False) 
     default, shown = _default(EVAL_MAX_TEXT_TOKENS, from_run)
     group.add_argument("--max-text-tokens", type=int, default=default,
                        help=f"longer texts are truncated inside the text; the template is never cut {shown}")
-    default, shown = _default("head", from_run)
+    default, shown = _default(DEFAULT_TRUNCATION, from_run)
     group.add_argument("--truncation", default=default, choices=TRUNCATIONS,
                        help=f"keep the head of an over-long text, or its first quarter and last three quarters "
                             f"{shown}")
@@ -137,9 +138,10 @@ def check_focus_metric_args(args: argparse.Namespace) -> None:
 
 
 # ---- parsed options -> typed requests ---------------------------------------------------------
-SCORER_OPTIONS = ("quantization", "dtype", "template", "label_words", "max_text_tokens", "truncation",
-                  "length_normalize")
-DATA_OPTIONS = ("data", "text_column", "label_column", "label_names", "split_seed")
+# the ScorerSpec and DataSpec fields, so a field added there is read here too; --model and --adapter name
+# the source (resolve_scorer's own arguments), and an option a command lacks (``head`` has no flag) reads None
+SCORER_OPTIONS = tuple(key for key in SCORER_KEYS if key not in ("model", "adapter"))
+DATA_OPTIONS = DATA_KEYS
 
 
 def given_options(args: argparse.Namespace) -> dict:

@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from afa_llm.commands import options
-from afa_llm.defaults import DTYPE_NAMES, QUANTIZATIONS
+from afa_llm.defaults import DEFAULT_DTYPE, DTYPE_NAMES, QUANTIZATIONS, SCORING_QUANTIZATION, TEXT_COLUMN
 from afa_llm.errors import UserError
 from afa_llm.inference.predict import EMPTY_NOTE, OUTPUT_SUFFIXES, PredictRequest
 from afa_llm.io_utils import check_writable_file
@@ -23,13 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a model spec: a folder from `afa-llm merge` (it keeps its run's prompt and class "
                              "names), a built-in name, a local HF folder or a .gguf file (default: the run's model)")
     parser.add_argument("--quantization", default=None, choices=QUANTIZATIONS,
-                        help="how to load the base (default: the run's quantization, else none)")
+                        help=f"how to load the base (default: the run's quantization, else {SCORING_QUANTIZATION})")
     parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
-                        help="weight / compute dtype (default: the run's dtype, else fp32)")
+                        help=f"weight / compute dtype (default: the run's dtype, else {DEFAULT_DTYPE})")
     parser.add_argument("--data", required=True,
                         help="a .csv, .jsonl or .parquet file (no labels needed), a .txt file with one text per "
                              "line, or - for one text per line on stdin (empty texts: see below)")
-    parser.add_argument("--text-column", default="text",
+    parser.add_argument("--text-column", default=TEXT_COLUMN,
                         help="the column holding the texts; text lines become this column (default: %(default)s)")
     parser.add_argument("--output", default=None,
                         help="write the predictions to this .csv or .jsonl file, atomically "

@@ -9,13 +9,11 @@ from pathlib import Path
 
 import yaml
 
-from afa_llm.defaults import PROMPT_KEYS
 from afa_llm.errors import UserError
 from afa_llm.evaluation.prior import METHODS as PRIOR_METHODS
-from afa_llm.specs import DataSpec, ScorerSpec, parse_label_words, parse_names
+from afa_llm.specs import MODEL_KEYS, PROMPT_KEYS, DataSpec, ScorerSpec, parse_label_words, parse_names
 
 TOP_KEYS = {"entries", "limit", "split_seed", "batch_size", "output_dir"}
-MODEL_KEYS = ("model", "adapter", "quantization", "dtype")
 ENTRY_KEYS = {"name", "run", "merged", "data", "split_seed", "seed", "group", "act", "prior_correction",
               *MODEL_KEYS, *PROMPT_KEYS}
 DATA_KEYS = {"data", "text_column", "label_column", "label_names"}

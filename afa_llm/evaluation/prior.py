@@ -32,12 +32,13 @@ import numpy as np
 
 from afa_llm.errors import UserError
 from afa_llm.evaluation.metrics import softmax
+from afa_llm.specs import SCORER_KEYS as SPEC_KEYS
 
 METHODS = ("normalize", "offset", "temperature")
-# what must be the same between the fitting report and the evaluation it corrects (where both record it)
-# (the label words, not the class names: a run's saved names may differ from its data set's)
-SCORER_KEYS = ("model", "adapter", "quantization", "dtype", "template", "label_words", "max_text_tokens",
-               "truncation", "shots", "act")
+# what must be the same between the fitting report and the evaluation it corrects (where both record it):
+# every ScorerSpec field, the shots and ACT (the label words, not the class names: a run's saved names may
+# differ from its data set's)
+SCORER_KEYS = (*SPEC_KEYS, "shots", "act")
 _EPS = 1e-12
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from afa_llm.defaults import DEFAULT_DTYPE
 from afa_llm.errors import UserError
 from afa_llm.io_utils import atomic_dir
 from afa_llm.runs import MERGE_INFO, RUN_PROMPT_KEYS, RunInfo, base_model_spec
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from afa_llm.act.calibration import ACTConfig
 
 BASES = ("original", "dequantized-nf4")
+MERGE_DTYPES = ("fp32", "bf16")  # of the saved weights; the merge itself runs in fp32
 
 
 # ---- the nf4 round trip -----------------------------------------------------------------
@@ -86,7 +88,7 @@ def dequantize_nf4_(model: torch.nn.Module, quant_dtype: torch.dtype) -> list[st
 
 # ---- merging ------------------------------------------------------------------------
 def merge_adapter(
-    run: RunInfo, *, model: str | None = None, dtype: str = "fp32", base: str | None = None,
+    run: RunInfo, *, model: str | None = None, dtype: str = DEFAULT_DTYPE, base: str | None = None,
     act: ACTConfig | None = None
 ) -> tuple[torch.nn.Module, object, dict]:
     """Load the base in fp32, (optionally) round-trip it through nf4, merge, cast to ``dtype``.
@@ -105,12 +107,12 @@ def merge_adapter(
     base = base or ("dequantized-nf4" if trained_quantization == "nf4" else "original")
     if base not in BASES:
         raise UserError(f"unknown --base {base!r}; use one of {', '.join(BASES)}")
-    if dtype not in ("fp32", "bf16"):
-        raise UserError(f"--dtype must be fp32 or bf16, got {dtype!r}")
+    if dtype not in MERGE_DTYPES:
+        raise UserError(f"--dtype must be {' or '.join(MERGE_DTYPES)}, got {dtype!r}")
     full, tokenizer = load_model(spec, quantization="none", dtype="fp32")
     quantized = []
     if base == "dequantized-nf4":
-        quant_dtype = DTYPES[getattr(run.config, "dtype", None) or "fp32"]
+        quant_dtype = DTYPES[getattr(run.config, "dtype", None) or DEFAULT_DTYPE]
         quantized = dequantize_nf4_(full, quant_dtype)
     classes = adapter_classes(run.adapter_dir)
     head = "label_words" if classes is None else "classifier"
@@ -252,8 +254,8 @@ def act_to_copy(path: str | None, run: RunInfo) -> ACTConfig | None:
     return load_act(path) if path else None
 
 
-def merge_run(adapter: str, output: str, *, model: str | None = None, dtype: str = "fp32", base: str | None = None,
-              act: str | None = None, overwrite: bool = False) -> dict:
+def merge_run(adapter: str, output: str, *, model: str | None = None, dtype: str = DEFAULT_DTYPE,
+              base: str | None = None, act: str | None = None, overwrite: bool = False) -> dict:
     """Merge the run (or adapter) at ``adapter`` and write the folder ``output``; returns what was merged.
     The output is checked before any model loads."""
     from afa_llm.act.calibration import merged_copy

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from afa_llm.data.loading import READ_ERRORS, first_line
+from afa_llm.defaults import TEXT_COLUMN
 from afa_llm.errors import UserError
 from afa_llm.io_utils import atomic_writer
 from afa_llm.specs import Resolved
@@ -190,7 +191,7 @@ def first_chunk(data: str, text_column: str, chunk_size: int) -> Iterator[pd.Dat
 class PredictRequest:
     resolved: Resolved
     data: str  # a file, or - for stdin
-    text_column: str = "text"
+    text_column: str = TEXT_COLUMN
     output: str | None = None  # .csv or .jsonl; None: CSV on stdout
     batch_size: int = 32
     chunk_size: int = 10000

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, BitsAndBytesConfig
 
-from afa_llm.defaults import DEFAULT_MODEL, DTYPE_NAMES, QUANTIZATIONS
+from afa_llm.defaults import DEFAULT_DTYPE, DEFAULT_MODEL, DTYPE_NAMES, QUANTIZATIONS, SCORING_QUANTIZATION
 from afa_llm.errors import UserError
 from afa_llm.model.heads import SEQ_CLS_SUFFIX
 
@@ -203,8 +203,8 @@ def sequence_classifier_folder(path: str | Path) -> dict | None:
 def load_model(
     spec: str = DEFAULT_MODEL,
     *,
-    quantization: str = "none",
-    dtype: str = "fp32",
+    quantization: str = SCORING_QUANTIZATION,
+    dtype: str = DEFAULT_DTYPE,
     attn_implementation: str = "sdpa",
     device_map: str | dict | None = None,
     tokenizer: PreTrainedTokenizerBase | None = None,

@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from afa_llm.defaults import DEFAULT_TEMPLATE, HEADS, TRUNCATIONS
+from afa_llm.defaults import (DEFAULT_HEAD, DEFAULT_TEMPLATE, DEFAULT_TRUNCATION, EVAL_MAX_TEXT_TOKENS, HEADS,
+                              TRUNCATIONS)
 from afa_llm.errors import UserError
 from afa_llm.model.heads import ClassifierHead, Head, LabelWordHead
 
@@ -45,6 +46,8 @@ class EncodedBatch:
     position_ids: torch.Tensor
     text_mask: torch.Tensor  # bool: True on the example's own text tokens
     labels: torch.Tensor | None = None
+    # (B, C) log-probabilities of a bias model, training only (``debias: poe``, afa_llm.robustness.poe)
+    bias_log_probs: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "EncodedBatch":
         moved = {k: (v.to(device) if v is not None else None) for k, v in self.__dict__.items()}
@@ -85,7 +88,7 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
-def truncate(ids: list[int], limit: int, mode: str = "head") -> list[int]:
+def truncate(ids: list[int], limit: int, mode: str = DEFAULT_TRUNCATION) -> list[int]:
     """At most ``limit`` tokens: the head, or a quarter head + three quarters tail."""
     if len(ids) <= limit:
         return ids
@@ -101,10 +104,10 @@ class PromptTask:
 
     label_words: list[str]
     template: str = DEFAULT_TEMPLATE
-    max_text_tokens: int = 256
+    max_text_tokens: int = EVAL_MAX_TEXT_TOKENS  # a run's task takes its config's
     demo_text_tokens: int = 64
-    truncation: str = "head"
-    head_kind: str = "label_words"
+    truncation: str = DEFAULT_TRUNCATION
+    head_kind: str = DEFAULT_HEAD
     length_normalize: bool = False  # label words of several tokens: mean instead of summed log-probability
     label_token_seqs: list[list[int]] = field(default_factory=list)
 
