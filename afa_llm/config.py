@@ -105,9 +105,11 @@ class TrainConfig:
     eval_batch_size: int = 32
     test_limit: Optional[int] = None
     evaluate_zero_shot: bool = True
-    focus_eval_limit: int = FOCUS_METRIC_ROWS  # test examples for the fake-focus share and the lexicon focus metrics
+    # test examples for the fake-focus share and the lexicon focus metrics, read off the test pass (a few percent of it)
+    focus_eval_limit: int = FOCUS_METRIC_ROWS
     lexicon_threshold: float = LEXICON_THRESHOLD  # a word is sentiment-bearing if its VADER |mean valence| >= this
-    faithfulness_eval_limit: int = FAITHFULNESS_ROWS  # test examples for comprehensiveness / sufficiency (0: skip)
+    # test examples for comprehensiveness / sufficiency: opt-in, each costs about 30 extra forward passes (0: skip)
+    faithfulness_eval_limit: int = FAITHFULNESS_ROWS
     save_every: int = 50
     keep_checkpoints: int = 2
     resume_from: Optional[str] = None  # "latest" or a checkpoint folder

@@ -44,11 +44,19 @@ TRAIN_MAX_TEXT_TOKENS = 96
 EVAL_MAX_TEXT_TOKENS = 256
 TRUNCATION_WARN_SHARE = 0.10
 
-# The focus metrics (afa_llm.evaluation.focus_metrics): rows for the lexicon metrics and the fake-focus share,
-# rows of those for faithfulness (its masked passes are most of the cost), and the VADER |valence| that makes
-# a word sentiment-bearing.
+# The focus metrics (afa_llm.evaluation.focus_metrics), and what each costs next to scoring alone
+# (docs/PERFORMANCE.md, benchmarks/eval_default_cost.py):
+# - FOCUS_METRIC_ROWS: rows for the lexicon metrics and the fake-focus share. Their focus is read off
+#   the scoring pass (the answer row's attention in the focus layers), a few percent of that pass, so
+#   `eval` and a run's final evaluation keep them on by default;
+# - faithfulness re-scores each of its rows as 30 masked copies (about 30 forward passes a row: 64 rows
+#   cost about 2x scoring 1,000), so `eval --faithfulness-n` and `faithfulness_eval_limit` are opt-in
+#   (FAITHFULNESS_ROWS, 0); `afa-llm focus` and `leaderboard --focus-metrics`, which are asked for the
+#   focus, score FOCUS_FAITHFULNESS_ROWS;
+# - LEXICON_THRESHOLD: the VADER |valence| that makes a word sentiment-bearing.
 FOCUS_METRIC_ROWS = 256
-FAITHFULNESS_ROWS = 64
+FAITHFULNESS_ROWS = 0
+FOCUS_FAITHFULNESS_ROWS = 64
 LEXICON_THRESHOLD = 1.0
 
 

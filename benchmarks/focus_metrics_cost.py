@@ -3,11 +3,12 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/focus_metrics_cost.py --adapter RUN [--mixed-precision bf16]
 
 On the run's own base, prompt and test split (as `afa_llm.training.validation.final_results` does):
-the test evaluation (every test row), the lexicon metrics (``focus_eval_limit`` rows, one clean pass
-each) and faithfulness (``faithfulness_eval_limit`` rows; 2 x 5 AOPC masks plus 2 random draws of
-each, as masked passes). Prints seconds and the ratio of the focus metrics to the test pass; a grid
-cell runs the test pass twice (best and last checkpoint) plus its training, so its share of a cell is
-smaller still.
+the test evaluation (every test row) alone, the same pass with the focus of ``focus_eval_limit`` rows
+read off it and their lexicon metrics (what a final evaluation runs), the lexicon metrics in a pass of
+their own (as before the focus was read off the test pass), and faithfulness (``faithfulness_eval_limit``
+rows, or 64 where the run has it off; 2 x 5 AOPC masks plus 2 random draws of each, as masked passes).
+Prints seconds and the ratio of each to the test pass; a grid cell runs the test pass twice (best and last
+checkpoint) plus its training, so its share of a cell is smaller still.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ def main() -> None:
     args = parser.parse_args()
 
     from afa_llm.data.loading import load_data
-    from afa_llm.evaluation.evaluate import evaluate_dataset
+    from afa_llm.defaults import FOCUS_FAITHFULNESS_ROWS
+    from afa_llm.evaluation.evaluate import evaluate_dataset, evaluate_with_focus
     from afa_llm.evaluation.faithfulness import faithfulness
-    from afa_llm.evaluation.word_focus import focus_lexicon
+    from afa_llm.evaluation.word_focus import focus_lexicon, texts_lexicon_metrics
     from afa_llm.model.adapters import load_scorer
     from afa_llm.runs import resolve_scorer
 
@@ -38,26 +40,32 @@ def main() -> None:
     model, task = load_scorer(resolved.scorer, data.label_names, progress=False)
     test = data.split("test")
     texts = list(test["text"][: cfg.focus_eval_limit])
+    faithfulness_n = cfg.faithfulness_eval_limit or FOCUS_FAITHFULNESS_ROWS
+
+    def test_with_focus() -> dict:
+        _, rows = evaluate_with_focus(model, task, test, data.label_names, progress=False,
+                                      focus_on=range(len(texts)), focus_layers=cfg.focus_layers)
+        return texts_lexicon_metrics(task, texts, rows)
+
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if args.mixed_precision == "bf16"
                 else contextlib.nullcontext())
     seconds = {}
     with autocast:
         for name, work in (
             ("test evaluation", lambda: evaluate_dataset(model, task, test, data.label_names, progress=False)),
-            ("lexicon metrics", lambda: focus_lexicon(model, task, texts, focus_layers=cfg.focus_layers)),
-            ("faithfulness", lambda: faithfulness(model, task, texts[: cfg.faithfulness_eval_limit],
+            ("test + its focus", test_with_focus),
+            ("lexicon own pass", lambda: focus_lexicon(model, task, texts, focus_layers=cfg.focus_layers)),
+            ("faithfulness", lambda: faithfulness(model, task, texts[:faithfulness_n],
                                                   focus_layers=cfg.focus_layers)),
         ):
             start = time.perf_counter()
             work()
             seconds[name] = time.perf_counter() - start
     print(f"{cfg.model} + {args.adapter}, {len(test)} test rows, focus metrics on {len(texts)} "
-          f"(faithfulness {cfg.faithfulness_eval_limit}), mixed_precision={args.mixed_precision}, "
+          f"(faithfulness {faithfulness_n}), mixed_precision={args.mixed_precision}, "
           f"torch threads={torch.get_num_threads()}")
     for name, value in seconds.items():
-        print(f"{name:<18} {value:8.1f} s")
-    focus = seconds["lexicon metrics"] + seconds["faithfulness"]
-    print(f"focus metrics / test evaluation: {focus / seconds['test evaluation']:.2f}x")
+        print(f"{name:<18} {value:8.1f} s  {value / seconds['test evaluation']:.2f}x the test evaluation")
 
 
 if __name__ == "__main__":

@@ -109,6 +109,33 @@ def test_evaluate_dataset_report(tiny_model, task):
     assert "confusion matrix (rows = true, columns = predicted):" in text
 
 
+def test_the_focus_is_read_off_the_scoring_pass_and_leaves_the_scores_as_they_are(tiny_model, task, monkeypatch):
+    import afa_llm.attention.clean_pass as clean_pass_module
+    from afa_llm.attention.clean_pass import clean_pass
+    from afa_llm.evaluation.evaluate import evaluate_with_focus, length_batches
+
+    model, _ = tiny_model
+    data = Dataset.from_dict({"text": TEXTS, "label": LABELS})
+    plain = evaluate_dataset(model, task, data, ["negative", "positive"], batch_size=7, progress=False)
+    passes = []
+    monkeypatch.setattr(clean_pass_module, "clean_pass", lambda *a, **k: passes.append(1) or clean_pass(*a, **k))
+    report, focus = evaluate_with_focus(model, task, data, ["negative", "positive"], batch_size=7, progress=False,
+                                        focus_on=range(5))
+    assert report["probabilities"] == plain["probabilities"] and report["predictions"] == plain["predictions"]
+    # one pass per batch: the batches that hold one of the first 5 rows run as clean passes, the rest plain
+    batches = length_batches(task, TEXTS, 7)
+    assert len(passes) == sum(bool(set(idx.tolist()) & set(range(5))) for idx in batches) < len(batches)
+    # each row's focus, over its text tokens, is the one a clean pass of that row alone gives
+    assert len(focus) == 5
+    for text, row in zip(TEXTS[:5], focus):
+        batch = task.encode([text])
+        with torch.no_grad():
+            alone = clean_pass(model, batch, task.head).focus[0][batch.text_mask[0]]
+        assert row.shape == (len(task.text_ids(text)),)
+        np.testing.assert_allclose(row, alone.numpy(), atol=1e-5)
+    assert evaluate_with_focus(model, task, data, ["negative", "positive"], progress=False)[1] == []
+
+
 def test_few_shot_evaluation_is_deterministic_for_a_seed(tiny_model, task):
     model, _ = tiny_model
     data = Dataset.from_dict({"text": TEXTS[:8], "label": LABELS[:8]})
@@ -156,3 +183,21 @@ def test_adapter_round_trip(tiny_model_dir, tmp_path):
         resolve_adapter_dir(str(tmp_path / "nope"))
     with pytest.raises(UserError, match="holds no adapter_config.json"):
         resolve_adapter_dir(str(tmp_path))
+
+
+def test_the_fake_focus_share_of_focus_rows_equals_the_batched_one(tiny_model, task):
+    from afa_llm.attention import focus_math as fm
+    from afa_llm.attention.clean_pass import clean_pass
+    from afa_llm.evaluation.word_focus import text_focus
+    from afa_llm.training.validation import fake_focus_share_of
+
+    model, _ = tiny_model
+    texts = TEXTS[:12]
+    frequent = fm.frequent_ids(task, TEXTS)
+    batch = task.encode(texts)
+    with torch.no_grad():
+        focus = clean_pass(model, batch, task.head).focus
+    batched = fm.fake_focus_ratio(*fm.frequent_shares(focus, batch.input_ids, batch.text_mask, frequent))
+    rows, _ = text_focus(model, task, texts, batch_size=5)
+    assert fake_focus_share_of(task, texts, rows, frequent) == pytest.approx(batched, rel=1e-5)
+    assert batched != pytest.approx(1.0)  # not trivially "no preference"

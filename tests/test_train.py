@@ -67,7 +67,10 @@ def max_diff(a: dict, b: dict) -> float:
 # ---- end to end -------------------------------------------------------------------------------
 @pytest.mark.parametrize("method", ["afa", "lora", "vat", pytest.param("at", marks=pytest.mark.slow),
                                     pytest.param("attn_rp", marks=pytest.mark.slow)])
-def test_end_to_end(method, tiny_model_dir, learnable_csv, tmp_path):
+def test_end_to_end(method, tiny_model_dir, learnable_csv, tmp_path, monkeypatch):
+    import afa_llm.evaluation.word_focus as word_focus
+
+    monkeypatch.setattr(word_focus, "text_focus", None)  # the final evaluation's focus comes from its test passes
     run = tmp_path / "run"
     overrides = tiny_overrides(run, tiny_model_dir, learnable_csv, f"method={method}", "steps=30",
                                "save_every=10", "keep_checkpoints=2", "eval_every=10", "afa.num_masks=2")
@@ -112,6 +115,8 @@ def test_end_to_end(method, tiny_model_dir, learnable_csv, tmp_path):
     assert saved["test"]["n"] == 8 and 0 <= saved["test"]["accuracy"] <= 1 and 0 <= saved["test"]["macro_f1"] <= 1
     assert 0 <= saved["zero_shot"]["accuracy"] <= 1
     assert saved["fake_focus_share"]["adapter"] > 0 and saved["fake_focus_share"]["base"] > 0
+    for side in ("adapter", "base"):  # the lexicon metrics by default; faithfulness is opt-in
+        assert "lexicon_share" in saved["focus_metrics"][side] and "faithfulness_n" not in saved["focus_metrics"][side]
     assert [v["step"] for v in saved["validation"]] == [10, 20, 30]
     assert results["test"]["accuracy"] == saved["test"]["accuracy"]
     assert saved["machine"]["cpu"] and saved["machine"]["torch"] == torch.__version__  # where it was measured

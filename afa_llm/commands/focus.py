@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from afa_llm.defaults import FOCUS_METRIC_ROWS
+from afa_llm.defaults import FOCUS_FAITHFULNESS_ROWS, FOCUS_METRIC_ROWS
 from afa_llm.commands import options
 from afa_llm.errors import UserError
 from afa_llm.io_utils import check_writable_dir
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", required=True, help="folder for focus.html, focus.png and focus.json")
     parser.add_argument("--act", default=None, metavar="ACT.json",
                         help="add a side with this ACT calibration on (afa-llm calibrate)")
-    options.add_focus_metric_arguments(parser, focus_n=None)
+    options.add_focus_metric_arguments(parser, focus_n=None, faithfulness_n=FOCUS_FAITHFULNESS_ROWS)
 
 
 def check_args(args: argparse.Namespace) -> None:

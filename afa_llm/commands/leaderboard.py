@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from afa_llm.errors import UserError
+from afa_llm.defaults import FOCUS_FAITHFULNESS_ROWS
 from afa_llm.evaluation.leaderboard import FOCUS_N
 
 
@@ -22,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="examples per forward pass (default: 32)")
     parser.add_argument("--focus-metrics", action="store_true",
                         help=f"also score each entry's focus on its first {FOCUS_N} test rows against human-rated "
-                             "(VADER) words, and its faithfulness on 64 (with --from-results: read from results.json)")
+                             f"(VADER) words, and its faithfulness on {FOCUS_FAITHFULNESS_ROWS} (about 30 extra forward passes "
+                             "each; with --from-results: read from results.json)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 

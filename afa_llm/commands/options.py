@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 
 from afa_llm.defaults import (DEFAULT_DATA, DEFAULT_DTYPE, DEFAULT_MODEL, DEFAULT_TEMPLATE, DEFAULT_TRUNCATION,
-                              DTYPE_NAMES, EVAL_MAX_TEXT_TOKENS, FAITHFULNESS_ROWS, FOCUS_METRIC_ROWS, LABEL_COLUMN,
-                              LEXICON_THRESHOLD, QUANTIZATIONS, SCORING_QUANTIZATION, TEXT_COLUMN, TRUNCATIONS)
+                              DTYPE_NAMES, EVAL_MAX_TEXT_TOKENS, FAITHFULNESS_ROWS, FOCUS_FAITHFULNESS_ROWS,
+                              FOCUS_METRIC_ROWS, LABEL_COLUMN, LEXICON_THRESHOLD, QUANTIZATIONS, SCORING_QUANTIZATION,
+                              TEXT_COLUMN, TRUNCATIONS)
 from afa_llm.errors import UserError
 from afa_llm.specs import DATA_KEYS, SCORER_KEYS, Resolved
 
@@ -117,15 +118,20 @@ def check_prior_args(args: argparse.Namespace) -> None:
                       args.prior_from)
 
 
-def add_focus_metric_arguments(parser: argparse.ArgumentParser, focus_n: int | None = FOCUS_METRIC_ROWS) -> None:
+def add_focus_metric_arguments(parser: argparse.ArgumentParser, focus_n: int | None = FOCUS_METRIC_ROWS,
+                               faithfulness_n: int = FAITHFULNESS_ROWS) -> None:
+    """--focus-n (None: the command has its own row count), --faithfulness-n and --lexicon-threshold."""
     group = parser.add_argument_group("focus metrics (afa_llm.evaluation.focus_metrics)")
     if focus_n is not None:
         group.add_argument("--focus-n", type=int, default=focus_n,
-                           help="score the focus of the first N rows against human-rated (VADER) words; 0: skip "
-                                "(not with --act or --shots) (default: %(default)s)")
-    group.add_argument("--faithfulness-n", type=int, default=FAITHFULNESS_ROWS,
+                           help="score the focus of the first N rows against human-rated (VADER) words; read off "
+                                "the scoring pass, it costs no extra forward pass (a few percent of the scoring "
+                                "time); 0: skip (not with --act or --shots) (default: %(default)s)")
+    group.add_argument("--faithfulness-n", type=int, default=faithfulness_n,
                        help="of those, the first N also get comprehensiveness and sufficiency against random "
-                            "tokens (extra forward passes); 0: skip (default: %(default)s)")
+                            "tokens: about 30 extra forward passes per row (each row scored as 30 masked "
+                            f"copies; {FOCUS_FAITHFULNESS_ROWS} rows cost about twice scoring 1,000); 0: skip "
+                            "(default: %(default)s)")
     group.add_argument("--lexicon-threshold", type=float, default=LEXICON_THRESHOLD,
                        help="a word is sentiment-bearing if its VADER |mean valence| >= this (default: %(default)s)")
 

@@ -15,7 +15,8 @@ from afa_llm.io_utils import check_writable_file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = EMPTY_NOTE
+    parser.epilog = (EMPTY_NOTE + " Cost: one forward pass per scored row, nothing else (no focus or "
+                     "faithfulness diagnostics; `afa-llm eval` and `afa-llm focus` compute those).")
     parser.add_argument("--adapter", default=None,
                         help="a training run folder (its config.yaml gives the base model, prompt and class names) "
                              "or a peft adapter folder (then give --model)")

@@ -12,6 +12,7 @@ import json
 import textwrap
 
 from afa_llm.config import SHARED_KEYS, load_config
+from afa_llm.defaults import FAITHFULNESS_ROWS, FOCUS_METRIC_ROWS
 from afa_llm.methods import METHODS
 
 
@@ -41,6 +42,12 @@ def method_help() -> str:
     """The keys every run has, then each method with its own keys and defaults."""
     wrap = lambda text: textwrap.fill(text, 100, initial_indent="  ", subsequent_indent="    ")  # noqa: E731
     lines = ["config keys of every run:", wrap(", ".join(SHARED_KEYS)), "",
+             "what the final test evaluation's diagnostics cost:",
+             wrap(f"focus_eval_limit={FOCUS_METRIC_ROWS}: the fake-focus share and the lexicon focus metrics of that "
+                  "many test rows, read off the test pass itself (no extra forward pass; a few percent of its time)"),
+             wrap(f"faithfulness_eval_limit={FAITHFULNESS_ROWS}: comprehensiveness and sufficiency of that many rows, "
+                  "opt-in: about 30 extra forward passes per row (64 rows cost about twice a 1,000-row test pass)"),
+             "",
              "methods (method=NAME) and their own keys; write them flat for the recipe's method, or under",
              "the method's name (afa: {num_masks: 8}, or afa.num_masks=8 on the command line):"]
     for name, cls in METHODS.items():

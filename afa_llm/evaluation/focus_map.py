@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from afa_llm.defaults import FOCUS_METRIC_ROWS, FAITHFULNESS_ROWS, LEXICON_THRESHOLD
+from afa_llm.defaults import FOCUS_FAITHFULNESS_ROWS, FOCUS_METRIC_ROWS, LEXICON_THRESHOLD
 from afa_llm.data.loading import load_data
 from afa_llm.errors import UserError
 from afa_llm.io_utils import atomic_path, atomic_write_text, write_json
@@ -110,7 +110,7 @@ def compute(model: torch.nn.Module, task: PromptTask, texts: list[str], layers: 
 
 def focus_metric_summary(model: torch.nn.Module, task: PromptTask, texts: list[str], sides: dict[str, dict],
                          layers: list[int], threshold: float = LEXICON_THRESHOLD,
-                         faithfulness_n: int = FAITHFULNESS_ROWS) -> dict[str, dict]:
+                         faithfulness_n: int = FOCUS_FAITHFULNESS_ROWS) -> dict[str, dict]:
     """Per side: the lexicon metrics of its focus on ``texts`` and (base and adapter sides) faithfulness."""
     from afa_llm.evaluation.faithfulness import faithfulness
     from afa_llm.evaluation.word_focus import lexicon_metrics
@@ -151,7 +151,7 @@ class FocusRequest:
     focus_layers: list[int] | None = None  # None: the run's, else the last third
     batch_size: int = 16
     act: str | None = None
-    faithfulness_n: int = FAITHFULNESS_ROWS
+    faithfulness_n: int = FOCUS_FAITHFULNESS_ROWS
     lexicon_threshold: float = LEXICON_THRESHOLD
 
 

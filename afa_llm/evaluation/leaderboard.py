@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from afa_llm.defaults import FOCUS_METRIC_ROWS
+from afa_llm.defaults import FOCUS_FAITHFULNESS_ROWS, FOCUS_METRIC_ROWS
 from afa_llm.data.loading import SentimentData, load_data
 from afa_llm.errors import UserError
 from afa_llm.io_utils import check_writable_dir, write_json
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
-FOCUS_N = FOCUS_METRIC_ROWS  # test rows for --focus-metrics (faithfulness: the first FAITHFULNESS_ROWS)
+FOCUS_N = FOCUS_METRIC_ROWS  # test rows for --focus-metrics (faithfulness: the first FOCUS_FAITHFULNESS_ROWS)
 FOCUS_METRICS = ("lexicon_share", "lexicon_auprc", "comprehensiveness_gain")  # the leaderboard's focus columns
 
 
@@ -150,7 +150,8 @@ def evaluate_job(job: Job, model: torch.nn.Module, tokenizer: PreTrainedTokenize
     if job.focus_metrics:  # the plain prompt's focus (ACT is off here)
         from afa_llm.evaluation.focus_metrics import focus_metrics
 
-        result.update(focus_metrics(model, task, list(test["text"][:FOCUS_N]), batch_size=batch_size))
+        result.update(focus_metrics(model, task, list(test["text"][:FOCUS_N]), faithfulness_n=FOCUS_FAITHFULNESS_ROWS,
+                                    batch_size=batch_size))
     return result
 
 

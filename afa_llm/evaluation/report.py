@@ -70,7 +70,7 @@ def truncation_note(cut: int, n: int, max_text_tokens: int) -> None:
 def evaluate_request(request: EvalRequest) -> tuple[dict, str]:
     """Score the request's rows; returns the report and its title."""
     from afa_llm.act.calibration import act_enabled, load_act
-    from afa_llm.evaluation.evaluate import evaluate_dataset
+    from afa_llm.evaluation.evaluate import evaluate_with_focus
     from afa_llm.evaluation.focus_metrics import focus_metrics
     from afa_llm.evaluation.prior import correct_report, correction_name, prior_from_report
     from afa_llm.model.adapters import load_scorer
@@ -85,9 +85,13 @@ def evaluate_request(request: EvalRequest) -> tuple[dict, str]:
                          split_seed=data_spec.split_seed, shots=r.shots)
     correction = prior_from_report(r.prior_from, r.prior_correction, record) if r.prior_from else None
     model, task = load_scorer(spec, data.label_names, progress=r.progress)
+    focus_n = 0 if act or r.shots else r.focus_n  # focus of the plain prompt: not under ACT, not few-shot
+    focus_layers = getattr(request.resolved.config, "focus_layers", None)
     with act_enabled(model, act, r.act):
-        report = evaluate_dataset(model, task, split, data.label_names, batch_size=r.batch_size, shots=r.shots,
-                                  demo_pool=data.split("train"), seed=r.seed, progress=r.progress)
+        report, focus_rows = evaluate_with_focus(model, task, split, data.label_names, batch_size=r.batch_size,
+                                                 shots=r.shots, demo_pool=data.split("train"), seed=r.seed,
+                                                 progress=r.progress, focus_on=range(min(focus_n, len(split))),
+                                                 focus_layers=focus_layers)
     report.update({**record, "scored": scored, **truncation_record(task, list(split["text"])),
                    "machine": machine_record()})
     title = f"{spec.model}{' + ' + spec.adapter if spec.adapter else ''} on {data_spec.data}/{r.split}"
@@ -104,10 +108,9 @@ def evaluate_request(request: EvalRequest) -> tuple[dict, str]:
                   f"{r.prior_from}); without it: accuracy={uncorrected['accuracy']:.4f}"
                   f"  macro_f1={uncorrected['macro_f1']:.4f}  ece={uncorrected['ece']:.4f}"
                   f"  brier={uncorrected['brier']:.4f}")
-    if r.focus_n and not act and not r.shots:  # focus of the plain prompt: not under ACT, not few-shot
-        cfg = request.resolved.config
+    if focus_n:
         report["focus_metrics"] = focus_metrics(
-            model, task, list(split["text"][: r.focus_n]), threshold=r.lexicon_threshold,
-            faithfulness_n=r.faithfulness_n, batch_size=r.batch_size,
-            focus_layers=cfg.focus_layers if cfg is not None else None, seed=r.seed)
+            model, task, list(split["text"][:focus_n]), threshold=r.lexicon_threshold,
+            faithfulness_n=r.faithfulness_n, batch_size=r.batch_size, focus_layers=focus_layers, seed=r.seed,
+            focus_rows=focus_rows)
     return report, title

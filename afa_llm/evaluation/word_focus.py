@@ -121,31 +121,26 @@ def span_focus(focus: np.ndarray, spans: Sequence[tuple[int, int]], start: int, 
     return float(sum(f for f, (s, e) in zip(focus, spans) if s < end and start < e))
 
 
-@torch.no_grad()
 def text_focus(model: torch.nn.Module, task: PromptTask, texts: Sequence[str], *, batch_size: int = 32,
                focus_layers: Sequence[int] | None = None) -> tuple[list[np.ndarray], np.ndarray]:
     """Per text: its text tokens' focus (in `text_offsets` order), and the class logits (N, C)."""
-    from afa_llm.evaluation.evaluate import length_batches
-    from afa_llm.attention.clean_pass import clean_pass
+    from afa_llm.evaluation.evaluate import score_rows
 
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    rows: list[np.ndarray] = [np.zeros(0)] * len(texts)
-    logits = np.zeros((len(texts), task.num_classes), dtype=np.float32)
-    for idx in length_batches(task, texts, batch_size):
-        batch = task.encode([texts[i] for i in idx]).to(device)
-        clean = clean_pass(model, batch, task.head, focus_layers)
-        for row, i in enumerate(idx):
-            rows[i] = clean.focus[row][batch.text_mask[row]].float().cpu().numpy()
-        logits[idx] = clean.class_logits.float().cpu().numpy()
-    model.train(was_training)
-    return rows, logits
+    scored = score_rows(model, task, texts, batch_size=batch_size, progress=False, focus_on=range(len(texts)),
+                        focus_layers=focus_layers)
+    return [scored.focus[i] for i in range(len(texts))], scored.logits
 
 
 def focus_lexicon(model: torch.nn.Module, task: PromptTask, texts: Sequence[str], *,
                   threshold: float = LEXICON_THRESHOLD, batch_size: int = 32,
                   focus_layers: Sequence[int] | None = None) -> dict[str, float]:
-    """`lexicon_metrics` of ``model``'s focus on ``texts``."""
+    """`lexicon_metrics` of ``model``'s focus on ``texts`` (its own pass; an evaluation reads the focus
+    off its scoring pass instead: `afa_llm.evaluation.evaluate.evaluate_with_focus`)."""
     rows, _ = text_focus(model, task, texts, batch_size=batch_size, focus_layers=focus_layers)
-    return lexicon_metrics(rows, [task.text_offsets(t) for t in texts], texts, threshold)
+    return texts_lexicon_metrics(task, texts, rows, threshold)
+
+
+def texts_lexicon_metrics(task: PromptTask, texts: Sequence[str], focus_rows: Sequence[np.ndarray],
+                          threshold: float = LEXICON_THRESHOLD) -> dict[str, float]:
+    """`lexicon_metrics` of focus rows over ``texts``' text tokens, mapped to words by the task's tokenizer."""
+    return lexicon_metrics(focus_rows, [task.text_offsets(t) for t in texts], texts, threshold)

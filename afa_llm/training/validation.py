@@ -14,7 +14,10 @@ and the final test results (``results.json``).
   tested with it and with the last weights, and ``adapter/`` is the best one.
 - `final_results` tests the run at its end (the selected checkpoint, the last one, the base
   if asked, and the fake-focus share) and writes ``adapter/`` and ``results.json``; our loop
-  and experiments/trl_baseline.py both end with it, so their run folders read alike.
+  and experiments/trl_baseline.py both end with it, so their run folders read alike. The
+  fake-focus share and the lexicon metrics read the focus of the first ``focus_eval_limit``
+  test rows off the test pass itself (`evaluate_with_focus`); faithfulness, opt-in
+  (``faithfulness_eval_limit``), scores masked copies of its own.
 """
 
 from __future__ import annotations
@@ -27,8 +30,7 @@ import numpy as np
 import torch
 
 from afa_llm.attention import focus_math as fm
-from afa_llm.evaluation.evaluate import evaluate_dataset
-from afa_llm.attention.clean_pass import clean_pass
+from afa_llm.evaluation.evaluate import evaluate_dataset, evaluate_with_focus
 from afa_llm.io_utils import atomic_dir, write_json
 from afa_llm.provenance import machine_record
 
@@ -124,28 +126,51 @@ def selected_test(peft_model: PeftModel, run_dir: Path, history: list[dict], sto
     return fields
 
 
-def fake_focus_share_on(peft_model: PeftModel, task: PromptTask, texts: list[str], frequent: torch.Tensor,
-                        cfg: TrainConfig) -> float:
-    """The adapter's fake-focus share on ``texts`` (`focus_math.fake_focus_ratio`)."""
+def fake_focus_share_of(task: PromptTask, texts: list[str], focus_rows: list[np.ndarray],
+                        frequent: torch.Tensor) -> float:
+    """The fake-focus share (`focus_math.fake_focus_ratio`) of each text's focus over its text tokens."""
     shares, bases = [], []
-    device = next(peft_model.parameters()).device
-    with torch.no_grad():
-        for start in range(0, len(texts), cfg.eval_batch_size):
-            batch = task.encode(texts[start : start + cfg.eval_batch_size]).to(device)
-            focus = clean_pass(peft_model, batch, task.head, cfg.focus_layers).focus
-            share, base = fm.frequent_shares(focus, batch.input_ids, batch.text_mask, frequent)
-            shares.append(share)
-            bases.append(base)
+    for text, focus in zip(texts, focus_rows):
+        ids = torch.tensor([task.text_ids(text)])
+        share, base = fm.frequent_shares(torch.from_numpy(focus)[None], ids, torch.ones_like(ids, dtype=torch.bool),
+                                         frequent)
+        shares.append(share)
+        bases.append(base)
     return fm.fake_focus_ratio(torch.cat(shares), torch.cat(bases))
 
 
-def focus_metrics_on(model: torch.nn.Module, task: PromptTask, texts: list[str], cfg: TrainConfig) -> dict:
-    """`afa_llm.evaluation.focus_metrics.focus_metrics` with the run's keys (threshold, example counts, layers, seed)."""
+def focus_metrics_on(model: torch.nn.Module, task: PromptTask, texts: list[str], focus_rows: list[np.ndarray],
+                     cfg: TrainConfig) -> dict:
+    """`afa_llm.evaluation.focus_metrics.focus_metrics` of ``focus_rows`` (``texts``' focus, read off a test pass)
+    with the run's keys (threshold, example counts, layers, seed)."""
     from afa_llm.evaluation.focus_metrics import focus_metrics
 
     return focus_metrics(model, task, texts, threshold=cfg.lexicon_threshold,
                          faithfulness_n=cfg.faithfulness_eval_limit, batch_size=cfg.eval_batch_size,
-                         focus_layers=cfg.focus_layers, seed=cfg.seed)
+                         focus_layers=cfg.focus_layers, seed=cfg.seed, focus_rows=focus_rows)
+
+
+class FocusedTest:
+    """The run's test pass, keeping the focus of its first ``focus_eval_limit`` rows from the latest call
+    (the weights the model holds: after `selected_test`, the selected ones)."""
+
+    def __init__(self, model: torch.nn.Module, task: PromptTask, test: Dataset, label_names: list[str],
+                 cfg: TrainConfig) -> None:
+        self.model, self.task, self.test, self.label_names, self.cfg = model, task, test, label_names, cfg
+        self.texts = list(test["text"][: cfg.focus_eval_limit])
+        self.focus_on = range(len(self.texts))
+        self.focus_rows: list[np.ndarray] = []
+
+    def __call__(self) -> dict:
+        report, self.focus_rows = evaluate_with_focus(
+            self.model, self.task, self.test, self.label_names, batch_size=self.cfg.eval_batch_size,
+            progress=self.cfg.progress, focus_on=self.focus_on, focus_layers=self.cfg.focus_layers)
+        return report
+
+    def focus_records(self, frequent: torch.Tensor) -> tuple[float, dict]:
+        """The fake-focus share and the focus metrics of the latest test pass."""
+        return (fake_focus_share_of(self.task, self.texts, self.focus_rows, frequent),
+                focus_metrics_on(self.model, self.task, self.texts, self.focus_rows, self.cfg))
 
 
 def stress_on(model: torch.nn.Module, task: PromptTask, test: Dataset, label_names: list[str], cfg: TrainConfig,
@@ -184,10 +209,8 @@ def final_results(accelerator: Accelerator, peft_model: PeftModel, task: PromptT
         test = data.split("test")
         if cfg.test_limit:
             test = test.select(range(min(cfg.test_limit, len(test))))
-        focus_texts = list(test["text"][: cfg.focus_eval_limit])
         peft_model.eval()
-        evaluate = lambda: evaluate_dataset(peft_model, task, test, data.label_names,  # noqa: E731
-                                            batch_size=cfg.eval_batch_size, progress=cfg.progress)
+        evaluate = FocusedTest(peft_model, task, test, data.label_names, cfg)
         results = {"method": name or cfg.method, "model": cfg.model, "quantization": cfg.quantization, "data": cfg.data,
                    "split_seed": cfg.split_seed, "seed": cfg.seed, "steps": cfg.steps,
                    "num_processes": accelerator.num_processes,  # a silently single-process launch shows here
@@ -195,17 +218,16 @@ def final_results(accelerator: Accelerator, peft_model: PeftModel, task: PromptT
                    "label_names": data.label_names, "label_words": task.label_words, "template": task.template,
                    **head_record(task, cfg), "validation": history, "stopped_early": last_step < cfg.steps,
                    **selected_test(peft_model, Path(cfg.output_dir), history, stopper, cfg.select_best, last_step,
-                                   evaluate),
-                   "fake_focus_share": {"adapter": fake_focus_share_on(peft_model, task, focus_texts, frequent, cfg)},
-                   "focus_metrics": {"adapter": focus_metrics_on(peft_model, task, focus_texts, cfg)},
-                   "shortcut": shortcut_record(cfg), **(extra or {}), "machine": machine_record()}
+                                   evaluate)}
+        share, metrics = evaluate.focus_records(frequent)
+        results.update({"fake_focus_share": {"adapter": share}, "focus_metrics": {"adapter": metrics},
+                        "shortcut": shortcut_record(cfg), **(extra or {}), "machine": machine_record()})
         if cfg.shortcut_cue:
             results["stress"] = {"adapter": stress_on(peft_model, task, test, data.label_names, cfg, results["test"])}
         if cfg.evaluate_zero_shot and results["head_init"] != "random":  # a random head has no zero-shot
             with peft_model.disable_adapter():
                 results["zero_shot"] = evaluate()
-                results["fake_focus_share"]["base"] = fake_focus_share_on(peft_model, task, focus_texts, frequent, cfg)
-                results["focus_metrics"]["base"] = focus_metrics_on(peft_model, task, focus_texts, cfg)
+                results["fake_focus_share"]["base"], results["focus_metrics"]["base"] = evaluate.focus_records(frequent)
                 if cfg.shortcut_cue:
                     results["stress"]["base"] = stress_on(peft_model, task, test, data.label_names, cfg,
                                                           results["zero_shot"])
