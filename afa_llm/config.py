@@ -259,14 +259,22 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, value = item.partition("=")
     if not sep:
         raise UserError(f"override {item!r} must look like key=value")
-    section, dot, inner = key.strip().partition(".")
+    _apply_value(raw, key.strip(), value)
+
+
+def _apply_value(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``key`` (``afa.num_masks`` sets a method's key) over the recipe; a mapping given for a method
+    section (``afa={"num_masks": 8}``) updates the recipe's section instead of replacing it."""
+    section, dot, inner = key.partition(".")
     if dot:  # afa.num_masks=8
         target = raw.setdefault(section, {})
         if not isinstance(target, dict):
-            raise UserError(f"override {item!r}: config key {section!r} is not a section")
+            raise UserError(f"config key {section!r} is not a section, so {key!r} cannot be set")
         target[inner] = value
+    elif isinstance(value, dict) and isinstance(raw.get(key), dict):
+        raw[key] = {**raw[key], **value}
     else:
-        raw[key.strip()] = value
+        raw[key] = value
 
 
 def method_classes() -> dict[str, Any]:
@@ -294,8 +302,10 @@ def _method_keys(name: str, values: dict[str, Any], where: str):
     return keys_cls(**{k: _coerce(k, v, hints) for k, v in values.items()}).validate()
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None, *, saved: bool = False) -> TrainConfig:
-    """Load a recipe YAML, apply ``key=value`` overrides, validate.
+def load_config(path: str | None = None, overrides: list[str] | None = None, *, saved: bool = False,
+                values: dict[str, Any] | None = None) -> TrainConfig:
+    """Load a recipe YAML, apply ``key=value`` overrides, then ``values`` (keys given as Python values, as
+    `afa_llm.train(**keys)` gives them), validate.
 
     ``saved=True`` reads a run's own config.yaml: keys of other methods (which configs
     written before methods were plug-ins held) are dropped instead of refused.
@@ -303,6 +313,8 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, *, 
     raw = _read_recipe(path)
     for item in overrides or []:
         _apply_override(raw, item)
+    for key, value in (values or {}).items():
+        _apply_value(raw, key, value)
     methods = method_classes()
     method = str(raw.get("method", TrainConfig.method))
     if method not in methods:

@@ -12,6 +12,7 @@ from afa_llm.data.loading import SentimentData, check_splits_nonempty, load_data
 from afa_llm.specs import Resolved
 
 if TYPE_CHECKING:
+    import torch
     from datasets import Dataset
 
     from afa_llm.model.task import PromptTask
@@ -32,6 +33,7 @@ class EvalRequest:
     faithfulness_n: int = FAITHFULNESS_ROWS
     lexicon_threshold: float = LEXICON_THRESHOLD
     progress: bool = True
+    loaded: torch.nn.Module | None = None  # a model already loaded from the scorer (the Python API's), reused
 
 
 def rows_to_score(data: SentimentData, split_name: str, limit: int | None, data_name: str,
@@ -84,7 +86,7 @@ def evaluate_request(request: EvalRequest) -> tuple[dict, str]:
     record = spec.record(data.label_names, act.summary(r.act) if act else None, data=data_spec.data, split=r.split,
                          split_seed=data_spec.split_seed, shots=r.shots)
     correction = prior_from_report(r.prior_from, r.prior_correction, record) if r.prior_from else None
-    model, task = load_scorer(spec, data.label_names, progress=r.progress)
+    model, task = load_scorer(spec, data.label_names, progress=r.progress, loaded=r.loaded)
     focus_n = 0 if act or r.shots else r.focus_n  # focus of the plain prompt: not under ACT, not few-shot
     focus_layers = getattr(request.resolved.config, "focus_layers", None)
     with act_enabled(model, act, r.act):

@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Iterable, Iterator
+from typing import IO, TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -109,9 +109,12 @@ def _text(value) -> str:
 
 
 # ---- scoring and writing --------------------------------------------------------------------
-def predict_chunk(model: torch.nn.Module, task: PromptTask, label_names: list[str], frame: pd.DataFrame,
-                  text_column: str, batch_size: int, bar: tqdm, prior: dict | None = None) -> tuple[pd.DataFrame, int]:
-    """``frame`` plus the prediction columns; also returns how many rows had empty text.
+def predict_texts(model: torch.nn.Module, task: PromptTask, label_names: Sequence[str], texts: Sequence,
+                  batch_size: int = 32, bar: tqdm | None = None, prior: dict | None = None,
+                  progress: bool = False) -> tuple[np.ndarray, list[str]]:
+    """The class probabilities of ``texts`` (one row per text, columns in ``label_names`` order) and their
+    predicted class names: the one prediction function of `afa-llm predict` and the Python API
+    (`afa_llm.api.Classifier`). An empty text (None, NaN, blanks) is not scored: a NaN row and "".
 
     With a `--prior-from` correction (label prior or temperature, `afa_llm.evaluation.prior`) the
     probabilities and labels are the corrected ones."""
@@ -119,21 +122,31 @@ def predict_chunk(model: torch.nn.Module, task: PromptTask, label_names: list[st
     from afa_llm.evaluation.metrics import softmax
     from afa_llm.evaluation.prior import apply_correction
 
-    texts = [_text(v) for v in frame[text_column]]
+    texts = [_text(v) for v in texts]
     keep = np.flatnonzero([bool(t) for t in texts])
     probs = np.full((len(texts), len(label_names)), np.nan)
-    predicted = np.full(len(texts), "", dtype=object)
+    predicted = [""] * len(texts)
     if len(keep):
-        logits = predict_logits(model, task, [texts[i] for i in keep], batch_size=batch_size, bar=bar)
+        logits = predict_logits(model, task, [texts[i] for i in keep], batch_size=batch_size, bar=bar,
+                                progress=progress, desc="predict")
         scores = softmax(logits) if prior is None else apply_correction(softmax(logits), prior)
-        probs[keep] = scores.round(6)
-        predicted[keep] = [label_names[c] for c in scores.argmax(-1)]
-    bar.update(len(texts) - len(keep))  # empty rows are done too
+        probs[keep] = scores
+        for i, c in zip(keep, scores.argmax(-1)):
+            predicted[i] = label_names[c]
+    if bar is not None:
+        bar.update(len(texts) - len(keep))  # empty rows are done too
+    return probs, predicted
+
+
+def predict_chunk(model: torch.nn.Module, task: PromptTask, label_names: list[str], frame: pd.DataFrame,
+                  text_column: str, batch_size: int, bar: tqdm, prior: dict | None = None) -> tuple[pd.DataFrame, int]:
+    """``frame`` plus the prediction columns (`predict_texts`); also returns how many rows had empty text."""
+    probs, predicted = predict_texts(model, task, label_names, list(frame[text_column]), batch_size, bar, prior)
     out = frame.copy()
-    out[PRED_COLUMN] = predicted
+    out[PRED_COLUMN] = np.asarray(predicted, dtype=object)
     for c, name in enumerate(label_names):
-        out[f"prob_{name}"] = probs[:, c]
-    return out, len(texts) - len(keep)
+        out[f"prob_{name}"] = probs[:, c].round(6)
+    return out, predicted.count("")
 
 
 class ChunkWriter:

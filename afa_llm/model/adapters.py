@@ -68,23 +68,62 @@ def build_task(spec: ScorerSpec, class_names: Sequence[str], tokenizer: PreTrain
     return task.bind(tokenizer)
 
 
-def load_scorer(spec: ScorerSpec, class_names: Sequence[str],
-                progress: bool = True) -> tuple[torch.nn.Module, PromptTask]:
-    """The model (+ ``spec.adapter``) and its bound prompt task. The adapter folder and the label words
-    are checked before the weights load, so a typo costs no loading time."""
+def load_scorer(spec: ScorerSpec, class_names: Sequence[str], progress: bool = True, adapter_scale: float = 1.0,
+                loaded: torch.nn.Module | None = None) -> tuple[torch.nn.Module, PromptTask]:
+    """The model (+ ``spec.adapter``, its LoRA update scaled by ``adapter_scale``: `scale_adapter`) and its
+    bound prompt task. The adapter folder, the scale and the label words are checked before the weights
+    load, so a typo costs no loading time. ``loaded``: a model already loaded from ``spec`` (the Python
+    API's classifier), reused as it is; only the prompt task is built, for ``class_names``."""
     from afa_llm.model.loading import load_model, load_model_tokenizer
     from afa_llm.provenance import warn_if_emulated_bf16
 
+    check_adapter_scale(adapter_scale, spec.adapter)
     if spec.adapter:
         resolve_adapter_dir(spec.adapter)
     task = build_task(spec, class_names, load_model_tokenizer(spec.model))
+    if loaded is not None:
+        check_class_count(loaded, task.num_classes)
+        return loaded, task
     if not progress:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
     model, _ = load_model(spec.model, quantization=spec.quantization, dtype=spec.dtype, tokenizer=task.tokenizer)
     warn_if_emulated_bf16(spec.dtype == "bf16", next(model.parameters()).device.type, fix="use --dtype fp32")
-    return with_head(model, spec, task.num_classes), task
+    model = with_head(model, spec, task.num_classes)
+    if adapter_scale != 1:
+        scale_adapter(model, adapter_scale)
+    return model, task
+
+
+def check_adapter_scale(scale: float, adapter: str | None) -> None:
+    """``adapter_scale`` is a number in [0, 1], and other than 1 only where there is an adapter to scale."""
+    _check_scale_range(scale)
+    if scale != 1 and not adapter:
+        raise UserError("adapter_scale scales a LoRA adapter, and this model has none: give a run or adapter "
+                        "folder (a merged folder has its LoRA update folded in)")
+
+
+def scale_adapter(model: torch.nn.Module, scale: float) -> None:
+    """Scale the LoRA update of every LoRA layer of ``model`` to ``scale`` times the trained one (peft's
+    ``LoraLayer.set_scale``: scale * alpha / r, so calling it again sets, not compounds): 0 scores as the
+    base model, 1 as the adapter. A classifier head (``modules_to_save``) is a trained copy, not an update:
+    it stays as trained."""
+    from peft.tuners.lora import LoraLayer
+
+    _check_scale_range(scale)
+    layers = [module for module in model.modules() if isinstance(module, LoraLayer)]
+    if not layers:
+        raise UserError("adapter_scale: the model holds no LoRA layer to scale")
+    for layer in layers:
+        for name in list(layer.scaling):
+            layer.set_scale(name, scale)
+
+
+def _check_scale_range(scale: float) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale <= 1:
+        raise UserError(f"adapter_scale must be a number in [0, 1] (0: the base model, 1: the adapter), "
+                        f"got {scale!r}")
 
 
 def with_head(model: torch.nn.Module, spec: ScorerSpec, num_classes: int) -> torch.nn.Module:
@@ -100,10 +139,17 @@ def with_head(model: torch.nn.Module, spec: ScorerSpec, num_classes: int) -> tor
             raise UserError(f"{spec.adapter} holds no trained classifier head ('score' in modules_to_save); "
                             "was it trained with head=label_words?")
         model = as_sequence_classifier(model, classes, fill=float("nan"))
-    if is_sequence_classifier(model) and model.config.num_labels != num_classes:
-        raise UserError(f"the classifier has {model.config.num_labels} classes, the data {num_classes}")
+    check_class_count(model, num_classes)
     if spec.adapter:
         model = attach_adapter(model, spec.adapter)
     if spec.head == "classifier":
         check_head_loaded(model, spec.adapter or spec.model)
     return model
+
+
+def check_class_count(model: torch.nn.Module, num_classes: int) -> None:
+    """A classifier head must have one output per class of the data."""
+    from afa_llm.model.heads import is_sequence_classifier
+
+    if is_sequence_classifier(model) and model.config.num_labels != num_classes:
+        raise UserError(f"the classifier has {model.config.num_labels} classes, the data {num_classes}")
