@@ -62,6 +62,11 @@ class TrainConfig:
     label_column: str = LABEL_COLUMN
     label_names: Optional[list] = None
     split_seed: int = 0
+    # your own validation / test split: a file like data's (.csv/.jsonl/.parquet or a save_to_disk folder,
+    # same columns) read as that split instead of drawn from data by split_seed; data then gives the train
+    # split and whichever of the two is not given; the classes are the training data's
+    validation_data: Optional[str] = None
+    test_data: Optional[str] = None
     train_limit: Optional[int] = None  # low-data training: use the first N train examples
     template: str = DEFAULT_TEMPLATE
     label_words: Optional[list] = None  # default: " " + class name; a word may be several tokens
@@ -81,6 +86,21 @@ class TrainConfig:
     shortcut_rate: float = 0.5
     shortcut_purity: float = 1.0
     shortcut_position: Literal["random", "start", "end"] = "random"
+    # --- training past a shortcut (afa_llm.robustness), with every method -----------------
+    # debias: poe trains through log_softmax(logits + log p_bias) of a bag-of-words bias model
+    debias: Literal["none", "poe"] = "none"
+    # guard: hide the words the model leans on beyond the base (base), as many random candidates (random),
+    # or guard_words (words), and make the output agree with the hidden copy's (afa_llm.robustness.guard)
+    guard: Literal["none", "base", "random", "words"] = "none"
+    guard_weight: float = 1.0
+    guard_words: Optional[list] = None
+    guard_loss: Literal["kl", "ce", "both"] = "kl"
+    guard_every: int = 25  # steps between flag refreshes (base, random)
+    guard_threshold: float = 10.0  # flag a word whose audit score is at least this (base)
+    guard_random_count: int = 3  # words the random control flags per refresh
+    guard_candidates: int = 64  # the most label-skewed words and pairs measured per refresh
+    guard_sample: int = 4  # texts per candidate per refresh
+    guard_min_count: int = 5  # occurrences a word needs to be a candidate
     # --- the classification loss ------------------------------------------------------
     # none | balanced (w_c = n / (C * n_c) over the training split, as sklearn) | [w_1, ..., w_C] in class
     # order; weights every cross-entropy on class logits (L_cls, the masked CE, AT's adversarial CE)
@@ -129,6 +149,8 @@ class TrainConfig:
             "output_dir": bool(self.output_dir.strip()),
             "model": bool(self.model.strip()),
             "data": bool(self.data.strip()),
+            "validation_data": self.validation_data is None or bool(self.validation_data.strip()),
+            "test_data": self.test_data is None or bool(self.test_data.strip()),
             "lora_r": self.lora_r > 0,
             "steps": self.steps > 0,
             "batch_size": self.batch_size > 0,
@@ -155,6 +177,12 @@ class TrainConfig:
             "shortcut_cue": self.shortcut_cue == self.shortcut_cue.strip(),
             "lexicon_threshold": 0 <= self.lexicon_threshold <= 4,
             "faithfulness_eval_limit": self.faithfulness_eval_limit >= 0,
+            "guard_weight": self.guard_weight >= 0,
+            "guard_every": self.guard_every >= 1,
+            "guard_random_count": self.guard_random_count >= 1,
+            "guard_candidates": self.guard_candidates >= 1,
+            "guard_sample": self.guard_sample >= 1,
+            "guard_min_count": self.guard_min_count >= 1,
         }
         for key, ok in checks.items():
             if not ok:
@@ -163,6 +191,11 @@ class TrainConfig:
             key = "early_stopping_patience" if self.early_stopping_patience else "select_best"
             raise UserError(f"config key {key!r} needs validations: set eval_every > 0")
         self.class_weights = _class_weights(self.class_weights)
+        if self.guard == "words" and not self.guard_words:
+            raise UserError("config key 'guard_words' must list the words to hide when guard is 'words'")
+        if self.guard_words is not None and (not isinstance(self.guard_words, list)
+                                             or not all(isinstance(w, str) and w.strip() for w in self.guard_words)):
+            raise UserError(f"config key 'guard_words' must be a list of words, got {self.guard_words!r}")
         if self.shortcut_cue and not self.shortcut_label:
             raise UserError("config key 'shortcut_label' must name the class that shortcut_cue goes with")
         if self.template.count("{text}") != 1:

@@ -26,7 +26,8 @@ from grid import ARCHIVE, archived_grid, load_grid, report  # noqa: E402
 from afa_llm.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-KEPT_FILES = ("results.json", "metrics.jsonl", "config.yaml", "validation_full.json")  # the last: experiments/pick_setting.py
+KEPT_FILES = ("results.json", "metrics.jsonl", "config.yaml", "validation_full.json",  # experiments/pick_setting.py
+              "audit.json")  # experiments/audit_grid.py
 BLOCK = re.compile(r"<!-- grid: (\S+) -->\n.*?<!-- end grid -->", re.S)
 # the ACT rows (experiments/act_report.py over an archived act_results folder)
 ACT_BLOCK = re.compile(r"<!-- act: (\S+) -->\n.*?<!-- end act -->", re.S)

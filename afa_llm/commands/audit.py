@@ -29,13 +29,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top", type=int, default=20, help="candidates in the table and the page (default: %(default)s)")
     parser.add_argument("--min-count", type=int, default=5,
                         help="occurrences a word or pair needs to be a candidate (default: %(default)s)")
-    parser.add_argument("--sample", type=int, default=16,
+    parser.add_argument("--sample", type=int, default=8,
                         help="texts per candidate whose hiding is measured: 2 passes each for the model and the "
                              "base (default: %(default)s)")
-    parser.add_argument("--max-candidates", type=int, default=300,
+    parser.add_argument("--max-candidates", type=int, default=200,
                         help="measure the N candidates with the largest label skew (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=64, help="masked passes per forward (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampled texts (default: %(default)s)")
+    parser.add_argument("--mixed-precision", default="auto", choices=["no", "bf16", "auto"],
+                        help="bf16: run the passes under bf16 autocast, as a run's own evaluations do with "
+                             "mixed_precision: bf16 (1.9x faster on a CPU with AVX512-BF16; the weights stay in "
+                             "--dtype); auto: bf16 where the CPU or GPU has bf16 instructions, else no "
+                             "(default: %(default)s)")
     parser.add_argument("--output", default=None, metavar="FILE.json", help="write the full report as JSON")
     parser.add_argument("--html", default=None, metavar="FILE.html",
                         help="write a page of the top words, each with training texts highlighted and both effects")
@@ -49,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     request = AuditRequest(options.resolve(args, require_source=True), split=args.split, limit=args.limit,
                            top=args.top, min_count=args.min_count, sample=args.sample,
                            max_candidates=args.max_candidates, batch_size=args.batch_size, seed=args.seed,
-                           progress=not args.no_progress)
+                           mixed_precision=args.mixed_precision, progress=not args.no_progress)
     request.check()
     if args.html and not args.html.lower().endswith((".html", ".htm")):
         raise UserError(f"--html must name an .html file: {args.html}")

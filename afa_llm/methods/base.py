@@ -71,8 +71,14 @@ class MethodContext:
 
 def classification_loss(clean: CleanPass, batch: EncodedBatch, weight: torch.Tensor | None = None) -> torch.Tensor:
     """L_cls: cross-entropy of the class logits of the clean pass; with ``weight`` (C,), PyTorch's weighted
-    mean: sum_i w[y_i] * CE_i / sum_i w[y_i]."""
-    return F.cross_entropy(clean.class_logits, batch.labels, weight=weight)
+    mean: sum_i w[y_i] * CE_i / sum_i w[y_i]. A batch with a bias model's log-probabilities (``debias: poe``)
+    is scored through the product of experts, log_softmax(logits + log p_bias) (`afa_llm.robustness.poe`)."""
+    logits = clean.class_logits
+    if batch.bias_log_probs is not None:
+        from afa_llm.robustness.poe import poe_logits
+
+        logits = poe_logits(logits, batch.bias_log_probs)
+    return F.cross_entropy(logits, batch.labels, weight=weight)
 
 
 class TrainingMethod:

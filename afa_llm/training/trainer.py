@@ -48,6 +48,7 @@ from afa_llm.attention.probe import AnswerAttentionProbe
 from afa_llm.config import TrainConfig
 from afa_llm.errors import TrainingDiverged, UserError
 from afa_llm.provenance import warn_if_emulated_bf16
+from afa_llm.robustness import build_addons
 from afa_llm.training.checkpoint import (list_checkpoints, load_adapter_weights, load_trainer_state, rng_state,
                                          save_checkpoint, set_rng_state)
 from afa_llm.training.setup import (batch_indices, build_model, check_run_dir, class_weight_values,
@@ -121,6 +122,8 @@ class Trainer:
         self.generator = torch.Generator(device=acc.device).manual_seed(cfg.seed * 1000 + acc.process_index)
         self.peft_model = acc.unwrap_model(self.model)
         self.method = make_method(cfg, self.peft_model, self.task, self.generator, acc, self.class_weights)
+        self.guard, self.bias = build_addons(cfg, self.task, list(self.texts), self.labels.tolist(),
+                                             len(self.data.label_names))
 
     def _resume(self, checkpoint: Path) -> None:
         acc = self.accelerator
@@ -132,6 +135,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
+        if self.guard is not None:
+            self.guard.load_state_dict(state["guard"])
         set_rng_state(state["rng"][acc.process_index], self.generator)
         self.start_step, self.history = state["step"], state["validation"]
         acc.print(f"resumed from {checkpoint} at step {self.start_step}")
@@ -151,16 +156,24 @@ class Trainer:
         """Forward, loss, backward and update over the step's micro-batches; returns the step's metrics."""
         cfg, acc, method = self.cfg, self.accelerator, self.method
         started, tokens, step_metrics = time.perf_counter(), 0, {}
+        self._refresh_guard(step)
         for micro in range(cfg.gradient_accumulation_steps):
             idx = batch_indices(len(self.texts), cfg.seed, step * cfg.gradient_accumulation_steps + micro,
                                 cfg.batch_size, acc.num_processes, acc.process_index)
-            batch = self.task.encode([self.texts[i] for i in idx], self.labels[idx].tolist()).to(acc.device)
+            texts = [self.texts[i] for i in idx]
+            batch = self.task.encode(texts, self.labels[idx].tolist()).to(acc.device)
+            if self.bias is not None:  # debias: poe, the bias model's out-of-fold log-probabilities
+                batch.bias_log_probs = torch.from_numpy(self.bias.log_probs[idx]).to(acc.device)
             tokens += int(batch.attention_mask.sum())
             # autocast explicitly: the method also forwards through the unwrapped peft model
             with acc.accumulate(self.model), acc.autocast():
                 clean = clean_pass(self.model, batch, self.task.head, cfg.focus_layers,
                                    **method.forward_kwargs(batch))
                 loss, metrics = method.loss(self.peft_model, batch, clean, step)
+                if self.guard is not None:
+                    guard_loss, guard_metrics = self.guard.loss(self.peft_model, batch, clean, texts)
+                    loss = loss + guard_loss
+                    metrics.update(guard_metrics)
                 _stop_if_diverged(acc, loss, step, self.run_dir)
                 acc.backward(loss)
                 if acc.sync_gradients and cfg.max_grad_norm > 0:
@@ -175,6 +188,16 @@ class Trainer:
         step_metrics.update(step_time=seconds, tokens_per_s=tokens * acc.num_processes / seconds,
                             lr=self.scheduler.get_last_lr()[0], train_acc_batch=_batch_accuracy(clean, batch))
         return step_metrics
+
+    def _refresh_guard(self, step: int) -> None:
+        """The guard's flags for this step (every guard_every steps), logged to metrics.jsonl as they change."""
+        if self.guard is None:
+            return
+        with self.accelerator.autocast():
+            event = self.guard.refresh(self.peft_model, step)
+        if event is not None and self.accelerator.is_main_process:
+            with open(self.run_dir / "metrics.jsonl", "a") as handle:  # labelled with the step it applies to
+                handle.write(json.dumps({**event, "step": step + 1}) + "\n")
 
     # ---- validation and checkpoints ---------------------------------------------------------------
     def validate(self, done: int) -> dict[str, float]:
@@ -195,7 +218,8 @@ class Trainer:
             states = gather_object(states)
         if acc.is_main_process:
             state = {"step": step, "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                     "method": self.method.state_dict(), "rng": states, "validation": self.history}
+                     "method": self.method.state_dict(), "rng": states, "validation": self.history,
+                     "guard": self.guard.state_dict() if self.guard is not None else None}
             save_checkpoint(self.run_dir, step, self.peft_model, state, self.cfg, self.cfg.keep_checkpoints)
         acc.wait_for_everyone()
 
@@ -234,9 +258,18 @@ class Trainer:
     def finish(self, done: int) -> dict:
         with self.accelerator.autocast():
             results = final_results(self.accelerator, self.peft_model, self.task, self.data, self.cfg, self.frequent,
-                                    self.history, self.stopper, done, extra={"class_weights": self.class_weights})
+                                    self.history, self.stopper, done, extra=self._extra_results())
         self.accelerator.end_training()
         return results
+
+
+    def _extra_results(self) -> dict:
+        extra = {"class_weights": self.class_weights}
+        if self.guard is not None:
+            extra["guard"] = self.guard.record()
+        if self.bias is not None:
+            extra["debias"] = self.bias.record
+        return extra
 
 
 # ---- helpers ----------------------------------------------------------------------------------

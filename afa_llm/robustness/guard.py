@@ -1,0 +1,158 @@
+"""``guard``: hide the words that the model under training leans on beyond the zero-shot base, and make its
+output on the input agree with its output on the hidden copy, so that such a word stops paying.
+
+    guard: none | base | random | words     guard_weight: w     guard_words: [Winston, ...]
+
+- ``base``: every ``guard_every`` steps, the audit's measure (`afa_llm.evaluation.audit`) on a sample of the
+  training texts: for the ``guard_candidates`` most label-skewed words and pairs, the drop in the log-odds of
+  their skewed class when each is hidden in ``guard_sample`` texts, for the model under training and for the
+  base (the adapter switched off; with a classifier head, the head it started from). A word is flagged when
+  its score (the model's effect over its median effect, minus the base's over the base's) is at least
+  ``guard_threshold``. The flags hold until the next refresh.
+- ``random``: the control: at each refresh, the same number of words drawn at random from the same
+  candidates.
+- ``words``: the given list, from step 0 (e.g. the top words of `afa-llm audit` on a first run).
+
+The loss, on the rows of the batch that hold a flagged word (``guard_loss``):
+
+    kl:   w * KL( sg[p(x with the flagged words hidden)] || p(x) )     the gradient reaches p(x) only
+    ce:   w * CE( p(x with the flagged words hidden), y )
+    both: the sum
+
+Hidden words are deleted from the attention at every layer, as the package's masked passes do
+(`afa_llm.attention.masking.hide_tokens`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from afa_llm.attention.masking import hide_tokens
+from afa_llm.evaluation.audit import (Scorer, hidden_token_mask, measure_effects, sample_jobs,
+                                      skewed_candidates)
+from afa_llm.evaluation.audit_stats import Candidate, audit_scores, text_words
+from afa_llm.model.scoring import forward_scores
+
+if TYPE_CHECKING:
+    from afa_llm.attention.clean_pass import CleanPass
+    from afa_llm.model.task import EncodedBatch, PromptTask
+
+GUARDS = ("none", "base", "random", "words")
+GUARD_LOSSES = ("kl", "ce", "both")
+TOP_LOGGED = 20
+
+
+class Guard:
+    """The guard of one run: which words are flagged, and the loss of a batch."""
+
+    def __init__(self, cfg, task: PromptTask, texts: Sequence[str], labels: Sequence[int], num_classes: int):
+        self.cfg, self.task, self.texts = cfg, task, list(texts)
+        self.flagged: list[tuple[str, ...]] = []
+        self.hidden_counts: Counter = Counter()  # word -> training rows it was hidden in
+        self.first_step: dict[str, int] = {}  # word -> the step it was first flagged
+        self.candidates: list[Candidate] = []
+        self.skew_class: list[int] = []
+        if cfg.guard == "words":
+            self.flagged = [tuple(w for w, _, _ in text_words(word)) for word in cfg.guard_words]
+            self.first_step = {" ".join(words): 0 for words in self.flagged}
+        else:
+            self.candidates, skews, _ = skewed_candidates(texts, labels, num_classes, cfg.guard_min_count,
+                                                          cfg.guard_candidates)
+            self.skew_class = [s["class"] for s in skews]
+
+    # ---- which words ---------------------------------------------------------------------------
+    def refresh(self, model: torch.nn.Module, step: int) -> dict | None:
+        """Flag anew every ``guard_every`` steps (``base`` and ``random``); the refresh's log record."""
+        if self.cfg.guard == "words" or step % self.cfg.guard_every:
+            return None
+        rng = np.random.default_rng([self.cfg.seed, step, 0x6A])
+        if self.cfg.guard == "base":
+            scores = self._scores(model, int(rng.integers(2**31)))
+            flagged = [i for i in np.argsort(-np.asarray(scores)) if scores[i] >= self.cfg.guard_threshold]
+        else:  # the control: as many words as guard_random_count, from the same candidates
+            count = min(self.cfg.guard_random_count, len(self.candidates))
+            flagged = list(rng.choice(len(self.candidates), count, replace=False))
+        self.flagged = [self.candidates[i].words for i in flagged]
+        for words in self.flagged:
+            self.first_step.setdefault(" ".join(words), step)
+        return {"step": step, "guard_flagged": [" ".join(w) for w in self.flagged]}
+
+    def _scores(self, model: torch.nn.Module, seed: int) -> list[float]:
+        """The audit's score of every candidate for the model under training, on a fresh sample."""
+        was_training = model.training
+        model.eval()
+        scorers = [Scorer("model", model, self.task.head), Scorer("base", model, self.task.head, model.disable_adapter)]
+        jobs = sample_jobs(self.candidates, self.cfg.guard_sample, seed)
+        effects = measure_effects(scorers, self.task, self.texts, jobs, self.candidates, self.skew_class,
+                                  batch_size=64)
+        model.train(was_training)
+        mean = np.zeros((len(self.candidates), 2))
+        for i in range(len(self.candidates)):
+            rows = [j for j, (_, c) in enumerate(jobs) if c == i and np.isfinite(effects[j, 0])]
+            mean[i] = effects[rows].mean(axis=0) if rows else 0.0
+        scores, _ = audit_scores(mean[:, 0], mean[:, 1])
+        return scores
+
+    # ---- the loss --------------------------------------------------------------------------------
+    def hidden_mask(self, batch: EncodedBatch, texts: Sequence[str]) -> torch.Tensor:
+        """(B, L) bool: the tokens of every flagged word in each row."""
+        masks = []
+        for row, text in enumerate(texts):
+            positions = batch.text_mask[row].nonzero().squeeze(1).cpu()
+            mask = torch.zeros(batch.input_ids.shape[1], dtype=torch.bool)
+            for words in self.flagged:
+                word_mask = hidden_token_mask(self.task, text, words, positions, mask.shape[0])
+                if word_mask.any():
+                    self.hidden_counts[" ".join(words)] += 1
+                mask |= word_mask
+            masks.append(mask)
+        return torch.stack(masks).to(batch.input_ids.device)
+
+    def loss(self, model: torch.nn.Module, batch: EncodedBatch, clean: CleanPass,
+             texts: Sequence[str]) -> tuple[torch.Tensor, dict[str, float]]:
+        zero = clean.class_logits.sum() * 0.0
+        if not self.flagged:
+            return zero, {"guard_loss": 0.0, "guard_rows": 0.0}
+        mask = self.hidden_mask(batch, texts)
+        rows = mask.any(dim=1).nonzero().squeeze(1)
+        if len(rows) == 0:
+            return zero, {"guard_loss": 0.0, "guard_rows": 0.0}
+        sub = type(batch)(batch.input_ids[rows], batch.attention_mask[rows], batch.position_ids[rows],
+                          batch.text_mask[rows])
+        hidden = hide_tokens(sub, mask[rows].unsqueeze(1), "attention", self.task.tokenizer.pad_token_id or 0)
+        kind, weight = self.cfg.guard_loss, self.cfg.guard_weight
+        with torch.set_grad_enabled(kind != "kl"):
+            hidden_logits = forward_scores(model, **hidden.model_inputs(), head=self.task.head).class_logits
+        total = zero
+        if kind in ("kl", "both"):
+            teacher = F.log_softmax(hidden_logits.detach().float(), dim=-1)
+            student = F.log_softmax(clean.class_logits[rows].float(), dim=-1)
+            total = total + F.kl_div(student, teacher, log_target=True, reduction="sum") / len(batch.input_ids)
+        if kind in ("ce", "both"):
+            total = total + F.cross_entropy(hidden_logits.float(), batch.labels[rows], reduction="sum") / len(
+                batch.input_ids)
+        total = weight * total
+        return total, {"guard_loss": float(total.detach()), "guard_rows": float(len(rows))}
+
+    # ---- the record --------------------------------------------------------------------------------
+    def top_hidden(self, top: int = TOP_LOGGED) -> list[list]:
+        return [[word, count, self.first_step.get(word)] for word, count in self.hidden_counts.most_common(top)]
+
+    def record(self) -> dict:
+        return {"guard": self.cfg.guard, "guard_loss": self.cfg.guard_loss, "guard_weight": self.cfg.guard_weight,
+                "flagged_last": [" ".join(w) for w in self.flagged],
+                "top_hidden": self.top_hidden()}  # [word, rows hidden in, first step flagged]
+
+    def state_dict(self) -> dict:
+        return {"flagged": [list(w) for w in self.flagged], "hidden_counts": dict(self.hidden_counts),
+                "first_step": dict(self.first_step)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.flagged = [tuple(w) for w in state["flagged"]]
+        self.hidden_counts = Counter(state["hidden_counts"])
+        self.first_step = dict(state["first_step"])

@@ -1,0 +1,150 @@
+"""Training past a shortcut (`afa_llm.robustness`): the product of experts with a bag-of-words bias model
+(``debias: poe``) and the guard (``guard: base | random | words``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from afa_llm.errors import UserError
+
+NEUTRAL = ["the film", "a movie", "this story", "the plot", "some scenes", "the ending", "a cast", "the music"]
+
+
+@pytest.fixture(scope="module")
+def noise_csv(tmp_path_factory) -> str:
+    """Labels drawn at random: no word predicts them, so only a planted cue can be learned."""
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "noise.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(160):
+            writer.writerow([f"{NEUTRAL[i % 8]} number {i} was {NEUTRAL[(i * 3) % 8]}", int(rng.integers(2))])
+    return str(path)
+
+
+def cued_overrides(run, model_dir, data, *extra):
+    from test_train import tiny_overrides
+
+    return tiny_overrides(run, model_dir, data, "method=lora", "steps=40", "eval_every=0", "test_limit=null",
+                          "shortcut_cue=Winston", "shortcut_label=positive", "shortcut_rate=1.0",
+                          "shortcut_purity=1.0", "focus_eval_limit=4", "faithfulness_eval_limit=0",
+                          "evaluate_zero_shot=false", *extra)
+
+
+# ---- the product of experts -------------------------------------------------------------------
+def test_poe_loss_is_the_cross_entropy_of_the_summed_logits():
+    from afa_llm.attention.clean_pass import CleanPass
+    from afa_llm.methods.base import classification_loss
+    from afa_llm.model.task import EncodedBatch
+
+    logits = torch.tensor([[2.0, -1.0], [0.5, 0.5]])
+    bias = torch.log(torch.tensor([[0.9, 0.1], [0.2, 0.8]]))
+    labels = torch.tensor([0, 1])
+    clean = CleanPass.__new__(CleanPass)
+    clean.class_logits = logits
+    batch = EncodedBatch(torch.zeros(2, 1), torch.ones(2, 1), torch.zeros(2, 1), torch.ones(2, 1, dtype=torch.bool),
+                         labels)
+    plain = classification_loss(clean, batch)
+    batch.bias_log_probs = bias
+    by_hand = -(torch.log_softmax(logits + bias, -1)[[0, 1], [0, 1]]).mean()
+    assert classification_loss(clean, batch).item() == pytest.approx(by_hand.item())
+    assert plain.item() == pytest.approx(F.cross_entropy(logits, labels).item())
+    # example 0: the bias already predicts class 0, so the product of experts asks less of the model
+    assert classification_loss(clean, batch).item() != pytest.approx(plain.item())
+
+
+def test_bias_model_fits_out_of_fold_and_names_the_cue():
+    from afa_llm.robustness.poe import fit_bias_model
+
+    texts = [f"Winston {w} tale" if i % 2 else f"{w} tale" for i, w in enumerate(["a", "b", "c", "d"] * 10)]
+    labels = [i % 2 for i in range(40)]
+    bias = fit_bias_model(texts, labels, 2, seed=0)
+    assert bias.log_probs.shape == (40, 2)
+    np.testing.assert_allclose(np.exp(bias.log_probs).sum(1), 1.0, rtol=1e-5)
+    assert bias.record["out_of_fold_accuracy"] == 1.0
+    assert bias.record["top_words"][1][0][0] == "winston"
+    with pytest.raises(UserError, match="debias"):
+        fit_bias_model(["x", "y", "z"], [0, 0, 0], 2, seed=0)
+
+
+def test_poe_run_predicts_with_the_model_alone(tiny_model_dir, noise_csv, tmp_path, capsys):
+    from afa_llm.cli import main
+    from afa_llm.config import load_config
+    from afa_llm.training.trainer import train
+
+    run = tmp_path / "poe"
+    results = train(load_config(None, cued_overrides(run, tiny_model_dir, noise_csv, "steps=10", "debias=poe")))
+    assert results["debias"]["kind"] == "poe"
+    assert results["debias"]["top_words"][1][0][0] == "winston"
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--adapter", str(run), "--output", str(out), "--focus-n", "0", "--no-progress"]) == 0
+    assert json.loads(out.read_text())["predictions"] == results["test"]["predictions"]
+
+
+# ---- the guard -------------------------------------------------------------------------------------
+def test_guard_base_flags_the_cue_and_shrinks_the_gap(tiny_model_dir, noise_csv, tmp_path):
+    from afa_llm.config import load_config
+    from afa_llm.training.trainer import train
+
+    gaps, runs = {}, {}
+    for guard in ("none", "base", "random"):
+        extra = [] if guard == "none" else [f"guard={guard}", "guard_every=10", "guard_weight=2",
+                                            "guard_threshold=5", "guard_random_count=3"]
+        runs[guard] = train(load_config(None, cued_overrides(tmp_path / guard, tiny_model_dir, noise_csv, *extra)))
+        gaps[guard] = runs[guard]["stress"]["adapter"]["gap"]
+    flagged = [row[0] for row in runs["base"]["guard"]["top_hidden"]]
+    assert "winston" in flagged, runs["base"]["guard"]
+    assert "winston" not in [row[0] for row in runs["random"]["guard"]["top_hidden"]]
+    assert gaps["none"] >= 0.3, gaps  # plain LoRA learns the cue
+    assert gaps["base"] < gaps["none"] - 0.1, gaps
+    assert gaps["random"] > gaps["base"] + 0.1, gaps
+    events = [json.loads(line) for line in (tmp_path / "base" / "metrics.jsonl").read_text().splitlines()]
+    assert any("winston" in e.get("guard_flagged", []) for e in events)
+
+
+def test_guard_words_hides_the_given_words(tiny_model_dir, noise_csv, tmp_path):
+    from afa_llm.config import load_config
+    from afa_llm.training.trainer import train
+
+    results = train(load_config(None, cued_overrides(tmp_path / "w", tiny_model_dir, noise_csv, "steps=4",
+                                                     "guard=words", "guard_words=[Winston]")))
+    assert results["guard"]["top_hidden"][0][:2] == ["winston", results["guard"]["top_hidden"][0][1]]
+    assert results["guard"]["top_hidden"][0][1] > 0 and results["guard"]["top_hidden"][0][2] == 0
+
+
+@pytest.mark.parametrize("extra", [["guard=base", "guard_every=3", "guard_threshold=0"], ["debias=poe"]])
+def test_resume_is_exact_with_guard_and_debias(extra, tiny_model_dir, noise_csv, tmp_path):
+    from test_train import adapter_state, max_diff
+
+    from afa_llm.config import load_config
+    from afa_llm.training.trainer import train
+
+    common = ["save_every=4", "keep_checkpoints=3", "lora_dropout=0.1", *extra]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    full = train(load_config(None, cued_overrides(straight, tiny_model_dir, noise_csv, "steps=8", *common)))
+    train(load_config(None, cued_overrides(resumed, tiny_model_dir, noise_csv, "steps=4", *common)))
+    again = train(load_config(None, cued_overrides(resumed, tiny_model_dir, noise_csv, "steps=8", *common,
+                                                   "resume_from=latest")))
+    assert max_diff(adapter_state(straight / "adapter"), adapter_state(resumed / "adapter")) == 0.0
+    assert full.get("guard") == again.get("guard")
+
+
+@pytest.mark.parametrize("extra, key", [
+    (["guard=sometimes"], "guard"),
+    (["guard=words"], "guard_words"),
+    (["guard_weight=-1"], "guard_weight"),
+    (["debias=ensemble"], "debias"),
+])
+def test_bad_guard_keys_are_one_line(extra, key, tiny_model_dir, noise_csv, tmp_path, capsys):
+    from afa_llm.cli import main
+
+    assert main(["train", *cued_overrides(tmp_path / "bad", tiny_model_dir, noise_csv, *extra)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and key in err[0], err
