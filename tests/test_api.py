@@ -141,14 +141,17 @@ def test_python_values_validate_like_overrides():
 
 def test_train_returns_the_run_and_its_classifier(tiny_model_dir, learnable_csv, tmp_path):
     keys = dict(item.split("=", 1) for item in tiny_overrides(tmp_path / "run", tiny_model_dir, learnable_csv))
-    run = afa_llm.train(**keys, method="lora", steps=2, eval_every=0, evaluate_zero_shot=False)
-    assert run.path == tmp_path / "run" and run.config.steps == 2 and run.config.method == "lora"
+    run = afa_llm.train(**keys, method="lora", head="classifier", steps=2, eval_every=0, evaluate_zero_shot=False)
+    assert run.path == tmp_path / "run" and run.config.steps == 2 and run.config.head == "classifier"
     assert run.results == json.loads((run.path / "results.json").read_text())
     assert api.Run.from_folder(run.path).config.to_dict() == run.config.to_dict()
     clf = run.classifier()
     assert clf.config.to_dict() == run.config.to_dict()
     assert clf.classes == run.results["label_names"]
     assert set(clf.predict(["the movie was good today", "i found it bad"])) <= set(clf.classes)
+    report = clf.evaluate(limit=8, focus_n=0)  # the run's own data and test rows, as `afa-llm eval --adapter RUN`
+    assert (report["data"], report["split"], report["head"]) == (learnable_csv, "test", "classifier")
+    assert report["accuracy"] == run.results["test"]["accuracy"]
 
 
 def test_train_refuses_a_bad_key_before_training(tmp_path):
