@@ -4,7 +4,7 @@
 
     run = afa_llm.train("recipes/quickstart.yaml", data="reviews.csv", steps=200, output_dir="runs/reviews")
     clf = run.classifier()                      # or afa_llm.load("runs/reviews")
-    clf.predict(["a gorgeous, witty film"])     # ['positive']
+    clf.predict(["a gorgeous, witty film"])     # one class name per text
     clf.evaluate(split="test")["accuracy"]      # the report of `afa-llm eval`
 
 `train` takes the keys of a recipe (`afa_llm.config.load_config`, validated as `afa-llm train` validates
