@@ -12,7 +12,8 @@ whose rows are laid out in the exact order `afa_llm.training.setup.batch_indices
 sequentially. What differs is TRL's own: its loop, its initialisation of the adapter under
 the same seed, and its loss, the cross-entropy of the label word over the whole vocabulary
 (ours is over the label words only). Validation, early stopping, best-checkpoint selection
-and the final test go through afa-llm's own `run_eval` and `run_eval.final_results`, so the
+and the final test go through afa-llm's own `afa_llm.training.validation.validate` and
+`afa_llm.training.validation.final_results`, so the
 run folder (config.yaml, adapter/, results.json, metrics.jsonl) reads like any other run's.
 
 Checkpoints are TRL's own (``trl_checkpoints/checkpoint-N`` every ``save_every`` steps, the

@@ -1,6 +1,6 @@
 """ACT: training-free attention-sink calibration (Yu et al., ICML 2024, "Unveiling and Harnessing
 Hidden Attention Sinks"). The paper's tables could not be read; the behaviour follows the
-authors' released code as described in ../shared/design/ACT.md.
+authors' released code as described in docs/ACT.md.
 
 For each calibrated (layer, head) and each input, on the head's attention map A (after the
 float32 softmax, over the keys each query may see):

@@ -3,7 +3,7 @@
 Each eligible (layer, head) is calibrated alone and scored on N calibration examples with the
 evaluator's label-word scoring: accuracy and the mean gold-label margin (gold class logit minus
 the best other one). A selection rule then keeps heads (the authors' code has none; this is the
-likely one, see ../shared/design/ACT.md):
+likely one, see docs/ACT.md):
 
 - ``faithful``: solo accuracy > the uncalibrated baseline's;
 - ``strict``: that, and a higher mean gold margin than the baseline's.

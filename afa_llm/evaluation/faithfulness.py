@@ -13,7 +13,7 @@ the word-dropout control) gives chance level, and the reported gains are
     sufficiency_gain       = sufficiency(random) - sufficiency
 
 so that above 0 means that the focus beats chance for both. Tokens are hidden as AFA hides
-them (`methods.masking.hide_tokens`, mode ``attention``: deleted, positions kept); the prompt
+them (`afa_llm.attention.masking.hide_tokens`, mode ``attention``: deleted, positions kept); the prompt
 and the answer position are never hidden.
 """
 

@@ -1,7 +1,7 @@
 """Adversarial training of the attention scores: ``at``, ``vat``, ``attn_rp`` and ``iat``.
 
 After Kitada & Iyatomi (Attention AT/iAT, IEEE Access 2021; Attention VAT, Applied
-Intelligence 2022), ported to a decoder LLM with LoRA (design: ATTENTION_AT.md). A
+Intelligence 2022), ported to a decoder LLM with LoRA (docs/ATTENTION_AT.md). A
 perturbation ``r`` is added to the pre-softmax attention scores of the answer row (or of
 every row) of the ``adv_layers``, for all query heads, through the one attention hook:
 

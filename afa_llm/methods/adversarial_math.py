@@ -1,4 +1,4 @@
-"""Attention AT / VAT math as small, pure torch functions (design: ATTENTION_AT.md).
+"""Attention AT / VAT math as small, pure torch functions (docs/ATTENTION_AT.md).
 
 A perturbation is a list with one tensor per perturbed layer: (B, H, L) for the answer
 row (``rows="answer"``) or (B, H, L, L) for every row (``rows="all"``). ``valid`` marks the

@@ -14,7 +14,7 @@ The training loop (`afa_llm.training.trainer`) never branches on a method's name
     accelerator.backward(loss)
 
 What all methods share: the label-word scoring (`afa_llm.model.scoring`), the clean pass with
-its focus probe (`afa_llm.attention.clean_pass`), the masked passes (`methods.masking`) and the one
+its focus probe (`afa_llm.attention.clean_pass`), the masked passes (`afa_llm.attention.masking`) and the one
 attention hook (`afa_llm.attention.hook`).
 """
 
@@ -88,7 +88,7 @@ class TrainingMethod:
     Keys: ClassVar[type[MethodKeys]] = MethodKeys
     summary: ClassVar[str] = ""
     experimental: ClassVar[bool] = False  # shown as such in `afa-llm train --help` and the docs
-    edits_attention: ClassVar[bool] = False  # True: the loop trains under `attention_hook.attention_hook`
+    edits_attention: ClassVar[bool] = False  # True: the loop trains under `afa_llm.attention.hook.attention_hook`
 
     def __init__(self, keys: MethodKeys, ctx: MethodContext):
         self.keys, self.ctx = keys, ctx

@@ -1,7 +1,7 @@
-"""AFA's own math as small, pure torch functions, with no model involved (design: AFA.md).
+"""AFA's own math as small, pure torch functions, with no model involved (docs/AFA.md).
 
 Shapes: B = batch, G = masks per example, L = sequence length (left-padded), C = classes.
-Masks are bool (B, G, L); drawing them is shared with word dropout (`methods.masking`),
+Masks are bool (B, G, L); drawing them is shared with word dropout (`afa_llm.attention.masking`),
 the focus itself with every method (`afa_llm.attention.focus_math`).
 
 Step 2, the masking policy:
