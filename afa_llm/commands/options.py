@@ -78,7 +78,7 @@ def add_task_arguments(parser: argparse.ArgumentParser, from_run: bool = False) 
 
 
 def add_scorer_arguments(parser: argparse.ArgumentParser, data_help: str | None = None) -> None:
-    """--model, --adapter, data and prompt options whose defaults come from the run (`predict.resolve_run_args`)."""
+    """--model, --adapter, data and prompt options whose defaults come from the run (`afa_llm.runs.resolve_scorer`)."""
     add_model_arguments(parser, from_run=True)
     parser.add_argument("--adapter", default=None,
                         help="a training run folder (its config.yaml gives the base model, prompt, and unless "
@@ -108,7 +108,7 @@ def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_prior_args(args: argparse.Namespace) -> None:
     """The prior flags and the ``--prior-from`` file alone, before any data or model loads (the
-    check against the scorer waits for the data set's class names: `fit_prior_from_args`)."""
+    check against the scorer waits for the data set's class names: `fit_prior`)."""
     from afa_llm.evaluation.prior import check_classes, load_fit_report
 
     if args.prior_correction and not args.prior_from:

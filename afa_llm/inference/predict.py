@@ -2,7 +2,7 @@
 
 The prompt (template, label words, text budget, truncation) and the class names come
 from what the model was trained with: a run folder's ``config.yaml`` / ``results.json``
-(`afa_llm.inference.merge.RunInfo.settings`) or a merged folder's ``afa_merge.json``, so scoring
+(`afa_llm.runs.resolve_scorer`) or a merged folder's ``afa_merge.json``, so scoring
 cannot silently drift from training. A plain ``--model`` with no adapter gets the
 `afa-llm eval` defaults (zero-shot).
 
