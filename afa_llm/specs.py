@@ -3,7 +3,8 @@
 - `ScorerSpec`: which model scores (base, adapter, precision) and with which prompt (template,
   label words, text budget, truncation). Filled from flags, from a run folder or a merged folder
   (`afa_llm.runs.resolve_scorer`), or from a leaderboard entry.
-- `DataSpec`: which labelled data set, its columns and class names, and the split seed.
+- `DataSpec`: which labelled data set, its columns and class names, the split seed, and the files that
+  give a validation or test split of your own (instead of drawing it from the data by the seed).
 
 Both hold each default once (`afa_llm.defaults`), and their fields are the key lists that runs, merged
 folders, command options, reports and the leaderboard use (`MODEL_KEYS`, `PROMPT_KEYS`, `SCORER_KEYS`,
@@ -65,6 +66,10 @@ class DataSpec:
     label_column: str = LABEL_COLUMN
     label_names: list[str] | None = None
     split_seed: int = 0
+    # a split of your own: a file like ``data`` (same columns) read as that split instead of one drawn
+    # from ``data`` by ``split_seed`` (`afa_llm.data.loading`)
+    validation_data: str | None = None
+    test_data: str | None = None
 
 
 def _keys(cls: type, part: str | None = None) -> tuple[str, ...]:

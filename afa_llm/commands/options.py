@@ -54,6 +54,11 @@ def add_data_arguments(parser: argparse.ArgumentParser, from_run: bool = False, 
     default, shown = _default(0, from_run)
     group.add_argument("--split-seed", type=int, default=default,
                        help=f"seed of the stratified train/validation/test split {shown}")
+    for split in ("validation", "test"):
+        group.add_argument(f"--{split}-data", default=None, metavar="FILE",
+                           help=f"your own {split} split: a .csv/.jsonl/.parquet file (or a save_to_disk folder) "
+                                f"with --data's columns, read instead of the seeded {split} split (default: "
+                                + ("the run's with --adapter RUN, else " if from_run else "") + "none)")
 
 
 def add_task_arguments(parser: argparse.ArgumentParser, from_run: bool = False) -> None:

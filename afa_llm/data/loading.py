@@ -8,18 +8,29 @@ Sources (the ``--data`` spec):
 - ``rotten_tomatoes``, ``imdb``, ``tweets``: offline corpora that ship inside PyPI
   packages (docs/DATA.md says where each comes from). They ship one split, so we make
   seeded, stratified train/validation/test splits with no text in two splits.
-- a path to a ``.csv``, ``.jsonl``/``.json`` or ``.parquet`` file (split the same way);
+- a path to a ``.csv``, ``.jsonl``/``.json`` or ``.parquet`` file, or a ``Dataset.save_to_disk``
+  folder (split the same way);
+- a ``DatasetDict.save_to_disk`` folder: its ``train``/``validation``/``test`` splits are used as
+  they are; a missing validation or test split is drawn from ``train`` by the split seed;
 - ``hub:NAME[:CONFIG]``: ``datasets.load_dataset`` (needs the Hugging Face hub).
 
+Your own splits: ``validation_data`` / ``test_data`` (files like the data's, with the same columns)
+give that split instead of drawing it; the data then gives the train split and whichever split is
+not given. The classes are the training data's (or ``label_names``); labels of the given splits map
+onto them by name, and a label training never saw is an error.
+
 ``split("all")`` is every row of a file or packaged corpus in its own order, duplicates
-included (whole-file evaluation, `afa-llm eval --split all`); for hub data, the splits joined.
+included (whole-file evaluation, `afa-llm eval --split all`), then the rows of the given split
+files; for hub data and a DatasetDict folder, the splits joined.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import re
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +38,7 @@ import numpy as np
 import pandas as pd
 from datasets import Dataset, DatasetDict, concatenate_datasets
 
+from afa_llm.data.files import read_table, read_table_or_splits
 from afa_llm.errors import UserError
 from afa_llm.specs import DataSpec
 
@@ -50,6 +62,8 @@ class SentimentData:
     # every row of a local file or packaged corpus, in its own order and with duplicates
     # kept (``split("all")``); None for hub data, whose "all" joins its splits
     rows: Dataset | None = None
+    # the splits read as given, not drawn by the split seed: split name -> the file or folder it came from
+    given_splits: dict[str, str] = field(default_factory=dict)
 
     def split(self, name: str) -> Dataset:
         """A seeded split by name, or "all": every row of the data (whole-file evaluation)."""
@@ -63,7 +77,8 @@ class SentimentData:
 def load_data(spec: DataSpec) -> SentimentData:
     """The seeded splits of a `DataSpec`."""
     return load_sentiment_data(spec.data, text_column=spec.text_column, label_column=spec.label_column,
-                               label_names=spec.label_names, split_seed=spec.split_seed)
+                               label_names=spec.label_names, split_seed=spec.split_seed,
+                               validation_data=spec.validation_data, test_data=spec.test_data)
 
 
 def load_sentiment_data(
@@ -75,51 +90,36 @@ def load_sentiment_data(
     split_seed: int = 0,
     validation_fraction: float = 0.1,
     test_fraction: float = 0.15,
+    validation_data: str | None = None,
+    test_data: str | None = None,
 ) -> SentimentData:
-    """Load ``spec`` and return seeded train/validation/test splits."""
+    """Load ``spec`` and return seeded train/validation/test splits; ``validation_data`` / ``test_data``
+    name files that give those splits instead (then no share of ``spec`` is drawn for them)."""
+    files = {name: path for name, path in (("validation", validation_data), ("test", test_data)) if path}
+    fractions = (0.0 if "validation" in files else validation_fraction, 0.0 if "test" in files else test_fraction)
+    data = _source_data(spec, text_column, label_column, label_names, split_seed, *fractions)
+    return _with_split_files(data, files, text_column, label_column)
+
+
+def _source_data(spec: str, text_column: str, label_column: str, label_names: Sequence[str] | None,
+                 split_seed: int, validation_fraction: float, test_fraction: float) -> SentimentData:
+    """The splits of the ``data`` spec alone (a zero fraction: that split comes from a file)."""
     name = ALIASES.get(spec.lower(), spec.lower())
     if name in PACKAGED:
-        frame = _packaged_frame(name)
-        text_column, label_column = "text", "label"
+        frame = _packaged_frame(name).rename(columns={"text": text_column, "label": label_column})
     elif spec.startswith("hub:"):
         return _hub_data(spec, text_column, label_column, label_names, split_seed, validation_fraction)
     else:
-        frame = read_table(spec)
+        frame = read_table_or_splits(spec, expected=f"expected a path or one of: {', '.join(PACKAGED)}, hub:NAME")
+        if isinstance(frame, DatasetDict):
+            return _dataset_dict_data(frame, spec, text_column, label_column, label_names, split_seed,
+                                      validation_fraction, test_fraction)
     texts, labels, names = _validate_columns(frame, spec, text_column, label_column, label_names)
     splits = stratified_splits(texts, labels, split_seed, validation_fraction, test_fraction)
     return SentimentData(splits, names, spec, split_seed, Dataset.from_dict({"text": texts, "label": labels}))
 
 
 # ---- reading ------------------------------------------------------------------
-READ_ERRORS = (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError)  # what a bad file raises
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception as one line (parser messages can span several)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def read_table(path: str) -> pd.DataFrame:
-    """Read a local CSV / JSONL / Parquet file, or fail with a one-line UserError."""
-    file = Path(path)
-    if not file.exists():
-        raise UserError(
-            f"data file not found: {path} (expected a path or one of: {', '.join(PACKAGED)}, hub:NAME)"
-        )
-    suffix = file.suffix.lower()
-    try:
-        if suffix == ".csv":
-            return pd.read_csv(file)
-        if suffix in (".jsonl", ".json"):
-            return pd.read_json(file, lines=suffix == ".jsonl")
-        if suffix == ".parquet":
-            return pd.read_parquet(file)
-    except READ_ERRORS as exc:
-        raise UserError(f"cannot read {path}: {first_line(exc)}") from exc
-    raise UserError(f"unsupported data file type {suffix!r} for {path}; use .csv, .jsonl or .parquet")
-
-
 def _packaged_file(package: str, inner: str) -> Path:
     try:
         path = Path(importlib.metadata.distribution(package).locate_file(inner))
@@ -154,34 +154,40 @@ def clean_text(text: str) -> str:
 
 
 # ---- validation ------------------------------------------------------------------
+TRAINING_CLASSES = "the training data"  # where a given split's classes come from (error messages)
+
+
 def _validate_columns(
     frame: pd.DataFrame,
     source: str,
     text_column: str,
     label_column: str,
     label_names: Sequence[str] | None,
+    classes_from: str | None = None,
 ) -> tuple[list[str], list[int], list[str]]:
-    for column, flag in ((text_column, "--text-column"), (label_column, "--label-column")):
-        if column not in frame.columns:
-            raise UserError(
-                f"{source}: no column {column!r} (columns: {', '.join(map(str, frame.columns))}); "
-                f"set {flag}"
-            )
+    """Texts, class ids and class names of a table; ``classes_from``: ``label_names`` are another
+    split's classes, which this table must share (its columns too)."""
     if len(frame) == 0:
         raise UserError(f"{source}: the data set is empty")
+    for column, flag in ((text_column, "--text-column"), (label_column, "--label-column")):
+        if column not in frame.columns:
+            fix = f"it needs the columns of {classes_from}" if classes_from else f"set {flag}"
+            raise UserError(f"{source}: no column {column!r} (columns: {', '.join(map(str, frame.columns))}); {fix}")
     texts = frame[text_column]
     empty = texts.isna() | (texts.astype(str).str.strip() == "")
     if empty.any():
         rows = np.flatnonzero(empty.to_numpy())
         raise UserError(f"{source}: {len(rows)} row(s) have empty text (first at row {rows[0]})")
-    labels, names = encode_labels(frame[label_column].tolist(), label_names, source)
+    labels, names = encode_labels(frame[label_column].tolist(), label_names, source, classes_from)
     return texts.astype(str).tolist(), labels, names
 
 
 def encode_labels(
-    raw: list, label_names: Sequence[str] | None, source: str = "data"
+    raw: list, label_names: Sequence[str] | None, source: str = "data", classes_from: str | None = None
 ) -> tuple[list[int], list[str]]:
-    """Map raw labels (ints, or strings such as 'positive'/'fresh') to 0..C-1."""
+    """Map raw labels (ints, or strings such as 'positive'/'fresh') to 0..C-1; string labels map by
+    name, so two files with the same ``label_names`` agree whatever their row order.
+    ``classes_from``: where ``label_names`` came from, for the error on a label outside them."""
     if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in raw):
         raise UserError(f"{source}: some rows have no label")
     if all(isinstance(v, str) and v.strip().isdigit() for v in raw):  # "0"/"1" in JSON or a quoted CSV
@@ -192,7 +198,7 @@ def encode_labels(
         names = list(label_names) if label_names else _default_names(n)
         bad = sorted({v for v in values if not 0 <= v < n})
         if bad:
-            raise UserError(f"{source}: unknown label value {bad[0]} (expected 0..{n - 1} for {names})")
+            raise _unknown_label(source, bad[0], f"expected 0..{n - 1} for {names}", classes_from)
         return values, names
     strings = [LABEL_ALIASES.get(str(v).strip().lower(), str(v).strip().lower()) for v in raw]
     if label_names:
@@ -203,10 +209,16 @@ def encode_labels(
     index = {n: i for i, n in enumerate(names)}
     unknown = sorted(set(strings) - set(index))
     if unknown:
-        raise UserError(f"{source}: unknown label value {unknown[0]!r} (known: {', '.join(names)})")
+        raise _unknown_label(source, unknown[0], f"known: {', '.join(names)}", classes_from)
     if len(names) < 2:
         raise UserError(f"{source}: need at least two classes, found only {names}")
     return [index[s] for s in strings], names
+
+
+def _unknown_label(source: str, value: object, known: str, classes_from: str | None) -> UserError:
+    if classes_from:
+        return UserError(f"{source}: label {value!r} is not a class of {classes_from} ({known})")
+    return UserError(f"{source}: unknown label value {value!r} ({known})")
 
 
 def _default_names(n: int) -> list[str]:
@@ -240,7 +252,7 @@ def stratified_splits(
     seen: set[str] = set()
     keep = []
     for i, t in enumerate(texts):
-        key = " ".join(t.lower().split())
+        key = text_key(t)
         if key not in seen:
             seen.add(key)
             keep.append(i)
@@ -262,6 +274,75 @@ def stratified_splits(
     return DatasetDict(out)
 
 
+def text_key(text: str) -> str:
+    """What makes two texts the same text: case and runs of white space do not count."""
+    return " ".join(text.lower().split())
+
+
+# ---- splits given as they are ---------------------------------------------------------
+def _with_split_files(data: SentimentData, files: dict[str, str], text_column: str,
+                      label_column: str) -> SentimentData:
+    """``data`` with the splits of ``files`` (split name -> validation_data / test_data file) read from
+    them; their labels map onto the training data's classes."""
+    if not files:
+        return data
+    splits = dict(data.splits)
+    for name, path in files.items():
+        what = f"{name}_data"
+        frame = read_table(path, what, expected=f"the {name} split's file")
+        splits[name] = _labelled(frame, f"{what} {path}", text_column, label_column, data.label_names)
+    _note_shared_texts(splits, files)
+    rows = None if data.rows is None else concatenate_datasets([data.rows, *(splits[n] for n in files)])
+    return dataclasses.replace(data, splits=DatasetDict(splits), rows=rows,
+                               given_splits={**data.given_splits, **files})
+
+
+def _labelled(frame: pd.DataFrame, source: str, text_column: str, label_column: str,
+              names: Sequence[str]) -> Dataset:
+    """A given split as text and class ids, checked against the training data's columns and classes."""
+    texts, labels, _ = _validate_columns(frame, source, text_column, label_column, names, TRAINING_CLASSES)
+    return Dataset.from_dict({"text": texts, "label": labels})
+
+
+def _dataset_dict_data(saved: DatasetDict, folder: str, text_column: str, label_column: str,
+                       label_names: Sequence[str] | None, split_seed: int, validation_fraction: float,
+                       test_fraction: float) -> SentimentData:
+    """A `DatasetDict.save_to_disk` folder: its validation and test splits as they are; one it lacks
+    is drawn from its train split by ``split_seed`` (a zero fraction: a file gives that split)."""
+    if "train" not in saved:
+        raise UserError(f"{folder}: a DatasetDict folder needs a 'train' split (it has: {', '.join(saved)})")
+    names = label_names or _feature_names(saved["train"], label_column)
+    texts, labels, names = _validate_columns(saved["train"].to_pandas(), f"{folder}/train", text_column,
+                                             label_column, names)
+    own = [name for name in ("validation", "test") if name in saved]
+    given = {name: f"{folder}/{name}" for name in own}
+    if len(own) == 2:
+        splits = {"train": Dataset.from_dict({"text": texts, "label": labels})}
+        given["train"] = f"{folder}/train"
+    else:
+        splits = dict(stratified_splits(texts, labels, split_seed, 0.0 if "validation" in own else validation_fraction,
+                                        0.0 if "test" in own else test_fraction))
+    for name in own:
+        splits[name] = _labelled(saved[name].to_pandas(), given[name], text_column, label_column, names)
+    _note_shared_texts(splits, {name: given[name] for name in own})
+    return SentimentData(DatasetDict(splits), names, folder, split_seed, given_splits=given)
+
+
+def _feature_names(split: Dataset, label_column: str) -> list[str] | None:
+    """The class names a `datasets.ClassLabel` column carries (None for plain ints or strings)."""
+    return getattr(split.features.get(label_column), "names", None)
+
+
+def _note_shared_texts(splits: dict[str, Dataset], given: dict[str, str]) -> None:
+    """A note on stderr for each given split that repeats training texts (scores on them flatter the model)."""
+    train = {text_key(t) for t in splits["train"]["text"]}
+    for name, source in given.items():
+        shared = sum(text_key(t) in train for t in splits[name]["text"])
+        if shared:
+            print(f"note: {shared} of the {len(splits[name])} texts of the {name} split ({source}) are also in the "
+                  "train split", file=sys.stderr)
+
+
 def _hub_data(spec, text_column, label_column, label_names, split_seed, validation_fraction) -> SentimentData:
     """Hub data sets keep their own test split (or validation, e.g. SST-2)."""
     from datasets import load_dataset
@@ -271,9 +352,7 @@ def _hub_data(spec, text_column, label_column, label_names, split_seed, validati
         raw = load_dataset(name, config or None)
     except Exception as exc:  # the hub raises many types; the user needs one line
         raise UserError(f"cannot load hub data set {name!r}: {str(exc).splitlines()[0]}") from exc
-    if label_names is None:
-        feature = raw["train"].features.get(label_column)
-        label_names = getattr(feature, "names", None)
+    label_names = label_names or _feature_names(raw["train"], label_column)
     test_split = "test" if "test" in raw and _has_labels(raw["test"], label_column) else "validation"
     frames = {s: raw[s].to_pandas() for s in ("train", test_split)}
     train_texts, train_labels, names = _validate_columns(frames["train"], spec, text_column, label_column, label_names)

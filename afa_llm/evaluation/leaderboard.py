@@ -161,7 +161,8 @@ def _job_data(todo: dict[tuple, list[Job]]) -> Iterator[tuple[Job, object]]:
     loaded: dict[tuple, object] = {}
     for job in (job for group in todo.values() for job in group):
         d = job.data
-        key = (d.data, d.text_column, d.label_column, _joined(d.label_names), d.split_seed)
+        key = (d.data, d.text_column, d.label_column, _joined(d.label_names), d.split_seed, d.validation_data,
+               d.test_data)
         if key not in loaded:
             loaded[key] = load_data(d)
         check_classes(job.prior_correction, len(loaded[key].label_names), f"entry {job.name}'s {d.data}")

@@ -43,9 +43,12 @@ def rows_to_score(data: SentimentData, split_name: str, limit: int | None, data_
     split = data.split(split_name)
     if limit:
         split = split.select(range(min(limit, len(split))))
-    which = "all rows" if split_name == "all" else f"the seeded {split_name} split (split seed {split_seed})"
+    given = data.given_splits.get(split_name)  # a split file of your own (validation_data, test_data)
+    which = ("all rows" if split_name == "all" else f"the {split_name} split as given: {given}" if given
+             else f"the seeded {split_name} split (split seed {split_seed})")
     which += f", the first {len(split)} (--limit)" if limit else ""
-    return split, {"rows": which, "n": len(split), "of": len(data.split("all")), "limit": limit}
+    return split, {"rows": which, "n": len(split), "of": len(data.split("all")), "limit": limit,
+                   **({"file": given} if given else {})}
 
 
 def warn_if_truncated(share: float, n: int, max_text_tokens: int) -> None:

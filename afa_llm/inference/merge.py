@@ -211,6 +211,9 @@ def _usage(info: dict, output: str, cfg) -> list[str]:
 def _prompt_flags(cfg) -> str:
     """`afa-llm eval` options that reproduce the run's data set and prompt."""
     flags = f" --data {shlex.quote(cfg.data)} --split-seed {cfg.split_seed} --max-text-tokens {cfg.max_text_tokens}"
+    for split in ("validation", "test"):  # a split of the run's own, given as a file
+        if getattr(cfg, f"{split}_data"):
+            flags += f" --{split}-data {shlex.quote(getattr(cfg, f'{split}_data'))}"
     flags += f" --truncation {cfg.truncation}"
     flags += " --template " + shlex.quote(cfg.template.replace("\n", "\\n"))
     if cfg.label_words:

@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Iterable, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from afa_llm.data.loading import READ_ERRORS, first_line
+from afa_llm.data.files import READ_ERRORS, TABLE_SUFFIXES, file_chunks, first_line
 from afa_llm.defaults import TEXT_COLUMN
 from afa_llm.errors import UserError
 from afa_llm.io_utils import atomic_writer
@@ -51,28 +51,6 @@ def _line_chunks(handle: IO[str], column: str, size: int) -> Iterator[pd.DataFra
         yield pd.DataFrame({column: [line.rstrip("\r\n") for line in lines]})
 
 
-def _jsonl_chunks(handle: IO[str], source: str, size: int) -> Iterator[pd.DataFrame]:
-    numbered = ((i, line) for i, line in enumerate(handle, start=1) if line.strip())  # blank lines are no rows
-    while lines := list(itertools.islice(numbered, size)):
-        records = []
-        for number, line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"cannot read {source}: line {number} is not JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise UserError(f"cannot read {source}: line {number} is not a JSON object")
-            records.append(record)
-        yield pd.DataFrame.from_records(records)
-
-
-def _parquet_chunks(path: Path, size: int) -> Iterator[pd.DataFrame]:
-    import pyarrow.parquet as pq
-
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=size):
-        yield batch.to_pandas()
-
-
 def read_chunks(spec: str, text_column: str, size: int) -> Iterator[pd.DataFrame]:
     """The input as DataFrames of at most ``size`` rows; read errors become one-line UserErrors."""
     if spec == "-":
@@ -82,22 +60,16 @@ def read_chunks(spec: str, text_column: str, size: int) -> Iterator[pd.DataFrame
     if not path.is_file():
         raise UserError(f"data file not found: {spec} (give a .csv/.jsonl/.parquet/.txt file, or - for stdin)")
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".csv":  # strings as written, so the input columns come back unchanged
-            with pd.read_csv(path, chunksize=size, dtype=str, keep_default_na=False) as reader:
-                yield from reader
-        elif suffix in (".jsonl", ".json"):
-            with open(path, encoding="utf-8") as handle:
-                yield from _jsonl_chunks(handle, spec, size)
-        elif suffix == ".parquet":
-            yield from _parquet_chunks(path, size)
-        elif suffix in TEXT_LINE_SUFFIXES:
+    if suffix in TABLE_SUFFIXES:  # CSV cells as written, so the input columns come back unchanged
+        yield from file_chunks(path, spec, size, as_written=True)
+    elif suffix in TEXT_LINE_SUFFIXES:
+        try:
             with open(path, encoding="utf-8") as handle:
                 yield from _line_chunks(handle, text_column, size)
-        else:
-            raise UserError(f"unsupported data file type {suffix!r} for {spec}; use .csv, .jsonl, .parquet or .txt")
-    except READ_ERRORS as exc:
-        raise UserError(f"cannot read {spec}: {first_line(exc)}") from exc
+        except READ_ERRORS as exc:
+            raise UserError(f"cannot read {spec}: {first_line(exc)}") from exc
+    else:
+        raise UserError(f"unsupported data file type {suffix!r} for {spec}; use .csv, .jsonl, .parquet or .txt")
 
 
 def _text(value) -> str:

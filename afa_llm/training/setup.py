@@ -18,7 +18,7 @@ from datasets import DatasetDict
 
 from afa_llm.attention.probe import AnswerAttentionProbe
 from afa_llm.config import TrainConfig
-from afa_llm.data.loading import SentimentData, check_splits_nonempty, load_sentiment_data
+from afa_llm.data.loading import SentimentData, check_splits_nonempty, load_data
 from afa_llm.defaults import lora_targets
 from afa_llm.errors import UserError
 from afa_llm.methods import MethodContext, TrainingMethod, build_method
@@ -26,7 +26,7 @@ from afa_llm.model.adapters import build_task as scorer_task
 from afa_llm.model.heads import as_sequence_classifier
 from afa_llm.model.loading import load_model
 from afa_llm.model.task import PromptTask
-from afa_llm.specs import ScorerSpec, class_names_for
+from afa_llm.specs import DATA_KEYS, DataSpec, ScorerSpec, class_names_for
 from afa_llm.training.checkpoint import list_checkpoints, resolve_resume
 
 if TYPE_CHECKING:
@@ -92,8 +92,7 @@ def batch_indices(n: int, seed: int, micro_step: int, batch_size: int, world: in
 
 def load_training_data(cfg: TrainConfig) -> tuple[SentimentData, object]:
     """The run's data set and its training split (the first ``train_limit`` rows, if set)."""
-    data = load_sentiment_data(cfg.data, text_column=cfg.text_column, label_column=cfg.label_column,
-                               label_names=cfg.label_names, split_seed=cfg.split_seed)
+    data = load_data(DataSpec(**{key: getattr(cfg, key) for key in DATA_KEYS}))  # validation/test files too
     # the final test, and the validations if any, need their splits: refuse before training, not after
     check_splits_nonempty(data, ["train", "test"] + (["validation"] if cfg.eval_every else []), cfg.data)
     if cfg.shortcut_cue:

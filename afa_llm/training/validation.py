@@ -212,6 +212,7 @@ def final_results(accelerator: Accelerator, peft_model: PeftModel, task: PromptT
         peft_model.eval()
         evaluate = FocusedTest(peft_model, task, test, data.label_names, cfg)
         results = {"method": name or cfg.method, "model": cfg.model, "quantization": cfg.quantization, "data": cfg.data,
+                   "validation_data": cfg.validation_data, "test_data": cfg.test_data,  # your own splits, if given
                    "split_seed": cfg.split_seed, "seed": cfg.seed, "steps": cfg.steps,
                    "num_processes": accelerator.num_processes,  # a silently single-process launch shows here
                    "global_batch_size": cfg.batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes,
