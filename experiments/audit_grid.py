@@ -59,8 +59,10 @@ def audit_cell(cell: Path, args: argparse.Namespace) -> None:
     resolved = resolve_scorer(str(cell), None)
     request = AuditRequest(resolved, split="train", progress=False)  # afa-llm audit's defaults
     report = audit_request(request)
+    write_json(cell / "audit-only.json", report)  # kept if the salience rankings fail
     add_salience(report, resolved)
     write_json(cell / AUDIT_FILE, report)
+    (cell / "audit-only.json").unlink()
     print(f"{cell.name}: {report['candidates'][0]['word']!r} first; {report['seconds']:.0f} s of masked passes",
           flush=True)
 

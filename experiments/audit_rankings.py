@@ -28,9 +28,10 @@ def grad_input(model: torch.nn.Module, task, texts: Sequence[str], classes: Sequ
     embed = model.get_input_embeddings()
     captured = {}
 
-    def keep(_module, _inputs, output):
-        output.retain_grad()
-        captured["emb"] = output
+    def keep(_module, _inputs, output):  # the embeddings are frozen: a leaf copy that collects the gradient
+        leaf = output.detach().requires_grad_(True)
+        captured["emb"] = leaf
+        return leaf
 
     rows: list[np.ndarray] = [np.zeros(0)] * len(texts)
     handle = embed.register_forward_hook(keep)
