@@ -24,7 +24,8 @@ LAYERS = [
     ("afa_llm.methods",),
     ("afa_llm.config", "afa_llm.runs"),
     ("afa_llm.training", "afa_llm.act", "afa_llm.inference", "afa_llm.evaluation.leaderboard",
-     "afa_llm.evaluation.leaderboard_jobs", "afa_llm.evaluation.focus_map"),
+     "afa_llm.evaluation.leaderboard_jobs", "afa_llm.evaluation.focus_map", "afa_llm.evaluation.audit",
+     "afa_llm.robustness"),
     ("afa_llm.commands", "afa_llm.api"),
     tuple(sorted(ENTRY_POINTS)),
 ]

@@ -86,7 +86,3 @@ def top_words(pipeline, classes: np.ndarray, top: int) -> dict[int, list[list]]:
         out[int(cls)] = [[str(vocab[i]), round(float(row[i]), 4)] for i in best]
     return out
 
-
-def poe_logits(class_logits, bias_log_probs):
-    """The product of experts' logits: the model's class logits plus the bias model's log-probabilities."""
-    return class_logits + bias_log_probs.to(class_logits.dtype)
