@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,18 +68,33 @@ def audit_cell(cell: Path, args: argparse.Namespace) -> None:
           flush=True)
 
 
+def claim(cell: Path) -> bool:
+    """Take ``<cell>/.audit-claim`` (this pid), so that two audit processes share a grid; a dead owner's claim
+    is taken over."""
+    path = cell / ".audit-claim"
+    try:
+        owner = int(path.read_text())
+        os.kill(owner, 0)
+        return owner == os.getpid()
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        path.write_text(str(os.getpid()))
+        return int(path.read_text()) == os.getpid()
+
+
 def run_audits(grid: dict, args: argparse.Namespace) -> int:
     """Audit the cells that have finished training and lack an audit; returns how many cells are still pending."""
     pending = 0
-    for variant, seed in selected_cells(grid, None, None):
+    for variant, seed in selected_cells(grid, None, args.seeds):
         cell = cell_dir(grid, variant, seed)
         if (cell / AUDIT_FILE).exists() or (archived_cell(grid, variant, seed) / AUDIT_FILE).exists():
             continue
-        if not (cell / "results.json").exists():
+        if not (cell / "results.json").exists() or not claim(cell):
             pending += 1
             continue
         with maybe_locked(args.lock):
-            audit_cell(cell, args)
+            if not (cell / AUDIT_FILE).exists():
+                audit_cell(cell, args)
+        (cell / ".audit-claim").unlink(missing_ok=True)
     return pending
 
 
@@ -148,6 +164,7 @@ def main() -> int:
     parser.add_argument("--wait", action="store_true", help="poll until every cell of the grid is audited")
     parser.add_argument("--report", action="store_true", help="print the tables only")
     parser.add_argument("--lock", default=None, help="flock this file around each cell's audit")
+    parser.add_argument("--seeds", type=int, nargs="*", default=None, help="only these seeds (default: all)")
     args = parser.parse_args()
     grid = load_grid(args.grid)
     if not args.report:
