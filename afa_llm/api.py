@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from afa_llm.model.task import PromptTask
     from afa_llm.specs import Resolved
 
-# what `load` takes besides the path: how the base loads and how it is prompted (the run's, unless given)
-SCORER_OPTIONS = tuple(key for key in SCORER_KEYS if key not in ("model", "adapter"))
+# what `load` takes besides the path and adapter_scale: how the base loads and how it is prompted (the run's,
+# unless given)
+SCORER_OPTIONS = tuple(key for key in SCORER_KEYS if key not in ("model", "adapter", "adapter_scale"))
 EVAL_SPLITS = ("train", "validation", "test", "all")
 
 
@@ -81,17 +82,18 @@ def load(path: str | Path, adapter_scale: float = 1.0, *, model: str | None = No
     ``model`` if it is in no run), a folder written by ``afa-llm merge``, a built-in model name
     (``smollm2-135m``) or a local HF folder (zero-shot, with the ``afa-llm eval`` defaults).
 
-    ``adapter_scale`` scales the adapter's LoRA update (0: the base model, 1: the adapter as trained;
+    ``adapter_scale`` scales the adapter's LoRA update (WiSE-FT weight interpolation, ``--adapter-scale`` of
+    the CLI; 0: the base model, 1: the adapter as trained; a classifier head is kept as trained:
     `afa_llm.model.adapters.scale_adapter`). ``scorer_options`` override the run's: quantization, dtype,
     template, label_words (a list or a comma-separated string), max_text_tokens, truncation, head,
     length_normalize."""
     from afa_llm.model.adapters import load_scorer
 
     source = _source(str(path), model)
-    given = _scorer_options(scorer_options)
+    given = {**_scorer_options(scorer_options), "adapter_scale": adapter_scale}
     resolved = _resolve(source, given)
-    scorer, task = load_scorer(resolved.scorer, resolved.class_names, adapter_scale=adapter_scale)
-    return Classifier(resolved, scorer, task, adapter_scale, source, given)
+    scorer, task = load_scorer(resolved.scorer, resolved.class_names)
+    return Classifier(resolved, scorer, task, source, given)
 
 
 class Classifier:
@@ -100,15 +102,19 @@ class Classifier:
     ``classes`` orders the columns of `predict_proba`; ``config`` is the run's `TrainConfig` (None for
     a merged folder or a plain model)."""
 
-    def __init__(self, resolved: Resolved, model: torch.nn.Module, task: PromptTask, adapter_scale: float,
+    def __init__(self, resolved: Resolved, model: torch.nn.Module, task: PromptTask,
                  source: tuple[str | None, str | None], given: dict[str, Any]):
-        self.resolved, self.model, self.task, self.adapter_scale = resolved, model, task, adapter_scale
+        self.resolved, self.model, self.task = resolved, model, task
         self._source, self._given = source, given
         self.classes: list[str] = list(resolved.class_names)
 
     @property
     def config(self) -> TrainConfig | None:
         return self.resolved.config
+
+    @property
+    def adapter_scale(self) -> float:
+        return self.resolved.scorer.adapter_scale
 
     def __repr__(self) -> str:
         adapter, model = self._source
@@ -157,8 +163,6 @@ class Classifier:
                 if value is not None}
         report, _ = evaluate_request(EvalRequest(resolved, split=split, limit=limit, batch_size=batch_size,
                                                  progress=progress, loaded=self.model, **rows))
-        if self.adapter_scale != 1:
-            report["adapter_scale"] = self.adapter_scale
         return report
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from afa_llm.config import TrainConfig, load_config
 from afa_llm.errors import UserError
-from afa_llm.model.adapters import adapter_classes, resolve_adapter_dir
+from afa_llm.model.adapters import adapter_classes, check_adapter_scale, resolve_adapter_dir
 from afa_llm.specs import (DATA_KEYS, PROMPT_KEYS, DataSpec, Resolved, ScorerSpec, class_names_for, parse_label_words,
                            parse_names)
 
@@ -134,9 +134,10 @@ def resolve_scorer(adapter: str | None, model: str | None, given: dict | None = 
                    require_source: bool = False) -> Resolved:
     """The scorer and data set for ``--adapter`` / ``--model`` and the options ``given`` (None: not given).
 
-    ``given`` may hold the `ScorerSpec` fields quantization, dtype and the prompt keys (``label_words`` as
-    a comma-separated string), and the `DataSpec` fields. The run's data keys apply when the data scored
-    is the run's own (``data`` not given, or the same); ``require_source``: one of adapter/model is needed.
+    ``given`` may hold the `ScorerSpec` fields quantization, dtype, adapter_scale (checked here, before any
+    model loads) and the prompt keys (``label_words`` as a comma-separated string), and the `DataSpec`
+    fields. The run's data keys apply when the data scored is the run's own (``data`` not given, or the
+    same); ``require_source``: one of adapter/model is needed.
     """
     given = {k: v for k, v in (given or {}).items() if v is not None}
     if require_source and not adapter and not model:
@@ -152,6 +153,8 @@ def resolve_scorer(adapter: str | None, model: str | None, given: dict | None = 
     for key in PROMPT_KEYS:  # given on the command line: wins over the run's
         if key in given:
             setattr(scorer, key, parse_label_words(given[key]) if key == "label_words" else given[key])
+    scorer.adapter_scale = given.get("adapter_scale", scorer.adapter_scale)  # a scoring choice, never the run's
+    check_adapter_scale(scorer.adapter_scale, scorer.adapter)
     own_data = cfg is not None and given.get("data") in (None, cfg.data)
     data = DataSpec()
     for key in DATA_KEYS:

@@ -1,6 +1,6 @@
 """Typed requests that the library takes instead of command-line namespaces.
 
-- `ScorerSpec`: which model scores (base, adapter, precision) and with which prompt (template,
+- `ScorerSpec`: which model scores (base, adapter and its scale, precision) and with which prompt (template,
   label words, text budget, truncation). Filled from flags, from a run folder or a merged folder
   (`afa_llm.runs.resolve_scorer`), or from a leaderboard entry.
 - `DataSpec`: which labelled data set, its columns and class names, the split seed, and the files that
@@ -31,6 +31,10 @@ _MODEL, _PROMPT = {"part": "model"}, {"part": "prompt"}
 class ScorerSpec:
     model: str = field(default=DEFAULT_MODEL, metadata=_MODEL)
     adapter: str | None = field(default=None, metadata=_MODEL)
+    # WiSE-FT weight interpolation: the adapter's LoRA update times this, in [0, 1] (0: the base, 1: the
+    # adapter as trained; `afa_llm.model.adapters.scale_adapter`). Chosen when scoring or merging, never
+    # trained: a run's config.yaml has no such key, and a merged folder records its own in afa_merge.json
+    adapter_scale: float = field(default=1.0, metadata=_MODEL)
     quantization: str = field(default=SCORING_QUANTIZATION, metadata=_MODEL)
     dtype: str = field(default=DEFAULT_DTYPE, metadata=_MODEL)
     template: str = field(default=DEFAULT_TEMPLATE, metadata=_PROMPT)

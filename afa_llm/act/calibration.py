@@ -210,14 +210,19 @@ def adapter_hash(model: nn.Module) -> str | None:
 
 
 def model_fingerprint(model: nn.Module) -> dict:
-    """Architecture, layer and head counts, a config hash, a weights hash and the adapter's hash."""
+    """Architecture, layer and head counts, a config hash, a weights hash, the adapter's hash and, where it
+    is not 1, the scale of its update (`afa_llm.model.adapters.scale_adapter`)."""
+    from afa_llm.model.adapters import adapter_scale_of
+
     base = unwrap_model(model)
     config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
     settings = {key: config.to_dict().get(key) for key in _CONFIG_KEYS}
+    scale = adapter_scale_of(model)
     return {"architecture": type(base).__name__, "layers": len(find_decoder_layers(model)),
             "heads": config.num_attention_heads,
             "config_sha256": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:20],
-            "weights_sha256": weights_hash(model), "adapter_sha256": adapter_hash(model)}
+            "weights_sha256": weights_hash(model), "adapter_sha256": adapter_hash(model),
+            **({"adapter_scale": scale} if scale != 1 else {})}
 
 
 def check_fingerprint(config: ACTConfig, model: nn.Module, where: str = "the ACT file") -> None:
@@ -228,6 +233,10 @@ def check_fingerprint(config: ACTConfig, model: nn.Module, where: str = "the ACT
             raise UserError(f"{where} was calibrated for another model ({key}: {want.get(key)} there, "
                             f"{have[key]} here); run afa-llm calibrate for this model")
     if want.get("adapter_sha256") == have["adapter_sha256"]:
+        scales = want.get("adapter_scale", 1.0), have.get("adapter_scale", 1.0)
+        if scales[0] != scales[1]:
+            raise UserError(f"{where} was calibrated for this adapter at adapter_scale {scales[0]}, this model "
+                            f"scales it by {scales[1]}; calibrate with --adapter-scale {scales[1]}")
         return
     merged = want.get("merged_weights_sha256")
     if have["adapter_sha256"] is None and merged and merged == weights_hash(model, linear=True):

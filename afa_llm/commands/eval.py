@@ -1,5 +1,9 @@
 """``afa-llm eval``: score a model (+ adapter) on a labelled data set with its head (label words or a classifier)
-(`afa_llm.evaluation.report.evaluate_request`), print the table and write the JSON report."""
+(`afa_llm.evaluation.report.evaluate_request`), print the table and write the JSON report.
+
+``--adapter-scale ALPHA`` scores the adapter's LoRA update times ALPHA (WiSE-FT weight interpolation:
+0 is the base, 1 the adapter; the report records ``adapter_scale``). A classifier head is a trained
+layer, not a LoRA update, and scores as trained at every ALPHA."""
 
 from __future__ import annotations
 

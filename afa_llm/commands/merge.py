@@ -1,10 +1,13 @@
 """``afa-llm merge``: fold a trained LoRA adapter into a full-precision base for deployment
-(`afa_llm.inference.merge`); the folder loads with ``AutoModelForCausalLM.from_pretrained``."""
+(`afa_llm.inference.merge`); the folder loads with ``AutoModelForCausalLM.from_pretrained``.
+``--adapter-scale ALPHA`` folds in ALPHA times the LoRA update (WiSE-FT interpolation between the base
+and the adapter); a classifier head is merged as trained, whatever ALPHA."""
 
 from __future__ import annotations
 
 import argparse
 
+from afa_llm.commands import options
 from afa_llm.defaults import DEFAULT_DTYPE
 from afa_llm.inference.merge import BASES, MERGE_DTYPES, merge_run
 
@@ -23,12 +26,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     parser.add_argument("--act", default=None, metavar="ACT.json",
                         help="an ACT calibration of this adapter (afa-llm calibrate) to copy into the merged folder "
-                             "(default: RUN/act.json if there is one)")
+                             "(default: RUN/act.json if there is one, and only with --adapter-scale 1: a "
+                             "calibration fits one scale)")
+    options.add_adapter_scale_argument(parser, merging=True)
 
 
 def run(args: argparse.Namespace) -> int:
     info = merge_run(args.adapter, args.output, model=args.model, dtype=args.dtype, base=args.base, act=args.act,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, adapter_scale=args.adapter_scale)
+    scale = f", adapter scale {info['adapter_scale']}" if info["adapter_scale"] != 1 else ""
     print(f"merged {info['adapter']} into {info['base_model']} (base: {info['merge_base']}, "
-          f"{info['dtype']}) -> {args.output}")
+          f"{info['dtype']}{scale}) -> {args.output}")
     return 0

@@ -88,8 +88,35 @@ def add_scorer_arguments(parser: argparse.ArgumentParser, data_help: str | None 
     parser.add_argument("--adapter", default=None,
                         help="a training run folder (its config.yaml gives the base model, prompt, and unless "
                              "--data names other data, the data set and split seed) or a peft adapter folder")
+    add_adapter_scale_argument(parser)
     add_data_arguments(parser, from_run=True, data_help=data_help)
     add_task_arguments(parser, from_run=True)
+
+
+ADAPTER_SCALE_HELP = ("WiSE-FT weight interpolation (Wortsman et al., CVPR 2022): the adapter's LoRA update "
+                      "times ALPHA, a number in [0, 1]; 0 is the base model, 1 the adapter as trained. A "
+                      "classifier head (head=classifier) is a trained layer, not a LoRA update: it is kept "
+                      "as trained at every ALPHA, so 0 is the base with that head. ")
+
+
+def add_adapter_scale_argument(parser: argparse.ArgumentParser, merging: bool = False) -> None:
+    """``--adapter-scale ALPHA``: a scoring (or merging) choice, never a run's; needs an adapter."""
+    what = ("The merged folder scores as the adapter at this ALPHA, and afa_merge.json records it"
+            if merging else "Needs --adapter (a merged folder has its scale folded in); reports record it")
+    parser.add_argument("--adapter-scale", type=adapter_scale, default=1.0, metavar="ALPHA",
+                        help=ADAPTER_SCALE_HELP + what + " (default: %(default)s)")
+
+
+def adapter_scale(text: str) -> float:
+    """An ``--adapter-scale`` value: a number in [0, 1] (argparse prints the error on one line, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1] (0: the base model, 1: the adapter), "
+                                         f"got {text!r}")
+    return value
 
 
 def add_act_argument(parser: argparse.ArgumentParser) -> None:

@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"how to load the base (default: the run's quantization, else {SCORING_QUANTIZATION})")
     parser.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
                         help=f"weight / compute dtype (default: the run's dtype, else {DEFAULT_DTYPE})")
+    options.add_adapter_scale_argument(parser)
     parser.add_argument("--data", required=True,
                         help="a .csv, .jsonl or .parquet file (no labels needed), a .txt file with one text per "
                              "line, or - for one text per line on stdin (empty texts: see below)")
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         from afa_llm.act.calibration import load_act
 
         load_act(args.act)
-    given = {"quantization": args.quantization, "dtype": args.dtype}
+    given = {"quantization": args.quantization, "dtype": args.dtype, "adapter_scale": args.adapter_scale}
     from afa_llm.runs import resolve_scorer
 
     resolved = resolve_scorer(args.adapter, args.model, given, require_source=True)

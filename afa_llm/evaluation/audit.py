@@ -241,8 +241,8 @@ def audit_scorers(resolved: Resolved, class_names: Sequence[str], progress: bool
     if resolved.scorer.adapter and resolved.scorer.head == "label_words":
         scorers.append(Scorer("base", model, words, model.disable_adapter))
     elif resolved.scorer.adapter:  # a classifier run: the base is the causal LM under the same adapter's base
-        base, _ = load_scorer(replace(resolved.scorer, adapter=None, head="label_words"), class_names,
-                              progress=progress)
+        base, _ = load_scorer(replace(resolved.scorer, adapter=None, adapter_scale=1.0, head="label_words"),
+                              class_names, progress=progress)
         scorers.append(Scorer("base", base.eval(), words))
     return scorers, task
 

@@ -7,7 +7,8 @@ or glob; model, quantization, dtype, split seed, prompt and data default to the 
 config.yaml) or ``merged`` (a folder from `afa-llm merge`); ``data`` (specs, or mappings
 with ``data``/``text_column``/``label_column``/``label_names``); optional ``split_seed``,
 ``seed``, ``group``, ``quantization``, ``dtype``, ``template``, ``label_words``,
-``max_text_tokens``, ``truncation``, ``act`` (an act.json from `afa-llm calibrate`, applied with
+``max_text_tokens``, ``truncation``, ``adapter_scale`` (the adapter's LoRA update times it, in [0, 1]:
+WiSE-FT weight interpolation, `afa_llm.model.adapters.scale_adapter`), ``act`` (an act.json from `afa-llm calibrate`, applied with
 `afa_llm.act.calibration.act_enabled`; a path relative to the YAML's folder is found too),
 ``prior_correction`` (``normalize`` | ``offset`` | ``temperature``: `afa_llm.evaluation.prior`, fitted on the
 entry's validation split). Entries with the same ``group`` (default: the name) form one row per data set: mean ± std over their runs.
@@ -88,6 +89,7 @@ def cache_key(job: Job) -> dict:
         "template": scorer.template, "label_words": _joined(scorer.label_words),
         "max_text_tokens": scorer.max_text_tokens, "truncation": scorer.truncation,
         **({"act": _fingerprint(job.act)} if job.act else {}),  # old cache keys stay valid
+        **({"adapter_scale": scorer.adapter_scale} if scorer.adapter_scale != 1 else {}),
         **({"head": scorer.head} if scorer.head != "label_words" else {}),
         **({"length_normalize": True} if scorer.length_normalize else {}),
         **({"prior_correction": job.prior_correction} if job.prior_correction else {}),
@@ -112,9 +114,9 @@ def evaluate_jobs(jobs: list[Job], cache_dir: Path, batch_size: int, progress: b
             job.result = json.loads(file.read_text())["report"]
         else:
             s = job.scorer
-            todo.setdefault((s.model, s.adapter, s.quantization, s.dtype, s.head), []).append(job)
+            todo.setdefault((s.model, s.adapter, s.adapter_scale, s.quantization, s.dtype, s.head), []).append(job)
     datasets = {id(job): data for job, data in _job_data(todo)}  # every data set checked before any model loads
-    for (model_spec, adapter, quantization, dtype, _), group in todo.items():
+    for (model_spec, _, _, quantization, dtype, _), group in todo.items():
         model, tokenizer = load_model(model_spec, quantization=quantization, dtype=dtype)
         model = with_head(model, group[0].scorer, len(datasets[id(group[0])].label_names))
         for job in group:
@@ -178,8 +180,8 @@ def results_jobs(jobs: list[Job]) -> list[Job]:
         if (job.name, job.run_dir) in seen:  # one job per data set; a run has one results.json
             continue
         seen.add((job.name, job.run_dir))
-        if job.run_dir is None:
-            print(f"skipping {job.name}: --from-results reads only run folders", file=sys.stderr)
+        if job.run_dir is None or job.scorer.adapter_scale != 1:  # results.json scored the adapter as trained
+            print(f"skipping {job.name}: --from-results reads only run folders at adapter_scale 1", file=sys.stderr)
             continue
         results = read_results(job.run_dir)
         if not results or "test" not in results:

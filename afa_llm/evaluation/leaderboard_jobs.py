@@ -152,6 +152,8 @@ def _act_path(path: str, base: Path) -> str:
 
 def _job(entry: dict, settings: dict, item, raw: dict, limit: int | None, run_dir: Path | None) -> Job:
     """The job of one data item of an entry: the run's (or entry's) settings, then the item's data keys."""
+    from afa_llm.model.adapters import check_adapter_scale
+
     data_item = item if isinstance(item, dict) else {"data": item}
     scorer = ScorerSpec()
     for key in ("model", "quantization", "dtype", "template", "max_text_tokens", "truncation", "head",
@@ -161,6 +163,11 @@ def _job(entry: dict, settings: dict, item, raw: dict, limit: int | None, run_di
     words = settings.get("label_words")
     scorer.label_words = list(words) if isinstance(words, list) else parse_label_words(words)
     scorer.adapter = settings.get("adapter")
+    scorer.adapter_scale = settings.get("adapter_scale", 1.0)  # the entry's, never the run's
+    try:
+        check_adapter_scale(scorer.adapter_scale, scorer.adapter)
+    except UserError as exc:
+        raise UserError(f"entry {entry['name']}: {exc}") from None
     data = DataSpec(data=data_item["data"])
     if data_item["data"] == settings.get("data"):  # the run's own data set: its columns apply
         for key in ("text_column", "label_column", "label_names"):

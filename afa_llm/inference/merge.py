@@ -11,10 +11,15 @@ re-quantise it (lossy, docs/STACK_NOTES.md). Two bases are offered:
   against, so the merged model reproduces "4-bit base + adapter".
 
 The default is ``dequantized-nf4`` when the run's ``config.yaml`` says ``quantization: nf4``,
-else ``original``. The merge runs in fp32 and is cast to ``--dtype`` afterwards. The
-result is written to a temporary folder next to ``--output`` and renamed into place, so a
-half-written folder never looks complete. It loads with plain
-``AutoModelForCausalLM.from_pretrained`` and with ``afa-llm eval --model DIR``.
+else ``original``. The merge runs in fp32 and is cast to ``--dtype`` afterwards. The result is
+written to a temporary folder next to ``--output`` and renamed into place, so a half-written
+folder never looks complete. It loads with plain ``AutoModelForCausalLM.from_pretrained`` and
+with ``afa-llm eval --model DIR``.
+
+``adapter_scale`` (``--adapter-scale``, WiSE-FT weight interpolation) folds in that fraction of the
+LoRA update, so the merged folder scores as the adapter loaded at that scale. A classifier head
+(``score``) is a trained layer, not a LoRA update: it is merged as trained whatever the scale.
+``afa_merge.json`` and the model card record the scale.
 
 Run folders are read by `afa_llm.runs.find_run`.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -89,16 +95,17 @@ def dequantize_nf4_(model: torch.nn.Module, quant_dtype: torch.dtype) -> list[st
 # ---- merging ------------------------------------------------------------------------
 def merge_adapter(
     run: RunInfo, *, model: str | None = None, dtype: str = DEFAULT_DTYPE, base: str | None = None,
-    act: ACTConfig | None = None
+    act: ACTConfig | None = None, adapter_scale: float = 1.0
 ) -> tuple[torch.nn.Module, object, dict]:
-    """Load the base in fp32, (optionally) round-trip it through nf4, merge, cast to ``dtype``.
+    """Load the base in fp32, (optionally) round-trip it through nf4, merge ``adapter_scale`` times the LoRA
+    update (the classifier head as trained), cast to ``dtype``.
 
     ``run`` comes from `find_run`. Returns ``(merged_model, tokenizer, info)``; ``info``
     records what was merged. ``act`` (an `afa_llm.act.calibration.ACTConfig`) is refused unless it was
-    calibrated for this adapter.
+    calibrated for this adapter at this scale.
     """
     from afa_llm.act.calibration import check_fingerprint
-    from afa_llm.model.adapters import adapter_classes, with_head
+    from afa_llm.model.adapters import adapter_classes, check_adapter_scale, with_head
     from afa_llm.model.loading import DTYPES, load_model
     from afa_llm.specs import ScorerSpec
 
@@ -109,6 +116,7 @@ def merge_adapter(
         raise UserError(f"unknown --base {base!r}; use one of {', '.join(BASES)}")
     if dtype not in MERGE_DTYPES:
         raise UserError(f"--dtype must be {' or '.join(MERGE_DTYPES)}, got {dtype!r}")
+    check_adapter_scale(adapter_scale, str(run.adapter_dir))
     full, tokenizer = load_model(spec, quantization="none", dtype="fp32")
     quantized = []
     if base == "dequantized-nf4":
@@ -116,7 +124,8 @@ def merge_adapter(
         quantized = dequantize_nf4_(full, quant_dtype)
     classes = adapter_classes(run.adapter_dir)
     head = "label_words" if classes is None else "classifier"
-    adapted = with_head(full, ScorerSpec(model=spec, adapter=str(run.adapter_dir), head=head), classes or 0)
+    adapted = with_head(full, ScorerSpec(model=spec, adapter=str(run.adapter_dir), adapter_scale=adapter_scale,
+                                         head=head), classes or 0)
     if act is not None:
         check_fingerprint(act, adapted, "--act")
     merged = adapted.merge_and_unload().to(DTYPES[dtype])
@@ -125,7 +134,7 @@ def merge_adapter(
     info = {
         "base_model": spec, "adapter": str(run.adapter_dir), "run": str(run.run_dir) if run.run_dir else None,
         "merge_base": base, "trained_quantization": trained_quantization, "dtype": dtype,
-        "nf4_round_tripped_modules": len(quantized),
+        "nf4_round_tripped_modules": len(quantized), "adapter_scale": adapter_scale,
     }
     if run.config is not None:  # the prompt the adapter was trained with (leaderboard and predict read it)
         info.update({key: getattr(run.config, key) for key in RUN_PROMPT_KEYS}, label_names=run.label_names)
@@ -160,6 +169,7 @@ def model_card(info: dict, run: RunInfo, output: str) -> str:
         ("base model", f"`{info['base_model']}`"),
         ("merge base", f"{info['merge_base']} ({base_note})"),
         ("adapter", f"`{info['adapter']}`"),
+        ("adapter scale", _scale_note(info.get("adapter_scale", 1.0))),
         ("dtype", info["dtype"]),
         ("head", info.get("head", "label_words")),
     ]
@@ -179,7 +189,9 @@ def model_card(info: dict, run: RunInfo, output: str) -> str:
     blocks = [(name, res[key]) for key, name in (("test", "fine-tuned (test)"), ("zero_shot", "zero-shot base"))
               if isinstance(res.get(key), dict)]
     if blocks:
-        lines += ["## Metrics (from the run's results.json: adapter on the training base)", "",
+        scale = info.get("adapter_scale", 1.0)
+        lines += ["## Metrics (from the run's results.json: adapter on the training base"
+                  + (f", at scale 1, not this folder's {scale}" if scale != 1 else "") + ")", "",
                   "| model | accuracy | macro-F1 | n |", "|---|---|---|---|"]
         lines += [f"| {name} | {b.get('accuracy', float('nan')):.4f} | {b.get('macro_f1', float('nan')):.4f} | "
                   f"{b.get('n', '')} |" for name, b in blocks]
@@ -190,6 +202,12 @@ def model_card(info: dict, run: RunInfo, output: str) -> str:
 
         lines += ["", *model_card_lines(output)]
     return "\n".join(lines) + "\n"
+
+
+def _scale_note(scale: float) -> str:
+    if scale == 1:
+        return "1 (the LoRA update as trained)"
+    return f"{scale} (WiSE-FT: {scale} x the LoRA update; a classifier head, if any, as trained)"
 
 
 def _usage(info: dict, output: str, cfg) -> list[str]:
@@ -248,17 +266,23 @@ def save_merged(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, outp
         raise UserError(f"cannot write the merged model to {output}: {exc.strerror or exc}") from exc
 
 
-def act_to_copy(path: str | None, run: RunInfo) -> ACTConfig | None:
-    """The ACT config that --act names, else the run folder's act.json, else None."""
+def act_to_copy(path: str | None, run: RunInfo, adapter_scale: float = 1.0) -> ACTConfig | None:
+    """The ACT config that --act names, else the run folder's act.json (calibrated at scale 1, so only at
+    ``adapter_scale`` 1), else None."""
     from afa_llm.act.calibration import ACT_FILE, load_act
 
     if path is None and run.run_dir is not None and (run.run_dir / ACT_FILE).is_file():
+        if adapter_scale != 1:
+            print(f"note: {run.run_dir / ACT_FILE} is not copied: it was calibrated for the adapter at scale 1, "
+                  f"not {adapter_scale} (calibrate with --adapter-scale and pass --act)", file=sys.stderr)
+            return None
         path = str(run.run_dir / ACT_FILE)
     return load_act(path) if path else None
 
 
 def merge_run(adapter: str, output: str, *, model: str | None = None, dtype: str = DEFAULT_DTYPE,
-              base: str | None = None, act: str | None = None, overwrite: bool = False) -> dict:
+              base: str | None = None, act: str | None = None, overwrite: bool = False,
+              adapter_scale: float = 1.0) -> dict:
     """Merge the run (or adapter) at ``adapter`` and write the folder ``output``; returns what was merged.
     The output is checked before any model loads."""
     from afa_llm.act.calibration import merged_copy
@@ -269,8 +293,9 @@ def merge_run(adapter: str, output: str, *, model: str | None = None, dtype: str
     check_output(target, overwrite)
     check_writable_dir(target.parent, "--output's folder")  # the merge is written beside output, then renamed
     run_info = find_run(adapter)
-    act_config = act_to_copy(act, run_info)
-    merged, tokenizer, info = merge_adapter(run_info, model=model, dtype=dtype, base=base, act=act_config)
+    act_config = act_to_copy(act, run_info, adapter_scale)
+    merged, tokenizer, info = merge_adapter(run_info, model=model, dtype=dtype, base=base, act=act_config,
+                                            adapter_scale=adapter_scale)
     if act_config is not None:
         act_config = merged_copy(act_config, merged)  # fits the merged weights, which no longer carry an adapter
     save_merged(merged, tokenizer, target, model_card(info, run_info, output), info, overwrite, act_config)

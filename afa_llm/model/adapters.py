@@ -68,16 +68,16 @@ def build_task(spec: ScorerSpec, class_names: Sequence[str], tokenizer: PreTrain
     return task.bind(tokenizer)
 
 
-def load_scorer(spec: ScorerSpec, class_names: Sequence[str], progress: bool = True, adapter_scale: float = 1.0,
+def load_scorer(spec: ScorerSpec, class_names: Sequence[str], progress: bool = True,
                 loaded: torch.nn.Module | None = None) -> tuple[torch.nn.Module, PromptTask]:
-    """The model (+ ``spec.adapter``, its LoRA update scaled by ``adapter_scale``: `scale_adapter`) and its
-    bound prompt task. The adapter folder, the scale and the label words are checked before the weights
+    """The model (+ ``spec.adapter``, its LoRA update scaled by ``spec.adapter_scale``: `scale_adapter`) and
+    its bound prompt task. The adapter folder, the scale and the label words are checked before the weights
     load, so a typo costs no loading time. ``loaded``: a model already loaded from ``spec`` (the Python
     API's classifier), reused as it is; only the prompt task is built, for ``class_names``."""
     from afa_llm.model.loading import load_model, load_model_tokenizer
     from afa_llm.provenance import warn_if_emulated_bf16
 
-    check_adapter_scale(adapter_scale, spec.adapter)
+    check_adapter_scale(spec.adapter_scale, spec.adapter)
     if spec.adapter:
         resolve_adapter_dir(spec.adapter)
     task = build_task(spec, class_names, load_model_tokenizer(spec.model))
@@ -90,18 +90,15 @@ def load_scorer(spec: ScorerSpec, class_names: Sequence[str], progress: bool = T
         hf_logging.disable_progress_bar()
     model, _ = load_model(spec.model, quantization=spec.quantization, dtype=spec.dtype, tokenizer=task.tokenizer)
     warn_if_emulated_bf16(spec.dtype == "bf16", next(model.parameters()).device.type, fix="use --dtype fp32")
-    model = with_head(model, spec, task.num_classes)
-    if adapter_scale != 1:
-        scale_adapter(model, adapter_scale)
-    return model, task
+    return with_head(model, spec, task.num_classes), task
 
 
 def check_adapter_scale(scale: float, adapter: str | None) -> None:
     """``adapter_scale`` is a number in [0, 1], and other than 1 only where there is an adapter to scale."""
     _check_scale_range(scale)
     if scale != 1 and not adapter:
-        raise UserError("adapter_scale scales a LoRA adapter, and this model has none: give a run or adapter "
-                        "folder (a merged folder has its LoRA update folded in)")
+        raise UserError("adapter_scale (--adapter-scale) scales a LoRA adapter, and this model has none: give "
+                        "a run or adapter folder (a merged folder has its update folded in: merge --adapter-scale)")
 
 
 def scale_adapter(model: torch.nn.Module, scale: float) -> None:
@@ -120,6 +117,19 @@ def scale_adapter(model: torch.nn.Module, scale: float) -> None:
             layer.set_scale(name, scale)
 
 
+def adapter_scale_of(model: torch.nn.Module) -> float:
+    """The scale `scale_adapter` set on ``model``'s LoRA update (1.0 as trained, and for a model without one)."""
+    import math
+
+    from peft.tuners.lora import LoraLayer
+
+    for layer in (module for module in model.modules() if isinstance(module, LoraLayer)):
+        for name, scaling in layer.scaling.items():
+            rank = math.sqrt(layer.r[name]) if layer.use_rslora.get(name, False) else layer.r[name]
+            return round(scaling / (layer.lora_alpha[name] / rank), 6)
+    return 1.0
+
+
 def _check_scale_range(scale: float) -> None:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale <= 1:
         raise UserError(f"adapter_scale must be a number in [0, 1] (0: the base model, 1: the adapter), "
@@ -127,10 +137,12 @@ def _check_scale_range(scale: float) -> None:
 
 
 def with_head(model: torch.nn.Module, spec: ScorerSpec, num_classes: int) -> torch.nn.Module:
-    """``model`` with ``spec``'s head and adapter. A classifier adapter's ``score`` goes onto a NaN placeholder,
-    so a folder without a trained head is refused instead of scoring with a random one."""
+    """``model`` with ``spec``'s head and adapter, its LoRA update scaled by ``spec.adapter_scale`` (a classifier
+    head is a trained copy, not an update: never scaled). A classifier adapter's ``score`` goes onto a NaN
+    placeholder, so a folder without a trained head is refused instead of scoring with a random one."""
     from afa_llm.model.heads import as_sequence_classifier, check_head_loaded, is_sequence_classifier
 
+    check_adapter_scale(spec.adapter_scale, spec.adapter)
     if spec.head == "classifier" and not is_sequence_classifier(model):
         if not spec.adapter:
             raise UserError("head=classifier needs a run trained with it (--adapter) or a merged classifier folder")
@@ -142,6 +154,8 @@ def with_head(model: torch.nn.Module, spec: ScorerSpec, num_classes: int) -> tor
     check_class_count(model, num_classes)
     if spec.adapter:
         model = attach_adapter(model, spec.adapter)
+        if spec.adapter_scale != 1:
+            scale_adapter(model, spec.adapter_scale)
     if spec.head == "classifier":
         check_head_loaded(model, spec.adapter or spec.model)
     return model
