@@ -48,3 +48,10 @@ def test_padded_tokens_counts_each_batch_at_its_longest_row():
     # sorted: [1, 1] -> 2, [3, 5] -> 10, [5] -> 5
     assert bench.padded_tokens(lengths, 2, sort=True) == 17
     assert bench.padded_tokens(lengths, 1, sort=False) == sum(lengths)
+
+
+@pytest.mark.slow  # a fresh process that imports the whole stack
+def test_eval_default_cost_prints_the_ratio_and_checks_the_scores(tiny_model_dir, tiny_csv):
+    stdout = _run("eval_default_cost.py", "--n", "6", "--repeats", "1", "--model", tiny_model_dir, "--data", tiny_csv)
+    line = re.search(r"^n=6: .*ratio ([\d.]+)x; same predictions and probabilities: (\w+)", stdout, re.M)
+    assert line and float(line.group(1)) > 0 and line.group(2) == "yes", stdout
