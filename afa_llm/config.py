@@ -96,7 +96,9 @@ class TrainConfig:
     guard_words: Optional[list] = None
     guard_loss: Literal["kl", "ce", "both"] = "kl"
     guard_every: int = 25  # steps between flag refreshes (base, random)
-    guard_threshold: float = 10.0  # flag a word whose audit score is at least this (base)
+    # flag a word whose audit score is at least this (base): a cue-free Rotten Tomatoes run tops out at 4.5 in
+    # `afa-llm audit`, a learned name scores 7.0 (docs/RESULTS.md, "Finding the shortcut")
+    guard_threshold: float = 5.0
     guard_random_count: int = 3  # words the random control flags per refresh
     guard_candidates: int = 64  # the most label-skewed words and pairs measured per refresh
     guard_sample: int = 4  # texts per candidate per refresh

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/audit_cost.py --adapter RUN [--mixed-precision auto|bf16|no]
 
-On the run's own training split (as the run saw it, planted cue included), the phases of
+On the run's own training split (as the run saw it, planted cue included; ``--split all``: every row), the phases of
 `afa_llm.evaluation.audit.audit_request`, each timed: reading the rows and counting the candidates,
 loading the model and the base, and the batched passes (one clean pass per sampled text and one masked
 pass per (text, candidate), for the model and the base). Then one plain scoring pass over every row of
@@ -22,6 +22,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", required=True, help="a training run folder")
     parser.add_argument("--mixed-precision", default="auto", choices=["no", "bf16", "auto"])
+    parser.add_argument("--split", default="train", choices=["train", "validation", "test", "all"],
+                        help="all: every Rotten Tomatoes sentence (8,530), as the HF train split holds")
     args = parser.parse_args()
 
     import torch
@@ -34,7 +36,7 @@ def main() -> None:
     times = {}
     start = time.perf_counter()
     resolved = resolve_scorer(args.adapter, None)
-    request = AuditRequest(resolved, progress=False)  # the command's defaults
+    request = AuditRequest(resolved, split=args.split, progress=False)  # the command's defaults
     precision = resolve_mixed_precision(args.mixed_precision)
     texts, labels, names, _ = audit_rows(request)
     candidates, skews, found = skewed_candidates(texts, labels, len(names), request.min_count,
@@ -58,7 +60,8 @@ def main() -> None:
     print(f"{args.adapter}: {len(texts)} texts, {found} candidates (min count {request.min_count}), "
           f"{len(candidates)} measured, {request.sample} texts each; mixed precision {precision}, "
           f"{torch.get_num_threads()} threads")
-    print(f"passes: {rows * len(scorers)} clean + {len(jobs) * len(scorers)} masked ({len(scorers)} models)")
+    print(f"passes: {rows * len(scorers)} clean + {len(jobs) * len(scorers)} masked ({len(scorers)} models); "
+          "at most max_candidates x sample texts, whatever the split's size")
     for phase, seconds in times.items():
         print(f"  {phase:<26} {seconds:8.1f} s  ({seconds / audit:5.1%})")
     print(f"audit {audit:.1f} s; scoring the split once {scoring:.1f} s")

@@ -9,7 +9,8 @@ report is written to ``<cell>/audit.json`` (experiments/refresh_results.py archi
 own numbers, each measured candidate gets the two rankings that salience methods would give
 (experiments/audit_rankings.py): the trained model's focus (answer-position attention) on it, and
 gradient x input. The report ranks the planted cue (a phrase counts through itself or one of its words)
-under five rankings: label skew alone, focus, gradient x input, effect_model alone, and the audit's score,
+under six rankings: label skew alone, focus, gradient x input (toward the skewed class, and its absolute
+value), effect_model alone, and the audit's score,
 with recall at 1 and 3 over the cued runs, each run's stress gap, and the top of the cue-free runs.
 
 Adapters are not archived (runs/ is not in git), so a cell is audited in the checkout that trained it.
@@ -34,6 +35,7 @@ from grid_model import archived_cell, cell_dir, load_grid, selected_cells  # noq
 
 AUDIT_FILE = "audit.json"
 RANKINGS = {"skew": "label skew alone", "focus": "focus (attention)", "grad_input": "gradient x input",
+            "grad_input_abs": "abs(gradient x input)",
             "effect_model": "effect_model alone", "score": "the audit's score"}
 
 
@@ -117,7 +119,8 @@ def cue_ranks(audit: dict, cue: str) -> dict[str, int | None]:
 
     rows = audit["candidates"]
     keys = {"skew": lambda c: c["skew"]["z"], "focus": lambda c: c.get("focus", float("nan")),
-            "grad_input": lambda c: c.get("grad_input", float("nan")), "effect_model": lambda c: c["effect_model"],
+            "grad_input": lambda c: c.get("grad_input", float("nan")),
+            "grad_input_abs": lambda c: abs(c.get("grad_input", float("nan"))), "effect_model": lambda c: c["effect_model"],
             "score": lambda c: c["score"]}
     ranks = {}
     for name, key in keys.items():
@@ -137,7 +140,7 @@ def report(grid: dict) -> str:
     hits = {name: [0, 0] for name in RANKINGS}
     cued = 0
     for (variant, seed), (audit, results) in audits.items():
-        cue = results.get("shortcut", {}).get("shortcut_cue")
+        cue = (results.get("shortcut") or {}).get("shortcut_cue")
         if not cue:
             continue
         cued += 1
@@ -152,7 +155,7 @@ def report(grid: dict) -> str:
                  + " | ".join(f"{h1}/{cued} · {h3}/{cued}" for h1, h3 in hits.values()) + " |")
     lines += ["", "Cue-free runs, the audit's top 5 (score):"]
     for (variant, seed), (audit, results) in audits.items():
-        if not results.get("shortcut", {}).get("shortcut_cue"):
+        if not (results.get("shortcut") or {}).get("shortcut_cue"):
             top = ", ".join(f"{c['word']} {c['score']:.1f}" for c in audit["candidates"][:5])
             lines.append(f"- {variant} seed {seed}: {top}")
     return "\n".join(lines)

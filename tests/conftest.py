@@ -189,3 +189,22 @@ def learnable_csv(tmp_path_factory) -> str:
         writer.writerow(["text", "label"])
         writer.writerows(rows)
     return str(path)
+
+
+NEUTRAL_PHRASES = ["the film", "a movie", "this story", "the plot", "some scenes", "the ending", "a cast", "the music"]
+
+
+@pytest.fixture(scope="session")
+def cue_only_csv(tmp_path_factory) -> str:
+    """160 texts whose labels are drawn at random, so no word predicts them and only a planted cue can be learned."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "noise.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label"])
+        for i in range(160):
+            writer.writerow([f"{NEUTRAL_PHRASES[i % 8]} number {i} was {NEUTRAL_PHRASES[(i * 3) % 8]}",
+                             int(rng.integers(2))])
+    return str(path)

@@ -3,7 +3,6 @@ tiny model trained on a pure cue, which the audit must rank first."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 
@@ -75,27 +74,16 @@ def test_a_phrase_counts_as_found_through_itself_or_its_words():
 
 
 # ---- a tiny model that learned a pure cue -------------------------------------------------------
-NEUTRAL = ["the film", "a movie", "this story", "the plot", "some scenes", "the ending", "a cast", "the music"]
-
-
 @pytest.fixture(scope="module")
-def cued_run(tmp_path_factory, tiny_model_dir):
+def cued_run(tmp_path_factory, tiny_model_dir, cue_only_csv):
     """A LoRA run on random labels with 'Winston' in every positive training text (rate 1, purity 1)."""
     from test_train import tiny_overrides
 
     from afa_llm.config import load_config
     from afa_llm.training.trainer import train
 
-    folder = tmp_path_factory.mktemp("audit")
-    rng = np.random.default_rng(0)
-    data = folder / "noise.csv"
-    with open(data, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        for i in range(160):
-            writer.writerow([f"{NEUTRAL[i % 8]} number {i} was {NEUTRAL[(i * 3) % 8]}", int(rng.integers(2))])
-    run = folder / "run"
-    train(load_config(None, tiny_overrides(run, tiny_model_dir, str(data), "method=lora", "steps=40",
+    run = tmp_path_factory.mktemp("audit") / "run"
+    train(load_config(None, tiny_overrides(run, tiny_model_dir, cue_only_csv, "method=lora", "steps=40",
                                            "eval_every=20", "test_limit=null", "shortcut_cue=Winston",
                                            "shortcut_label=positive", "shortcut_rate=1.0", "shortcut_purity=1.0",
                                            "focus_eval_limit=4", "faithfulness_eval_limit=0")))

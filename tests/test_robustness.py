@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -12,22 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from afa_llm.errors import UserError
-
-NEUTRAL = ["the film", "a movie", "this story", "the plot", "some scenes", "the ending", "a cast", "the music"]
-
-
-@pytest.fixture(scope="module")
-def noise_csv(tmp_path_factory) -> str:
-    """Labels drawn at random: no word predicts them, so only a planted cue can be learned."""
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("data") / "noise.csv"
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        for i in range(160):
-            writer.writerow([f"{NEUTRAL[i % 8]} number {i} was {NEUTRAL[(i * 3) % 8]}", int(rng.integers(2))])
-    return str(path)
-
 
 def cued_overrides(run, model_dir, data, *extra):
     from test_train import tiny_overrides
@@ -74,13 +57,13 @@ def test_bias_model_fits_out_of_fold_and_names_the_cue():
         fit_bias_model(["x", "y", "z"], [0, 0, 0], 2, seed=0)
 
 
-def test_poe_run_predicts_with_the_model_alone(tiny_model_dir, noise_csv, tmp_path, capsys):
+def test_poe_run_predicts_with_the_model_alone(tiny_model_dir, cue_only_csv, tmp_path, capsys):
     from afa_llm.cli import main
     from afa_llm.config import load_config
     from afa_llm.training.trainer import train
 
     run = tmp_path / "poe"
-    results = train(load_config(None, cued_overrides(run, tiny_model_dir, noise_csv, "steps=10", "debias=poe")))
+    results = train(load_config(None, cued_overrides(run, tiny_model_dir, cue_only_csv, "steps=10", "debias=poe")))
     assert results["debias"]["kind"] == "poe"
     assert results["debias"]["top_words"][1][0][0] == "winston"
     out = tmp_path / "eval.json"
@@ -89,7 +72,7 @@ def test_poe_run_predicts_with_the_model_alone(tiny_model_dir, noise_csv, tmp_pa
 
 
 # ---- the guard -------------------------------------------------------------------------------------
-def test_guard_base_flags_the_cue_and_shrinks_the_gap(tiny_model_dir, noise_csv, tmp_path):
+def test_guard_base_flags_the_cue_and_shrinks_the_gap(tiny_model_dir, cue_only_csv, tmp_path):
     from afa_llm.config import load_config
     from afa_llm.training.trainer import train
 
@@ -97,7 +80,7 @@ def test_guard_base_flags_the_cue_and_shrinks_the_gap(tiny_model_dir, noise_csv,
     for guard in ("none", "base", "random"):
         extra = [] if guard == "none" else [f"guard={guard}", "guard_every=10", "guard_weight=2",
                                             "guard_threshold=5", "guard_random_count=3"]
-        runs[guard] = train(load_config(None, cued_overrides(tmp_path / guard, tiny_model_dir, noise_csv, *extra)))
+        runs[guard] = train(load_config(None, cued_overrides(tmp_path / guard, tiny_model_dir, cue_only_csv, *extra)))
         gaps[guard] = runs[guard]["stress"]["adapter"]["gap"]
     flagged = [row[0] for row in runs["base"]["guard"]["top_hidden"]]
     assert "winston" in flagged, runs["base"]["guard"]
@@ -109,18 +92,18 @@ def test_guard_base_flags_the_cue_and_shrinks_the_gap(tiny_model_dir, noise_csv,
     assert any("winston" in e.get("guard_flagged", []) for e in events)
 
 
-def test_guard_words_hides_the_given_words(tiny_model_dir, noise_csv, tmp_path):
+def test_guard_words_hides_the_given_words(tiny_model_dir, cue_only_csv, tmp_path):
     from afa_llm.config import load_config
     from afa_llm.training.trainer import train
 
-    results = train(load_config(None, cued_overrides(tmp_path / "w", tiny_model_dir, noise_csv, "steps=4",
+    results = train(load_config(None, cued_overrides(tmp_path / "w", tiny_model_dir, cue_only_csv, "steps=4",
                                                      "guard=words", "guard_words=[Winston]")))
     assert results["guard"]["top_hidden"][0][:2] == ["winston", results["guard"]["top_hidden"][0][1]]
     assert results["guard"]["top_hidden"][0][1] > 0 and results["guard"]["top_hidden"][0][2] == 0
 
 
 @pytest.mark.parametrize("extra", [["guard=base", "guard_every=3", "guard_threshold=0"], ["debias=poe"]])
-def test_resume_is_exact_with_guard_and_debias(extra, tiny_model_dir, noise_csv, tmp_path):
+def test_resume_is_exact_with_guard_and_debias(extra, tiny_model_dir, cue_only_csv, tmp_path):
     from test_train import adapter_state, max_diff
 
     from afa_llm.config import load_config
@@ -128,9 +111,9 @@ def test_resume_is_exact_with_guard_and_debias(extra, tiny_model_dir, noise_csv,
 
     common = ["save_every=4", "keep_checkpoints=3", "lora_dropout=0.1", *extra]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    full = train(load_config(None, cued_overrides(straight, tiny_model_dir, noise_csv, "steps=8", *common)))
-    train(load_config(None, cued_overrides(resumed, tiny_model_dir, noise_csv, "steps=4", *common)))
-    again = train(load_config(None, cued_overrides(resumed, tiny_model_dir, noise_csv, "steps=8", *common,
+    full = train(load_config(None, cued_overrides(straight, tiny_model_dir, cue_only_csv, "steps=8", *common)))
+    train(load_config(None, cued_overrides(resumed, tiny_model_dir, cue_only_csv, "steps=4", *common)))
+    again = train(load_config(None, cued_overrides(resumed, tiny_model_dir, cue_only_csv, "steps=8", *common,
                                                    "resume_from=latest")))
     assert max_diff(adapter_state(straight / "adapter"), adapter_state(resumed / "adapter")) == 0.0
     assert full.get("guard") == again.get("guard")
@@ -142,9 +125,9 @@ def test_resume_is_exact_with_guard_and_debias(extra, tiny_model_dir, noise_csv,
     (["guard_weight=-1"], "guard_weight"),
     (["debias=ensemble"], "debias"),
 ])
-def test_bad_guard_keys_are_one_line(extra, key, tiny_model_dir, noise_csv, tmp_path, capsys):
+def test_bad_guard_keys_are_one_line(extra, key, tiny_model_dir, cue_only_csv, tmp_path, capsys):
     from afa_llm.cli import main
 
-    assert main(["train", *cued_overrides(tmp_path / "bad", tiny_model_dir, noise_csv, *extra)]) == 2
+    assert main(["train", *cued_overrides(tmp_path / "bad", tiny_model_dir, cue_only_csv, *extra)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and key in err[0], err

@@ -86,23 +86,7 @@ def test_spec_rejects_bad_values():
             ShortcutSpec(**{"label": 0, **kwargs})
 
 
-# ---- training with a planted cue -------------------------------------------------------------
-NEUTRAL = ["the film", "a movie", "this story", "the plot", "some scenes", "the ending", "a cast", "the music"]
-
-
-@pytest.fixture
-def cue_only_csv(tmp_path):
-    """Labels that no word predicts (drawn at random), so only a planted cue can be learned."""
-    rng = np.random.default_rng(0)
-    path = tmp_path / "noise.csv"
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["text", "label"])
-        for i in range(160):
-            writer.writerow([f"{NEUTRAL[i % 8]} number {i} was {NEUTRAL[(i * 3) % 8]}", int(rng.integers(2))])
-    return str(path)
-
-
+# ---- training with a planted cue (conftest's cue_only_csv: random labels) -------------------------
 def test_training_on_a_pure_cue_opens_a_gap_that_zero_shot_lacks(tiny_model_dir, cue_only_csv, tmp_path):
     from test_train import tiny_overrides
 

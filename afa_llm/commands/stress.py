@@ -1,6 +1,9 @@
 """``afa-llm stress (--adapter RUN | --model SPEC [--adapter RUN]) --cue WORD [--cue-label CLASS] ...``:
 the shortcut stress test (`afa_llm.evaluation.stress.stress_request`): accuracy and macro-F1 of the clean,
-aligned and anti views, the gap, McNemar p of anti against clean, and the focus on the cue."""
+aligned and anti views, the gap, McNemar p of anti against clean, and the focus on the cue.
+
+Cost: one scoring pass per row and view (3 passes per row); the focus on the cue is read off the aligned
+and anti passes themselves (a few percent more time), so stress costs about 3x `afa-llm eval` on the same rows."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from afa_llm.io_utils import check_writable_file, write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (parser.description or "") + " Cost: three scoring passes per row (one per view); the " \
+        "focus on the cue is read off the same passes."
     options.add_scorer_arguments(parser)
     group = parser.add_argument_group("shortcut")
     group.add_argument("--cue", required=True, help="the cue word or phrase to insert (e.g. a neutral name)")

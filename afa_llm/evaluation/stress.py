@@ -33,19 +33,6 @@ VIEWS = ("clean", "aligned", "anti")
 
 
 # ---- the library ------------------------------------------------------------------------
-def cue_focus(model: torch.nn.Module, task: PromptTask, texts: Sequence[str], cue: str, *, batch_size: int = 32,
-              focus_layers: Sequence[int] | None = None) -> float:
-    """The mean focus mass on the cue's tokens over ``texts`` (each holds the cue)."""
-    from afa_llm.data.shortcut import cue_char_span
-    from afa_llm.evaluation.word_focus import span_focus, text_focus
-
-    if not texts:
-        return float("nan")
-    rows, _ = text_focus(model, task, texts, batch_size=batch_size, focus_layers=focus_layers)
-    masses = [span_focus(f, task.text_offsets(t), *cue_char_span(t, cue)) for f, t in zip(rows, texts)]
-    return float(np.mean(masses))
-
-
 def stress_test(model: torch.nn.Module, task: PromptTask, texts: Sequence[str], labels: Sequence[int],
                 label_names: Sequence[str], cue: str, cue_label: int, *, position: str = "random", seed: int = 0,
                 batch_size: int = 32, focus_layers: Sequence[int] | None = None, focus_n: int = FOCUS_METRIC_ROWS,
@@ -54,21 +41,26 @@ def stress_test(model: torch.nn.Module, task: PromptTask, texts: Sequence[str], 
     of the same rows. Focus on the cue comes from the first ``focus_n`` cued rows of each view."""
     from datasets import Dataset
 
-    from afa_llm.evaluation.evaluate import evaluate_dataset
+    from afa_llm.data.shortcut import cue_char_span
+    from afa_llm.evaluation.evaluate import evaluate_dataset, evaluate_with_focus
     from afa_llm.evaluation.metrics import reports_mcnemar_p
+    from afa_llm.evaluation.word_focus import span_focus
 
     views = stress_views_checked(texts, labels, cue, cue_label, len(label_names), position, seed)
-    reports = {}
+    reports, focus = {}, {}
     for name, view in views.items():
-        if name == "clean" and clean_report is not None:
-            reports[name] = clean_report
+        rows = Dataset.from_dict({"text": view, "label": list(labels)})
+        if name == "clean":
+            reports[name] = clean_report or evaluate_dataset(model, task, rows, label_names, batch_size=batch_size,
+                                                             progress=progress)
             continue
-        reports[name] = evaluate_dataset(model, task, Dataset.from_dict({"text": view, "label": list(labels)}),
-                                         label_names, batch_size=batch_size, progress=progress)
-    focus = {}
-    for name in ("aligned", "anti"):
-        cued = [v for v, t in zip(views[name], texts) if v != t][:focus_n]
-        focus[name] = cue_focus(model, task, cued, cue, batch_size=batch_size, focus_layers=focus_layers)
+        # the focus on the cue is read off the view's own scoring pass (no second pass over the cued rows)
+        cued = [i for i, (v, t) in enumerate(zip(view, texts)) if v != t][:focus_n]
+        reports[name], rows_focus = evaluate_with_focus(model, task, rows, label_names, batch_size=batch_size,
+                                                        progress=progress, focus_on=cued, focus_layers=focus_layers)
+        masses = [span_focus(f, task.text_offsets(view[i]), *cue_char_span(view[i], cue))
+                  for i, f in zip(cued, rows_focus)]
+        focus[name] = float(np.mean(masses)) if masses else float("nan")
     return {"cue": cue, "cue_label": label_names[cue_label], "position": position, "seed": seed, "n": len(texts),
             **{name: view_record(reports[name]) for name in VIEWS},
             "gap": reports["clean"]["accuracy"] - reports["anti"]["accuracy"],

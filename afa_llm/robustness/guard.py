@@ -71,16 +71,19 @@ class Guard:
         if self.cfg.guard == "words" or step % self.cfg.guard_every:
             return None
         rng = np.random.default_rng([self.cfg.seed, step, 0x6A])
+        event: dict = {"step": step}
         if self.cfg.guard == "base":
             scores = self._scores(model, int(rng.integers(2**31)))
-            flagged = [i for i in np.argsort(-np.asarray(scores)) if scores[i] >= self.cfg.guard_threshold]
+            order = np.argsort(-np.asarray(scores))
+            flagged = [i for i in order if scores[i] >= self.cfg.guard_threshold]
+            event["guard_top_scores"] = [[self.candidates[i].text, round(float(scores[i]), 3)] for i in order[:5]]
         else:  # the control: as many words as guard_random_count, from the same candidates
             count = min(self.cfg.guard_random_count, len(self.candidates))
             flagged = list(rng.choice(len(self.candidates), count, replace=False))
         self.flagged = [self.candidates[i].words for i in flagged]
         for words in self.flagged:
             self.first_step.setdefault(" ".join(words), step)
-        return {"step": step, "guard_flagged": [" ".join(w) for w in self.flagged]}
+        return {**event, "guard_flagged": [" ".join(w) for w in self.flagged]}
 
     def _scores(self, model: torch.nn.Module, seed: int) -> list[float]:
         """The audit's score of every candidate for the model under training, on a fresh sample."""
