@@ -175,7 +175,7 @@ def _gap_by_example(stress: dict) -> np.ndarray:
 
 def _paired_gap(runs: dict, base_runs: dict) -> str:
     """The gap's difference from the baseline's, pooled over the shared seeds with the examples as the
-    units (`seed_pooled_test`, as the anti view's pooled McNemar)."""
+    units (`seed_pooled_test`, as the anti view's pooled sign-flip test)."""
     shared = _shared_stress(runs, base_runs)
     if not shared:
         return "-"

@@ -263,7 +263,7 @@ def test_calibration_never_uses_the_runs_training_examples(monkeypatch):
     from afa_llm.errors import UserError
 
     cfg = SimpleNamespace(data="rotten_tomatoes", split_seed=3, text_column="text", label_column="label",
-                          label_names=None)
+                          label_names=None, validation_data=None, test_data=None)
     monkeypatch.setattr("afa_llm.runs._saved_settings", lambda adapter, model: ({"model": "m"}, cfg, "run/adapter"))
     parser = argparse.ArgumentParser()
     calibrate.add_arguments(parser)
