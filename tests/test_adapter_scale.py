@@ -63,6 +63,7 @@ def test_eval_at_0_scores_as_the_base_and_at_1_as_the_adapter(run, tiny_model_di
     np.testing.assert_allclose(probs["1"], probs["adapter"], atol=1e-6)
     assert min(np.abs(probs["0.5"] - probs[other]).max() for other in ("base", "adapter")) > 1e-4  # in between
     assert [r["adapter_scale"] for r in (base, adapter, *reports.values())] == [1.0, 1.0, 0.0, 0.5, 1.0]
+    assert "(adapter scale 0.5: WiSE-FT" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5])

@@ -100,6 +100,8 @@ def evaluate_request(request: EvalRequest) -> tuple[dict, str]:
     report.update({**record, "scored": scored, **truncation_record(task, list(split["text"])),
                    "machine": machine_record()})
     title = f"{spec.model}{' + ' + spec.adapter if spec.adapter else ''} on {data_spec.data}/{r.split}"
+    if spec.adapter_scale != 1:
+        title += f" (adapter scale {spec.adapter_scale}: WiSE-FT weight interpolation)"
     if act:
         title += f" + ACT ({act.n_heads} heads, beta {act.beta}, tau {act.tau}: {r.act})"
     title += f"\nscored {scored['n']} of {scored['of']} rows: {scored['rows']}"
