@@ -74,8 +74,9 @@ def classification_loss(clean: CleanPass, batch: EncodedBatch, weight: torch.Ten
     mean: sum_i w[y_i] * CE_i / sum_i w[y_i]. A batch with a bias model's log-probabilities (``debias: poe``)
     is scored through the product of experts, log_softmax(logits + log p_bias) (`afa_llm.robustness.poe`)."""
     logits = clean.class_logits
-    if batch.bias_log_probs is not None:  # the product of experts: the bias model's log-probabilities added
-        logits = logits + batch.bias_log_probs.to(logits.dtype)
+    bias = getattr(batch, "bias_log_probs", None)  # a plain (texts, labels) batch has none
+    if bias is not None:  # the product of experts: the bias model's log-probabilities added
+        logits = logits + bias.to(logits.dtype)
     return F.cross_entropy(logits, batch.labels, weight=weight)
 
 
