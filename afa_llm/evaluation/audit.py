@@ -283,11 +283,8 @@ def candidate_rows(candidates: Sequence[Candidate], skews: Sequence[dict], jobs:
                    effects: np.ndarray, texts: Sequence[str], labels: Sequence[int], class_names: Sequence[str],
                    scorer_names: Sequence[str]) -> tuple[list[dict], dict]:
     """One JSON row per candidate, sorted by rank (score, then occurrences), and the effect scales."""
-    per_cand: dict[int, list[int]] = {}
-    for j, (_, i) in enumerate(jobs):
-        per_cand.setdefault(i, []).append(j)
-    mean = np.array([[np.nanmean(effects[per_cand[i], s]) if np.isfinite(effects[per_cand.get(i, []), s]).any()
-                      else 0.0 for s in range(len(scorer_names))] for i in range(len(candidates))])
+    per_cand = jobs_by_candidate(jobs)
+    mean = mean_effects(jobs, effects, len(candidates))
     has_base = len(scorer_names) > 1
     score, scales = audit_scores(mean[:, 0], mean[:, 1] if has_base else None)
     order = rank_order(score, [sum(c.counts) for c in candidates])
@@ -303,6 +300,26 @@ def candidate_rows(candidates: Sequence[Candidate], skews: Sequence[dict], jobs:
                     "effect_model": float(mean[i, 0]), "effect_base": float(mean[i, 1]) if has_base else None,
                     "n_measured": int(np.isfinite(effects[per_cand.get(i, []), 0]).sum()), "examples": examples})
     return out, scales
+
+
+def jobs_by_candidate(jobs: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
+    """candidate index -> the indices of its jobs, in job order."""
+    per_cand: dict[int, list[int]] = {}
+    for j, (_, i) in enumerate(jobs):
+        per_cand.setdefault(i, []).append(j)
+    return per_cand
+
+
+def mean_effects(jobs: Sequence[tuple[int, int]], effects: np.ndarray, n_candidates: int) -> np.ndarray:
+    """(n_candidates, scorers): each candidate's mean effect over its measured jobs (0 where none was measured)."""
+    per_cand = jobs_by_candidate(jobs)
+    mean = np.zeros((n_candidates, effects.shape[1]))
+    for i, rows in per_cand.items():
+        values = effects[rows]
+        for s in range(effects.shape[1]):
+            if np.isfinite(values[:, s]).any():
+                mean[i, s] = np.nanmean(values[:, s])
+    return mean
 
 
 def _finite(value: float) -> float | None:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from afa_llm.attention.masking import hide_tokens
-from afa_llm.evaluation.audit import (Scorer, hidden_token_mask, measure_effects, sample_jobs,
+from afa_llm.evaluation.audit import (Scorer, hidden_token_mask, mean_effects, measure_effects, sample_jobs,
                                       skewed_candidates)
 from afa_llm.evaluation.audit_stats import Candidate, audit_scores, text_words
 from afa_llm.model.scoring import forward_scores
@@ -94,10 +94,7 @@ class Guard:
         effects = measure_effects(scorers, self.task, self.texts, jobs, self.candidates, self.skew_class,
                                   batch_size=64)
         model.train(was_training)
-        mean = np.zeros((len(self.candidates), 2))
-        for i in range(len(self.candidates)):
-            rows = [j for j, (_, c) in enumerate(jobs) if c == i and np.isfinite(effects[j, 0])]
-            mean[i] = effects[rows].mean(axis=0) if rows else 0.0
+        mean = mean_effects(jobs, effects, len(self.candidates))
         scores, _ = audit_scores(mean[:, 0], mean[:, 1])
         return scores
 
