@@ -40,7 +40,7 @@ class TrainConfig:
     # --- run ---------------------------------------------------------------------
     output_dir: str = "runs/quickstart"
     overwrite: bool = False  # start over even if output_dir already holds checkpoints
-    method: str = "afa"  # a name in afa_llm.methods.METHODS
+    method: str = "lora"  # a name in afa_llm.methods.METHODS
     seed: int = 0
     # --- model -------------------------------------------------------------------
     model: str = DEFAULT_MODEL
