@@ -132,7 +132,7 @@ def test_python_values_validate_like_overrides():
     from_api = load_config(None, values={"steps": 7, "lora_target_modules": ["q_proj", "v_proj"],
                                          "afa": {"num_masks": 3}})
     assert from_api.to_dict() == from_cli.to_dict()
-    assert load_config(None, values={"afa.num_masks": 3}).method_config.num_masks == 3
+    assert load_config(None, values={"method": "afa", "afa.num_masks": 3}).method_config.num_masks == 3
     for values, needle in [({"stepz": 3}, "stepz"), ({"steps": "many"}, "steps"), ({"steps": 0}, "steps"),
                            ({"afa": {"num_maskz": 2}}, "afa.num_maskz")]:
         with pytest.raises(UserError, match=needle):

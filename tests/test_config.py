@@ -135,7 +135,7 @@ def test_overrides_take_precedence(tmp_path):
 
 
 def test_typed_parsing_of_overrides():
-    cfg = load_config(None, ["steps=7", "learning_rate=5e-3", "mask_ratio=0.3", "advantage_norm=false",
+    cfg = load_config(None, ["method=afa", "steps=7", "learning_rate=5e-3", "mask_ratio=0.3", "advantage_norm=false",
                              "eval_limit=null", "focus_layers=1", "label_names=[neg, pos]", "lr_scheduler=constant"])
     assert cfg.steps == 7 and cfg.learning_rate == 5e-3 and isinstance(cfg.learning_rate, float)
     assert cfg.method_config.mask_ratio == 0.3 and cfg.method_config.advantage_norm is False and cfg.eval_limit is None
@@ -144,7 +144,7 @@ def test_typed_parsing_of_overrides():
 
 def test_exponent_floats_without_dot_in_yaml(tmp_path):
     # YAML 1.1 reads `2e-4` as a string; a recipe author writes it anyway.
-    cfg = load_config(write(tmp_path / "r.yaml", "learning_rate: 2e-4\ndiscriminator_lr: 1E-3\n"))
+    cfg = load_config(write(tmp_path / "r.yaml", "method: afa\nlearning_rate: 2e-4\ndiscriminator_lr: 1E-3\n"))
     assert cfg.learning_rate == 2e-4 and cfg.method_config.discriminator_lr == 1e-3
 
 
