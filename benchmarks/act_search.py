@@ -33,7 +33,7 @@ from afa_llm.act.calibration import default_eligible_layers
 from afa_llm.act.workers import shares
 from afa_llm.act.head_search import HeadSearch, prepare_batches
 from afa_llm.cli import build_task
-from afa_llm.data.loading import load_sentiment_data
+from afa_llm.data.loading import load_classification_data
 from afa_llm.attention.decoder_layers import find_decoder_layers
 from afa_llm.evaluation.leaderboard import eval_defaults
 from afa_llm.model.loading import load_model
@@ -54,7 +54,7 @@ def setup(n: int, batch_size: int):
     """The model, its eligible layers and heads, and the search over N validation rows."""
     model, tokenizer = load_model("smollm2-135m")
     model.eval()
-    data = load_sentiment_data("rotten_tomatoes")
+    data = load_classification_data("rotten_tomatoes")
     split = data.split("validation")
     ids = sorted(np.random.default_rng(0).choice(len(split), min(n, len(split)), replace=False).tolist())
     split = split.select(ids)

@@ -128,7 +128,7 @@ def main() -> None:
         sys.exit("lm-eval is not installed here: run this with .venv-bench/bin/python (setup at the top of this file)")
     import transformers
 
-    from afa_llm.data.loading import load_sentiment_data
+    from afa_llm.data.loading import load_classification_data
     from afa_llm.evaluation.evaluate import evaluate_dataset, predict_logits
     from afa_llm.model.loading import load_model, resolve_model_path
     from afa_llm.provenance import cpu_name
@@ -137,7 +137,7 @@ def main() -> None:
     assert DEFAULT_TEMPLATE == PROMPT, "the project's default template changed; update the lm-eval task YAML"
     out = Path(args.out)
     data_file = out / f"rt_test{args.n}.jsonl"
-    data = load_sentiment_data("rotten_tomatoes", split_seed=0)
+    data = load_classification_data("rotten_tomatoes", split_seed=0)
     assert data.label_names == CHOICES, data.label_names
     rows = data.split("test").select(range(args.n))
     write_rows(rows, data_file)

@@ -42,13 +42,13 @@ def main() -> None:
     from lm_eval.api.instance import Instance
     from lm_eval.api.registry import get_model
 
-    from afa_llm.data.loading import load_sentiment_data
+    from afa_llm.data.loading import load_classification_data
     from afa_llm.model.loading import load_model, resolve_model_path
     from afa_llm.model.scoring import class_logits
     from afa_llm.model.task import PromptTask
 
     torch.set_num_threads(args.threads)
-    texts = list(load_sentiment_data("rotten_tomatoes", split_seed=0).split("test")["text"][: args.n])
+    texts = list(load_classification_data("rotten_tomatoes", split_seed=0).split("test")["text"][: args.n])
     model, tokenizer = load_model("smollm2-135m", dtype="fp32", attn_implementation="sdpa")
     model.eval()
     task = PromptTask(WORDS).bind(tokenizer)

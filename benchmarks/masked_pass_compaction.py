@@ -20,7 +20,7 @@ import torch
 
 from afa_llm.attention import masking
 from afa_llm.config import load_config
-from afa_llm.data.loading import load_sentiment_data
+from afa_llm.data.loading import load_classification_data
 from afa_llm.training.setup import build_model
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config("recipes/quickstart.yaml", ["quantization=none", "method=afa"])  # AFA's mask keys
-    data = load_sentiment_data(cfg.data, split_seed=cfg.split_seed)
+    data = load_classification_data(cfg.data, split_seed=cfg.split_seed)
     model, task = build_model(cfg, types.SimpleNamespace(device=torch.device("cpu")), data.label_names)
     tokenizer = task.tokenizer
     train = data.split("train").shuffle(seed=0)

@@ -113,10 +113,10 @@ def prompt_lengths(merged: str, rows: Path) -> list[int]:
 
 
 def write_rows(merged: str, n: int, path: Path) -> int:
-    from afa_llm.data.loading import load_sentiment_data
+    from afa_llm.data.loading import load_classification_data
 
     info = json.loads((Path(merged) / "afa_merge.json").read_text())
-    data = load_sentiment_data(info.get("data") or "rotten_tomatoes", split_seed=0)
+    data = load_classification_data(info.get("data") or "rotten_tomatoes", split_seed=0)
     test = data.split("test")
     test = test.select(range(min(n, len(test))))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,12 +23,12 @@ def child(mode: str, method: str, steps: int) -> dict:
     from accelerate import Accelerator
 
     from afa_llm.config import load_config
-    from afa_llm.data.loading import load_sentiment_data
+    from afa_llm.data.loading import load_classification_data
     from afa_llm.attention.clean_pass import clean_pass
     from afa_llm.training.setup import build_model, make_method
 
     cfg = load_config("recipes/quickstart.yaml", [f"quantization={mode}", f"method={method}"])
-    data = load_sentiment_data(cfg.data, split_seed=cfg.split_seed)
+    data = load_classification_data(cfg.data, split_seed=cfg.split_seed)
     model, task = build_model(cfg, Accelerator(), data.label_names)
     tokenizer = task.tokenizer
     objective = make_method(cfg, model, task, torch.Generator().manual_seed(0))

@@ -27,7 +27,7 @@ from accelerate import Accelerator
 
 from afa_llm.attention.hook import attention_hook
 from afa_llm.config import load_config
-from afa_llm.data.loading import load_sentiment_data
+from afa_llm.data.loading import load_classification_data
 from afa_llm.attention.clean_pass import clean_pass
 from afa_llm.attention import masking
 from afa_llm.methods.adversarial import AdversarialAttention
@@ -96,7 +96,7 @@ def main() -> None:
     cfgs = [load_config("recipes/quickstart.yaml", [f"quantization={args.quantization}", f"method={m}",
                                                       *args.overrides]) for m in args.methods]
     cfg = cfgs[0]
-    data = load_sentiment_data(cfg.data, split_seed=cfg.split_seed)
+    data = load_classification_data(cfg.data, split_seed=cfg.split_seed)
     train_split = data.split("train")
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
     model, task = build_model(cfg, accelerator, data.label_names)

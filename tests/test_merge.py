@@ -165,12 +165,12 @@ def test_merge_real_smollm2(smollm2_path, tmp_path):
     |merged-dequantized-nf4 - nf4 base + adapter| max 3.1e-5, on class logits of size ~19;
     across the two bases the logits differ by up to 7.4 (the nf4 quantisation error).
     """
-    from afa_llm.data.loading import load_sentiment_data
+    from afa_llm.data.loading import load_classification_data
 
     run = make_run(tmp_path / "run", smollm2_path, quantization="nf4", b_std=2e-3, r=8)
     for base in ("original", "dequantized-nf4"):
         assert cli.main(["merge", "--adapter", str(run), "--base", base, "--output", str(tmp_path / base)]) == 0
-    test = load_sentiment_data("rotten_tomatoes").split("test").select(range(8))
+    test = load_classification_data("rotten_tomatoes").split("test").select(range(8))
     texts, names = list(test["text"]), ["negative", "positive"]
     for base, quantization in (("original", "none"), ("dequantized-nf4", "nf4")):
         model, tokenizer = load_model(smollm2_path, quantization=quantization)

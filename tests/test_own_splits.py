@@ -11,7 +11,7 @@ import pytest
 
 from afa_llm import cli
 from afa_llm.config import load_config
-from afa_llm.data.loading import load_sentiment_data
+from afa_llm.data.loading import load_classification_data
 from afa_llm.errors import UserError
 from conftest import TINY_ROWS
 
@@ -43,9 +43,9 @@ def _pairs(split) -> list[tuple[str, int]]:
 @pytest.mark.parametrize("kind", ["csv", "jsonl", "parquet", "dataset_folder"])
 def test_split_files_of_each_format_are_the_splits(tmp_path, kind):
     suffix = "" if kind == "dataset_folder" else f".{kind}"
-    data = load_sentiment_data(_write(TRAIN, tmp_path / f"train{suffix}", kind),
-                               validation_data=_write(VALIDATION, tmp_path / f"val{suffix}", kind),
-                               test_data=_write(TEST, tmp_path / f"test{suffix}", kind))
+    data = load_classification_data(_write(TRAIN, tmp_path / f"train{suffix}", kind),
+                                    validation_data=_write(VALIDATION, tmp_path / f"val{suffix}", kind),
+                                    test_data=_write(TEST, tmp_path / f"test{suffix}", kind))
     assert _pairs(data.split("validation")) == VALIDATION  # as given: every row, in file order
     assert _pairs(data.split("test")) == TEST
     assert sorted(_pairs(data.split("train"))) == sorted(TRAIN)  # nothing drawn from train
@@ -56,12 +56,12 @@ def test_split_files_of_each_format_are_the_splits(tmp_path, kind):
 
 def test_the_split_not_given_is_drawn_from_data_by_the_seed(tmp_path):
     train = _write(TRAIN, tmp_path / "train.csv")
-    plain = load_sentiment_data(train, split_seed=3)
-    own_test = load_sentiment_data(train, split_seed=3, test_data=_write(TEST, tmp_path / "test.csv"))
+    plain = load_classification_data(train, split_seed=3)
+    own_test = load_classification_data(train, split_seed=3, test_data=_write(TEST, tmp_path / "test.csv"))
     assert _pairs(own_test.split("test")) == TEST
     assert len(own_test.split("validation")) == len(plain.split("validation")) > 0
     assert sorted(_pairs(own_test.split("train")) + _pairs(own_test.split("validation"))) == sorted(TRAIN)
-    own_validation = load_sentiment_data(train, split_seed=3, validation_data=_write(VALIDATION, tmp_path / "v.csv"))
+    own_validation = load_classification_data(train, split_seed=3, validation_data=_write(VALIDATION, tmp_path / "v.csv"))
     assert sorted(_pairs(own_validation.split("test"))) == sorted(_pairs(plain.split("test")))  # the same test rows
     assert _pairs(own_validation.split("validation")) == VALIDATION
 
@@ -69,8 +69,8 @@ def test_the_split_not_given_is_drawn_from_data_by_the_seed(tmp_path):
 def test_string_labels_map_by_name_whatever_the_row_order(tmp_path):
     train_rows = sorted(TRAIN, key=lambda row: -row[1])  # positive rows first
     test_rows = sorted(TEST, key=lambda row: row[1])  # negative rows first
-    data = load_sentiment_data(_write(train_rows, tmp_path / "train.csv", named=True),
-                               test_data=_write(test_rows, tmp_path / "test.csv", named=True))
+    data = load_classification_data(_write(train_rows, tmp_path / "train.csv", named=True),
+                                    test_data=_write(test_rows, tmp_path / "test.csv", named=True))
     assert data.label_names == ["negative", "positive"]
     assert _pairs(data.split("test")) == test_rows
     topics = [("goal in the final minute", "sports"), ("the vote on the budget", "politics")] * 4
@@ -78,7 +78,7 @@ def test_string_labels_map_by_name_whatever_the_row_order(tmp_path):
     frame = lambda rows: pd.DataFrame(rows, columns=["text", "label"])  # noqa: E731
     frame(topics).to_csv(tmp_path / "topics_train.csv", index=False)
     frame(topics[::-1]).to_csv(tmp_path / "topics_test.csv", index=False)
-    data = load_sentiment_data(str(tmp_path / "topics_train.csv"), test_data=str(tmp_path / "topics_test.csv"))
+    data = load_classification_data(str(tmp_path / "topics_train.csv"), test_data=str(tmp_path / "topics_test.csv"))
     assert [data.label_names[y] for y in data.split("test")["label"]] == [y for _, y in topics[::-1]]
 
 
@@ -92,22 +92,22 @@ def test_dataset_dict_folder_splits_are_used_as_they_are(tmp_path):
     full = DatasetDict({"train": split(TRAIN), "validation": split(VALIDATION), "test": split(TEST)})
     full = full.cast_column("label", ClassLabel(names=["bad", "good"]))
     full.save_to_disk(folder)
-    data = load_sentiment_data(folder)
+    data = load_classification_data(folder)
     assert data.label_names == ["bad", "good"]  # the ClassLabel's names
     assert [_pairs(data.split(s)) for s in ("train", "validation", "test")] == [TRAIN, VALIDATION, TEST]
 
     DatasetDict({"train": split(TRAIN + VALIDATION), "test": split(TEST)}).save_to_disk(str(tmp_path / "no_val"))
-    data = load_sentiment_data(str(tmp_path / "no_val"), split_seed=1)
+    data = load_classification_data(str(tmp_path / "no_val"), split_seed=1)
     assert _pairs(data.split("test")) == TEST
     assert len(data.split("validation")) > 0  # drawn from train by the split seed
     assert sorted(_pairs(data.split("train")) + _pairs(data.split("validation"))) == sorted(TRAIN + VALIDATION)
     # a test file wins over the folder's own test split
-    data = load_sentiment_data(str(tmp_path / "no_val"), test_data=_write(TEST[:3], tmp_path / "t.csv"))
+    data = load_classification_data(str(tmp_path / "no_val"), test_data=_write(TEST[:3], tmp_path / "t.csv"))
     assert _pairs(data.split("test")) == TEST[:3]
 
 
 def test_texts_shared_with_train_get_a_note(tmp_path, capsys):
-    load_sentiment_data(_write(TRAIN, tmp_path / "train.csv"), test_data=_write(TRAIN[:2] + TEST, tmp_path / "t.csv"))
+    load_classification_data(_write(TRAIN, tmp_path / "train.csv"), test_data=_write(TRAIN[:2] + TEST, tmp_path / "t.csv"))
     assert "note: 2 of the 8 texts of the test split" in capsys.readouterr().err
 
 

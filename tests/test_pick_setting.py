@@ -40,9 +40,9 @@ def test_scores_the_validation_split_and_reuses_the_score(tmp_path, tiny_model_d
     assert pick.main([str(grid_file)]) == 0
     first = capsys.readouterr().out
     score = json.loads((root / "lora-seed0" / pick.SCORE_FILE).read_text())
-    from afa_llm.data.loading import load_sentiment_data
+    from afa_llm.data.loading import load_classification_data
 
-    assert score["n"] == len(load_sentiment_data(learnable_csv, split_seed=0).split("validation"))
+    assert score["n"] == len(load_classification_data(learnable_csv, split_seed=0).split("validation"))
     assert 0 <= score["accuracy"] <= 1 and score["loss"] > 0
     (root / "at_x-seed0" / pick.SCORE_FILE).write_text(json.dumps(dict(score, accuracy=1.0)))  # cached: not re-run
     assert pick.main([str(grid_file)]) == 0

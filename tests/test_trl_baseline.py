@@ -34,10 +34,10 @@ def _cfg(tmp_path, model_dir, data, *extra):
 
 
 def _task(cfg, tiny_model):
-    from afa_llm.data.loading import load_sentiment_data
+    from afa_llm.data.loading import load_classification_data
     from afa_llm.training.setup import build_task
 
-    data = load_sentiment_data(cfg.data, split_seed=cfg.split_seed)
+    data = load_classification_data(cfg.data, split_seed=cfg.split_seed)
     return build_task(cfg, data.label_names, tiny_model[1]), data.split("train")
 
 

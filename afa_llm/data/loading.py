@@ -1,6 +1,6 @@
-"""Sentiment data: local files, offline packaged corpora, and hub data sets.
+"""Labelled classification data: local files, offline packaged corpora, and hub data sets.
 
-Every loader returns a `SentimentData`: a `datasets.DatasetDict` with ``train``,
+Every loader returns a `ClassificationData`: a `datasets.DatasetDict` with ``train``,
 ``validation`` and ``test`` splits (columns ``text`` and integer ``label``), the class
 names, and the split seed, which every result records.
 
@@ -22,6 +22,10 @@ onto them by name, and a label training never saw is an error.
 ``split("all")`` is every row of a file or packaged corpus in its own order, duplicates
 included (whole-file evaluation, `afa-llm eval --split all`), then the rows of the given split
 files; for hub data and a DatasetDict folder, the splits joined.
+
+Deprecated: ``SentimentData`` and ``load_sentiment_data``, the old names of `ClassificationData` and
+`load_classification_data` (the data need not be sentiment), work until the next release with a
+`DeprecationWarning`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import dataclasses
 import importlib.metadata
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -54,7 +59,7 @@ ALIASES = {"rt": "rotten_tomatoes", "mr": "rotten_tomatoes", "rottentomatoes": "
 
 
 @dataclass
-class SentimentData:
+class ClassificationData:
     splits: DatasetDict
     label_names: list[str]
     source: str
@@ -74,14 +79,14 @@ class SentimentData:
         return self.splits[name]
 
 
-def load_data(spec: DataSpec) -> SentimentData:
+def load_data(spec: DataSpec) -> ClassificationData:
     """The seeded splits of a `DataSpec`."""
-    return load_sentiment_data(spec.data, text_column=spec.text_column, label_column=spec.label_column,
-                               label_names=spec.label_names, split_seed=spec.split_seed,
-                               validation_data=spec.validation_data, test_data=spec.test_data)
+    return load_classification_data(spec.data, text_column=spec.text_column, label_column=spec.label_column,
+                                    label_names=spec.label_names, split_seed=spec.split_seed,
+                                    validation_data=spec.validation_data, test_data=spec.test_data)
 
 
-def load_sentiment_data(
+def load_classification_data(
     spec: str,
     *,
     text_column: str = "text",
@@ -92,7 +97,7 @@ def load_sentiment_data(
     test_fraction: float = 0.15,
     validation_data: str | None = None,
     test_data: str | None = None,
-) -> SentimentData:
+) -> ClassificationData:
     """Load ``spec`` and return seeded train/validation/test splits; ``validation_data`` / ``test_data``
     name files that give those splits instead (then no share of ``spec`` is drawn for them)."""
     files = {name: path for name, path in (("validation", validation_data), ("test", test_data)) if path}
@@ -102,7 +107,7 @@ def load_sentiment_data(
 
 
 def _source_data(spec: str, text_column: str, label_column: str, label_names: Sequence[str] | None,
-                 split_seed: int, validation_fraction: float, test_fraction: float) -> SentimentData:
+                 split_seed: int, validation_fraction: float, test_fraction: float) -> ClassificationData:
     """The splits of the ``data`` spec alone (a zero fraction: that split comes from a file)."""
     name = ALIASES.get(spec.lower(), spec.lower())
     if name in PACKAGED:
@@ -116,7 +121,7 @@ def _source_data(spec: str, text_column: str, label_column: str, label_names: Se
                                       validation_fraction, test_fraction)
     texts, labels, names = _validate_columns(frame, spec, text_column, label_column, label_names)
     splits = stratified_splits(texts, labels, split_seed, validation_fraction, test_fraction)
-    return SentimentData(splits, names, spec, split_seed, Dataset.from_dict({"text": texts, "label": labels}))
+    return ClassificationData(splits, names, spec, split_seed, Dataset.from_dict({"text": texts, "label": labels}))
 
 
 # ---- reading ------------------------------------------------------------------
@@ -230,7 +235,7 @@ def _default_names(n: int) -> list[str]:
 
 
 # ---- splitting -------------------------------------------------------------------
-def check_splits_nonempty(data: SentimentData, names: Sequence[str], data_name: str, hint: str = "") -> None:
+def check_splits_nonempty(data: ClassificationData, names: Sequence[str], data_name: str, hint: str = "") -> None:
     """One line when a seeded split that a job needs is empty (a data set too small to split); ``hint``: the fix."""
     empty = [name for name in names if len(data.split(name)) == 0]
     if empty:
@@ -280,8 +285,8 @@ def text_key(text: str) -> str:
 
 
 # ---- splits given as they are ---------------------------------------------------------
-def _with_split_files(data: SentimentData, files: dict[str, str], text_column: str,
-                      label_column: str) -> SentimentData:
+def _with_split_files(data: ClassificationData, files: dict[str, str], text_column: str,
+                      label_column: str) -> ClassificationData:
     """``data`` with the splits of ``files`` (split name -> validation_data / test_data file) read from
     them; their labels map onto the training data's classes."""
     if not files:
@@ -306,7 +311,7 @@ def _labelled(frame: pd.DataFrame, source: str, text_column: str, label_column: 
 
 def _dataset_dict_data(saved: DatasetDict, folder: str, text_column: str, label_column: str,
                        label_names: Sequence[str] | None, split_seed: int, validation_fraction: float,
-                       test_fraction: float) -> SentimentData:
+                       test_fraction: float) -> ClassificationData:
     """A `DatasetDict.save_to_disk` folder: its validation and test splits as they are; one it lacks
     is drawn from its train split by ``split_seed`` (a zero fraction: a file gives that split)."""
     if "train" not in saved:
@@ -325,7 +330,7 @@ def _dataset_dict_data(saved: DatasetDict, folder: str, text_column: str, label_
     for name in own:
         splits[name] = _labelled(saved[name].to_pandas(), given[name], text_column, label_column, names)
     _note_shared_texts(splits, {name: given[name] for name in own})
-    return SentimentData(DatasetDict(splits), names, folder, split_seed, given_splits=given)
+    return ClassificationData(DatasetDict(splits), names, folder, split_seed, given_splits=given)
 
 
 def _feature_names(split: Dataset, label_column: str) -> list[str] | None:
@@ -343,7 +348,7 @@ def _note_shared_texts(splits: dict[str, Dataset], given: dict[str, str]) -> Non
                   "train split", file=sys.stderr)
 
 
-def _hub_data(spec, text_column, label_column, label_names, split_seed, validation_fraction) -> SentimentData:
+def _hub_data(spec, text_column, label_column, label_names, split_seed, validation_fraction) -> ClassificationData:
     """Hub data sets keep their own test split (or validation, e.g. SST-2)."""
     from datasets import load_dataset
 
@@ -359,8 +364,20 @@ def _hub_data(spec, text_column, label_column, label_names, split_seed, validati
     test_texts, test_labels, _ = _validate_columns(frames[test_split], spec, text_column, label_column, names)
     splits = stratified_splits(train_texts, train_labels, split_seed, validation_fraction, 0.0)
     splits["test"] = Dataset.from_dict({"text": test_texts, "label": test_labels})
-    return SentimentData(splits, names, spec, split_seed)
+    return ClassificationData(splits, names, spec, split_seed)
 
 
 def _has_labels(split: Dataset, label_column: str) -> bool:
     return label_column in split.column_names and min(split[label_column][:100]) >= 0
+
+
+_RENAMED = {"SentimentData": "ClassificationData", "load_sentiment_data": "load_classification_data"}
+
+
+def __getattr__(name: str):
+    """The deprecated old names (see the module doc), with a one-line `DeprecationWarning`."""
+    if name in _RENAMED:
+        warnings.warn(f"afa_llm.data.loading.{name} is deprecated; use {_RENAMED[name]} (the old name works until "
+                      "the next release)", DeprecationWarning, stacklevel=2)
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,7 +18,7 @@ from datasets import DatasetDict
 
 from afa_llm.attention.probe import AnswerAttentionProbe
 from afa_llm.config import TrainConfig
-from afa_llm.data.loading import SentimentData, check_splits_nonempty, load_data
+from afa_llm.data.loading import ClassificationData, check_splits_nonempty, load_data
 from afa_llm.defaults import lora_targets
 from afa_llm.errors import UserError
 from afa_llm.methods import MethodContext, TrainingMethod, build_method
@@ -90,7 +90,7 @@ def batch_indices(n: int, seed: int, micro_step: int, batch_size: int, world: in
     return chunk[rank * batch_size : (rank + 1) * batch_size]
 
 
-def load_training_data(cfg: TrainConfig) -> tuple[SentimentData, object]:
+def load_training_data(cfg: TrainConfig) -> tuple[ClassificationData, object]:
     """The run's data set and its training split (the first ``train_limit`` rows, if set)."""
     data = load_data(DataSpec(**{key: getattr(cfg, key) for key in DATA_KEYS}))  # validation/test files too
     # the final test, and the validations if any, need their splits: refuse before training, not after
@@ -116,7 +116,7 @@ def run_shortcut(cfg: TrainConfig, label_names: list[str]) -> ShortcutSpec | Non
                         cfg.shortcut_purity, cfg.shortcut_position)
 
 
-def plant_run_shortcut(cfg: TrainConfig, data: SentimentData) -> SentimentData:
+def plant_run_shortcut(cfg: TrainConfig, data: ClassificationData) -> ClassificationData:
     """``data`` with the run's cue planted in its train and validation splits; test stays clean."""
     from afa_llm.data.shortcut import check_cue_absent, plant_shortcut, split_seed_for
 

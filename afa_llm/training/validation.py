@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from peft import PeftModel
 
     from afa_llm.config import TrainConfig
-    from afa_llm.data.loading import SentimentData
+    from afa_llm.data.loading import ClassificationData
     from afa_llm.model.task import PromptTask
 
 BEST_DIR = "best"  # under checkpoints/; not a step-N folder, so pruning and resume never touch it
@@ -82,7 +82,7 @@ def validation_record(report: dict, step: int) -> dict:
     return {"step": step, "accuracy": report["accuracy"], "loss": float(-np.log(np.clip(gold, 1e-12, 1)).mean())}
 
 
-def validate(accelerator: Accelerator, peft_model: PeftModel, task: PromptTask, data: SentimentData, cfg: TrainConfig,
+def validate(accelerator: Accelerator, peft_model: PeftModel, task: PromptTask, data: ClassificationData, cfg: TrainConfig,
              step: int) -> dict:
     """Score the validation split on the main process; every rank returns its record."""
     record = [None]
@@ -199,7 +199,7 @@ def head_record(task: PromptTask, cfg: TrainConfig) -> dict:
             "label_tokens": [len(t) for t in task.label_token_seqs]}
 
 
-def final_results(accelerator: Accelerator, peft_model: PeftModel, task: PromptTask, data: SentimentData,
+def final_results(accelerator: Accelerator, peft_model: PeftModel, task: PromptTask, data: ClassificationData,
                   cfg: TrainConfig, frequent: torch.Tensor, history: list[dict], stopper: EarlyStopping, last_step: int,
                   name: str | None = None, extra: dict | None = None) -> dict:
     """Test the run (the selected checkpoint, the base), save adapter/ and results.json.
