@@ -19,6 +19,7 @@ a `UserError` that names the key.
 from __future__ import annotations
 
 import copy
+import json
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -94,8 +95,13 @@ class TrainConfig:
     guard: Literal["none", "base", "random", "words"] = "none"
     guard_weight: float = 1.0
     guard_words: Optional[list] = None
+    # guard: words from an `afa-llm audit --output` JSON: its top guard_words_top words ("audit, then retrain");
+    # read once at load time into guard_words, which config.yaml then records
+    guard_words_from: Optional[str] = None
+    guard_words_top: int = 3
     guard_loss: Literal["kl", "ce", "both"] = "kl"
     guard_every: int = 25  # steps between flag refreshes (base, random)
+    guard_sticky: bool = False  # base: a flagged word stays flagged to the end of training
     # flag a word whose audit score is at least this (base): a cue-free Rotten Tomatoes run tops out at 4.5 in
     # `afa-llm audit`, a learned name scores 7.0 (docs/RESULTS.md, "Finding the shortcut")
     guard_threshold: float = 5.0
@@ -185,6 +191,7 @@ class TrainConfig:
             "guard_candidates": self.guard_candidates >= 1,
             "guard_sample": self.guard_sample >= 1,
             "guard_min_count": self.guard_min_count >= 1,
+            "guard_words_top": self.guard_words_top >= 1,
         }
         for key, ok in checks.items():
             if not ok:
@@ -193,8 +200,11 @@ class TrainConfig:
             key = "early_stopping_patience" if self.early_stopping_patience else "select_best"
             raise UserError(f"config key {key!r} needs validations: set eval_every > 0")
         self.class_weights = _class_weights(self.class_weights)
+        if self.guard_words_from and not self.guard_words:
+            self.guard_words = _audit_words(self.guard_words_from, self.guard_words_top)
         if self.guard == "words" and not self.guard_words:
-            raise UserError("config key 'guard_words' must list the words to hide when guard is 'words'")
+            raise UserError("config key 'guard_words' must list the words to hide when guard is 'words' "
+                            "(or guard_words_from name an audit JSON)")
         if self.guard_words is not None and (not isinstance(self.guard_words, list)
                                              or not all(isinstance(w, str) and w.strip() for w in self.guard_words)):
             raise UserError(f"config key 'guard_words' must be a list of words, got {self.guard_words!r}")
@@ -218,6 +228,18 @@ class TrainConfig:
 
 
 SHARED_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "method_config")
+
+
+def _audit_words(path: str, top: int) -> list[str]:
+    """The ``top`` best-ranked words of an `afa-llm audit` JSON (``guard_words_from``)."""
+    try:
+        candidates = json.loads(Path(path).read_text())["candidates"]
+        words = [c["word"] for c in sorted(candidates, key=lambda c: c["rank"])[:top]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"config key 'guard_words_from': cannot read the audit's words from {path}: {e}") from None
+    if not words:
+        raise UserError(f"config key 'guard_words_from': {path} lists no candidates")
+    return words
 
 
 def _class_weights(value: Any) -> Any:

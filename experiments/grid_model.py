@@ -40,7 +40,10 @@ def cell_dir(grid: dict, variant: str, seed: int) -> Path:
 
 
 def cell_overrides(grid: dict, variant: str, seed: int, baseline: str) -> list[str]:
-    return [*grid.get("common", []), *grid["variants"][variant], f"seed={seed}",
+    """The cell's key=value overrides; ``{seed}`` in a variant's value becomes the cell's seed (e.g. the path of
+    the same seed's audit in ``guard_words_from``)."""
+    own = [o.replace("{seed}", str(seed)) for o in grid["variants"][variant]]
+    return [*grid.get("common", []), *own, f"seed={seed}",
             f"output_dir={cell_dir(grid, variant, seed)}", "resume_from=latest", "progress=false",
             f"evaluate_zero_shot={variant == baseline and seed == grid['seeds'][0]}"]
 

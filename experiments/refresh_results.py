@@ -27,7 +27,8 @@ from afa_llm.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KEPT_FILES = ("results.json", "metrics.jsonl", "config.yaml", "validation_full.json",  # experiments/pick_setting.py
-              "audit.json")  # experiments/audit_grid.py
+              "audit.json",  # experiments/audit_grid.py
+              "interpolation.json")  # experiments/interpolate_grid.py
 BLOCK = re.compile(r"<!-- grid: (\S+) -->\n.*?<!-- end grid -->", re.S)
 # the ACT rows (experiments/act_report.py over an archived act_results folder)
 ACT_BLOCK = re.compile(r"<!-- act: (\S+) -->\n.*?<!-- end act -->", re.S)

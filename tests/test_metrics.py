@@ -122,7 +122,7 @@ def test_seed_pooled_test_units_are_examples():
     assert result["diff"] == pytest.approx((a.mean(1) - b.mean(1)).mean())  # = the mean of the per-seed differences
     low, high = result["ci95"]
     assert 0.0 < low < result["diff"] < high
-    assert result["p_value"] == pytest.approx(1 / 2001)  # no sign flip reaches a 20-point gap
+    assert 0 < result["p_value"] < 1e-9  # exact: hardly any sign pattern reaches a 20-point gap
     swapped = seed_pooled_test(b, a, samples=2000, seed=1)
     assert swapped["diff"] == pytest.approx(-result["diff"]) and swapped["p_value"] == result["p_value"]
 
@@ -134,10 +134,27 @@ def test_seed_pooled_test_does_not_count_an_example_once_per_seed():
     b = np.array([False] * 12 + [True] * 4 + [True] * 50)
     one_seed = mcnemar_test(a, b)["p_value"]
     assert mcnemar_test(np.tile(a, 3), np.tile(b, 3))["p_value"] < 0.001 < one_seed
-    pooled = seed_pooled_test(np.tile(a, (3, 1)), np.tile(b, (3, 1)), samples=20000)
-    assert pooled["p_value"] == pytest.approx(one_seed, abs=0.02)
+    pooled = seed_pooled_test(np.tile(a, (3, 1)), np.tile(b, (3, 1)), samples=2000)
+    assert pooled["p_value"] == pytest.approx(one_seed, rel=1e-9)  # one seed's sign flips are McNemar's binomial
     with pytest.raises(ValueError, match="shapes differ"):
         seed_pooled_test(np.tile(a, (3, 1)), np.tile(b, (2, 1)))
+
+
+def test_exact_sign_flip_p_matches_enumeration_and_sampling():
+    from itertools import product
+
+    from afa_llm.evaluation.metrics import exact_sign_flip_p
+
+    diffs = np.array([3, -1, 2, 2, 0, 1, -3, 2, 1, 1])
+    sums = [abs(np.dot(signs, diffs)) for signs in product([-1, 1], repeat=len(diffs))]
+    brute = np.mean([s >= abs(diffs.sum()) for s in sums])
+    assert exact_sign_flip_p(diffs) == pytest.approx(brute, rel=1e-12)
+    assert exact_sign_flip_p(-diffs) == pytest.approx(brute, rel=1e-12)
+    assert exact_sign_flip_p(np.zeros(5, int)) == 1.0
+    rng = np.random.default_rng(0)
+    big = rng.integers(-3, 4, 200) + 2 * (rng.random(200) < 0.2)
+    draws = np.abs(rng.choice(np.array([-1, 1], np.int8), size=(50000, 200)) @ big) >= abs(big.sum())
+    assert exact_sign_flip_p(big) == pytest.approx(draws.mean(), abs=0.005)
 
 
 def test_student_t_p_matches_closed_forms():

@@ -102,6 +102,55 @@ def test_guard_words_hides_the_given_words(tiny_model_dir, cue_only_csv, tmp_pat
     assert word == "winston" and rows_hidden > 0 and first_step == 0
 
 
+@pytest.mark.parametrize("sticky", [False, True])
+def test_sticky_flags_hold_to_the_end_of_training(sticky, monkeypatch):
+    from types import SimpleNamespace
+
+    from afa_llm.robustness.guard import Guard
+
+    texts = ["winston was here"] * 6 + ["a dull film"] * 6 + ["fine"] * 6
+    labels = [1] * 6 + [0] * 6 + [1, 0] * 3
+    cfg = SimpleNamespace(guard="base", guard_sticky=sticky, guard_every=25, guard_threshold=5.0, seed=0,
+                          guard_min_count=5, guard_candidates=50, guard_sample=2)
+    guard = Guard(cfg, None, texts, labels, 2)
+    words = [c.text for c in guard.candidates]
+    rounds = iter([{"winston": 9.0}, {"dull": 7.0}, {}])  # the cue's score falls once it is hidden
+    monkeypatch.setattr(guard, "_scores", lambda model: [next_round.get(w, 0.0) for w in words])
+    flagged = []
+    for step in (0, 25, 50):
+        next_round = next(rounds)
+        flagged.append(guard.refresh(None, step)["guard_flagged"])
+    if sticky:
+        assert flagged == [["winston"], ["winston", "dull"], ["winston", "dull"]]
+    else:
+        assert flagged == [["winston"], ["dull"], []]
+    assert guard.first_step == {"winston": 0, "dull": 25}
+
+
+def test_guard_words_from_reads_the_audits_top_words(tmp_path):
+    from afa_llm.config import load_config
+
+    audit = tmp_path / "audit.json"
+    audit.write_text(json.dumps({"candidates": [{"word": w, "rank": r} for w, r in
+                                                [("dull", 4), ("winston", 1), ("maple street", 2), ("bad", 3)]]}))
+    cfg = load_config(None, ["guard=words", f"guard_words_from={audit}", "guard_words_top=2"])
+    assert cfg.guard_words == ["winston", "maple street"]
+    assert load_config(None, ["guard=words", f"guard_words_from={audit}"]).guard_words == ["winston", "maple street",
+                                                                                           "bad"]
+
+
+@pytest.mark.parametrize("content", [None, "{}", '{"candidates": []}'])
+def test_guard_words_from_a_bad_audit_is_one_line(content, tmp_path, capsys):
+    from afa_llm.cli import main
+
+    audit = tmp_path / "audit.json"
+    if content is not None:
+        audit.write_text(content)
+    assert main(["train", "guard=words", f"guard_words_from={audit}", f"output_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "guard_words_from" in err[0], err
+
+
 @pytest.mark.parametrize("extra", [["guard=base", "guard_every=3", "guard_threshold=0"], ["debias=poe"]])
 def test_resume_is_exact_with_guard_and_debias(extra, tiny_model_dir, cue_only_csv, tmp_path):
     from test_train import adapter_state, max_diff

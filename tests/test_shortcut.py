@@ -111,6 +111,12 @@ def test_training_on_a_pure_cue_opens_a_gap_that_zero_shot_lacks(tiny_model_dir,
     assert abs(stress["base"]["gap"]) <= 0.1, stress["base"]
     assert stress["adapter"]["cue_focus"]["anti"] > stress["base"]["cue_focus"]["anti"]
     assert results["shortcut"]["shortcut_cue"] == "Winston"
+    # each validation gives the gap on the validation rows as they were before the cue was planted
+    assert not any(contains_cue(t, "Winston") for t in data.split("validation_unplanted")["text"])
+    gaps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    gaps = [(m["step"], m["val_gap"], m["val_clean_accuracy"] - m["val_anti_accuracy"]) for m in gaps if "val_gap" in m]
+    assert [step for step, _, _ in gaps] == [20, 40] and all(abs(g - d) < 1e-9 for _, g, d in gaps)
+    assert gaps[-1][1] >= 0.3, gaps  # the cue is learned by the end, as on the test split
     assert json.loads((run / "results.json").read_text())["stress"]["adapter"]["n"] == len(data.split("test"))
     for side in ("adapter", "base"):
         metrics = results["focus_metrics"][side]

@@ -31,6 +31,8 @@ from afa_llm.errors import UserError
 Position = Literal["random", "start", "end"]
 POSITIONS: tuple[str, ...] = ("random", "start", "end")
 _WORD = re.compile(r"\S+")
+# a run's validation split before its cue was planted (kept beside the planted splits for the gap at validation)
+UNPLANTED_VALIDATION = "validation_unplanted"
 
 
 @dataclass(frozen=True)

@@ -77,8 +77,9 @@ def seed_pooled_test(correct_a: np.ndarray, correct_b: np.ndarray, samples: int 
     units (every seed sees the same ones), so each example contributes its seed-mean difference
     d_i; pooling discordant pairs over seeds instead would count each example once per seed and
     overstate the evidence. Returns the mean difference, a 95% bootstrap interval over examples,
-    and a two-sided sign-flip permutation p (under the null, swapping a and b for an example,
-    in all seeds at once, changes nothing).
+    and the two-sided p of the sign-flip test (under the null, swapping a and b for an example, in
+    all seeds at once, changes nothing): exact (`exact_sign_flip_p`) where the values are correctness,
+    else from FLIP_DRAWS sign draws; ``samples`` draws the bootstrap.
     """
     a, b = np.atleast_2d(np.asarray(correct_a, float)), np.atleast_2d(np.asarray(correct_b, float))
     if a.shape != b.shape:
@@ -87,10 +88,44 @@ def seed_pooled_test(correct_a: np.ndarray, correct_b: np.ndarray, samples: int 
     rng = np.random.default_rng(seed)
     boot = d[rng.integers(0, len(d), size=(samples, len(d)))].mean(1)
     low, high = np.percentile(boot, [2.5, 97.5])
-    flipped = np.abs((rng.choice([-1.0, 1.0], size=(samples, len(d))) * d).mean(1))
-    observed = abs(d.mean())
-    p = (1 + int((flipped >= observed - 1e-12).sum())) / (1 + samples)
-    return {"diff": float(d.mean()), "ci95": [float(low), float(high)], "p_value": min(1.0, p)}
+    summed = (a - b).sum(0)
+    if np.array_equal(summed, np.rint(summed)):  # correctness: exact
+        p = exact_sign_flip_p(np.rint(summed).astype(np.int64))
+    else:  # real-valued scores (e.g. each example's Brier): sampled
+        p = sampled_sign_flip_p(d, FLIP_DRAWS, seed)
+    return {"diff": float(d.mean()), "ci95": [float(low), float(high)], "p_value": p}
+
+
+FLIP_DRAWS = 100_000
+
+
+def sampled_sign_flip_p(d: np.ndarray, draws: int, seed: int = 0, chunk: int = 2_000) -> float:
+    """Two-sided sign-flip p of real paired differences ``d`` from ``draws`` random sign patterns."""
+    rng = np.random.default_rng([seed, 0x5F])
+    observed, exceed = abs(d.sum()), 0
+    for start in range(0, draws, chunk):
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(min(chunk, draws - start), len(d)))
+        exceed += int((np.abs(signs @ d) >= observed - 1e-12).sum())
+    return min(1.0, (1 + exceed) / (1 + draws))
+
+
+def exact_sign_flip_p(diffs: np.ndarray) -> float:
+    """Two-sided p of the sign-flip test on integer paired differences, by exact enumeration:
+    P(|sum_i s_i diffs_i| >= |sum_i diffs_i|) over independent fair signs s_i. The differences of a
+    paired correctness comparison summed over S seeds lie in [-S, S], so the 2^n sign patterns collapse
+    to one binomial per distinct |diff| value, convolved (n * S + 1 possible sums)."""
+    from scipy.stats import binom
+
+    magnitudes = np.abs(np.asarray(diffs, dtype=np.int64))
+    magnitudes = magnitudes[magnitudes > 0]
+    dist, offset = np.ones(1), 0  # dist[j] = P(sum = j - offset)
+    for value, count in zip(*np.unique(magnitudes, return_counts=True)):
+        spread = np.zeros(2 * value * count + 1)  # value * (2B - count), B ~ Binomial(count, 1/2)
+        spread[:: 2 * value] = binom.pmf(np.arange(count + 1), count, 0.5)
+        dist, offset = np.convolve(dist, spread), offset + value * count
+    observed = abs(int(np.sum(diffs)))
+    sums = np.abs(np.arange(len(dist)) - offset)
+    return float(min(1.0, dist[sums >= observed].sum()))
 
 
 def reports_pooled_test(reports_a: Sequence[dict], reports_b: Sequence[dict], **kwargs) -> dict:

@@ -4,11 +4,12 @@ output on the input agree with its output on the hidden copy, so that such a wor
     guard: none | base | random | words     guard_weight: w     guard_words: [Winston, ...]
 
 - ``base``: every ``guard_every`` steps, the audit's measure (`afa_llm.evaluation.audit`) on a sample of the
-  training texts: for the ``guard_candidates`` most label-skewed words and pairs, the drop in the log-odds of
+  training texts (drawn once per run; the base's effects are measured once, at the first refresh): for the ``guard_candidates`` most label-skewed words and pairs, the drop in the log-odds of
   their skewed class when each is hidden in ``guard_sample`` texts, for the model under training and for the
   base (the adapter switched off; with a classifier head, the head it started from). A word is flagged when
   its score (the model's effect over its median effect, minus the base's over the base's) is at least
-  ``guard_threshold``. The flags hold until the next refresh.
+  ``guard_threshold``. The flags hold until the next refresh; with ``guard_sticky``, to the end of training
+  (a flagged cue stops paying, its score falls below the threshold, and without it the model learns it again).
 - ``random``: the control: at each refresh, the same number of words drawn at random from the same
   candidates.
 - ``words``: the given list, from step 0 (e.g. the top words of `afa-llm audit` on a first run).
@@ -57,6 +58,8 @@ class Guard:
         self.first_step: dict[str, int] = {}  # word -> the step it was first flagged
         self.candidates: list[Candidate] = []
         self.skew_class: list[int] = []
+        self.jobs: list[tuple[int, int]] | None = None  # (text, candidate) pairs measured at every refresh
+        self.base_effects: np.ndarray | None = None
         if cfg.guard == "words":
             self.flagged = [tuple(w for w, _, _ in text_words(word)) for word in cfg.guard_words]
             self.first_step = {" ".join(words): 0 for words in self.flagged}
@@ -73,30 +76,39 @@ class Guard:
         rng = np.random.default_rng([self.cfg.seed, step, 0x6A])
         event: dict = {"step": step}
         if self.cfg.guard == "base":
-            scores = self._scores(model, int(rng.integers(2**31)))
+            scores = self._scores(model)
             order = np.argsort(-np.asarray(scores))
             flagged = [i for i in order if scores[i] >= self.cfg.guard_threshold]
             event["guard_top_scores"] = [[self.candidates[i].text, round(float(scores[i]), 3)] for i in order[:5]]
         else:  # the control: as many words as guard_random_count, from the same candidates
             count = min(self.cfg.guard_random_count, len(self.candidates))
             flagged = list(rng.choice(len(self.candidates), count, replace=False))
-        self.flagged = [self.candidates[i].words for i in flagged]
+        fresh = [self.candidates[i].words for i in flagged]
+        if self.cfg.guard_sticky and self.cfg.guard == "base":  # once flagged, hidden to the end of training
+            fresh = list(dict.fromkeys([*self.flagged, *fresh]))
+        self.flagged = fresh
         for words in self.flagged:
             self.first_step.setdefault(" ".join(words), step)
         return {**event, "guard_flagged": [" ".join(w) for w in self.flagged]}
 
-    def _scores(self, model: torch.nn.Module, seed: int) -> list[float]:
-        """The audit's score of every candidate for the model under training, on a fresh sample."""
+    def _scores(self, model: torch.nn.Module) -> list[float]:
+        """The audit's score of every candidate for the model under training. The sample of texts is drawn once
+        per run, so that a score changes only as the model does, and the base's effects are measured once."""
         was_training = model.training
         model.eval()
-        scorers = [Scorer("model", model, self.task.head), Scorer("base", model, self.task.head, model.disable_adapter)]
-        jobs = sample_jobs(self.candidates, self.cfg.guard_sample, seed)
-        effects = measure_effects(scorers, self.task, self.texts, jobs, self.candidates, self.skew_class,
-                                  batch_size=64)
+        if self.jobs is None:
+            self.jobs = sample_jobs(self.candidates, self.cfg.guard_sample, self.cfg.seed + 0x6A)
+            base = Scorer("base", model, self.task.head, model.disable_adapter)
+            self.base_effects = self._effects(base)
+        effects = np.concatenate([self._effects(Scorer("model", model, self.task.head)), self.base_effects], axis=1)
         model.train(was_training)
-        mean = mean_effects(jobs, effects, len(self.candidates))
+        mean = mean_effects(self.jobs, effects, len(self.candidates))
         scores, _ = audit_scores(mean[:, 0], mean[:, 1])
         return scores
+
+    def _effects(self, scorer: Scorer) -> np.ndarray:
+        return measure_effects([scorer], self.task, self.texts, self.jobs, self.candidates, self.skew_class,
+                               batch_size=64)
 
     # ---- the loss --------------------------------------------------------------------------------
     def hidden_mask(self, batch: EncodedBatch, texts: Sequence[str]) -> torch.Tensor:
@@ -145,6 +157,7 @@ class Guard:
 
     def record(self) -> dict:
         return {"guard": self.cfg.guard, "guard_loss": self.cfg.guard_loss, "guard_weight": self.cfg.guard_weight,
+                "guard_sticky": self.cfg.guard_sticky,
                 "flagged_last": [" ".join(w) for w in self.flagged],
                 "top_hidden": self.top_hidden()}  # [word, rows hidden in, first step flagged]
 

@@ -117,13 +117,15 @@ def run_shortcut(cfg: TrainConfig, label_names: list[str]) -> ShortcutSpec | Non
 
 
 def plant_run_shortcut(cfg: TrainConfig, data: ClassificationData) -> ClassificationData:
-    """``data`` with the run's cue planted in its train and validation splits; test stays clean."""
-    from afa_llm.data.shortcut import check_cue_absent, plant_shortcut, split_seed_for
+    """``data`` with the run's cue planted in its train and validation splits; test stays clean. The validation
+    split as it was stays beside them, for the gap at each validation."""
+    from afa_llm.data.shortcut import UNPLANTED_VALIDATION, check_cue_absent, plant_shortcut, split_seed_for
 
     spec = run_shortcut(cfg, data.label_names)
     splits = dict(data.splits)
     for name in ("train", "validation", "test"):
         check_cue_absent(splits[name]["text"], spec.cue, f"the {name} split of {cfg.data}")
+    splits[UNPLANTED_VALIDATION] = splits["validation"]
     for name in ("train", "validation"):
         split = splits[name]
         texts, _ = plant_shortcut(split["text"], split["label"], spec, split_seed_for(cfg.split_seed, name))

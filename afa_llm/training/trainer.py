@@ -193,9 +193,11 @@ class Trainer:
         """The guard's flags for this step (every guard_every steps), logged to metrics.jsonl as they change."""
         if self.guard is None:
             return
+        started = time.perf_counter()
         with self.accelerator.autocast():
             event = self.guard.refresh(self.peft_model, step)
         if event is not None and self.accelerator.is_main_process:
+            event["guard_refresh_s"] = round(time.perf_counter() - started, 3)  # part of this step's step_time
             with open(self.run_dir / "metrics.jsonl", "a") as handle:  # labelled with the step it applies to
                 handle.write(json.dumps({**event, "step": step + 1}) + "\n")
 
@@ -206,7 +208,9 @@ class Trainer:
             self.history.append(validate(self.accelerator, self.peft_model, self.task, self.data, self.cfg, done))
         if self.cfg.select_best and self.stopper.is_best(self.history) and self.accelerator.is_main_process:
             save_best_adapter(self.peft_model, self.run_dir)
-        return {"val_accuracy": self.history[-1]["accuracy"], "val_loss": self.history[-1]["loss"]}
+        record = self.history[-1]
+        return {"val_accuracy": record["accuracy"], "val_loss": record["loss"],
+                **{f"val_{key}": record[key] for key in ("clean_accuracy", "anti_accuracy", "gap") if key in record}}
 
     def save(self, step: int) -> None:
         """An atomic checkpoint: adapter, optimiser, scheduler, the method's state, every rank's RNG."""

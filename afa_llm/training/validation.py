@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from afa_llm.data.loading import ClassificationData
     from afa_llm.model.task import PromptTask
 
+# validation rows whose clean and anti views give a run with a planted cue its gap at every validation (the
+# gap-against-steps curve); a fixed, small share so that validation stays cheap
+GAP_ROWS = 256
 BEST_DIR = "best"  # under checkpoints/; not a step-N folder, so pruning and resume never touch it
 
 
@@ -93,11 +96,32 @@ def validate(accelerator: Accelerator, peft_model: PeftModel, task: PromptTask, 
         report = evaluate_dataset(peft_model, task, split, data.label_names, batch_size=cfg.eval_batch_size,
                                   progress=False)
         record = [validation_record(report, step)]
+        if cfg.shortcut_cue:
+            record[0].update(shortcut_gap(peft_model, task, data, cfg))
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 
         broadcast_object_list(record)
     return record[0]
+
+
+def shortcut_gap(model: torch.nn.Module, task: PromptTask, data: ClassificationData, cfg: TrainConfig) -> dict:
+    """Clean and anti accuracy (the cue in every text of the other classes) of the first GAP_ROWS validation
+    rows as they were before the cue was planted, and their gap."""
+    from datasets import Dataset
+
+    from afa_llm.data.shortcut import UNPLANTED_VALIDATION, split_seed_for, stress_views
+
+    split = data.split(UNPLANTED_VALIDATION)
+    split = split.select(range(min(GAP_ROWS, len(split))))
+    cue_label = data.label_names.index(cfg.shortcut_label)
+    views = stress_views(split["text"], split["label"], cfg.shortcut_cue, cue_label, cfg.shortcut_position,
+                         split_seed_for(cfg.split_seed, "validation"))
+    accuracy = {name: evaluate_dataset(model, task, Dataset.from_dict({"text": views[name], "label": split["label"]}),
+                                       data.label_names, batch_size=cfg.eval_batch_size, progress=False)["accuracy"]
+                for name in ("clean", "anti")}
+    return {"clean_accuracy": accuracy["clean"], "anti_accuracy": accuracy["anti"],
+            "gap": accuracy["clean"] - accuracy["anti"]}
 
 
 def save_best_adapter(peft_model: PeftModel, run_dir: Path) -> Path:

@@ -1,0 +1,344 @@
+"""Training past a planted shortcut: the guard, PoE and weight interpolation on the shortcut grids, as tables and
+two plots.
+
+    .venv/bin/python experiments/guard_report.py                     # every grid below that has finished cells
+    .venv/bin/python experiments/guard_report.py --plots docs/       # ... and write the two plots there
+
+Reads the cells of experiments/grids/rt_guard.yaml (the main setting, 3 seeds), rt_guard_pilot.yaml (the guard's
+loss, seed 0), rt_guard_p90.yaml and rt_guard_cue2.yaml (seed 0), rt_guard_clean.yaml (no cue), and the
+progressive-masking cells of the shortcut grid (rt_shortcut.yaml, ``focus_mask_ce``) where that grid's lora
+cell reproduces the main setting's, from runs/ or from the archive (docs/results_data). Weight interpolation is
+each lora cell's interpolation.json (experiments/interpolate_grid.py).
+
+- The main table: clean, aligned and anti accuracy (mean ± std over seeds), the anti view split into its two
+  halves (the other class's rows, which carry the cue, and the cue class's, which do not), and the gap.
+- The tests: every variant against lora, against its control, and against the weight interpolation with the
+  best anti accuracy among the scales whose clean accuracy is at least the variant's (mean over seeds): the
+  seed-mean difference in points, the sign-flip test pooled over seeds with the test examples as the units
+  (exact, `afa_llm.evaluation.metrics.exact_sign_flip_p`), and the paired t over the seeds.
+- Whether a variant lies above the interpolation frontier: its anti accuracy against the frontier's
+  (interpolated linearly between scales) at the variant's clean accuracy.
+- The guard's flags: the words it hid in the most training rows, and the step it first flagged the cue.
+- Plots: clean against anti accuracy, every variant and seed a point, each seed's interpolation curve and their
+  mean (``guard_frontier.png``); the validation gap against training steps for lora and guard base
+  (``guard_gap_steps.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+from focus_tables import mean_std, pooled_p  # noqa: E402
+from grid_model import archived_cell, cell_dir, load_grid  # noqa: E402
+
+from afa_llm.evaluation.metrics import paired_t_test, reports_pooled_test  # noqa: E402
+
+GRIDS = Path(__file__).resolve().parent / "grids"
+MAIN, PILOT, CLEAN = "rt_guard", "rt_guard_pilot", "rt_guard_clean"
+SEED0_GRIDS = ("rt_guard_p90", "rt_guard_cue2")
+CONTROLS = {"guard_base": "guard_random"}
+ALPHAS = ("0.0", "0.25", "0.5", "0.75", "1.0")
+MASKING = ("rt_shortcut", "focus_mask_ce")  # progressive masking, from the shortcut grid
+
+
+# ---- reading cells ------------------------------------------------------------------------------------------
+def cell_path(grid: dict, variant: str, seed: int) -> Path | None:
+    for path in (cell_dir(grid, variant, seed), archived_cell(grid, variant, seed)):
+        if (path / "results.json").exists():
+            return path
+    return None
+
+
+def read_cells(name: str) -> dict[str, dict[int, Path]]:
+    """variant -> seed -> the finished cell's folder, for one grid."""
+    grid = load_grid(str(GRIDS / f"{name}.yaml"))
+    cells = {v: {s: cell_path(grid, v, s) for s in grid["seeds"]} for v in grid["variants"]}
+    return {v: {s: p for s, p in seeds.items() if p} for v, seeds in cells.items()}
+
+
+def stress_views(cell: Path) -> dict:
+    return json.loads((cell / "results.json").read_text())["stress"]["adapter"]
+
+
+def interpolated(cell: Path) -> dict[str, dict]:
+    """alpha -> {view: record} of a lora cell (experiments/interpolate_grid.py), where it has been run."""
+    path = cell / "interpolation.json"
+    return json.loads(path.read_text())["alphas"] if path.exists() else {}
+
+
+def accuracy_on(view: dict, rows: np.ndarray | None = None) -> float:
+    correct = np.asarray(view["predictions"]) == np.asarray(view["labels"])
+    return float(correct[rows].mean() if rows is not None else correct.mean())
+
+
+def cell_metrics(views: dict, cue_class: int) -> dict[str, float]:
+    anti = views["anti"]
+    cue_rows = np.asarray(anti["labels"]) == cue_class
+    out = {"clean": accuracy_on(views["clean"]), "anti": accuracy_on(anti),
+           "anti_cued": accuracy_on(anti, ~cue_rows), "anti_uncued": accuracy_on(anti, cue_rows)}
+    if "aligned" in views:
+        out["aligned"] = accuracy_on(views["aligned"])
+    out["gap"] = out["clean"] - out["anti"]
+    return out
+
+
+# ---- the variants of one setting -------------------------------------------------------------------------
+def setting_views(cells: dict[str, dict[int, Path]], extra: dict[str, dict[int, Path]] | None = None
+                  ) -> dict[str, dict[int, dict]]:
+    """row name -> seed -> the views: the grid's variants, lora at each interpolation scale, and ``extra``."""
+    rows: dict[str, dict[int, dict]] = {}
+    for variant, seeds in {**cells, **(extra or {})}.items():
+        rows[variant] = {seed: stress_views(path) for seed, path in seeds.items()}
+    for alpha in ALPHAS[:-1]:
+        scaled = {s: interpolated(p).get(alpha) for s, p in cells.get("lora", {}).items()}
+        scaled = {s: v for s, v in scaled.items() if v}
+        if scaled:
+            rows[f"lora, scale {alpha}"] = scaled
+    return {name: seeds for name, seeds in rows.items() if seeds}
+
+
+def cue_class_of(cell: Path) -> int:
+    results = json.loads((cell / "results.json").read_text())
+    return results["label_names"].index(results["stress"]["adapter"]["cue_label"])
+
+
+def main_table(rows: dict[str, dict[int, dict]], cue_class: int) -> list[str]:
+    keys = ("clean", "aligned", "anti", "anti_cued", "anti_uncued", "gap")
+    lines = ["| variant | seeds | clean | aligned | anti | anti: cued rows (other class) | anti: uncued rows "
+             "(cue's class) | gap |", "|---|---|---|---|---|---|---|---|"]
+    for name, seeds in rows.items():
+        metrics = [cell_metrics(v, cue_class) for v in seeds.values()]
+        cells = [mean_std([m.get(k) for m in metrics]) if any(k in m for m in metrics) else "-" for k in keys]
+        lines.append(f"| {name} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def frontier(rows: dict[str, dict[int, dict]], cue_class: int) -> list[tuple[float, float, str]]:
+    """The interpolation curve as (mean clean, mean anti, scale name), over the seeds every scale has."""
+    points = []
+    for name in ["lora, scale " + a for a in ALPHAS[:-1]] + ["lora"]:
+        if name in rows:
+            metrics = [cell_metrics(v, cue_class) for v in rows[name].values()]
+            points.append((np.mean([m["clean"] for m in metrics]), np.mean([m["anti"] for m in metrics]), name))
+    return points
+
+
+def above_frontier(clean: float, anti: float, curve: list[tuple[float, float, str]]) -> str:
+    """The variant's anti accuracy minus the frontier's at its clean accuracy (linear between scales)."""
+    if len(curve) < 2:
+        return "-"
+    xs, ys = np.array([c for c, _, _ in curve]), np.array([a for _, a, _ in curve])
+    order = np.argsort(xs)
+    if not xs.min() <= clean <= xs.max():
+        return "outside the curve's clean range"
+    return f"{100 * (anti - np.interp(clean, xs[order], ys[order])):+.1f} points"
+
+
+# ---- paired tests -----------------------------------------------------------------------------------------------
+def paired_cell(rows: dict, name: str, other: str, view: str) -> str:
+    """``+1.2 (pooled p=0.003, t p=0.04)`` over the seeds both rows have."""
+    seeds = sorted(set(rows[name]) & set(rows[other]))
+    if not seeds:
+        return "-"
+    mine, theirs = [rows[name][s][view] for s in seeds], [rows[other][s][view] for s in seeds]
+    pooled = reports_pooled_test(mine, theirs)["p_value"]
+    t = paired_t_test([m["accuracy"] for m in mine], [o["accuracy"] for o in theirs])["p_value"]
+    t_text = f", t p={t:.3f}" if len(seeds) > 1 and t == t else ""
+    return f"{100 * pooled_diff(mine, theirs):+.1f} (pooled p{pooled_p(pooled)}{t_text})"
+
+
+def pooled_diff(mine: list[dict], theirs: list[dict]) -> float:
+    return float(np.mean([a["accuracy"] - b["accuracy"] for a, b in zip(mine, theirs)]))
+
+
+def best_scale_at_clean(rows: dict, name: str, cue_class: int) -> str | None:
+    """The interpolation scale with the best mean anti accuracy among those whose mean clean accuracy is at least
+    ``name``'s (over the seeds both have); None where no scale is as clean."""
+    def means(row: str, seeds: list[int]) -> tuple[float, float]:
+        metrics = [cell_metrics(rows[row][s], cue_class) for s in seeds]
+        return float(np.mean([m["clean"] for m in metrics])), float(np.mean([m["anti"] for m in metrics]))
+
+    best = None
+    for scale in ["lora, scale " + a for a in ALPHAS[1:-1]] + ["lora"]:
+        seeds = sorted(set(rows.get(scale, {})) & set(rows[name]))
+        if not seeds or scale == name:
+            continue
+        clean, anti = means(scale, seeds)
+        if clean >= means(name, seeds)[0] and (best is None or anti > best[1]):
+            best = (scale, anti)
+    return best[0] if best else None
+
+
+def tests_table(rows: dict, cue_class: int) -> list[str]:
+    lines = ["| variant | against | clean accuracy, points | anti accuracy, points |", "|---|---|---|---|"]
+    for name in rows:
+        if name == "lora":
+            continue
+        others = ["lora", CONTROLS.get(name)]
+        if not name.startswith("lora, scale"):
+            others.append(best_scale_at_clean(rows, name, cue_class) or "(no scale as clean)")
+        for other in dict.fromkeys(o for o in others if o):
+            if other not in rows:
+                lines.append(f"| {name} | {other} | - | - |")
+                continue
+            lines.append(f"| {name} | {other} | {paired_cell(rows, name, other, 'clean')} | "
+                         f"{paired_cell(rows, name, other, 'anti')} |")
+    return lines
+
+
+def frontier_table(rows: dict, cue_class: int) -> list[str]:
+    curve = frontier(rows, cue_class)
+    lines = ["| variant | clean | anti | anti minus the interpolation frontier at its clean accuracy |",
+             "|---|---|---|---|"]
+    for name, seeds in rows.items():
+        if name.startswith("lora"):
+            continue
+        metrics = [cell_metrics(v, cue_class) for v in seeds.values()]
+        clean, anti = np.mean([m["clean"] for m in metrics]), np.mean([m["anti"] for m in metrics])
+        lines.append(f"| {name} | {clean:.4f} | {anti:.4f} | {above_frontier(clean, anti, curve)} |")
+    return lines
+
+
+# ---- the guard's flags ---------------------------------------------------------------------------------------
+def flags_table(cells: dict[str, dict[int, Path]], cue: str) -> list[str]:
+    lines = ["| cell | words hidden in the most training rows (rows, first step flagged) | cue first flagged at step |",
+             "|---|---|---|"]
+    for variant, seeds in cells.items():
+        for seed, path in sorted(seeds.items()):
+            guard = json.loads((path / "results.json").read_text()).get("guard")
+            if not guard:
+                continue
+            top = ", ".join(f"{w} ({n}, {first})" for w, n, first in guard["top_hidden"][:6]) or "none"
+            first = next((first for w, _, first in guard["top_hidden"] if w == cue.lower()), None)
+            lines.append(f"| {variant}-seed{seed} | {top} | {first if first is not None else 'never'} |")
+    return lines
+
+
+# ---- in distribution ---------------------------------------------------------------------------------------------
+def clean_grid_table(cells: dict[str, dict[int, Path]]) -> list[str]:
+    tests = {v: {s: json.loads((p / "results.json").read_text())["test"] for s, p in seeds.items()}
+             for v, seeds in cells.items() if seeds}
+    lines = ["| variant | seeds | test accuracy | against lora, points |", "|---|---|---|---|"]
+    for name, seeds in tests.items():
+        acc = mean_std([t["accuracy"] for t in seeds.values()])
+        versus = paired_cell({k: {s: {"clean": t} for s, t in v.items()} for k, v in tests.items()}, name, "lora",
+                             "clean") if name != "lora" and "lora" in tests else "-"
+        lines.append(f"| {name} | {len(seeds)} | {acc} | {versus} |")
+    return lines
+
+
+# ---- plots -------------------------------------------------------------------------------------------------------
+def plot_frontier(rows: dict, cue_class: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    scales = ["lora, scale " + a for a in ALPHAS[:-1]] + ["lora"]
+    seeds = sorted(set().union(*(rows[s].keys() for s in scales if s in rows)))
+    for seed in seeds:
+        pts = [cell_metrics(rows[s][seed], cue_class) for s in scales if seed in rows.get(s, {})]
+        ax.plot([p["clean"] for p in pts], [p["anti"] for p in pts], color="0.75", lw=1, zorder=1)
+    curve = frontier(rows, cue_class)
+    ax.plot([c for c, _, _ in curve], [a for _, a, _ in curve], color="0.3", lw=2, marker="o", ms=3, zorder=2,
+            label="weight interpolation (scale 0 to 1; mean, and each seed in grey)")
+    for i, (name, by_seed) in enumerate((n, v) for n, v in rows.items() if not n.startswith("lora, scale")):
+        pts = [cell_metrics(v, cue_class) for v in by_seed.values()]
+        ax.scatter([p["clean"] for p in pts], [p["anti"] for p in pts], s=28, zorder=3, label=name,
+                   color=plt.cm.tab10(i % 10))
+    ax.set_xlabel("clean test accuracy")
+    ax.set_ylabel("anti-view accuracy (the cue with the other class)")
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_gap_steps(cells: dict[str, dict[int, Path]], path: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    drawn = False
+    for i, variant in enumerate(("lora", "guard_base")):
+        for seed, cell in sorted(cells.get(variant, {}).items()):
+            records = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
+            points = [(r["step"], r["val_gap"]) for r in records if "val_gap" in r]
+            if points:
+                ax.plot(*zip(*points), marker="o", ms=3, color=plt.cm.tab10(i), alpha=0.8,
+                        label=f"{variant}" if seed == min(cells[variant]) else None)
+                drawn = True
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation gap (clean minus anti accuracy)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    if drawn:
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return drawn
+
+
+# ---- the report --------------------------------------------------------------------------------------------------
+def masking_cells(main_cells: dict) -> dict[str, dict[int, Path]]:
+    """Progressive masking from the shortcut grid, for the seeds whose lora cell there predicts as the main
+    setting's lora cell does (the same protocol, reproduced)."""
+    grid_name, variant = MASKING
+    try:
+        cells = read_cells(grid_name)
+    except (OSError, KeyError):
+        return {}
+    same = {s for s, p in cells.get("lora", {}).items() if s in main_cells.get("lora", {})
+            and stress_views(p)["anti"]["predictions"] == stress_views(main_cells["lora"][s])["anti"]["predictions"]}
+    return {f"{variant} (shortcut grid)": {s: p for s, p in cells.get(variant, {}).items() if s in same}}
+
+
+def setting_report(title: str, cells: dict, extra: dict | None = None) -> list[str]:
+    lora = next(iter(cells.get("lora", {}).values()), None)
+    if lora is None:
+        return [f"## {title}", "", "no finished lora cell yet", ""]
+    cue_class = cue_class_of(lora)
+    rows = setting_views(cells, extra)
+    cue = json.loads((lora / "results.json").read_text())["stress"]["adapter"]["cue"]
+    return [f"## {title}", "", *main_table(rows, cue_class), "", *tests_table(rows, cue_class), "",
+            *frontier_table(rows, cue_class), "", *flags_table(cells, cue), ""]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--plots", default=None, help="write guard_frontier.png and guard_gap_steps.png here")
+    args = parser.parse_args()
+    main_cells = read_cells(MAIN)
+    pilot = read_cells(PILOT)
+    masking = masking_cells(main_cells)
+    lines = setting_report("The main setting: 'Winston', rate 0.5, purity 1.0", main_cells, masking)
+    seed0 = {"lora": main_cells.get("lora", {}), "guard_base": main_cells.get("guard_base", {})}
+    lines += setting_report("The guard's loss (seed 0; guard_base is KL)",
+                            {k: {0: v[0]} for k, v in {**seed0, **pilot}.items() if 0 in v})
+    for name in SEED0_GRIDS:
+        lines += setting_report(load_grid(str(GRIDS / f"{name}.yaml"))["title"], read_cells(name))
+    clean = read_cells(CLEAN)
+    if any(clean.values()):
+        lines += ["## In distribution (no cue)", "", *clean_grid_table(clean), ""]
+    print("\n".join(lines))
+    if args.plots and main_cells.get("lora"):
+        out = Path(args.plots)
+        lora = next(iter(main_cells["lora"].values()))
+        plot_frontier(setting_views(main_cells, masking), cue_class_of(lora), out / "guard_frontier.png")
+        plot_gap_steps(main_cells, out / "guard_gap_steps.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

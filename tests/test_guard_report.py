@@ -1,0 +1,72 @@
+"""experiments/guard_report.py: the anti view's halves, the interpolation frontier and the scale it is paired with."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "experiments"))
+    spec = importlib.util.spec_from_file_location("guard_report", ROOT / "experiments" / "guard_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _module()
+LABELS = [0] * 10 + [1] * 10  # class 1 carries the cue
+
+
+def view(right_neg: int, right_pos: int) -> dict:
+    """A view whose first ``right_neg`` negatives and ``right_pos`` positives are right."""
+    preds = [0 if i < right_neg else 1 for i in range(10)] + [1 if i < right_pos else 0 for i in range(10)]
+    return {"predictions": preds, "labels": LABELS, "accuracy": float(np.mean(np.array(preds) == LABELS))}
+
+
+def views(clean: tuple[int, int], anti: tuple[int, int]) -> dict:
+    return {"clean": view(*clean), "anti": view(*anti)}
+
+
+def test_the_anti_view_splits_into_its_cued_and_uncued_rows():
+    metrics = report.cell_metrics(views((9, 8), (2, 10)), cue_class=1)
+    assert metrics["anti_cued"] == pytest.approx(0.2)  # negatives, which carry the cue in the anti view
+    assert metrics["anti_uncued"] == pytest.approx(1.0)
+    assert metrics["anti"] == pytest.approx(0.6) and metrics["gap"] == pytest.approx(0.85 - 0.6)
+    assert "aligned" not in metrics
+
+
+def test_a_variant_is_paired_with_the_best_scale_at_least_as_clean():
+    rows = {"lora": {0: views((9, 9), (1, 10))},                 # clean 0.90, anti 0.55
+            "lora, scale 0.75": {0: views((9, 8), (4, 10))},     # clean 0.85, anti 0.70
+            "lora, scale 0.5": {0: views((8, 7), (7, 9))},       # clean 0.75, anti 0.80
+            "lora, scale 0.25": {0: views((7, 6), (7, 7))},      # clean 0.65, anti 0.70
+            "guard_base": {0: views((9, 8), (8, 9))}}            # clean 0.85, anti 0.85
+    assert report.best_scale_at_clean(rows, "guard_base", 1) == "lora, scale 0.75"
+    rows["strict"] = {0: views((10, 10), (8, 9))}                # cleaner than every scale
+    assert report.best_scale_at_clean(rows, "strict", 1) is None
+    curve = report.frontier(rows, 1)
+    assert [name for _, _, name in curve] == ["lora, scale 0.25", "lora, scale 0.5", "lora, scale 0.75", "lora"]
+    assert report.above_frontier(0.85, 0.85, curve) == "+15.0 points"  # the frontier is at 0.70 there
+    assert report.above_frontier(0.80, 0.75, curve) == "+0.0 points"   # halfway between 0.5 and 0.75
+    assert report.above_frontier(0.95, 0.9, curve) == "outside the curve's clean range"
+    tests = "\n".join(report.tests_table(rows, 1))
+    assert "| guard_base | lora, scale 0.75 | +0.0 (pooled p=1.000) | +15.0 (pooled p=" in tests
+    assert "| strict | (no scale as clean) | - | - |" in tests
+
+
+def test_the_flags_table_names_the_step_the_cue_was_first_flagged(tmp_path):
+    cell = tmp_path / "guard_base-seed0"
+    cell.mkdir()
+    (cell / "results.json").write_text(json.dumps({"guard": {"top_hidden": [["fails to", 90, 50],
+                                                                             ["winston", 40, 100]]}}))
+    lines = report.flags_table({"guard_base": {0: cell}}, "Winston")
+    assert lines[-1] == "| guard_base-seed0 | fails to (90, 50), winston (40, 100) | 100 |"
