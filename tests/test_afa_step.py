@@ -32,7 +32,8 @@ B, G = 4, 4
 def make_cfg(*overrides: str):
     afa = [f"afa.num_masks={G}", "afa.lambda_pg_warmup_steps=0", "afa.lambda_pg=1.0", "afa.median_window=64",
            "afa.discriminator_hidden=32", "afa.discriminator_lr=1e-2"]
-    return load_config(None, ["quantization=none", "max_text_tokens=32", f"batch_size={B}", *afa, *overrides])
+    return load_config(None, ["method=afa", "quantization=none", "max_text_tokens=32", f"batch_size={B}", *afa,
+                              *overrides])
 
 
 @pytest.fixture(scope="module")
