@@ -323,6 +323,9 @@ def main() -> int:
     pilot = read_cells(PILOT)
     masking = masking_cells(main_cells)
     lines = setting_report("The main setting: 'Winston', rate 0.5, purity 1.0", main_cells, masking)
+    if not any(masking.values()):
+        lines += ["Progressive masking (the shortcut grid's focus_mask_ce) is left out: no lora cell of that grid "
+                  "predicts as this grid's lora cell of the same seed does (the protocol does not reproduce).", ""]
     seed0 = {"lora": main_cells.get("lora", {}), "guard_base": main_cells.get("guard_base", {})}
     lines += setting_report("The guard's loss (seed 0; guard_base is KL)",
                             {k: {0: v[0]} for k, v in {**seed0, **pilot}.items() if 0 in v})
