@@ -11,7 +11,7 @@
 them); `load` resolves a run, adapter, merged folder or model as `afa-llm predict` does
 (`afa_llm.runs.resolve_scorer`, `afa_llm.model.adapters.load_scorer`); `Classifier.predict` is
 `afa-llm predict`'s scoring (`afa_llm.inference.predict.predict_texts`) and `Classifier.evaluate` is
-`afa-llm eval`'s report (`afa_llm.evaluation.report.evaluate_request`).
+`afa-llm eval`'s report (`afa_llm.evaluation.request.evaluate_request`).
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class Classifier:
         and probabilities, the focus metrics) on ``split`` of ``data`` (default: the run's data set and
         split seed). ``data_options``: text_column, label_column, label_names, split_seed, validation_data,
         test_data. ``focus_n`` / ``faithfulness_n``: rows for the focus metrics (default: the CLI's)."""
-        from afa_llm.evaluation.report import EvalRequest, evaluate_request
+        from afa_llm.evaluation.request import EvalRequest, evaluate_request
 
         unknown = sorted(set(data_options) - set(DATA_KEYS))
         if unknown:

@@ -8,7 +8,8 @@ import torch
 from datasets import Dataset
 
 from afa_llm.errors import UserError
-from afa_llm.evaluation.evaluate import evaluate_dataset, format_report, predict_logits
+from afa_llm.evaluation.evaluate import evaluate_dataset, predict_logits
+from afa_llm.evaluation.report import format_report
 from afa_llm.model.adapters import attach_adapter, resolve_adapter_dir
 from afa_llm.model.loading import load_model
 from afa_llm.model.scoring import class_logits, forward_scores

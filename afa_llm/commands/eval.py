@@ -1,5 +1,5 @@
 """``afa-llm eval``: score a model (+ adapter) on a labelled data set with its head (label words or a classifier)
-(`afa_llm.evaluation.report.evaluate_request`), print the table and write the JSON report.
+(`afa_llm.evaluation.request.evaluate_request`), print the table and write the JSON report.
 
 ``--adapter-scale ALPHA`` scores the adapter's LoRA update times ALPHA (WiSE-FT weight interpolation:
 0 is the base, 1 the adapter; the report records ``adapter_scale``). A classifier head is a trained
@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed for drawing demonstrations (default: %(default)s)")
     parser.add_argument("--output", default=None,
                         help="also write the report as JSON to this file (with per-example predictions and "
-                             "probabilities, expected calibration error `ece` and Brier score `brier`)")
+                             "probabilities, and the confidence calibration: expected calibration error `ece` "
+                             "and Brier score `brier`)")
     parser.add_argument("--reliability-plot", default=None, metavar="FILE.png",
                         help="also draw the reliability diagram (accuracy per confidence bin, the 15 bins of "
                              "the expected calibration error) to this .png/.pdf/.svg file")
@@ -61,9 +62,9 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from afa_llm.evaluation.evaluate import format_report
     from afa_llm.evaluation.focus_metrics import format_focus_metrics
-    from afa_llm.evaluation.report import EvalRequest, evaluate_request
+    from afa_llm.evaluation.report import format_report
+    from afa_llm.evaluation.request import EvalRequest, evaluate_request
 
     check_args(args)
     resolved = options.resolve(args)

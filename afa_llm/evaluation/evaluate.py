@@ -1,4 +1,6 @@
-"""Prompt-based evaluator: zero-shot / few-shot label-word scoring over a split.
+"""The evaluator: a split's rows scored with the task's head, zero-shot or few-shot, into a report's scores
+(accuracy, macro-F1, per-class scores, and confidence calibration: ECE and Brier). The report's other parts and
+its printed table are `afa_llm.evaluation.report`'s; ``afa-llm eval`` runs `afa_llm.evaluation.request`.
 
 Rows are sorted by prompt length before batching (less padding: ~1.7x faster on CPU)
 and restored to their original order afterwards, so per-example predictions line up
@@ -117,10 +119,10 @@ def evaluate_with_focus(
     """Evaluate on ``dataset``: the report dict with per-example predictions, and the focus over their
     text tokens of the rows ``focus_on`` (in that order), read off the same pass (`score_rows`).
 
-    Besides accuracy and macro-F1 the report has ``ece`` (expected calibration error,
-    15 equal-width bins on the max probability) and ``brier`` (mean over examples of
-    the sum over classes of (p - onehot)^2), both from ``probabilities``, the softmax
-    of the class logits (see `afa_llm.evaluation.metrics`).
+    Besides accuracy and macro-F1 the report has the confidence calibration: ``ece`` (expected
+    calibration error, 15 equal-width bins on the max probability) and ``brier`` (mean over examples
+    of the sum over classes of (p - onehot)^2), both from ``probabilities``, the softmax of the class
+    logits (see `afa_llm.evaluation.metrics`).
     """
     if len(dataset) == 0:
         raise UserError("the evaluation split is empty")
@@ -159,24 +161,3 @@ def scores_from_probabilities(probs: np.ndarray, labels: Sequence[int], label_na
         }
     )
     return report
-
-
-def format_report(report: dict, label_names: Sequence[str], title: str = "") -> str:
-    """A plain-text table of a report (what `afa-llm eval` prints)."""
-    lines = [title] if title else []
-    lines.append(
-        f"n={report['n']}  accuracy={report['accuracy']:.4f}  macro_f1={report['macro_f1']:.4f}  "
-        f"ece={report['ece']:.4f}  brier={report['brier']:.4f}  examples/s={report['examples_per_second']:.1f}"
-    )
-    width = max(9, *(len(n) for n in label_names))
-    lines.append(f"{'class':<{width}}  precision  recall  f1      support")
-    for name in label_names:
-        row = report["per_class"][name]
-        lines.append(
-            f"{name:<{width}}  {row['precision']:9.4f}  {row['recall']:6.4f}  {row['f1']:6.4f}  {row['support']:7d}"
-        )
-    lines.append("confusion matrix (rows = true, columns = predicted):")
-    lines.append(" " * (width + 2) + "  ".join(f"{n[:8]:>8}" for n in label_names))
-    for name, row in zip(label_names, report["confusion_matrix"]):
-        lines.append(f"{name:<{width}}  " + "  ".join(f"{v:8d}" for v in row))
-    return "\n".join(lines)
