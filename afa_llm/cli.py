@@ -19,20 +19,23 @@ from afa_llm.errors import TrainingDiverged, UserError
 # subcommand -> module with `add_arguments(parser)` and `run(args) -> int`
 SUBCOMMANDS = {
     "eval": ("afa_llm.commands.eval", "Score a model, a run or a merged folder on a labelled split: accuracy, macro-F1, per-class F1 "
-                                      "and calibration (ECE, Brier)."),
+                                      "and confidence calibration (ECE, Brier)."),
     "train": ("afa_llm.commands.train", "Train a LoRA classifier from a YAML recipe (method=lora|afa|at|vat|iat|attn_rp; "
                                         "head=label_words|classifier), checkpointed and resumable."),
     "predict": ("afa_llm.commands.predict", "Classify new texts (CSV, JSONL, parquet, or lines on stdin) with a "
                                             "trained run or merged model: predicted label and class probabilities "
                                             "per row."),
     "merge": ("afa_llm.commands.merge", "Merge a trained LoRA adapter into a full-precision base for deployment."),
-    "calibrate": ("afa_llm.commands.calibrate", "ACT: search the attention heads whose sink calibration helps "
-                                                "(training-free), write act.json for eval/predict --act."),
+    "calibrate": ("afa_llm.commands.calibrate", "Attention calibration (ACT, training-free): search the attention "
+                                                "heads whose attention-sink calibration helps, write act.json for "
+                                                "eval/predict/merge --act."),
     "focus": ("afa_llm.commands.focus", "Render where the model looks (answer-position focus) as HTML and PNG."),
     "stress": ("afa_llm.commands.stress", "Shortcut stress test: score clean, aligned and anti views of a cue word "
                                           "(gap, McNemar p, focus on the cue)."),
     "audit": ("afa_llm.commands.audit", "Shortcut audit: rank the words a trained classifier leans on beyond what the "
                                         "zero-shot base would (hiding each word, label skew), as a table, JSON and HTML."),
+    "prior": ("afa_llm.commands.prior", "Correct a stored eval report without the model: a label-prior correction "
+                                        "(normalize, offset) or temperature scaling, fitted on another report."),
     "leaderboard": ("afa_llm.commands.leaderboard", "Evaluate many runs/models and write leaderboard.md/.csv/.png."),
 }
 

@@ -32,6 +32,7 @@ from afa_llm.defaults import (DEFAULT_DATA, DEFAULT_DTYPE, DEFAULT_HEAD, DEFAULT
                               DEFAULT_TRUNCATION, DTYPE_NAMES, FAITHFULNESS_ROWS, FOCUS_METRIC_ROWS, HEADS,
                               LABEL_COLUMN, LEXICON_THRESHOLD, LORA_ATTENTION_TARGETS, QUANTIZATIONS, TEXT_COLUMN,
                               TRAIN_MAX_TEXT_TOKENS, TRUNCATIONS)
+from afa_llm.deprecations import upgrade_config
 from afa_llm.errors import UserError
 
 
@@ -372,6 +373,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, *, 
         _apply_override(raw, item)
     for key, value in (values or {}).items():
         _apply_value(raw, key, value)
+    upgrade_config(raw, saved)  # old names (truncation: head) for one release; a run's own config.yaml silently
     methods = method_classes()
     method = str(raw.get("method", TrainConfig.method))
     if method not in methods:

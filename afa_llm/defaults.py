@@ -21,7 +21,9 @@ DTYPE_NAMES = ("fp32", "bf16", "fp16")
 # (docs/PERFORMANCE.md). Training speeds up with ``mixed_precision: bf16`` instead, over fp32 weights.
 DEFAULT_DTYPE = "fp32"
 SCORING_QUANTIZATION = "none"  # scoring loads the base in full precision; training's own default is nf4
-TRUNCATIONS = ("head", "head_tail")  # how over-long texts are cut (afa_llm.model.task.truncate)
+# how over-long texts are cut (afa_llm.model.task.truncate): start keeps the first N tokens, start_end the first
+# quarter and the last three quarters of them (the old names head / head_tail: afa_llm.deprecations)
+TRUNCATIONS = ("start", "start_end")
 HEADS = ("label_words", "classifier")  # how a prompt becomes class scores (afa_llm.model.heads)
 DEFAULT_TRUNCATION, DEFAULT_HEAD = TRUNCATIONS[0], HEADS[0]
 TEXT_COLUMN, LABEL_COLUMN = "text", "label"  # of a local data file, unless --text-column / --label-column
@@ -34,7 +36,7 @@ LORA_MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
 # - training (`TrainConfig.max_text_tokens`) defaults to 96: a step's cost grows with the longest text
 #   of its batch, and the short data sets fit whole (SmolLM2's tokenizer: Rotten Tomatoes sentences at
 #   most 78 tokens, none cut; tweets 0.14% cut). Long texts need a recipe that says so
-#   (recipes/imdb.yaml: 256 with head_tail);
+#   (recipes/imdb.yaml: 256 with start_end);
 # - scoring without a run (zero-shot `eval`, `predict --model`, `PromptTask`, `ScorerSpec`) defaults
 #   to 256: it does not know the data, a scoring pass is cheap next to a training step, and 256 holds
 #   most short documents whole (IMDB reviews: median 221 tokens, 41% longer than 256 and cut).

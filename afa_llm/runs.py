@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from afa_llm.config import TrainConfig, load_config
+from afa_llm.deprecations import truncation_name
 from afa_llm.errors import UserError
 from afa_llm.model.adapters import adapter_classes, check_adapter_scale, resolve_adapter_dir
 from afa_llm.specs import (DATA_KEYS, PROMPT_KEYS, DataSpec, Resolved, ScorerSpec, class_names_for, parse_label_words,
@@ -78,8 +79,12 @@ def read_results(run_dir: Path) -> dict | None:
 
 
 def read_merge_info(folder: str | Path) -> dict | None:
-    """``afa_merge.json`` of a folder written by `afa-llm merge` (None for any other model)."""
-    return read_json(Path(folder) / MERGE_INFO)
+    """``afa_merge.json`` of a folder written by `afa-llm merge` (None for any other model); a truncation
+    mode recorded under its old name reads as the new one."""
+    info = read_json(Path(folder) / MERGE_INFO)
+    if info and "truncation" in info:
+        info["truncation"] = truncation_name(info["truncation"], quiet=True)
+    return info
 
 
 def base_model_spec(run: RunInfo, model: str | None) -> str:

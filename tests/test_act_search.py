@@ -211,13 +211,13 @@ def _failing_worker(*args) -> None:  # module level: a spawned process imports i
 
 
 def test_controls_write_act_files(tiny4_dir, tiny_csv, tmp_path):
-    assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--heads", "all") == 0
+    assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--attention-heads", "all") == 0
     assert load_act(tmp_path / "act-all.json").heads == {1: [0, 1, 2, 3], 2: [0, 1, 2, 3]}
     assert not (tmp_path / "search.jsonl").exists()  # no search for the all-heads control
     assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--rule", "strict") == 0
     searched = load_act(tmp_path / "act-strict.json")
     for draw in (0, 1):
-        assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--rule", "strict", "--heads", "random",
+        assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--rule", "strict", "--attention-heads", "random",
                           "--draw", str(draw)) == 0
         drawn = load_act(tmp_path / f"act-strict-random-{draw}.json")
         assert {l: len(h) for l, h in drawn.heads.items()} == {l: len(h) for l, h in searched.heads.items()}
@@ -225,13 +225,14 @@ def test_controls_write_act_files(tiny4_dir, tiny_csv, tmp_path):
 
 
 def test_eval_applies_the_calibration_and_records_it(tiny4_dir, tiny_csv, tmp_path):
-    assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--heads", "all") == 0
+    assert _calibrate(tiny4_dir, tiny_csv, tmp_path, "--attention-heads", "all") == 0
     base = ["eval", "--model", tiny4_dir, "--data", tiny_csv, "--no-progress", "--limit", "6"]
     assert main(base + ["--output", str(tmp_path / "plain.json")]) == 0
     assert main(base + ["--act", str(tmp_path / "act-all.json"), "--output", str(tmp_path / "act.json")]) == 0
     plain, calibrated = (json.loads((tmp_path / f).read_text()) for f in ("plain.json", "act.json"))
     assert plain["act"] is None
-    assert calibrated["act"]["heads"] == 8 and calibrated["act"]["beta"] == 0.4 and calibrated["act"]["tau"] == 0.1
+    act = calibrated["act"]
+    assert act["attention_heads"] == 8 and act["beta"] == 0.4 and act["tau"] == 0.1
     assert calibrated["act"]["path"] == str(tmp_path / "act-all.json")
     assert calibrated["probabilities"] != plain["probabilities"]
 
@@ -292,7 +293,7 @@ def test_a_run_calibrated_then_eval_predict_merge_leaderboard_focus(tiny4_dir, t
 
     run = make_run(tmp_path / "run", tiny4_dir, data=tiny_csv)
     assert main(["calibrate", "--adapter", str(run), "--output", str(run), "--calibration-size", "4",
-                 "--layers", "1,2", "--heads", "all", "--no-progress"]) == 0
+                 "--layers", "1,2", "--attention-heads", "all", "--no-progress"]) == 0
     act_file = str(run / "act-all.json")
     assert load_act(act_file).calibration["data"] == tiny_csv  # the run's own data, validation split
     evaluate = ["eval", "--data", tiny_csv, "--no-progress", "--limit", "6"]
@@ -327,7 +328,7 @@ def test_a_run_calibrated_then_eval_predict_merge_leaderboard_focus(tiny4_dir, t
     assert main(["focus", "--adapter", str(run), "--act", act_file, "--text", "A wonderful film.",
                  "--output", str(tmp_path / "focus")]) == 0
     report = json.loads((tmp_path / "focus" / "focus.json").read_text())
-    assert report["sides"] == ["base", "adapter", "act"] and report["act"]["heads"] == 8
+    assert report["sides"] == ["base", "adapter", "act"] and report["act"]["attention_heads"] == 8
     item = report["texts"][0]
     assert item["act"]["focus"] != item["adapter"]["focus"]
     assert abs(sum(item["act"]["focus"]) - 1) < 1e-5

@@ -332,7 +332,7 @@ def test_a_classifier_run_through_every_command(tiny_model_dir, learnable_csv, t
     assert cli.main(["focus", "--adapter", str(run), "--text", "the movie was good today",
                      "--output", str(tmp_path / "focus")]) == 0
     assert cli.main(["calibrate", "--adapter", str(run), "--output", str(tmp_path / "act"), "--calibration-size",
-                     "4", "--layers", "1", "--heads", "all", "--no-progress"]) == 0
+                     "4", "--layers", "1", "--attention-heads", "all", "--no-progress"]) == 0
     board = tmp_path / "board.yaml"
     board.write_text(yaml.safe_dump({"entries": [{"name": "clf", "run": str(run)}]}))
     assert cli.main(["leaderboard", str(board), "--output-dir", str(tmp_path / "board"), "--limit", "8",

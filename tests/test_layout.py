@@ -13,11 +13,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "afa_llm"
 MAX_LINES = 400
-# entry points that only dispatch to the command layer (kept for `python -m afa_llm.train` / `.prior`)
-ENTRY_POINTS = {"afa_llm.cli", "afa_llm.train", "afa_llm.prior"}
+# entry points that only dispatch to the command layer (`python -m afa_llm`, and the shims `python -m afa_llm.prior`
+# and the deprecated `python -m afa_llm.train`)
+ENTRY_POINTS = {"afa_llm.cli", "afa_llm.__main__", "afa_llm.train", "afa_llm.prior"}
 # lower imports higher never: a module may import its own layer or a lower one (docs/ARCHITECTURE.md)
 LAYERS = [
-    ("afa_llm.errors", "afa_llm.io_utils", "afa_llm.provenance", "afa_llm.defaults", "afa_llm.specs"),
+    ("afa_llm.errors", "afa_llm.io_utils", "afa_llm.provenance", "afa_llm.defaults", "afa_llm.specs",
+     "afa_llm.deprecations"),
     ("afa_llm.data", "afa_llm.model"),
     ("afa_llm.attention",),
     ("afa_llm.evaluation", "afa_llm.act.calibration", "afa_llm.act.head_search"),

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from afa_llm import cli
+from afa_llm.deprecations import truncation_name
 
 from afa_llm.evaluation import leaderboard
 from conftest import TINY_ROWS
@@ -100,7 +101,7 @@ def test_leaderboard_rows_values_and_cache(setup, tmp_path, monkeypatch, capsys)
     unlimited = leaderboard.cache_path(out, job)
     job.limit = 3
     assert leaderboard.cache_path(out, job) != unlimited  # --limit is part of the key
-    job.limit, job.scorer.truncation = None, "head_tail"
+    job.limit, job.scorer.truncation = None, "start_end"
     assert leaderboard.cache_path(out, job) != unlimited  # so is the truncation
     capsys.readouterr()
 
@@ -203,7 +204,8 @@ def test_config_errors(setup, tmp_path, capsys):
 
 def test_transfer_config_sets_the_imdb_prompt_on_every_entry():
     raw = leaderboard.read_config(str(ROOT / "experiments" / "leaderboard_transfer.yaml"))
-    assert all(e["max_text_tokens"] == 256 and e["truncation"] == "head_tail" for e in raw["entries"])
+    assert all(e["max_text_tokens"] == 256 and truncation_name(e["truncation"], quiet=True) == "start_end"
+               for e in raw["entries"])
 
 
 def test_example_config_is_valid():

@@ -132,7 +132,7 @@ def test_eval_applies_the_correction_fitted_on_a_validation_report(capsys, tiny_
     assert corr_r["predictions"] != plain_r["predictions"]  # the tiny model is biased: the test can fail
     assert corr_r["accuracy"] == pytest.approx(np.mean(expected == np.asarray(plain_r["labels"])))
     record = corr_r["prior_correction"]
-    assert record["method"] == "normalize" and record["fitted_n"] == val_r["n"]
+    assert record["correction"] == "normalize" and record["fitted_n"] == val_r["n"]
     assert record["fitted_on"]["split"] == "validation" and record["uncorrected"]["accuracy"] == plain_r["accuracy"]
     assert "label-prior correction, normalize (fitted on" in out
 
@@ -176,8 +176,13 @@ def test_eval_prior_flags_bad_input_before_the_data_loads(capsys, tmp_path):
     assert code == 2 and "offset needs two classes" in err and len(err.splitlines()) == 1
 
 
-def test_module_main_corrects_a_stored_report_without_a_model(tmp_path, capsys):
-    from afa_llm.commands.prior import main
+def test_prior_command_corrects_a_stored_report_without_a_model(tmp_path, capsys):
+    from afa_llm import deprecations
+
+    deprecations._told.clear()  # the --method notice below is the first of this process
+
+    def main(argv):
+        return cli.main(["prior", *argv])
 
     def report(probs, labels, split):
         probs = np.asarray(probs)
@@ -189,10 +194,14 @@ def test_module_main_corrects_a_stored_report_without_a_model(tmp_path, capsys):
     test = report([[0.45, 0.55], [0.2, 0.8]] * 2, [0, 1] * 2, "test")
     (tmp_path / "fit.json").write_text(json.dumps(fit))
     (tmp_path / "test.json").write_text(json.dumps(test))
-    assert main([str(tmp_path / "fit.json"), str(tmp_path / "test.json"), "--method", "offset"]) == 0
-    assert "accuracy 0.5000 -> 1.0000" in capsys.readouterr().out
+    assert main([str(tmp_path / "fit.json"), str(tmp_path / "test.json"), "--correction", "offset"]) == 0
+    out, err = capsys.readouterr()
+    assert "accuracy 0.5000 -> 1.0000" in out and err == ""
+    # --method, the old name, still works for one release, with one line on stderr
     assert main([str(tmp_path / "fit.json"), str(tmp_path / "test.json"), "--method", "temperature"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert err.splitlines() == ["deprecated: --method is now --correction; the old name works until the next release"]
     assert "accuracy 0.5000 -> 0.5000" in out and "(temperature scaling, T = " in out and "ECE n/a -> " in out
     assert main([str(tmp_path / "test.json"), str(tmp_path / "test.json")]) == 2  # fitted on the rows it scores
-    assert "same rows" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "same rows" in err and err.startswith("error: afa-llm prior: ") and len(err.splitlines()) == 1

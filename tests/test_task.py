@@ -50,7 +50,7 @@ def test_multi_token_label_words_bind_to_token_sequences(smollm2_tokenizer):
         (dict(label_words=[" a", " a"]), "distinct"),
         (dict(label_words=[" a", " b"], max_text_tokens=0), "must be positive"),
         (dict(label_words=[" a", " b"], demo_text_tokens=-1), "must be positive"),
-        (dict(label_words=[" a", " b"], truncation="tail"), "head, head_tail"),
+        (dict(label_words=[" a", " b"], truncation="tail"), "start, start_end"),
     ],
 )
 def test_bad_task_definitions_raise(kwargs, message):
@@ -106,18 +106,20 @@ def test_truncation_never_cuts_template_or_answer_position(smollm2_tokenizer, ma
     assert batch.input_ids.shape[1] <= len(prefix) + max_text_tokens + len(suffix)
 
 
-def test_truncate_keeps_head_or_head_and_tail():
+def test_truncate_keeps_the_start_or_the_start_and_the_end():
     ids = list(range(20))
-    assert truncate(ids, 8) == list(range(8))
-    assert truncate(ids, 8, "head_tail") == [0, 1] + list(range(14, 20))  # a quarter head, the rest tail
-    assert truncate(ids, 20, "head_tail") == ids and truncate(ids[:3], 8, "head_tail") == ids[:3]
-    assert truncate(ids, 1, "head_tail") == [19]
+    assert truncate(ids, 8) == truncate(ids, 8, "start") == list(range(8))
+    assert truncate(ids, 8, "start_end") == [0, 1] + list(range(14, 20))  # the first quarter, then the end
+    assert truncate(ids, 20, "start_end") == ids and truncate(ids[:3], 8, "start_end") == ids[:3]
+    assert truncate(ids, 1, "start_end") == [19]
+    with pytest.raises(ValueError, match="start, start_end"):
+        truncate(ids, 8, "tail")
 
 
-def test_head_tail_truncation_in_the_prompt(smollm2_tokenizer):
+def test_start_end_truncation_in_the_prompt(smollm2_tokenizer):
     tok = smollm2_tokenizer
     text = " ".join(f"w{i}" for i in range(60))
-    task = _task(tok, max_text_tokens=16, truncation="head_tail")
+    task = _task(tok, max_text_tokens=16, truncation="start_end")
     batch = task.encode([text])
     full = _enc(tok, " " + text)
     assert batch.input_ids[0][batch.text_mask[0]].tolist() == full[:4] + full[-12:]

@@ -124,14 +124,14 @@ def test_end_to_end(method, tiny_model_dir, learnable_csv, tmp_path, monkeypatch
     # the adapter loads with peft and reproduces the run's test predictions
     from peft import PeftModel
 
-    from afa_llm.data.loading import load_sentiment_data
+    from afa_llm.data.loading import load_classification_data
     from afa_llm.evaluation.evaluate import evaluate_dataset
     from afa_llm.model.loading import load_model
     from afa_llm.model.task import PromptTask
 
     base, tokenizer = load_model(tiny_model_dir)
     model = PeftModel.from_pretrained(base, str(run / "adapter"))
-    data = load_sentiment_data(learnable_csv)
+    data = load_classification_data(learnable_csv)
     task = PromptTask(saved["label_words"], template=saved["template"], max_text_tokens=32).bind(tokenizer)
     report = evaluate_dataset(model, task, data.split("test").select(range(8)), data.label_names, progress=False)
     assert report["predictions"] == saved["test"]["predictions"]
@@ -287,7 +287,7 @@ def _subprocess_env() -> dict:
 
 
 def _launch(overrides: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "afa_llm.train", *overrides], cwd=ROOT, env=_subprocess_env(),
+    return subprocess.Popen([sys.executable, "-m", "afa_llm", "train", *overrides], cwd=ROOT, env=_subprocess_env(),
                             stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 

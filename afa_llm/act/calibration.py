@@ -145,8 +145,8 @@ class ACTConfig:
                 for layer, h in self.heads.items() if h}
 
     def summary(self, path: str | Path | None = None) -> dict:
-        """What an eval report records about the calibration."""
-        return {"path": str(path) if path else None, "heads": self.n_heads, "layers": len(self.edits()),
+        """What an eval report records about the ACT attention calibration."""
+        return {"path": str(path) if path else None, "attention_heads": self.n_heads, "layers": len(self.edits()),
                 "beta": self.beta, "tau": self.tau, "selection": self.selection, "rule": self.rule,
                 "calibration_n": self.calibration.get("n")}
 

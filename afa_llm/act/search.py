@@ -1,6 +1,6 @@
-"""``afa-llm calibrate``: ACT's head search (`afa_llm.act.calibration`), and its controls.
+"""``afa-llm calibrate``: ACT's attention-head search (`afa_llm.act.calibration`), and its controls.
 
-Each eligible (layer, head) is calibrated alone and scored on N calibration examples with the
+Each eligible (layer, attention head) is calibrated alone and scored on N calibration examples with the
 evaluator's label-word scoring: accuracy and the mean gold-label margin (gold class logit minus
 the best other one). A selection rule then keeps heads (the authors' code has none; this is the
 likely one, see docs/ACT.md):
@@ -20,8 +20,8 @@ under bf16 autocast (faster on AMX CPUs; other numbers, recorded in act.json).
 forwards), so ``--resume`` continues where a search stopped and act.json's ``info`` reports the
 whole search's cost (``resumed_seconds``: the earlier runs' share).
 
-Controls: ``--heads random --draw K`` (the same number of heads per layer as the rule selects,
-drawn at random with seed (--seed, K)) and ``--heads all`` (every eligible head, no search).
+Controls: ``--attention-heads random --draw K`` (the same number of heads per layer as the rule selects,
+drawn at random with seed (--seed, K)) and ``--attention-heads all`` (every eligible head, no search).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from afa_llm.act.setup import CalibrationRequest, check_calibration_source, prep
 from afa_llm.errors import UserError
 
 RULES = ("faithful", "strict")
-HEADS = ("search", "random", "all")
+SELECTIONS = ("search", "random", "all")  # which attention heads: --attention-heads
 
 
 # ------------------------------------------------------------------------- pure functions
@@ -72,7 +72,7 @@ def act_file_name(heads: str, rule: str, draw: int) -> str:
 
 
 def calibrate(request: CalibrationRequest) -> tuple[ACTConfig, Path]:
-    """Run the head search (or a control) and write act.json; returns the config and its path."""
+    """Run the attention-head search (or a control) and write act.json; returns the config and its path."""
     from afa_llm.act.workers import search_in_workers, worker_threads
 
     r = request
@@ -84,7 +84,7 @@ def calibrate(request: CalibrationRequest) -> tuple[ACTConfig, Path]:
     info = {"eligible_layers": cal.layers, "baseline": baseline, "bf16": r.bf16, "model": r.resolved.scorer.model,
             "adapter": r.resolved.scorer.adapter,
             "prompt": {"template": task.template, "label_words": task.label_words}}
-    if r.heads == "all":
+    if r.attention_heads == "all":
         heads, rule = all_heads(cal.layers, n_heads), None
     else:
         log = Path(r.output) / SEARCH_FILE
@@ -98,7 +98,7 @@ def calibrate(request: CalibrationRequest) -> tuple[ACTConfig, Path]:
         search.forwards += sum(rec.get("forwards", search.cost_from(layer)) for (layer, _), rec in done.items())
         results = run_search(search, cal.candidates, done, baseline, log, cal.setup, progress=r.progress)
         heads, rule = select_heads(results, baseline, r.rule), r.rule
-        if r.heads == "random":
+        if r.attention_heads == "random":
             heads = random_heads({l: len(h) for l, h in heads.items()}, n_heads, r.seed, r.draw)
             info["draw"] = r.draw
         info["candidates"] = len(cal.candidates)
@@ -106,8 +106,8 @@ def calibrate(request: CalibrationRequest) -> tuple[ACTConfig, Path]:
         info["threads_per_process"] = worker_threads(r.workers)
     info["selected"] = search.score(heads)
     info.update(forwards_per_example=round(search.forwards, 2), seconds=round(time.perf_counter() - start, 1))
-    config = ACTConfig(heads=heads, beta=r.beta, tau=r.tau, selection=r.heads, rule=rule,
+    config = ACTConfig(heads=heads, beta=r.beta, tau=r.tau, selection=r.attention_heads, rule=rule,
                        fingerprint=cal.fingerprint, calibration=record, info=info)
-    path = Path(r.output) / act_file_name(r.heads, r.rule, r.draw)
+    path = Path(r.output) / act_file_name(r.attention_heads, r.rule, r.draw)
     save_act(path, config)
     return config, path

@@ -1,4 +1,4 @@
-"""What an ACT head search needs (`afa_llm.act.search.calibrate` and each of its worker processes): the
+"""What an ACT attention-head search needs (`afa_llm.act.search.calibrate` and each of its worker processes): the
 request, the drawn calibration rows (never rows the run trained on), the model and its `HeadSearch`."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from afa_llm.act.calibration import DEFAULT_BETA, DEFAULT_TAU, default_eligible_
 from afa_llm.act.head_search import HeadSearch, prepare_batches
 from afa_llm.act.search_log import setup_hash
 from afa_llm.attention.decoder_layers import find_decoder_layers
-from afa_llm.data.loading import SentimentData, load_data
+from afa_llm.data.loading import ClassificationData, load_data
+from afa_llm.deprecations import first_spelling
 from afa_llm.errors import UserError
 from afa_llm.provenance import warn_if_emulated_bf16
 from afa_llm.specs import Resolved
@@ -22,7 +23,7 @@ VALIDATION_NOTE = ("the seeded validation split: disjoint from the train split b
 
 @dataclass
 class CalibrationRequest:
-    """An ACT head search (`calibrate`): the scorer and data, the calibration rows, the search's settings."""
+    """An ACT attention-head search (`calibrate`): the scorer and data, the calibration rows, the settings."""
 
     resolved: Resolved
     output: str  # folder for act.json and search.jsonl
@@ -31,7 +32,7 @@ class CalibrationRequest:
     seed: int = 0
     resume: bool = False
     rule: str = "faithful"
-    heads: str = "search"
+    attention_heads: str = "search"  # search | random | all (ACTConfig.selection)
     draw: int = 0
     layers: list[int] | None = None  # eligible layers (None: 2..L-2)
     beta: float = DEFAULT_BETA
@@ -52,7 +53,7 @@ def check_calibration_source(resolved: Resolved, split: str) -> None:
                         f"overlaps its training examples: use --split-seed {cfg.split_seed}")
 
 
-def calibration_rows(request: CalibrationRequest, data: SentimentData) -> tuple[list[int], dict]:
+def calibration_rows(request: CalibrationRequest, data: ClassificationData) -> tuple[list[int], dict]:
     """The drawn example ids of the split and the record of where they came from."""
     r, spec = request, request.resolved.data
     split = data.split(r.split)
@@ -111,7 +112,7 @@ def prepare(request: CalibrationRequest) -> Calibration:
     fingerprint = model_fingerprint(model)
     setup = setup_hash({"fingerprint": fingerprint, "ids": ids, "data": record, "beta": r.beta, "tau": r.tau,
                         "bf16": r.bf16, "prompt": [task.template, task.label_words, task.max_text_tokens,
-                                                   task.truncation] + ([task.head_kind] if task.head_kind !=
-                                                                       "label_words" else [])})
+                                                   first_spelling(task.truncation)] +  # logs stay resumable
+                                                  ([task.head_kind] if task.head_kind != "label_words" else [])})
     search = HeadSearch(model, batches, labels, task.head, beta=r.beta, tau=r.tau, bf16=r.bf16)
     return Calibration(search, task, record, layers, fingerprint, setup)

@@ -1,4 +1,4 @@
-"""The ACT head search in parallel processes (``afa-llm calibrate --workers N``).
+"""The ACT attention-head search in parallel processes (``afa-llm calibrate --workers N``).
 
 On a small CPU one process with all the threads uses them poorly (the matrices of a 135M
 model are small): on this project's 2-core CPU, two 1-thread processes scored the candidates

@@ -1,5 +1,7 @@
-"""``afa-llm calibrate``: ACT's head search and its controls (`afa_llm.act.search.calibrate`), written to
-``--output``/act.json for ``eval``/``predict``/``merge --act``."""
+"""``afa-llm calibrate``: ACT's attention calibration, its search for the attention heads to calibrate and its
+controls (`afa_llm.act.search.calibrate`), written to ``--output``/act.json for ``eval``/``predict``/``merge --act``.
+
+``--heads`` is the old name of ``--attention-heads`` and works until the next release (`afa_llm.deprecations`)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from afa_llm.act.calibration import ACT_FILE, DEFAULT_BETA, DEFAULT_TAU
-from afa_llm.act.search import HEADS, RULES
+from afa_llm.act.search import RULES, SELECTIONS
 from afa_llm.act.search_log import SEARCH_FILE
 from afa_llm.act.setup import CalibrationRequest
 from afa_llm.commands import options
@@ -22,16 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "of the run's own data (default: %(default)s)")
     parser.add_argument("--calibration-size", type=int, default=500,
                         help="calibration examples drawn from the split (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the draw (and of --heads random)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draw (and of --attention-heads random)")
     parser.add_argument("--output", required=True, help=f"folder for {ACT_FILE} and {SEARCH_FILE}")
     parser.add_argument("--resume", action="store_true", help=f"continue the search in --output's {SEARCH_FILE}")
     parser.add_argument("--rule", default="faithful", choices=list(RULES),
                         help="faithful: solo accuracy above the baseline; strict: also a higher mean gold margin "
                              "(default: %(default)s)")
-    parser.add_argument("--heads", default="search", choices=list(HEADS),
-                        help="search; random: the rule's count per layer, random heads (control); "
-                             "all: every eligible head, no search (control) (default: %(default)s)")
-    parser.add_argument("--draw", type=int, default=0, help="which random draw, with --heads random")
+    parser.add_argument("--attention-heads", default="search", choices=list(SELECTIONS),
+                        help="which attention heads to calibrate: search: those the rule keeps; random: the rule's "
+                             "count per layer, random attention heads (control); all: every eligible attention "
+                             "head, no search (control) (default: %(default)s)")
+    options.add_deprecated_flag(parser, "--heads", "--attention-heads", choices=list(SELECTIONS))
+    parser.add_argument("--draw", type=int, default=0, help="which random draw, with --attention-heads random")
     parser.add_argument("--layers", default=None,
                         help="comma-separated eligible layers (default: 2..L-2, as the authors)")
     parser.add_argument("--beta", type=float, default=DEFAULT_BETA, help="sink scale (default: %(default)s)")
@@ -52,7 +56,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--beta must be in [0, 1] and --tau must not be negative")
     check_writable_dir(args.output, "--output")
     log = Path(args.output) / SEARCH_FILE
-    if args.heads == "search" and log.exists() and log.stat().st_size and not args.resume:
+    if args.attention_heads == "search" and log.exists() and log.stat().st_size and not args.resume:
         raise UserError(f"{log} exists: pass --resume to continue that search, or choose another --output")
 
 
@@ -71,12 +75,12 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     request = CalibrationRequest(options.resolve(args), args.output, split=args.split,
                                  calibration_size=args.calibration_size, seed=args.seed, resume=args.resume,
-                                 rule=args.rule, heads=args.heads, draw=args.draw, layers=eligible_layers(args.layers),
-                                 beta=args.beta, tau=args.tau, bf16=args.bf16, batch_size=args.batch_size,
-                                 workers=args.workers, progress=not args.no_progress)
+                                 rule=args.rule, attention_heads=args.attention_heads, draw=args.draw,
+                                 layers=eligible_layers(args.layers), beta=args.beta, tau=args.tau, bf16=args.bf16,
+                                 batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
     config, path = calibrate(request)
     info, record = config.info, config.calibration
-    print(f"{config.n_heads} heads in {len(config.edits())} layers ({args.heads}"
-          f"{', rule ' + config.rule if config.rule else ''}); calibration accuracy {info['baseline']['accuracy']:.4f} -> "
-          f"{info['selected']['accuracy']:.4f} on {record['n']} {args.split} examples; wrote {path}")
+    print(f"{config.n_heads} attention heads in {len(config.edits())} layers ({args.attention_heads}"
+          f"{', rule ' + config.rule if config.rule else ''}); accuracy {info['baseline']['accuracy']:.4f} -> "
+          f"{info['selected']['accuracy']:.4f} on the {record['n']} {args.split} calibration examples; wrote {path}")
     return 0

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="texts per forward pass (default: %(default)s)")
     parser.add_argument("--output", required=True, help="folder for focus.html, focus.png and focus.json")
     parser.add_argument("--act", default=None, metavar="ACT.json",
-                        help="add a side with this ACT calibration on (afa-llm calibrate)")
+                        help="add a side with this ACT attention calibration on (afa-llm calibrate)")
     options.add_focus_metric_arguments(parser, focus_n=None, faithfulness_n=FOCUS_FAITHFULNESS_ROWS)
 
 

@@ -25,9 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "else original)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     parser.add_argument("--act", default=None, metavar="ACT.json",
-                        help="an ACT calibration of this adapter (afa-llm calibrate) to copy into the merged folder "
-                             "(default: RUN/act.json if there is one, and only with --adapter-scale 1: a "
-                             "calibration fits one scale)")
+                        help="an ACT attention calibration of this adapter (afa-llm calibrate) to copy into the "
+                             "merged folder (default: RUN/act.json if there is one, and only with --adapter-scale 1: "
+                             "a calibration fits one scale)")
     options.add_adapter_scale_argument(parser, merging=True)
 
 

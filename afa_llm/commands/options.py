@@ -12,6 +12,7 @@ from afa_llm.defaults import (DEFAULT_DATA, DEFAULT_DTYPE, DEFAULT_MODEL, DEFAUL
                               DTYPE_NAMES, EVAL_MAX_TEXT_TOKENS, FAITHFULNESS_ROWS, FOCUS_FAITHFULNESS_ROWS,
                               FOCUS_METRIC_ROWS, LABEL_COLUMN, LEXICON_THRESHOLD, QUANTIZATIONS, SCORING_QUANTIZATION,
                               TEXT_COLUMN, TRUNCATIONS)
+from afa_llm.deprecations import notice, truncation_name
 from afa_llm.errors import UserError
 from afa_llm.specs import DATA_KEYS, SCORER_KEYS, Resolved
 
@@ -77,9 +78,28 @@ def add_task_arguments(parser: argparse.ArgumentParser, from_run: bool = False) 
     group.add_argument("--max-text-tokens", type=int, default=default,
                        help=f"longer texts are truncated inside the text; the template is never cut {shown}")
     default, shown = _default(DEFAULT_TRUNCATION, from_run)
-    group.add_argument("--truncation", default=default, choices=TRUNCATIONS,
-                       help=f"keep the head of an over-long text, or its first quarter and last three quarters "
-                            f"{shown}")
+    group.add_argument("--truncation", default=default, choices=TRUNCATIONS, type=truncation_name,
+                       help=f"how an over-long text is cut: start keeps its first --max-text-tokens tokens, "
+                            f"start_end its first quarter and last three quarters {shown}")
+
+
+class DeprecatedFlag(argparse.Action):
+    """An old flag that works for one release (not shown in --help): a one-line notice on stderr, then it sets
+    what ``new_flag`` sets."""
+
+    def __init__(self, option_strings: list[str], dest: str, new_flag: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+        self.new_flag = new_flag
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        notice(option_string, self.new_flag)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_flag(parser: argparse.ArgumentParser, old: str, new: str, **kwargs) -> None:
+    """``old`` as a hidden alias of the option ``new`` (same value, same checks) for one release."""
+    dest = new.lstrip("-").replace("-", "_")
+    parser.add_argument(old, dest=dest, action=DeprecatedFlag, new_flag=new, **kwargs)
 
 
 def add_scorer_arguments(parser: argparse.ArgumentParser, data_help: str | None = None) -> None:
@@ -135,7 +155,8 @@ def add_prior_arguments(parser: argparse.ArgumentParser) -> None:
                        help="normalize: equal mean probability per class on the fitting rows (label-free); "
                             "offset: the log-odds shift with the best accuracy there (two classes); "
                             "temperature: the one scale of the log-probabilities with the lowest NLL there "
-                            "(confidence only, no prediction changes) (default with --prior-from: normalize)")
+                            "(temperature scaling for confidence calibration: no prediction changes) "
+                            "(default with --prior-from: normalize)")
 
 
 def check_prior_args(args: argparse.Namespace) -> None:

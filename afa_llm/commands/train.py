@@ -1,7 +1,7 @@
 """``afa-llm train RECIPE.yaml [key=value ...]``: validate the recipe, then `afa_llm.training.trainer.train`.
 
     afa-llm train recipes/quickstart.yaml method=lora steps=200
-    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m afa_llm.train RECIPE.yaml
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m afa_llm train RECIPE.yaml
 """
 
 from __future__ import annotations

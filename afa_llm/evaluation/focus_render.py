@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 PNG_MAX_TOKENS = 60
-SIDE_TITLES = {"base": "base (adapter disabled)", "adapter": "adapter", "act": "with ACT calibration"}
+SIDE_TITLES = {"base": "base (adapter disabled)", "adapter": "adapter", "act": "with ACT attention calibration"}
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; margin-bottom: 1.5em; }

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from afa_llm.defaults import FOCUS_FAITHFULNESS_ROWS, FOCUS_METRIC_ROWS
-from afa_llm.data.loading import SentimentData, load_data
+from afa_llm.data.loading import ClassificationData, load_data
+from afa_llm.deprecations import first_spelling
 from afa_llm.errors import UserError
 from afa_llm.io_utils import check_writable_dir, write_json
 from afa_llm.specs import DataSpec
@@ -87,7 +88,7 @@ def cache_key(job: Job) -> dict:
         "columns": [data.text_column, data.label_column, _joined(data.label_names)], "split": "test",
         "split_seed": data.split_seed, "limit": job.limit, "shots": 0,
         "template": scorer.template, "label_words": _joined(scorer.label_words),
-        "max_text_tokens": scorer.max_text_tokens, "truncation": scorer.truncation,
+        "max_text_tokens": scorer.max_text_tokens, "truncation": first_spelling(scorer.truncation),
         **({"act": _fingerprint(job.act)} if job.act else {}),  # old cache keys stay valid
         **({"adapter_scale": scorer.adapter_scale} if scorer.adapter_scale != 1 else {}),
         **({"head": scorer.head} if scorer.head != "label_words" else {}),
@@ -127,7 +128,7 @@ def evaluate_jobs(jobs: list[Job], cache_dir: Path, batch_size: int, progress: b
     return sum(len(group) for group in todo.values())
 
 
-def evaluate_job(job: Job, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, data: SentimentData,
+def evaluate_job(job: Job, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, data: ClassificationData,
                  batch_size: int, progress: bool) -> dict:
     """One entry on one data set's test split: scores (ACT, prior correction), truncation, focus metrics."""
     from afa_llm.act.calibration import act_enabled, load_act

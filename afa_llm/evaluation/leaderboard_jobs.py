@@ -9,8 +9,9 @@ from pathlib import Path
 
 import yaml
 
+from afa_llm.deprecations import truncation_name
 from afa_llm.errors import UserError
-from afa_llm.evaluation.prior import METHODS as PRIOR_METHODS
+from afa_llm.evaluation.prior import CORRECTIONS
 from afa_llm.specs import MODEL_KEYS, PROMPT_KEYS, DataSpec, ScorerSpec, parse_label_words, parse_names
 
 TOP_KEYS = {"entries", "limit", "split_seed", "batch_size", "output_dir"}
@@ -159,7 +160,7 @@ def _job(entry: dict, settings: dict, item, raw: dict, limit: int | None, run_di
     for key in ("model", "quantization", "dtype", "template", "max_text_tokens", "truncation", "head",
                 "length_normalize"):
         if settings.get(key) is not None:
-            setattr(scorer, key, settings[key])
+            setattr(scorer, key, truncation_name(settings[key]) if key == "truncation" else settings[key])
     words = settings.get("label_words")
     scorer.label_words = list(words) if isinstance(words, list) else parse_label_words(words)
     scorer.adapter = settings.get("adapter")
@@ -179,8 +180,8 @@ def _job(entry: dict, settings: dict, item, raw: dict, limit: int | None, run_di
     data.label_names = parse_names(data.label_names)
     data.split_seed = _int(settings.get("split_seed", raw.get("split_seed", 0)), "split_seed")
     prior = settings.get("prior_correction")
-    if prior not in (None, *PRIOR_METHODS):
-        raise UserError(f"key 'prior_correction' must be one of {', '.join(PRIOR_METHODS)}, got {prior!r}")
+    if prior not in (None, *CORRECTIONS):
+        raise UserError(f"key 'prior_correction' must be one of {', '.join(CORRECTIONS)}, got {prior!r}")
     limit = limit if limit is not None else raw.get("limit")
     if limit is not None and _int(limit, "limit") <= 0:
         raise UserError(f"key 'limit' must be a positive number of examples, got {limit!r}")

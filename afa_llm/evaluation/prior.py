@@ -1,5 +1,6 @@
 """Post-hoc corrections of a classifier's probabilities, fitted on a held-out report, with no training:
-label-prior corrections that undo a preference for one label, and temperature scaling for confidence.
+label-prior corrections that undo a preference for one label, and temperature scaling for confidence
+calibration (ECE, Brier).
 
 A prompt classifier can favour one label word whatever the input: the Gemma-3-270M base says
 " positive" for 90% of the Rotten Tomatoes test sentences (docs/RESULTS.md, where this correction
@@ -30,11 +31,12 @@ from typing import Sequence
 
 import numpy as np
 
+from afa_llm.deprecations import truncation_name
 from afa_llm.errors import UserError
 from afa_llm.evaluation.metrics import softmax
 from afa_llm.specs import SCORER_KEYS as SPEC_KEYS
 
-METHODS = ("normalize", "offset", "temperature")
+CORRECTIONS = ("normalize", "offset", "temperature")
 # what must be the same between the fitting report and the evaluation it corrects (where both record it):
 # every ScorerSpec field, the shots and ACT (the label words, not the class names: a run's saved names may
 # differ from its data set's)
@@ -101,49 +103,55 @@ def fitted_temperature(probs: np.ndarray, labels: np.ndarray, iterations: int = 
     return float(np.exp((lo + hi) / 2.0))
 
 
-def check_classes(method: str, n_classes: int, source: str = "the report") -> None:
+def check_classes(correction: str | None, n_classes: int, source: str = "the report") -> None:
     """``offset`` is two-class only; callers that know the class count early check it before any work."""
-    if method == "offset" and n_classes != 2:
+    if correction == "offset" and n_classes != 2:
         raise UserError(f"prior correction offset needs two classes, {source} has {n_classes}; use normalize")
 
 
-def fit_correction(probs: np.ndarray, labels: np.ndarray, method: str) -> dict:
+def fit_correction(probs: np.ndarray, labels: np.ndarray, correction: str) -> dict:
     """The correction's parameters, fitted on ``probs`` (n x classes) and, for ``offset``, ``labels``."""
-    check_classes(method, probs.shape[1])
-    if method == "normalize":
-        return {"method": method, "weights": prior_weights(probs).tolist()}
-    if method == "offset":
-        return {"method": method, "offset": fitted_offset(log_odds(probs), labels)}
-    if method == "temperature":
-        return {"method": method, "temperature": fitted_temperature(probs, labels)}
-    raise ValueError(f"unknown prior correction {method!r}; expected one of {METHODS}")
+    check_classes(correction, probs.shape[1])
+    if correction == "normalize":
+        return {"correction": correction, "weights": prior_weights(probs).tolist()}
+    if correction == "offset":
+        return {"correction": correction, "offset": fitted_offset(log_odds(probs), labels)}
+    if correction == "temperature":
+        return {"correction": correction, "temperature": fitted_temperature(probs, labels)}
+    raise ValueError(f"unknown prior correction {correction!r}; expected one of {CORRECTIONS}")
+
+
+def correction_kind(correction: dict) -> str:
+    """normalize, offset or temperature (a correction recorded before the key was ``correction`` says ``method``)."""
+    return correction.get("correction", correction.get("method"))
 
 
 def apply_correction(probs: np.ndarray, correction: dict) -> np.ndarray:
     """Corrected probabilities (rows sum to 1); their argmax is the corrected prediction."""
-    if correction["method"] == "normalize":
+    if correction_kind(correction) == "normalize":
         weighted = probs * np.asarray(correction["weights"])
         return weighted / weighted.sum(axis=1, keepdims=True)
-    if correction["method"] == "temperature":
+    if correction_kind(correction) == "temperature":
         return tempered(probs, correction["temperature"])
     positive = 1.0 / (1.0 + np.exp(-(log_odds(probs) + correction["offset"])))
     return np.stack([1.0 - positive, positive], axis=1)
 
 
 # ---- reports -------------------------------------------------------------------------------
-def load_fit_report(path: str | Path) -> dict:
-    """An `afa-llm eval --output` report to fit on; a missing or unusable file is a one-line UserError."""
+def load_fit_report(path: str | Path, where: str = "--prior-from") -> dict:
+    """An `afa-llm eval --output` report; a missing or unusable file is a one-line UserError that starts
+    with ``where``."""
     try:
         report = json.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise UserError(f"--prior-from: no such file: {path}") from None
+        raise UserError(f"{where}: no such file: {path}") from None
     except (OSError, ValueError) as err:
-        raise UserError(f"--prior-from: cannot read {path} as JSON: {err}") from None
+        raise UserError(f"{where}: cannot read {path} as JSON: {err}") from None
     if not isinstance(report, dict) or not all(k in report for k in ("probabilities", "labels")):
-        raise UserError(f"--prior-from: {path} is not an `afa-llm eval --output` report "
+        raise UserError(f"{where}: {path} is not an `afa-llm eval --output` report "
                         "(it needs 'probabilities' and 'labels')")
     if not report["probabilities"]:
-        raise UserError(f"--prior-from: {path} scored no examples")
+        raise UserError(f"{where}: {path} scored no examples")
     return report
 
 
@@ -151,43 +159,46 @@ def _comparable(key: str, value):
     if key == "adapter" and value:  # a run folder and its adapter/ subfolder are the same adapter
         path = os.path.normpath(value)
         return os.path.dirname(path) if os.path.basename(path) == "adapter" else path
+    if key == "truncation":  # reports before the rename say head / head_tail
+        return truncation_name(value, quiet=True)
     if key == "act" and value:
-        return {k: v for k, v in value.items() if k != "path"}  # the same calibration, wherever its file is
+        # the same ACT attention calibration wherever its file is (reports before the rename say "heads")
+        return {("attention_heads" if k == "heads" else k): v for k, v in value.items() if k != "path"}
     return value
 
 
-def check_fit_report(fit: dict, scorer: dict, path: str | Path) -> None:
+def check_fit_report(fit: dict, scorer: dict, path: str | Path, where: str = "--prior-from") -> None:
     """Refuse a fitting report of another scorer (model, adapter, prompt, ACT, ...) or of the rows scored now."""
     for key in SCORER_KEYS:
         if key in fit and key in scorer and _comparable(key, fit[key]) != _comparable(key, scorer[key]):
-            raise UserError(f"--prior-from: {path} was scored with {key}={fit[key]!r}, this evaluation uses "
+            raise UserError(f"{where}: {path} was scored with {key}={fit[key]!r}, this evaluation uses "
                             f"{scorer[key]!r}; fit the correction on a report of the same model and prompt")
     same_rows = all(fit.get(k) == scorer.get(k) for k in ("data", "split", "split_seed"))
     if same_rows:
-        raise UserError(f"--prior-from: {path} scored the same rows ({scorer.get('data')}, split "
+        raise UserError(f"{where}: {path} scored the same rows ({scorer.get('data')}, split "
                         f"{scorer.get('split')}); fit the correction on another split, e.g. --split validation")
 
 
-def fit_from_report(fit: dict, method: str, path: str | Path) -> dict:
+def fit_from_report(fit: dict, kind: str, path: str | Path) -> dict:
     """The correction fitted on a loaded report, with where it came from (what the corrected report records)."""
-    correction = fit_correction(np.asarray(fit["probabilities"], dtype=np.float64), np.asarray(fit["labels"]), method)
+    correction = fit_correction(np.asarray(fit["probabilities"], dtype=np.float64), np.asarray(fit["labels"]), kind)
     return {**correction, "from": str(path), "fitted_on": {k: fit.get(k) for k in ("data", "split", "split_seed")},
             "fitted_n": len(fit["labels"])}
 
 
-def prior_from_report(path: str, method: str | None, scorer: dict) -> dict:
+def prior_from_report(path: str, kind: str | None, scorer: dict) -> dict:
     """Load the fitting report at ``path``, check it against ``scorer`` (a report's scorer record) and fit
-    ``method`` (default: normalize) on it."""
+    the correction ``kind`` (default: normalize) on it."""
     fit = load_fit_report(path)
     check_fit_report(fit, scorer, path)
-    return fit_from_report(fit, method or "normalize", path)
+    return fit_from_report(fit, kind or "normalize", path)
 
 
 def correction_name(correction: dict) -> str:
     """How reports name a fitted correction: ``temperature scaling, T = 1.420``, ``label-prior correction, offset``."""
-    if correction["method"] == "temperature":
+    if correction_kind(correction) == "temperature":
         return f"temperature scaling, T = {correction['temperature']:.3f}"
-    return f"label-prior correction, {correction['method']}"
+    return f"label-prior correction, {correction_kind(correction)}"
 
 
 def correct_report(report: dict, correction: dict, label_names: Sequence[str]) -> dict:

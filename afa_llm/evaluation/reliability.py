@@ -1,7 +1,7 @@
 """The reliability diagram of `afa-llm eval --reliability-plot FILE.png`.
 
 Top: accuracy per confidence bin (15 equal-width bins on the max probability, the bins
-of the expected calibration error) against the diagonal of perfect calibration, with
+of the expected calibration error) against the diagonal of perfect confidence calibration, with
 the gap to each bin's mean confidence shaded. Bottom: how many examples fall in each bin.
 """
 
@@ -30,7 +30,7 @@ def write_reliability_plot(probs: np.ndarray, labels: Sequence[int], path: str |
     fig = Figure(figsize=(5.0, 6.0), layout="constrained")
     FigureCanvasAgg(fig)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect confidence calibration")
     top.bar([row["low"] for row in filled], [row["accuracy"] for row in filled], width=width, align="edge",
             color="C0", edgecolor="black", label="accuracy")
     top.bar([row["low"] for row in filled], [row["confidence"] - row["accuracy"] for row in filled],

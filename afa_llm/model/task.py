@@ -11,8 +11,8 @@ Encoding rules (why they matter):
 - The prefix, text and suffix are tokenized separately and concatenated, so we know
   exactly which tokens are the *text* (AFA's focus is over text tokens only) and
   over-long texts are truncated *inside the text*: the template and the answer
-  position are never cut. ``truncation="head"`` keeps the first ``max_text_tokens``
-  tokens; ``"head_tail"`` keeps the first quarter and the last three quarters of that
+  position are never cut. ``truncation="start"`` keeps the first ``max_text_tokens``
+  tokens; ``"start_end"`` keeps the first quarter and the last three quarters of that
   budget, since reviews tend to state their verdict at the end (Sun et al. 2019,
   "How to Fine-Tune BERT for Text Classification", found head+tail best on IMDB).
 - Batches are LEFT-padded, so the answer position is index -1 for every row, with
@@ -30,6 +30,7 @@ import torch
 
 from afa_llm.defaults import (DEFAULT_HEAD, DEFAULT_TEMPLATE, DEFAULT_TRUNCATION, EVAL_MAX_TEXT_TOKENS, HEADS,
                               TRUNCATIONS)
+from afa_llm.deprecations import truncation_name
 from afa_llm.errors import UserError
 from afa_llm.model.heads import ClassifierHead, Head, LabelWordHead
 
@@ -89,13 +90,17 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def truncate(ids: list[int], limit: int, mode: str = DEFAULT_TRUNCATION) -> list[int]:
-    """At most ``limit`` tokens: the head, or a quarter head + three quarters tail."""
+    """At most ``limit`` tokens: the first ones (start), or the first quarter and the last three quarters
+    (start_end)."""
     if len(ids) <= limit:
         return ids
-    if mode == "head":
+    mode = truncation_name(mode)
+    if mode == "start":
         return ids[:limit]
-    head = limit // 4
-    return ids[:head] + ids[len(ids) - (limit - head):]
+    if mode != "start_end":
+        raise ValueError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {mode!r}")
+    first = limit // 4
+    return ids[:first] + ids[len(ids) - (limit - first):]
 
 
 @dataclass
@@ -120,6 +125,7 @@ class PromptTask:
             raise UserError(f"verbalizer label words must be distinct: {self.label_words}")
         if self.head_kind not in HEADS:
             raise UserError(f"head must be one of {', '.join(HEADS)}, got {self.head_kind!r}")
+        self.truncation = truncation_name(self.truncation)  # head / head_tail: one release more, with a notice
         if self.truncation not in TRUNCATIONS:
             raise UserError(f"truncation must be one of {', '.join(TRUNCATIONS)}, got {self.truncation!r}")
         if self.max_text_tokens <= 0 or self.demo_text_tokens <= 0:

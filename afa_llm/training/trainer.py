@@ -1,7 +1,7 @@
 """The training loop (`Trainer`) behind ``afa-llm train``: LoRA with a training method (lora, afa, at, vat, ...) on a (quantized) decoder LLM, with Accelerate.
 
     afa-llm train recipes/quickstart.yaml method=lora steps=200
-    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m afa_llm.train RECIPE.yaml
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m afa_llm train RECIPE.yaml
 
 Features:
 - one YAML recipe (`afa_llm.config.TrainConfig`) + ``key=value`` overrides, validated;
