@@ -19,7 +19,6 @@ a `UserError` that names the key.
 from __future__ import annotations
 
 import copy
-import json
 import dataclasses
 import typing
 from dataclasses import dataclass, field
@@ -96,8 +95,7 @@ class TrainConfig:
     guard: Literal["none", "base", "random", "words"] = "none"
     guard_weight: float = 1.0
     guard_words: Optional[list] = None
-    # guard: words from an `afa-llm audit --output` JSON: its top guard_words_top words ("audit, then retrain");
-    # read once at load time into guard_words, which config.yaml then records
+    # guard_words from an `afa-llm audit --output` JSON, its top guard_words_top (read at load time)
     guard_words_from: Optional[str] = None
     guard_words_top: int = 3
     guard_loss: Literal["kl", "ce", "both"] = "kl"
@@ -202,7 +200,9 @@ class TrainConfig:
             raise UserError(f"config key {key!r} needs validations: set eval_every > 0")
         self.class_weights = _class_weights(self.class_weights)
         if self.guard_words_from and not self.guard_words:
-            self.guard_words = _audit_words(self.guard_words_from, self.guard_words_top)
+            from afa_llm.evaluation.audit_stats import read_audit_words
+
+            self.guard_words = read_audit_words(self.guard_words_from, self.guard_words_top)
         if self.guard == "words" and not self.guard_words:
             raise UserError("config key 'guard_words' must list the words to hide when guard is 'words' "
                             "(or guard_words_from name an audit JSON)")
@@ -229,18 +229,6 @@ class TrainConfig:
 
 
 SHARED_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "method_config")
-
-
-def _audit_words(path: str, top: int) -> list[str]:
-    """The ``top`` best-ranked words of an `afa-llm audit` JSON (``guard_words_from``)."""
-    try:
-        candidates = json.loads(Path(path).read_text())["candidates"]
-        words = [c["word"] for c in sorted(candidates, key=lambda c: c["rank"])[:top]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"config key 'guard_words_from': cannot read the audit's words from {path}: {e}") from None
-    if not words:
-        raise UserError(f"config key 'guard_words_from': {path} lists no candidates")
-    return words
 
 
 def _class_weights(value: Any) -> Any:

@@ -53,13 +53,13 @@ evaluate test-act --act "$out/act.json"
 calibrate --rule strict
 evaluate test-act-strict --act "$out/act-strict.json"
 for k in 0 1 2; do  # the strict rule's own control: random heads with its (smaller) count per layer
-  calibrate --rule strict --heads random --draw "$k"
+  calibrate --rule strict --attention-heads random --draw "$k"
   evaluate "test-act-strict-random-$k" --act "$out/act-strict-random-$k.json"
 done
 for k in 0 1 2; do
-  calibrate --heads random --draw "$k"
+  calibrate --attention-heads random --draw "$k"
   evaluate "test-act-random-$k" --act "$out/act-random-$k.json"
 done
-calibrate --heads all
+calibrate --attention-heads all
 evaluate test-act-all --act "$out/act-all.json"
 echo "done: $out"

@@ -101,7 +101,7 @@ def calibration_table(results: dict, baseline: str) -> list[str]:
     done = [r for runs in results.values() for r in runs.values() if r and "probabilities" in r.get("test", {})]
     if not done or not _settings_differ(done):
         return []
-    lines = ["", "Test calibration, mean ± std over seeds: expected calibration error (15 bins) and the Brier score "
+    lines = ["", "Test confidence calibration, mean ± std over seeds: expected calibration error (15 bins) and the Brier score "
              f"(lower is better); Δ Brier: the difference from {baseline}, mean over the seeds both ran, the "
              "examples the units (sign-flip p, `afa_llm.evaluation.metrics.seed_pooled_test`).", "",
              f"| variant | n | ECE | Brier | Δ Brier vs {baseline} |", "|---|---|---|---|---|"]

@@ -55,7 +55,7 @@ def test_groups_of_draws_get_their_mean(tmp_path, capsys):
     out = capsys.readouterr().out
     # pooled over the draws, per example: 6 gained in both (d = 1), 2 in one (0.5), 2 lost in one (-0.5), 2 in
     # both (-1); sign flips of those 12 reach |sum| >= 4 about a quarter of the time
-    assert "| zs | ACT, searched heads (faithful rule) | 2 | +0.2000 ± 0.1414 | 0.249 | +0.1000, +0.3000 |" in out
+    assert "| zs | ACT, searched heads (faithful rule) | 2 | +0.2000 ± 0.1414 | 0.248 | +0.1000, +0.3000 |" in out
     assert "| lora-seed0 |" in out and not any(line.startswith("| . |") for line in out.splitlines())
 
 
