@@ -3,8 +3,8 @@
     .venv/bin/python experiments/carry.py save experiments/grids/imdb_converge.yaml [--only afa] [--seeds 0]
     git add -A carry && git commit -m "carry: ..."
 
-runs/ is not in git, and a new session's checkout need not hold the last one's runs/ (session 18
-started without them), so a cell that spans sessions would start over. ``save`` copies each
+runs/ is not in git, and a new checkout need not hold the last one's runs/, so a cell that spans
+checkouts would start over. ``save`` copies each
 unfinished cell's resume set to ``carry/<grid>/<cell>/``: ``config.yaml``, ``metrics.jsonl``, the
 newest complete ``checkpoints/step-N`` and ``checkpoints/best`` (the best validation adapter of
 ``select_best``). experiments/grid.py puts a carried cell back into runs/ before it trains the cell, when
