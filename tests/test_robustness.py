@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from afa_llm.errors import UserError
+from afa_llm.methods import METHODS
 
 def cued_overrides(run, model_dir, data, *extra):
     from test_train import tiny_overrides
@@ -149,6 +150,24 @@ def test_guard_words_from_a_bad_audit_is_one_line(content, tmp_path, capsys):
     assert main(["train", "guard=words", f"guard_words_from={audit}", f"output_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "guard_words_from" in err[0], err
+
+
+@pytest.mark.parametrize("head", ["label_words", "classifier"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_guard_and_poe_train_with_every_method_and_head(method, head, tiny_model_dir, cue_only_csv, tmp_path):
+    # the add-ons sit beside the method's loss (the loop adds them), so every method and head takes them
+    from afa_llm.config import load_config
+    from afa_llm.training.trainer import train
+
+    run = tmp_path / f"{method}-{head}"
+    results = train(load_config(None, cued_overrides(run, tiny_model_dir, cue_only_csv, "steps=3", f"method={method}",
+                                                     f"head={head}", "guard=base", "guard_every=1",
+                                                     "guard_threshold=-1e9", "debias=poe", "focus_eval_limit=1")))
+    assert results["method"] == method and results["head"] == head
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "step_time" in r]
+    assert len(steps) == 3 and all(r["guard_rows"] > 0 and np.isfinite(r["loss_cls"]) for r in steps), steps
+    assert results["guard"]["top_hidden"] and results["debias"]["kind"] == "poe"
 
 
 @pytest.mark.parametrize("extra", [["guard=base", "guard_every=3", "guard_threshold=0"], ["debias=poe"]])
