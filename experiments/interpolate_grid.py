@@ -37,8 +37,8 @@ def scale_views(cell: Path, alphas: list[float], batch_size: int | None) -> dict
 
     from afa_llm.api import load
     from afa_llm.data.loading import load_data
-    from afa_llm.data.shortcut import split_seed_for, stress_views
-    from afa_llm.evaluation.stress import view_record
+    from afa_llm.data.shortcut import split_seed_for
+    from afa_llm.evaluation.stress import view_record, view_reports
     from afa_llm.model.adapters import scale_adapter
 
     clf = load(cell)
@@ -46,8 +46,6 @@ def scale_views(cell: Path, alphas: list[float], batch_size: int | None) -> dict
     data = load_data(clf.resolved.data)
     test = data.split("test")
     texts, labels = list(test["text"]), list(test["label"])
-    views = stress_views(texts, labels, cfg.shortcut_cue, data.label_names.index(cfg.shortcut_label),
-                         cfg.shortcut_position, split_seed_for(cfg.split_seed, "test"))
     precision = torch.autocast("cpu", dtype=torch.bfloat16) if cfg.mixed_precision == "bf16" \
         else contextlib.nullcontext()
     batch_size = batch_size or cfg.eval_batch_size  # as the run's final evaluation batched its rows
@@ -55,20 +53,14 @@ def scale_views(cell: Path, alphas: list[float], batch_size: int | None) -> dict
     for alpha in alphas:
         scale_adapter(clf.model, alpha)
         with precision:
-            out[str(alpha)] = {name: view_record(_report(clf, views[name], labels, data.label_names, batch_size))
-                               for name in VIEWS}
+            reports = view_reports(clf.model, clf.task, texts, labels, data.label_names, cfg.shortcut_cue,
+                                   data.label_names.index(cfg.shortcut_label), views=VIEWS,
+                                   position=cfg.shortcut_position, seed=split_seed_for(cfg.split_seed, "test"),
+                                   batch_size=batch_size)
+        out[str(alpha)] = {name: view_record(report) for name, report in reports.items()}
         print(f"{cell.name} alpha {alpha}: clean {out[str(alpha)]['clean']['accuracy']:.4f} "
               f"anti {out[str(alpha)]['anti']['accuracy']:.4f}", flush=True)
     return out
-
-
-def _report(clf, texts: list[str], labels: list[int], label_names: list[str], batch_size: int) -> dict:
-    from datasets import Dataset
-
-    from afa_llm.evaluation.evaluate import evaluate_dataset
-
-    rows = Dataset.from_dict({"text": texts, "label": labels})
-    return evaluate_dataset(clf.model, clf.task, rows, label_names, batch_size=batch_size, progress=False)
 
 
 def interpolate_cell(cell: Path, alphas: list[float], batch_size: int | None) -> None:

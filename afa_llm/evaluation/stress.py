@@ -68,6 +68,21 @@ def stress_test(model: torch.nn.Module, task: PromptTask, texts: Sequence[str], 
             "cue_focus": focus}
 
 
+def view_reports(model: torch.nn.Module, task: PromptTask, texts: Sequence[str], labels: Sequence[int],
+                 label_names: Sequence[str], cue: str, cue_label: int, *, views: Sequence[str] = ("clean", "anti"),
+                 position: str = "random", seed: int = 0, batch_size: int = 32) -> dict[str, dict]:
+    """The evaluation reports of the named views of (``texts``, ``labels``), without focus (the gap at each
+    validation, and weight interpolation, score clean and anti only)."""
+    from datasets import Dataset
+
+    from afa_llm.data.shortcut import stress_views
+    from afa_llm.evaluation.evaluate import evaluate_dataset
+
+    built = stress_views(texts, labels, cue, cue_label, position, seed)
+    return {name: evaluate_dataset(model, task, Dataset.from_dict({"text": built[name], "label": list(labels)}),
+                                   list(label_names), batch_size=batch_size, progress=False) for name in views}
+
+
 def stress_views_checked(texts: Sequence[str], labels: Sequence[int], cue: str, cue_label: int, num_classes: int,
                          position: str, seed: int) -> dict[str, list[str]]:
     from afa_llm.data.shortcut import ShortcutSpec, check_cue_absent, stress_views

@@ -108,18 +108,15 @@ def validate(accelerator: Accelerator, peft_model: PeftModel, task: PromptTask, 
 def shortcut_gap(model: torch.nn.Module, task: PromptTask, data: ClassificationData, cfg: TrainConfig) -> dict:
     """Clean and anti accuracy (the cue in every text of the other classes) of the first GAP_ROWS validation
     rows as they were before the cue was planted, and their gap."""
-    from datasets import Dataset
-
-    from afa_llm.data.shortcut import UNPLANTED_VALIDATION, split_seed_for, stress_views
+    from afa_llm.data.shortcut import UNPLANTED_VALIDATION, split_seed_for
+    from afa_llm.evaluation.stress import view_reports
 
     split = data.split(UNPLANTED_VALIDATION)
     split = split.select(range(min(GAP_ROWS, len(split))))
-    cue_label = data.label_names.index(cfg.shortcut_label)
-    views = stress_views(split["text"], split["label"], cfg.shortcut_cue, cue_label, cfg.shortcut_position,
-                         split_seed_for(cfg.split_seed, "validation"))
-    accuracy = {name: evaluate_dataset(model, task, Dataset.from_dict({"text": views[name], "label": split["label"]}),
-                                       data.label_names, batch_size=cfg.eval_batch_size, progress=False)["accuracy"]
-                for name in ("clean", "anti")}
+    reports = view_reports(model, task, split["text"], split["label"], data.label_names, cfg.shortcut_cue,
+                           data.label_names.index(cfg.shortcut_label), position=cfg.shortcut_position,
+                           seed=split_seed_for(cfg.split_seed, "validation"), batch_size=cfg.eval_batch_size)
+    accuracy = {name: report["accuracy"] for name, report in reports.items()}
     return {"clean_accuracy": accuracy["clean"], "anti_accuracy": accuracy["anti"],
             "gap": accuracy["clean"] - accuracy["anti"]}
 
