@@ -11,15 +11,15 @@ one recipe can serve several methods::
     afa: {num_masks: 4, lambda_pg_warmup_steps: 10}   # used only when method=afa
     vat: {adv_eps: 1.0}
 
-``key=value`` overrides on the command line take precedence (``afa.num_masks=8`` works
-too). An unknown key, a key of another method, a wrong type or an out-of-range value is
-a `UserError` that names the key.
+``key=value`` overrides on the command line take precedence (``afa.num_masks=8`` works too). An unknown
+key, a key of another method, a wrong type or an out-of-range value is a `UserError` that names the key.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,6 @@ from afa_llm.defaults import (DEFAULT_DATA, DEFAULT_DTYPE, DEFAULT_HEAD, DEFAULT
                               TRAIN_MAX_TEXT_TOKENS, TRUNCATIONS)
 from afa_llm.deprecations import upgrade_config
 from afa_llm.errors import UserError
-
 
 
 @dataclass
@@ -150,7 +149,6 @@ class TrainConfig:
         if self.method_config is None and self.method in method_classes():  # built in code: the method's defaults
             self.method_config = method_classes()[self.method].Keys()
 
-    # ------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
         checks = {
             "output_dir": bool(self.output_dir.strip()),
@@ -200,9 +198,7 @@ class TrainConfig:
             raise UserError(f"config key {key!r} needs validations: set eval_every > 0")
         self.class_weights = _class_weights(self.class_weights)
         if self.guard_words_from and not self.guard_words:
-            from afa_llm.evaluation.audit_stats import read_audit_words
-
-            self.guard_words = read_audit_words(self.guard_words_from, self.guard_words_top)
+            self.guard_words = _audit_words(self.guard_words_from, self.guard_words_top)
         if self.guard == "words" and not self.guard_words:
             raise UserError("config key 'guard_words' must list the words to hide when guard is 'words' "
                             "(or guard_words_from name an audit JSON)")
@@ -229,6 +225,18 @@ class TrainConfig:
 
 
 SHARED_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "method_config")
+
+
+def _audit_words(path: str, top: int) -> list[str]:
+    """The ``top`` best-ranked words of an `afa-llm audit --output` JSON (``guard_words_from``)."""
+    try:
+        candidates = json.loads(Path(path).read_text())["candidates"]
+        words = [c["word"] for c in sorted(candidates, key=lambda c: c["rank"])[:top]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"config key 'guard_words_from': cannot read the audit's words from {path}: {e}") from None
+    if not words:
+        raise UserError(f"config key 'guard_words_from': {path} lists no candidates")
+    return words
 
 
 def _class_weights(value: Any) -> Any:

@@ -15,6 +15,7 @@ import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from afa_llm.config import TrainConfig, load_config
 from afa_llm.deprecations import truncation_name
@@ -22,6 +23,10 @@ from afa_llm.errors import UserError
 from afa_llm.model.adapters import adapter_classes, check_adapter_scale, resolve_adapter_dir
 from afa_llm.specs import (DATA_KEYS, PROMPT_KEYS, DataSpec, Resolved, ScorerSpec, class_names_for, parse_label_words,
                            parse_names)
+
+if TYPE_CHECKING:
+    from afa_llm.data.loading import ClassificationData
+    from afa_llm.data.shortcut import ShortcutSpec
 
 MERGE_INFO = "afa_merge.json"
 RUN_PROMPT_KEYS = ("data", *PROMPT_KEYS)  # what a merged folder records about its training prompt
@@ -170,3 +175,37 @@ def resolve_scorer(adapter: str | None, model: str | None, given: dict | None = 
     data = replace(data, label_names=parse_names(data.label_names))
     names = class_names_for(saved.get("label_names"), scorer.label_words)
     return Resolved(scorer, data, names, cfg, own_data)
+
+
+# ---- the run's own data ------------------------------------------------------------------
+def run_shortcut(cfg: TrainConfig, label_names: list[str]) -> ShortcutSpec | None:
+    """The run's `ShortcutSpec` (None when ``shortcut_cue`` is empty); the class is checked by name."""
+    from afa_llm.data.shortcut import ShortcutSpec
+
+    if not cfg.shortcut_cue:
+        return None
+    if cfg.shortcut_label not in label_names:
+        raise UserError(f"config key 'shortcut_label': {cfg.shortcut_label!r} is not a class of the data "
+                        f"({', '.join(label_names)})")
+    return ShortcutSpec(cfg.shortcut_cue, label_names.index(cfg.shortcut_label), cfg.shortcut_rate,
+                        cfg.shortcut_purity, cfg.shortcut_position)
+
+
+def plant_run_shortcut(cfg: TrainConfig, data: ClassificationData) -> ClassificationData:
+    """``data`` with the run's cue planted in its train and validation splits; test stays clean. The validation
+    split as it was stays beside them, for the gap at each validation. Training and the audit read a run's data
+    through this, so both see the same sentences."""
+    from datasets import DatasetDict  # not at start-up
+
+    from afa_llm.data.shortcut import UNPLANTED_VALIDATION, check_cue_absent, plant_shortcut, split_seed_for
+
+    spec = run_shortcut(cfg, data.label_names)
+    splits = dict(data.splits)
+    for name in ("train", "validation", "test"):
+        check_cue_absent(splits[name]["text"], spec.cue, f"the {name} split of {cfg.data}")
+    splits[UNPLANTED_VALIDATION] = splits["validation"]
+    for name in ("train", "validation"):
+        split = splits[name]
+        texts, _ = plant_shortcut(split["text"], split["label"], spec, split_seed_for(cfg.split_seed, name))
+        splits[name] = split.remove_columns("text").add_column("text", texts).select_columns(["text", "label"])
+    return replace(data, splits=DatasetDict(splits))

@@ -35,7 +35,7 @@ from afa_llm.act.head_search import HeadSearch, prepare_batches
 from afa_llm.cli import build_task
 from afa_llm.data.loading import load_classification_data
 from afa_llm.attention.decoder_layers import find_decoder_layers
-from afa_llm.evaluation.leaderboard import eval_defaults
+from afa_llm.reports.leaderboard import eval_defaults
 from afa_llm.model.loading import load_model
 
 

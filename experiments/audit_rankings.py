@@ -18,7 +18,7 @@ import torch
 
 from afa_llm.evaluation.audit import (AuditRequest, audit_rows, autocast, occurrence_tokens, sample_jobs,
                                       skew_log_odds, skewed_candidates)
-from afa_llm.evaluation.evaluate import length_batches
+from afa_llm.model.task import length_batches
 from afa_llm.model.scoring import forward_scores
 
 

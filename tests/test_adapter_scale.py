@@ -172,7 +172,7 @@ def test_an_act_calibration_fits_one_scale(run, tiny_model_dir):
 def test_leaderboard_entries_take_the_scale(run, tiny_model_dir, tmp_path):
     import yaml
 
-    from afa_llm.evaluation.leaderboard import build_jobs, cache_key, read_config
+    from afa_llm.reports.leaderboard import build_jobs, cache_key, read_config
 
     config = tmp_path / "board.yaml"
     entries = [{"name": "full", "run": str(run), "data": "d.csv"},

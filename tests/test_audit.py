@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
 import pytest
 
 from afa_llm.errors import UserError
@@ -129,8 +128,6 @@ def test_audit_of_a_base_model_alone_ranks_by_its_own_effect(tiny_model_dir, lea
 
 
 def _namespace(**given):
-    import argparse
-
     from afa_llm.commands import audit
     from afa_llm.cli import OneLineErrorParser
 

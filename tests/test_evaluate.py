@@ -113,7 +113,8 @@ def test_evaluate_dataset_report(tiny_model, task):
 def test_the_focus_is_read_off_the_scoring_pass_and_leaves_the_scores_as_they_are(tiny_model, task, monkeypatch):
     import afa_llm.attention.clean_pass as clean_pass_module
     from afa_llm.attention.clean_pass import clean_pass
-    from afa_llm.evaluation.evaluate import evaluate_with_focus, length_batches
+    from afa_llm.evaluation.evaluate import evaluate_with_focus
+    from afa_llm.model.task import length_batches
 
     model, _ = tiny_model
     data = Dataset.from_dict({"text": TEXTS, "label": LABELS})

@@ -13,7 +13,7 @@ import yaml
 from afa_llm import cli
 from afa_llm.deprecations import truncation_name
 
-from afa_llm.evaluation import leaderboard
+from afa_llm.reports import leaderboard
 from conftest import TINY_ROWS
 from tiny_runs import make_run, write_csv
 

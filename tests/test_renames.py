@@ -101,8 +101,8 @@ def test_a_prompt_task_and_a_merged_folder_read_old_truncation_names(tmp_path, c
 
 
 def test_a_leaderboard_entry_with_an_old_truncation_scores_with_the_new_one(capsys):
-    from afa_llm.evaluation.leaderboard import cache_key
-    from afa_llm.evaluation.leaderboard_jobs import build_jobs
+    from afa_llm.reports.leaderboard import cache_key
+    from afa_llm.reports.leaderboard_jobs import build_jobs
 
     raw = {"entries": [{"name": "z", "model": "m", "data": ["d"], "truncation": "head_tail"},
                        {"name": "s", "model": "m", "data": ["d"], "truncation": "start_end"}]}

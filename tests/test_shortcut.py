@@ -174,7 +174,6 @@ def test_stress_command_writes_its_views(tiny_model_dir, learnable_csv, tmp_path
 def test_a_data_set_too_small_to_split_is_refused_before_training(tiny_model_dir, tmp_path):
     """Three rows per class leave the seeded test and validation splits empty: one line before any
     training, not a failure at the final test."""
-    import csv
 
     from test_train import tiny_overrides
 

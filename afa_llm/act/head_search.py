@@ -177,7 +177,7 @@ class HeadSearch:
 def prepare_batches(task: PromptTask, texts: list[str], labels: list[int], batch_size: int,
                     device: torch.device | str) -> tuple[list, torch.Tensor]:
     """Length-sorted encoded batches and the labels in the same order."""
-    from afa_llm.evaluation.evaluate import length_batches
+    from afa_llm.model.task import length_batches
 
     groups = length_batches(task, texts, batch_size)
     batches = [task.encode([texts[i] for i in idx]).to(device) for idx in groups]

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from afa_llm.evaluation.audit import AuditRequest, audit_request, format_audit
-    from afa_llm.evaluation.audit_page import write_audit_html
+    from afa_llm.reports.audit_page import write_audit_html
 
     request = AuditRequest(options.resolve(args, require_source=True), split=args.split, limit=args.limit,
                            top=args.top, min_count=args.min_count, sample=args.sample,

@@ -1,5 +1,5 @@
 """``afa-llm focus``: where the model looks, as a self-contained HTML page, a PNG and a JSON of every number
-(`afa_llm.evaluation.focus_map`): the base and the adapter side by side, optionally with ACT on."""
+(`afa_llm.reports.focus_map`): the base and the adapter side by side, optionally with ACT on."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def focus_layers(spec: str | None) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from afa_llm.evaluation.focus_map import FocusRequest, focus_report, write_focus
+    from afa_llm.reports.focus_map import FocusRequest, focus_report, write_focus
 
     check_args(args)
     request = FocusRequest(options.resolve(args), args.output, texts=list(args.text) if args.text else None,

@@ -1,5 +1,5 @@
 """``afa-llm leaderboard CONFIG.yaml``: evaluate many runs / models on many data sets into one table
-(`afa_llm.evaluation.leaderboard.run_leaderboard`): leaderboard.md, .csv and .png."""
+(`afa_llm.reports.leaderboard.run_leaderboard`): leaderboard.md, .csv and .png."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 
 from afa_llm.errors import UserError
 from afa_llm.defaults import FOCUS_FAITHFULNESS_ROWS
-from afa_llm.evaluation.leaderboard import FOCUS_N
+from afa_llm.reports.leaderboard import FOCUS_N
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from afa_llm.evaluation.leaderboard import LeaderboardRequest, run_leaderboard
+    from afa_llm.reports.leaderboard import LeaderboardRequest, run_leaderboard
 
     if args.limit is not None and args.limit <= 0:
         raise UserError("--limit must be a positive number of examples")

@@ -85,7 +85,7 @@ def audit_rows(request: AuditRequest) -> tuple[list[str], list[int], list[str], 
     data is read as the run saw it: its planted cue in train and validation, its ``train_limit``."""
     from afa_llm.data.loading import load_data
     from afa_llm.evaluation.report import rows_to_score
-    from afa_llm.training.setup import plant_run_shortcut
+    from afa_llm.runs import plant_run_shortcut
 
     resolved, cfg = request.resolved, request.resolved.config
     data = load_data(resolved.data)

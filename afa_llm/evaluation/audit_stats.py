@@ -32,12 +32,10 @@ score is effect_model / scale_model.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -149,17 +147,3 @@ def mentions(candidate_words: Sequence[str], cue: str) -> bool:
     cue_words = tuple(w.lower() for w in re.findall(WORD, cue))
     words = tuple(candidate_words)
     return words == cue_words or (len(words) == 1 and words[0] in cue_words)
-
-
-def read_audit_words(path: str, top: int) -> list[str]:
-    """The ``top`` best-ranked words of an `afa-llm audit --output` JSON (the guard's ``guard_words_from``)."""
-    from afa_llm.errors import UserError
-
-    try:
-        candidates = json.loads(Path(path).read_text())["candidates"]
-        words = [c["word"] for c in sorted(candidates, key=lambda c: c["rank"])[:top]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"config key 'guard_words_from': cannot read the audit's words from {path}: {e}") from None
-    if not words:
-        raise UserError(f"config key 'guard_words_from': {path} lists no candidates")
-    return words

@@ -26,13 +26,7 @@ from tqdm.auto import tqdm
 from afa_llm.errors import UserError
 from afa_llm.evaluation.metrics import brier_score, classification_report, expected_calibration_error, softmax
 from afa_llm.model.scoring import class_logits
-from afa_llm.model.task import PromptTask, draw_demonstrations
-
-
-def length_batches(task: PromptTask, texts: Sequence[str], batch_size: int) -> list[np.ndarray]:
-    """Row indices of ``texts`` in batches of similar length (shortest first: less padding)."""
-    order = np.argsort([len(task.text_ids(t)) for t in texts], kind="stable")
-    return [order[start : start + batch_size] for start in range(0, len(texts), batch_size)]
+from afa_llm.model.task import PromptTask, draw_demonstrations, length_batches
 
 
 @dataclass

@@ -92,7 +92,7 @@ def faithfulness(model: torch.nn.Module, task: PromptTask, texts: Sequence[str],
     ``batch_size`` counts texts; each becomes 2 * |fractions| * (1 + random_draws) masked copies (30 by
     default), so a batch of 8 texts is a forward of 240 sequences. No texts: only ``faithfulness_n = 0``.
     """
-    from afa_llm.evaluation.evaluate import length_batches
+    from afa_llm.model.task import length_batches
     from afa_llm.attention.clean_pass import clean_pass
 
     if not texts:

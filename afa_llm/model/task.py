@@ -26,6 +26,7 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 import torch
 
 from afa_llm.defaults import (DEFAULT_HEAD, DEFAULT_TEMPLATE, DEFAULT_TRUNCATION, EVAL_MAX_TEXT_TOKENS, HEADS,
@@ -251,6 +252,12 @@ class PromptTask:
             text_mask=text_mask,
             labels=torch.tensor(list(labels), dtype=torch.long) if labels is not None else None,
         )
+
+
+def length_batches(task: PromptTask, texts: Sequence[str], batch_size: int) -> list[np.ndarray]:
+    """Row indices of ``texts`` in batches of similar length (shortest first: less padding)."""
+    order = np.argsort([len(task.text_ids(t)) for t in texts], kind="stable")
+    return [order[start : start + batch_size] for start in range(0, len(texts), batch_size)]
 
 
 def leading_special_tokens(tokenizer: PreTrainedTokenizerBase) -> list[int]:

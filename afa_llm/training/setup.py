@@ -7,14 +7,12 @@ and a resumed run sees exactly the batches it would have seen.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from datasets import DatasetDict
 
 from afa_llm.attention.probe import AnswerAttentionProbe
 from afa_llm.config import TrainConfig
@@ -26,6 +24,7 @@ from afa_llm.model.adapters import build_task as scorer_task
 from afa_llm.model.heads import as_sequence_classifier
 from afa_llm.model.loading import load_model
 from afa_llm.model.task import PromptTask
+from afa_llm.runs import plant_run_shortcut
 from afa_llm.specs import DATA_KEYS, DataSpec, ScorerSpec, class_names_for
 from afa_llm.training.checkpoint import list_checkpoints, resolve_resume
 
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     from peft import PeftModel
     from transformers import PreTrainedTokenizerBase
 
-    from afa_llm.data.shortcut import ShortcutSpec
 
 
 def build_model(cfg: TrainConfig, accelerator: Accelerator,
@@ -101,36 +99,6 @@ def load_training_data(cfg: TrainConfig) -> tuple[ClassificationData, object]:
     if cfg.train_limit:
         train_split = train_split.select(range(min(cfg.train_limit, len(train_split))))
     return data, train_split
-
-
-def run_shortcut(cfg: TrainConfig, label_names: list[str]) -> ShortcutSpec | None:
-    """The run's `ShortcutSpec` (None when ``shortcut_cue`` is empty); the class is checked by name."""
-    from afa_llm.data.shortcut import ShortcutSpec
-
-    if not cfg.shortcut_cue:
-        return None
-    if cfg.shortcut_label not in label_names:
-        raise UserError(f"config key 'shortcut_label': {cfg.shortcut_label!r} is not a class of the data "
-                        f"({', '.join(label_names)})")
-    return ShortcutSpec(cfg.shortcut_cue, label_names.index(cfg.shortcut_label), cfg.shortcut_rate,
-                        cfg.shortcut_purity, cfg.shortcut_position)
-
-
-def plant_run_shortcut(cfg: TrainConfig, data: ClassificationData) -> ClassificationData:
-    """``data`` with the run's cue planted in its train and validation splits; test stays clean. The validation
-    split as it was stays beside them, for the gap at each validation."""
-    from afa_llm.data.shortcut import UNPLANTED_VALIDATION, check_cue_absent, plant_shortcut, split_seed_for
-
-    spec = run_shortcut(cfg, data.label_names)
-    splits = dict(data.splits)
-    for name in ("train", "validation", "test"):
-        check_cue_absent(splits[name]["text"], spec.cue, f"the {name} split of {cfg.data}")
-    splits[UNPLANTED_VALIDATION] = splits["validation"]
-    for name in ("train", "validation"):
-        split = splits[name]
-        texts, _ = plant_shortcut(split["text"], split["label"], spec, split_seed_for(cfg.split_seed, name))
-        splits[name] = split.remove_columns("text").add_column("text", texts).select_columns(["text", "label"])
-    return dataclasses.replace(data, splits=DatasetDict(splits))
 
 
 def class_weight_values(setting: str | list[float] | None, labels: Sequence[int] | np.ndarray,

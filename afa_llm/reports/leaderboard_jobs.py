@@ -1,5 +1,5 @@
 """The jobs of `afa-llm leaderboard`: its YAML read and checked, each (entry, run, data set) resolved
-into a `ScorerSpec` and a `DataSpec`. The YAML format is documented in `afa_llm.evaluation.leaderboard`."""
+into a `ScorerSpec` and a `DataSpec`. The YAML format is documented in `afa_llm.reports.leaderboard`."""
 
 from __future__ import annotations
 

@@ -40,8 +40,8 @@ from afa_llm.deprecations import first_spelling
 from afa_llm.errors import UserError
 from afa_llm.io_utils import check_writable_dir, write_json
 from afa_llm.specs import DataSpec
-from afa_llm.evaluation.leaderboard_jobs import Job, build_jobs, read_config, select_entries  # noqa: F401 (re-exported)
-from afa_llm.evaluation.leaderboard_tables import write_csv, write_markdown, write_plot
+from afa_llm.reports.leaderboard_jobs import Job, build_jobs, read_config, select_entries  # noqa: F401 (re-exported)
+from afa_llm.reports.leaderboard_tables import write_csv, write_markdown, write_plot
 from afa_llm.evaluation.prior import check_classes, correct_report, fit_from_report
 
 if TYPE_CHECKING:

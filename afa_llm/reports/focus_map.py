@@ -205,7 +205,7 @@ def focus_report(request: FocusRequest) -> dict:
 
 def write_focus(report: dict, output: str) -> None:
     """focus.html, focus.json and focus.png in ``output``, each written atomically."""
-    from afa_llm.evaluation.focus_render import render_html, render_png
+    from afa_llm.reports.focus_render import render_html, render_png
 
     out = Path(output)
     atomic_write_text(out / "focus.html", render_html(report))

@@ -1,5 +1,5 @@
 """The focus map's page and picture: ``focus.html`` (inline CSS, no scripts, no external URLs; token
-text html-escaped) and ``focus.png`` (one heat strip per text), from a report of `afa_llm.evaluation.focus_map`."""
+text html-escaped) and ``focus.png`` (one heat strip per text), from a report of `afa_llm.reports.focus_map`."""
 
 from __future__ import annotations
 

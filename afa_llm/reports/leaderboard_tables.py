@@ -1,6 +1,6 @@
 """Leaderboard outputs: ``leaderboard.md`` (ranked tables), ``.csv`` and ``.png`` (bars ± std).
 
-Each row is one (group, data set) aggregate from `afa_llm.evaluation.leaderboard.aggregate`.
+Each row is one (group, data set) aggregate from `afa_llm.reports.leaderboard.aggregate`.
 """
 
 from __future__ import annotations
