@@ -131,13 +131,17 @@ def frontier(rows: dict[str, dict[int, dict]], cue_class: int) -> list[tuple[flo
 
 
 def above_frontier(clean: float, anti: float, curve: list[tuple[float, float, str]]) -> str:
-    """The variant's anti accuracy minus the frontier's at its clean accuracy (linear between scales)."""
+    """The variant's anti accuracy minus the frontier's at its clean accuracy (linear between scales); beyond the
+    curve's clean range, minus the anti accuracy of its nearer end."""
     if len(curve) < 2:
         return "-"
     xs, ys = np.array([c for c, _, _ in curve]), np.array([a for _, a, _ in curve])
     order = np.argsort(xs)
-    if not xs.min() <= clean <= xs.max():
-        return "outside the curve's clean range"
+    if not xs.min() <= clean <= xs.max():  # no scale reaches its clean accuracy: compare with the nearer end
+        end = int(np.argmax(xs) if clean > xs.max() else np.argmin(xs))
+        side = "cleaner" if clean > xs.max() else "less clean"
+        dominates = ", more accurate on both views than every scale" if side == "cleaner" and anti >= ys.max() else ""
+        return f"{side} than every scale: {100 * (anti - ys[end]):+.1f} points over {curve[end][2]}{dominates}"
     return f"{100 * (anti - np.interp(clean, xs[order], ys[order])):+.1f} points"
 
 

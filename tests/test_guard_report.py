@@ -57,7 +57,10 @@ def test_a_variant_is_paired_with_the_best_scale_at_least_as_clean():
     assert [name for _, _, name in curve] == ["lora, scale 0.25", "lora, scale 0.5", "lora, scale 0.75", "lora"]
     assert report.above_frontier(0.85, 0.85, curve) == "+15.0 points"  # the frontier is at 0.70 there
     assert report.above_frontier(0.80, 0.75, curve) == "+0.0 points"   # halfway between 0.5 and 0.75
-    assert report.above_frontier(0.95, 0.9, curve) == "outside the curve's clean range"
+    assert report.above_frontier(0.95, 0.9, curve) == ("cleaner than every scale: +35.0 points over lora, more "
+                                                       "accurate on both views than every scale")
+    assert report.above_frontier(0.95, 0.6, curve) == "cleaner than every scale: +5.0 points over lora"
+    assert report.above_frontier(0.60, 0.6, curve) == "less clean than every scale: -10.0 points over lora, scale 0.25"
     tests = "\n".join(report.tests_table(rows, 1))
     assert "| guard_base | lora, scale 0.75 | +0.0 (pooled p=1.000) | +15.0 (pooled p=" in tests
     assert "| strict | (no scale as clean) | - | - |" in tests
