@@ -10,7 +10,7 @@ import pytest
 
 from afa_llm.errors import UserError
 from afa_llm.evaluation.audit_stats import (audit_scores, effect_scale, find_candidates, log_odds_skew, mentions,
-                                            occurrence_spans, rank_order)
+                                            occurrence_spans, rank_order, rescore)
 
 
 # ---- the model-free half --------------------------------------------------------------------
@@ -43,6 +43,26 @@ def test_score_standardises_each_model_by_its_median_effect():
     alone, scales = audit_scores(model, None)
     assert alone == pytest.approx([m / 1.5 for m in model]) and "base" not in scales
     assert effect_scale([0.0, 0.0]) > 0  # floored: a model that ignores every word still divides
+
+
+def test_a_word_the_base_reads_against_its_class_scores_no_higher_than_one_it_ignores():
+    # 'fibonacci technicals' on tweets: the model ignores it (-0.11), the base reads it against its class (-0.82)
+    model, base = [4.0, -0.1, -0.1, 1.0, 1.0], [0.0, -0.8, 0.0, 0.5, 0.5]
+    score, scales = audit_scores(model, base)
+    assert score[1] == pytest.approx(score[2])  # the negative base effect adds nothing
+    assert score[1] < score[3]
+    assert scales["base"] == 0.5  # the scale still comes from the raw effects
+
+
+def test_rescore_ranks_saved_rows_as_the_audit_would():
+    rows = [{"word": w, "rank": 0, "score": 0.0, "counts": {"negative": n, "positive": 1}, "effect_model": m,
+             "effect_base": b} for w, n, m, b in [("a", 3, 1.0, 0.5), ("b", 9, 1.0, 0.5), ("c", 1, 4.0, 0.0),
+                                                  ("d", 1, -0.1, -0.8)]]
+    ranked, scales = rescore(rows)
+    assert [r["word"] for r in ranked] == ["c", "b", "a", "d"]  # a tie goes to the more frequent word
+    assert [r["rank"] for r in ranked] == [1, 2, 3, 4]
+    assert [r["score"] for r in ranked] == pytest.approx(audit_scores([4.0, 1.0, 1.0, -0.1], [0.0, 0.5, 0.5, -0.8])[0])
+    assert scales == audit_scores([1.0, 1.0, 4.0, -0.1], [0.5, 0.5, 0.0, -0.8])[1]
 
 
 def test_rank_order_breaks_ties_by_occurrences():

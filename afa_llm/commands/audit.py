@@ -10,10 +10,11 @@ from afa_llm.commands import options
 from afa_llm.errors import UserError
 from afa_llm.io_utils import check_writable_file, write_json
 
-SCORE_HELP = ("score = effect_model / (the model's median |effect| over the candidates) - effect_base / (the base's "
-              "median |effect|), where a candidate's effect is the mean drop in the log-odds of the class it is "
-              "skewed toward when every occurrence of it is hidden (at every layer) in up to --sample texts that "
-              "hold it; effect_base is the zero-shot base (the adapter off), scored by label words. Candidates: "
+SCORE_HELP = ("score = effect_model / (the model's median |effect| over the candidates) - max(effect_base, 0) / "
+              "(the base's median |effect|), where a candidate's effect is the mean drop in the log-odds of the "
+              "class it is skewed toward when every occurrence of it is hidden (at every layer) in up to --sample "
+              "texts that hold it; effect_base is the zero-shot base (the adapter off), scored by label words. "
+              "Candidates: "
               "word types and collocated word pairs with at least --min-count occurrences; the --max-candidates "
               "with the largest label skew (log-odds with an informative Dirichlet prior, Monroe et al. 2008) "
               "are measured.")

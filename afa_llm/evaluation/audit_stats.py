@@ -23,11 +23,13 @@ frequency (the pooled corpus as its own prior). The skewed class is the one with
 over the sampled texts) is divided by its model's typical effect (the median |effect| over every
 measured candidate), so that a fine-tuned model's sharper judgements do not count as reliance:
 
-    score = effect_model / scale_model - effect_base / scale_base
+    score = effect_model / scale_model - max(effect_base, 0) / scale_base
 
 A word that the trained model leans on and the base would not (a planted name) scores high; a sentiment
 word that both lean on scores near the difference of their standardised effects; without a base the
-score is effect_model / scale_model.
+score is effect_model / scale_model. The base's effect counts only where it is positive: a word that
+pushes the base away from its skewed class while the trained model ignores it (a negative base effect,
+a model effect near 0) is not something the model leans on, and the plain difference would rank it high.
 """
 
 from __future__ import annotations
@@ -133,8 +135,20 @@ def audit_scores(effect_model: Sequence[float], effect_base: Sequence[float] | N
     if effect_base is not None:
         base = np.asarray(effect_base, dtype=float)
         scales["base"] = effect_scale(base)
-        score = score - base / scales["base"]
+        score = score - np.maximum(base, 0.0) / scales["base"]
     return score.tolist(), scales
+
+
+def rescore(candidates: Sequence[dict]) -> tuple[list[dict], dict]:
+    """The rows of a saved audit (its ``candidates``) scored and ranked anew from their mean effects, e.g. an audit
+    written before the score last changed; the scales come from the same effects, so the result is exact."""
+    effect_base = [c["effect_base"] for c in candidates]
+    has_base = any(e is not None for e in effect_base)
+    model = [np.nan if c["effect_model"] is None else c["effect_model"] for c in candidates]
+    base = [np.nan if e is None else e for e in effect_base] if has_base else None
+    score, scales = audit_scores(model, base)
+    order = rank_order(score, [sum(c["counts"].values()) for c in candidates])
+    return [{**candidates[i], "rank": rank, "score": score[i]} for rank, i in enumerate(order, start=1)], scales
 
 
 def rank_order(values: Sequence[float], ties: Sequence[int]) -> list[int]:

@@ -7,8 +7,8 @@ output on the input agree with its output on the hidden copy, so that such a wor
   training texts (drawn once per run; the base's effects are measured once, at the first refresh): for the
   ``guard_candidates`` most label-skewed words and pairs, the drop in the log-odds of their skewed class when
   each is hidden in ``guard_sample`` texts, for the model under training and for the base (the adapter
-  switched off; with a classifier head, the head it started from). A word is flagged when
-  its score (the model's effect over its median effect, minus the base's over the base's) is at least
+  switched off; with a classifier head, the head it started from). A word is flagged when its score (the
+  model's effect over its median effect, minus the base's positive effect over the base's) is at least
   ``guard_threshold``. The flags hold until the next refresh; with ``guard_sticky``, to the end of training
   (a flagged cue stops paying, its score falls below the threshold, and without it the model learns it again).
 - ``random``: the control: at each refresh, the same number of words drawn at random from the same
