@@ -20,8 +20,8 @@ each lora cell's interpolation.json (experiments/interpolate_grid.py).
   (interpolated linearly between scales) at the variant's clean accuracy.
 - The guard's flags: the words it hid in the most training rows, and the step it first flagged the cue.
 - Plots: clean against anti accuracy, every variant and seed a point, each seed's interpolation curve and their
-  mean (``guard_frontier.png``); the validation gap against training steps for lora and guard base
-  (``guard_gap_steps.png``).
+  mean (``guard_frontier.png``); the validation gap against training steps for lora, guard base and the
+  pilot's sticky forms (``guard_gap_steps.png``).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ SEED0_GRIDS = ("rt_guard_p90", "rt_guard_cue2")
 CONTROLS = {"guard_base": "guard_random"}
 ALPHAS = ("0.0", "0.25", "0.5", "0.75", "1.0")
 MASKING = ("rt_shortcut", "focus_mask_ce")  # progressive masking, from the shortcut grid
+GAP_VARIANTS = ("lora", "guard_base", "guard_sticky", "guard_sticky_ce", "guard_sticky_both")  # in the gap plot
 
 
 # ---- reading cells ------------------------------------------------------------------------------------------
@@ -275,14 +276,15 @@ def plot_gap_steps(cells: dict[str, dict[int, Path]], path: Path) -> bool:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     drawn = False
-    for i, variant in enumerate(("lora", "guard_base")):
+    for i, variant in enumerate(v for v in cells if v in GAP_VARIANTS):
+        labelled = False  # one legend entry per variant (a cell from before val_gap was logged draws nothing)
         for seed, cell in sorted(cells.get(variant, {}).items()):
             records = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
             points = [(r["step"], r["val_gap"]) for r in records if "val_gap" in r]
             if points:
                 ax.plot(*zip(*points), marker="o", ms=3, color=plt.cm.tab10(i), alpha=0.8,
-                        label=f"{variant}" if seed == min(cells[variant]) else None)
-                drawn = True
+                        label=None if labelled else variant)
+                drawn = labelled = True
     ax.set_xlabel("training step")
     ax.set_ylabel("validation gap (clean minus anti accuracy)")
     ax.legend(fontsize=8)
@@ -342,8 +344,8 @@ def main() -> int:
     if args.plots and main_cells.get("lora"):
         out = Path(args.plots)
         lora = next(iter(main_cells["lora"].values()))
-        plot_frontier(setting_views(main_cells, masking), cue_class_of(lora), out / "guard_frontier.png")
-        plot_gap_steps(main_cells, out / "guard_gap_steps.png")
+        plot_frontier(setting_views({**main_cells, **pilot}, masking), cue_class_of(lora), out / "guard_frontier.png")
+        plot_gap_steps({**main_cells, **pilot}, out / "guard_gap_steps.png")
     return 0
 
 
