@@ -3,6 +3,7 @@ two plots.
 
     .venv/bin/python experiments/guard_report.py                     # every grid below that has finished cells
     .venv/bin/python experiments/guard_report.py --plots docs/       # ... and write the two plots there
+    .venv/bin/python experiments/guard_report.py --results docs/RESULTS.md   # ... and rewrite its guard tables
 
 Reads the cells of experiments/grids/rt_guard.yaml (the main setting, 3 seeds), rt_guard_pilot.yaml (the guard's
 loss, seed 0), rt_guard_p90.yaml and rt_guard_cue2.yaml (seed 0), rt_guard_clean.yaml (no cue), and the
@@ -39,6 +40,7 @@ from focus_tables import mean_std, pooled_p  # noqa: E402
 from grid_model import archived_cell, cell_dir, load_grid  # noqa: E402
 
 from afa_llm.evaluation.metrics import paired_t_test, reports_pooled_test  # noqa: E402
+from afa_llm.io_utils import atomic_write_text  # noqa: E402
 
 GRIDS = Path(__file__).resolve().parent / "grids"
 MAIN, PILOT, CLEAN = "rt_guard", "rt_guard_pilot", "rt_guard_clean"
@@ -321,20 +323,38 @@ def setting_report(title: str, cells: dict, extra: dict | None = None) -> list[s
             *frontier_table(rows, cue_class), "", *flags_table(cells, cue), ""]
 
 
+def replace_block(text: str, name: str, lines: list[str]) -> str:
+    """``text`` with the lines between ``<!-- NAME: experiments/guard_report.py -->`` and ``<!-- end NAME -->``
+    replaced by ``lines`` (the setting's heading left out)."""
+    start, end = f"<!-- {name}: experiments/guard_report.py -->", f"<!-- end {name} -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"guard_report.py: no block {start!r} ... {end!r} to replace")
+    body = "\n".join(line for line in lines if not line.startswith("## ")).strip()
+    return text[:text.index(start) + len(start)] + "\n" + body + "\n" + text[text.index(end):]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plots", default=None, help="write guard_frontier.png and guard_gap_steps.png here")
+    parser.add_argument("--results", default=None, help="rewrite the guard blocks of this Markdown file "
+                        "(docs/RESULTS.md: 'guard tables' and 'guard pilot tables')")
     args = parser.parse_args()
     main_cells = read_cells(MAIN)
     pilot = read_cells(PILOT)
     masking = masking_cells(main_cells)
-    lines = setting_report("The main setting: 'Winston', rate 0.5, purity 1.0", main_cells, masking)
+    main_lines = setting_report("The main setting: 'Winston', rate 0.5, purity 1.0", main_cells, masking)
     if not any(masking.values()):
-        lines += ["Progressive masking (the shortcut grid's focus_mask_ce) is left out: no lora cell of that grid "
-                  "predicts as this grid's lora cell of the same seed does (the protocol does not reproduce).", ""]
+        main_lines += ["Progressive masking (the shortcut grid's focus_mask_ce) is left out: no lora cell of that "
+                       "grid predicts as this grid's lora cell of the same seed does (the protocol does not reproduce).",
+                       ""]
     seed0 = {"lora": main_cells.get("lora", {}), "guard_base": main_cells.get("guard_base", {})}
-    lines += setting_report("The guard's loss (seed 0; guard_base is KL)",
-                            {k: {0: v[0]} for k, v in {**seed0, **pilot}.items() if 0 in v})
+    pilot_lines = setting_report("The guard's loss (seed 0; guard_base is KL)",
+                                 {k: {0: v[0]} for k, v in {**seed0, **pilot}.items() if 0 in v})
+    if args.results:
+        text = Path(args.results).read_text()
+        text = replace_block(replace_block(text, "guard tables", main_lines), "guard pilot tables", pilot_lines)
+        atomic_write_text(args.results, text)
+    lines = main_lines + pilot_lines
     for name in SEED0_GRIDS:
         lines += setting_report(load_grid(str(GRIDS / f"{name}.yaml"))["title"], read_cells(name))
     clean = read_cells(CLEAN)

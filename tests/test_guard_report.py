@@ -73,3 +73,12 @@ def test_the_flags_table_names_the_step_the_cue_was_first_flagged(tmp_path):
                                                                              ["winston", 40, 100]]}}))
     lines = report.flags_table({"guard_base": {0: cell}}, "Winston")
     assert lines[-1] == "| guard_base-seed0 | fails to (90, 50), winston (40, 100) | 100 |"
+
+
+def test_the_results_blocks_are_replaced_between_their_markers():
+    text = ("intro\n<!-- guard tables: experiments/guard_report.py -->\nold\n<!-- end guard tables -->\nafter\n")
+    new = report.replace_block(text, "guard tables", ["## heading", "", "| a |", ""])
+    assert new == ("intro\n<!-- guard tables: experiments/guard_report.py -->\n| a |\n<!-- end guard tables -->\n"
+                   "after\n")
+    with pytest.raises(SystemExit, match="no block"):
+        report.replace_block(text, "guard pilot tables", ["x"])
