@@ -99,11 +99,11 @@ class TrainConfig:
     guard_words_top: int = 3
     guard_loss: Literal["kl", "ce", "both"] = "kl"
     guard_every: int = 25  # steps between flag refreshes (base, random)
-    guard_sticky: bool = False  # base: a flagged word stays flagged to the end of training
+    guard_sticky: bool = False  # base (and matched random): a flagged word stays flagged to the end of training
     # flag a word whose audit score is at least this (base): a cue-free Rotten Tomatoes run tops out at 4.5 in
     # `afa-llm audit`, a learned name scores 7.0 (docs/RESULTS.md, "Finding the shortcut")
     guard_threshold: float = 5.0
-    guard_random_count: int = 3  # words the random control flags per refresh
+    guard_random_count: int = 3  # words the random control flags per refresh; 0: as many as the measure flags
     guard_candidates: int = 64  # the most label-skewed words and pairs measured per refresh
     guard_sample: int = 4  # texts per candidate per refresh
     guard_min_count: int = 5  # occurrences a word needs to be a candidate
@@ -184,7 +184,7 @@ class TrainConfig:
             "faithfulness_eval_limit": self.faithfulness_eval_limit >= 0,
             "guard_weight": self.guard_weight >= 0,
             "guard_every": self.guard_every >= 1,
-            "guard_random_count": self.guard_random_count >= 1,
+            "guard_random_count": self.guard_random_count >= 0,
             "guard_candidates": self.guard_candidates >= 1,
             "guard_sample": self.guard_sample >= 1,
             "guard_min_count": self.guard_min_count >= 1,

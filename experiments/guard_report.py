@@ -45,7 +45,7 @@ from afa_llm.io_utils import atomic_write_text  # noqa: E402
 GRIDS = Path(__file__).resolve().parent / "grids"
 MAIN, PILOT, CLEAN = "rt_guard", "rt_guard_pilot", "rt_guard_clean"
 SEED0_GRIDS = ("rt_guard_p90", "rt_guard_cue2")
-CONTROLS = {"guard_base": "guard_random"}
+CONTROLS = {"guard_base": "guard_random", "guard_sticky": "guard_sticky_random"}
 ALPHAS = ("0.0", "0.25", "0.5", "0.75", "1.0")
 MASKING = ("rt_shortcut", "focus_mask_ce")  # progressive masking, from the shortcut grid
 GAP_VARIANTS = ("lora", "guard_base", "guard_sticky", "guard_sticky_ce", "guard_sticky_both")  # in the gap plot

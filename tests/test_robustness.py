@@ -128,6 +128,38 @@ def test_sticky_flags_hold_to_the_end_of_training(sticky, monkeypatch):
     assert guard.first_step == {"winston": 0, "dull": 25}
 
 
+@pytest.mark.parametrize("sticky", [False, True])
+def test_the_matched_random_control_hides_as_many_words_as_the_measure_flags(sticky, monkeypatch):
+    from types import SimpleNamespace
+
+    from afa_llm.robustness.guard import Guard
+
+    texts = [f"winston saw a dull film with {w}" for w in ("ann", "bob", "cy", "di", "ed", "flo")] * 2
+    labels = [1, 0] * 6
+    cfg = SimpleNamespace(guard="random", guard_random_count=0, guard_sticky=sticky, guard_every=25,
+                          guard_threshold=5.0, seed=0, guard_min_count=5, guard_candidates=50, guard_sample=2)
+    guard = Guard(cfg, None, texts, labels, 2)
+    words = [c.text for c in guard.candidates]
+    assert len(words) > 4
+    rounds = iter([{"winston": 9.0}, {"dull": 7.0}, {}, {"winston": 8.0, "dull": 6.0, "film": 5.5}])
+    monkeypatch.setattr(guard, "_scores", lambda model: [next_round.get(w, 0.0) for w in words])
+    flagged = []
+    for step in (0, 25, 50, 75):
+        next_round = next(rounds)
+        flagged.append(guard.refresh(None, step)["guard_flagged"])
+    sizes = [len(f) for f in flagged]
+    if sticky:  # as many as the measure has flagged so far (winston, dull, film), earlier draws kept
+        assert sizes == [1, 2, 2, 3]
+        assert all(set(a) <= set(b) for a, b in zip(flagged, flagged[1:]))
+        state = guard.state_dict()
+        assert state["measured"] == sorted(words.index(w) for w in ("winston", "dull", "film"))
+        again = Guard(cfg, None, texts, labels, 2)
+        again.load_state_dict(state)
+        assert again.measured == guard.measured and again.flagged == guard.flagged
+    else:  # as many as it flags at each refresh
+        assert sizes == [1, 1, 0, 3]
+
+
 def test_guard_words_from_reads_the_audits_top_words(tmp_path):
     from afa_llm.config import load_config
 
@@ -170,7 +202,9 @@ def test_guard_and_poe_train_with_every_method_and_head(method, head, tiny_model
     assert results["guard"]["top_hidden"] and results["debias"]["kind"] == "poe"
 
 
-@pytest.mark.parametrize("extra", [["guard=base", "guard_every=3", "guard_threshold=0"], ["debias=poe"]])
+@pytest.mark.parametrize("extra", [["guard=base", "guard_every=3", "guard_threshold=0"], ["debias=poe"],
+                                   ["guard=random", "guard_random_count=0", "guard_sticky=true", "guard_every=2",
+                                    "guard_threshold=0"]])
 def test_resume_is_exact_with_guard_and_debias(extra, tiny_model_dir, cue_only_csv, tmp_path):
     from test_train import adapter_state, max_diff
 
@@ -191,6 +225,7 @@ def test_resume_is_exact_with_guard_and_debias(extra, tiny_model_dir, cue_only_c
     (["guard=sometimes"], "guard"),
     (["guard=words"], "guard_words"),
     (["guard_weight=-1"], "guard_weight"),
+    (["guard=random", "guard_random_count=-1"], "guard_random_count"),
     (["debias=ensemble"], "debias"),
 ])
 def test_bad_guard_keys_are_one_line(extra, key, tiny_model_dir, cue_only_csv, tmp_path, capsys):

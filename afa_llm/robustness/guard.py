@@ -11,8 +11,10 @@ output on the input agree with its output on the hidden copy, so that such a wor
   model's effect over its median effect, minus the base's positive effect over the base's) is at least
   ``guard_threshold``. The flags hold until the next refresh; with ``guard_sticky``, to the end of training
   (a flagged cue stops paying, its score falls below the threshold, and without it the model learns it again).
-- ``random``: the control: at each refresh, the same number of words drawn at random from the same
-  candidates.
+- ``random``: the control: at each refresh, ``guard_random_count`` words drawn at random from the same
+  candidates; with ``guard_random_count: 0``, as many as the measure flags on the control's own model (with
+  ``guard_sticky``, as many as it has flagged so far, the earlier draws kept), so that it hides as many words
+  as the guard, for as long, and only which words differs.
 - ``words``: the given list, from step 0 (e.g. the top words of `afa-llm audit` on a first run).
 
 The loss, on the rows of the batch that hold a flagged word (``guard_loss``):
@@ -61,6 +63,7 @@ class Guard:
         self.skew_class: list[int] = []
         self.jobs: list[tuple[int, int]] | None = None  # (text, candidate) pairs measured at every refresh
         self.base_effects: np.ndarray | None = None
+        self.measured: set[int] = set()  # random, matched and sticky: the candidates the measure has flagged
         if cfg.guard == "words":
             self.flagged = [tuple(w for w, _, _ in text_words(word)) for word in cfg.guard_words]
             self.first_step = {" ".join(words): 0 for words in self.flagged}
@@ -81,9 +84,8 @@ class Guard:
             order = np.argsort(-np.asarray(scores))
             flagged = [i for i in order if scores[i] >= self.cfg.guard_threshold]
             event["guard_top_scores"] = [[self.candidates[i].text, round(float(scores[i]), 3)] for i in order[:5]]
-        else:  # the control: as many words as guard_random_count, from the same candidates
-            count = min(self.cfg.guard_random_count, len(self.candidates))
-            flagged = list(rng.choice(len(self.candidates), count, replace=False))
+        else:
+            flagged = self._random_flags(model, rng, event)
         fresh = [self.candidates[i].words for i in flagged]
         if self.cfg.guard_sticky and self.cfg.guard == "base":  # once flagged, hidden to the end of training
             fresh = list(dict.fromkeys([*self.flagged, *fresh]))
@@ -91,6 +93,23 @@ class Guard:
         for words in self.flagged:
             self.first_step.setdefault(" ".join(words), step)
         return {**event, "guard_flagged": [" ".join(w) for w in self.flagged]}
+
+    def _random_flags(self, model: torch.nn.Module, rng: np.random.Generator, event: dict) -> list[int]:
+        """The control's draw from the candidates: ``guard_random_count`` of them, or, with 0, as many as the
+        measure flags on this model (sticky: as many as it has flagged so far, the earlier draws kept)."""
+        if self.cfg.guard_random_count:
+            count = min(self.cfg.guard_random_count, len(self.candidates))
+            return list(rng.choice(len(self.candidates), count, replace=False))
+        scores = np.asarray(self._scores(model))
+        measured = set(np.flatnonzero(scores >= self.cfg.guard_threshold).tolist())
+        event["guard_measured"] = [self.candidates[i].text for i in sorted(measured)]
+        if not self.cfg.guard_sticky:
+            return list(rng.choice(len(self.candidates), len(measured), replace=False))
+        self.measured |= measured
+        index = {c.words: i for i, c in enumerate(self.candidates)}
+        kept = [index[words] for words in self.flagged]
+        rest = [i for i in range(len(self.candidates)) if i not in set(kept)]
+        return kept + [int(i) for i in rng.choice(rest, max(len(self.measured) - len(kept), 0), replace=False)]
 
     def _scores(self, model: torch.nn.Module) -> list[float]:
         """The audit's score of every candidate for the model under training. The sample of texts is drawn once
@@ -164,9 +183,10 @@ class Guard:
 
     def state_dict(self) -> dict:
         return {"flagged": [list(w) for w in self.flagged], "hidden_counts": dict(self.hidden_counts),
-                "first_step": dict(self.first_step)}
+                "first_step": dict(self.first_step), "measured": sorted(self.measured)}
 
     def load_state_dict(self, state: dict) -> None:
         self.flagged = [tuple(w) for w in state["flagged"]]
         self.hidden_counts = Counter(state["hidden_counts"])
         self.first_step = dict(state["first_step"])
+        self.measured = set(state.get("measured", []))
