@@ -323,6 +323,12 @@ def setting_report(title: str, cells: dict, extra: dict | None = None) -> list[s
             *frontier_table(rows, cue_class), "", *flags_table(cells, cue), ""]
 
 
+def with_pilot(main_cells: dict, pilot: dict) -> dict:
+    """The main setting's cells with the pilot's added, seed by seed (a pilot variant of the same name, such as
+    ``guard_sticky``, fills only the seeds the main grid lacks)."""
+    return {**main_cells, **{v: {**seeds, **main_cells.get(v, {})} for v, seeds in pilot.items()}}
+
+
 def replace_block(text: str, name: str, lines: list[str]) -> str:
     """``text`` with the lines between ``<!-- NAME: experiments/guard_report.py -->`` and ``<!-- end NAME -->``
     replaced by ``lines`` (the setting's heading left out)."""
@@ -345,8 +351,8 @@ def main() -> int:
     main_lines = setting_report("The main setting: 'Winston', rate 0.5, purity 1.0", main_cells, masking)
     if not any(masking.values()):
         main_lines += ["Progressive masking (the shortcut grid's focus_mask_ce) is left out: no lora cell of that "
-                       "grid predicts as this grid's lora cell of the same seed does (the protocol does not reproduce).",
-                       ""]
+                       "grid predicts as this grid's lora cell of the same seed does (the protocol does not "
+                       "reproduce).", ""]
     seed0 = {"lora": main_cells.get("lora", {}), "guard_base": main_cells.get("guard_base", {})}
     pilot_lines = setting_report("The guard's loss (seed 0; guard_base is KL)",
                                  {k: {0: v[0]} for k, v in {**seed0, **pilot}.items() if 0 in v})
@@ -364,8 +370,9 @@ def main() -> int:
     if args.plots and main_cells.get("lora"):
         out = Path(args.plots)
         lora = next(iter(main_cells["lora"].values()))
-        plot_frontier(setting_views({**main_cells, **pilot}, masking), cue_class_of(lora), out / "guard_frontier.png")
-        plot_gap_steps({**main_cells, **pilot}, out / "guard_gap_steps.png")
+        cells = with_pilot(main_cells, pilot)
+        plot_frontier(setting_views(cells, masking), cue_class_of(lora), out / "guard_frontier.png")
+        plot_gap_steps(cells, out / "guard_gap_steps.png")
     return 0
 
 

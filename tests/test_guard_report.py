@@ -82,3 +82,10 @@ def test_the_results_blocks_are_replaced_between_their_markers():
                    "after\n")
     with pytest.raises(SystemExit, match="no block"):
         report.replace_block(text, "guard pilot tables", ["x"])
+
+
+def test_the_pilot_fills_only_the_seeds_the_main_grid_lacks():
+    main = {"lora": {0: "m0"}, "guard_sticky": {1: "m1"}, "guard_sticky_random": {}}
+    pilot = {"guard_sticky": {0: "p0", 1: "p1"}, "guard_sticky_ce": {0: "c0"}}
+    assert report.with_pilot(main, pilot) == {"lora": {0: "m0"}, "guard_sticky": {0: "p0", 1: "m1"},
+                                              "guard_sticky_random": {}, "guard_sticky_ce": {0: "c0"}}

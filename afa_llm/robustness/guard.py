@@ -87,29 +87,33 @@ class Guard:
         else:
             flagged = self._random_flags(model, rng, event)
         fresh = [self.candidates[i].words for i in flagged]
-        if self.cfg.guard_sticky and self.cfg.guard == "base":  # once flagged, hidden to the end of training
+        if self._sticky():  # once flagged, hidden to the end of training
             fresh = list(dict.fromkeys([*self.flagged, *fresh]))
         self.flagged = fresh
         for words in self.flagged:
             self.first_step.setdefault(" ".join(words), step)
         return {**event, "guard_flagged": [" ".join(w) for w in self.flagged]}
 
+    def _sticky(self) -> bool:
+        """Whether flags hold to the end of training: ``guard_sticky`` with base, or with the matched control."""
+        return self.cfg.guard_sticky and (self.cfg.guard == "base" or self.cfg.guard_random_count == 0)
+
     def _random_flags(self, model: torch.nn.Module, rng: np.random.Generator, event: dict) -> list[int]:
         """The control's draw from the candidates: ``guard_random_count`` of them, or, with 0, as many as the
-        measure flags on this model (sticky: as many as it has flagged so far, the earlier draws kept)."""
+        measure flags on this model (sticky: the draws that bring the held flags up to as many as it has
+        flagged so far, from the candidates not yet held)."""
         if self.cfg.guard_random_count:
             count = min(self.cfg.guard_random_count, len(self.candidates))
             return list(rng.choice(len(self.candidates), count, replace=False))
         scores = np.asarray(self._scores(model))
         measured = set(np.flatnonzero(scores >= self.cfg.guard_threshold).tolist())
         event["guard_measured"] = [self.candidates[i].text for i in sorted(measured)]
-        if not self.cfg.guard_sticky:
+        if not self._sticky():
             return list(rng.choice(len(self.candidates), len(measured), replace=False))
         self.measured |= measured
-        index = {c.words: i for i, c in enumerate(self.candidates)}
-        kept = [index[words] for words in self.flagged]
-        rest = [i for i in range(len(self.candidates)) if i not in set(kept)]
-        return kept + [int(i) for i in rng.choice(rest, max(len(self.measured) - len(kept), 0), replace=False)]
+        held = set(self.flagged)
+        rest = [i for i, c in enumerate(self.candidates) if c.words not in held]
+        return [int(i) for i in rng.choice(rest, max(len(self.measured) - len(held), 0), replace=False)]
 
     def _scores(self, model: torch.nn.Module) -> list[float]:
         """The audit's score of every candidate for the model under training. The sample of texts is drawn once
