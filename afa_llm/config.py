@@ -99,7 +99,9 @@ class TrainConfig:
     guard_words_top: int = 3
     guard_loss: Literal["kl", "ce", "both"] = "kl"
     guard_every: int = 25  # steps between flag refreshes (base, random)
-    guard_sticky: bool = False  # base (and matched random): a flagged word stays flagged to the end of training
+    # base (and the matched random control): a flagged word stays flagged to the end of training; false, a flag
+    # lapses when its score falls, and the model learns the cue again (docs/RESULTS.md, the guard's pilot)
+    guard_sticky: bool = True
     # flag a word whose audit score is at least this (base): a cue-free Rotten Tomatoes run tops out at 4.5 in
     # `afa-llm audit`, a learned name scores 7.0 (docs/RESULTS.md, "Finding the shortcut")
     guard_threshold: float = 5.0

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 from focus_tables import mean_std, pooled_p  # noqa: E402
-from grid_model import archived_cell, cell_dir, load_grid  # noqa: E402
+from grid_model import archived_cell, cell_config, cell_dir, load_grid  # noqa: E402
 
 from afa_llm.evaluation.metrics import paired_t_test, reports_pooled_test  # noqa: E402
 from afa_llm.io_utils import atomic_write_text  # noqa: E402
@@ -329,6 +329,32 @@ def with_pilot(main_cells: dict, pilot: dict) -> dict:
     return {**main_cells, **{v: {**seeds, **main_cells.get(v, {})} for v, seeds in pilot.items()}}
 
 
+def run_config(cell: Path) -> dict:
+    """The cell's resolved training config, without where it was written."""
+    import yaml
+
+    config = yaml.safe_load((cell / "config.yaml").read_text())
+    config.pop("output_dir", None)
+    return config
+
+
+def pilot_runs_of_main(main_cells: dict, pilot: dict) -> dict:
+    """The main setting's cells, with a pilot cell filling a seed the main grid lacks where the main grid has a
+    variant of the same name and the pilot's run is that cell's run (the config the main grid resolves for the
+    cell): the pilot's ``guard_sticky`` seed 0 is the main grid's ``guard_sticky`` seed 0, not run twice."""
+    grid = load_grid(str(GRIDS / f"{MAIN}.yaml"))
+    filled = {v: dict(seeds) for v, seeds in main_cells.items()}
+    for variant, seeds in pilot.items():
+        for seed, cell in seeds.items():
+            if variant not in filled or seed in filled[variant] or seed not in grid["seeds"]:
+                continue
+            expected = cell_config(grid, variant, seed, next(iter(grid["variants"])))[0].to_dict()
+            expected.pop("output_dir", None)
+            if run_config(cell) == expected:
+                filled[variant][seed] = cell
+    return filled
+
+
 def replace_block(text: str, name: str, lines: list[str]) -> str:
     """``text`` with the lines between ``<!-- NAME: experiments/guard_report.py -->`` and ``<!-- end NAME -->``
     replaced by ``lines`` (the setting's heading left out)."""
@@ -343,10 +369,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plots", default=None, help="write guard_frontier.png and guard_gap_steps.png here")
     parser.add_argument("--results", default=None, help="rewrite the guard blocks of this Markdown file "
-                        "(docs/RESULTS.md: 'guard tables' and 'guard pilot tables')")
+                        "(docs/RESULTS.md: 'guard tables', 'guard pilot tables', 'guard p90 tables', "
+                        "'guard cue2 tables' and 'guard clean tables')")
     args = parser.parse_args()
-    main_cells = read_cells(MAIN)
     pilot = read_cells(PILOT)
+    main_cells = pilot_runs_of_main(read_cells(MAIN), pilot)
     masking = masking_cells(main_cells)
     main_lines = setting_report("The main setting: 'Winston', rate 0.5, purity 1.0", main_cells, masking)
     if not any(masking.values()):
@@ -356,17 +383,18 @@ def main() -> int:
     seed0 = {"lora": main_cells.get("lora", {}), "guard_base": main_cells.get("guard_base", {})}
     pilot_lines = setting_report("The guard's loss (seed 0; guard_base is KL)",
                                  {k: {0: v[0]} for k, v in {**seed0, **pilot}.items() if 0 in v})
+    blocks = {"guard tables": main_lines, "guard pilot tables": pilot_lines}
+    for name in SEED0_GRIDS:
+        blocks[f"guard {name.removeprefix('rt_guard_')} tables"] = setting_report(
+            load_grid(str(GRIDS / f"{name}.yaml"))["title"], read_cells(name))
+    clean = read_cells(CLEAN)
+    blocks["guard clean tables"] = ["## In distribution (no cue)", "", *clean_grid_table(clean), ""]
     if args.results:
         text = Path(args.results).read_text()
-        text = replace_block(replace_block(text, "guard tables", main_lines), "guard pilot tables", pilot_lines)
+        for name, lines in blocks.items():
+            text = replace_block(text, name, lines)
         atomic_write_text(args.results, text)
-    lines = main_lines + pilot_lines
-    for name in SEED0_GRIDS:
-        lines += setting_report(load_grid(str(GRIDS / f"{name}.yaml"))["title"], read_cells(name))
-    clean = read_cells(CLEAN)
-    if any(clean.values()):
-        lines += ["## In distribution (no cue)", "", *clean_grid_table(clean), ""]
-    print("\n".join(lines))
+    print("\n".join(line for lines in blocks.values() for line in lines))
     if args.plots and main_cells.get("lora"):
         out = Path(args.plots)
         lora = next(iter(main_cells["lora"].values()))

@@ -89,3 +89,22 @@ def test_the_pilot_fills_only_the_seeds_the_main_grid_lacks():
     pilot = {"guard_sticky": {0: "p0", 1: "p1"}, "guard_sticky_ce": {0: "c0"}}
     assert report.with_pilot(main, pilot) == {"lora": {0: "m0"}, "guard_sticky": {0: "p0", 1: "m1"},
                                               "guard_sticky_random": {}, "guard_sticky_ce": {0: "c0"}}
+
+
+def test_a_pilot_cell_counts_as_the_main_grids_only_where_its_config_is_the_cells(tmp_path):
+    def cell(name: str, **changes) -> Path:
+        import yaml
+
+        grid = report.load_grid(str(report.GRIDS / "rt_guard.yaml"))
+        config = report.cell_config(grid, "guard_sticky", 0, "lora")[0].to_dict()
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.yaml").write_text(yaml.safe_dump({**config, "output_dir": f"elsewhere/{name}", **changes}))
+        return path
+
+    same, other_loss = cell("same"), cell("ce", guard_loss="ce")
+    filled = report.pilot_runs_of_main({"lora": {}, "guard_sticky": {}},
+                                       {"guard_sticky": {0: same, 2: other_loss}, "guard_sticky_ce": {0: other_loss}})
+    assert filled == {"lora": {}, "guard_sticky": {0: same}}  # seed 2's config says seed 0 and the CE loss
+    filled = report.pilot_runs_of_main({"guard_sticky": {}}, {"guard_sticky": {0: other_loss}})
+    assert filled == {"guard_sticky": {}}

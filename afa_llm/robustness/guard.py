@@ -9,8 +9,9 @@ output on the input agree with its output on the hidden copy, so that such a wor
   each is hidden in ``guard_sample`` texts, for the model under training and for the base (the adapter
   switched off; with a classifier head, the head it started from). A word is flagged when its score (the
   model's effect over its median effect, minus the base's positive effect over the base's) is at least
-  ``guard_threshold``. The flags hold until the next refresh; with ``guard_sticky``, to the end of training
-  (a flagged cue stops paying, its score falls below the threshold, and without it the model learns it again).
+  ``guard_threshold``. With ``guard_sticky`` (the default) a flag holds to the end of training; without it, only
+  until the next refresh (a flagged cue stops paying, its score falls below the threshold, and the model learns
+  it again).
 - ``random``: the control: at each refresh, ``guard_random_count`` words drawn at random from the same
   candidates; with ``guard_random_count: 0``, as many as the measure flags on the control's own model (with
   ``guard_sticky``, as many as it has flagged so far, the earlier draws kept), so that it hides as many words
