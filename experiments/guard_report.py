@@ -376,7 +376,7 @@ def main() -> int:
     main_cells = pilot_runs_of_main(read_cells(MAIN), pilot)
     masking = masking_cells(main_cells)
     main_lines = setting_report("The main setting: 'Winston', rate 0.5, purity 1.0", main_cells, masking)
-    if not any(masking.values()):
+    if not any(masking.values()) and not main_cells.get("focus_mask_ce"):
         main_lines += ["Progressive masking (the shortcut grid's focus_mask_ce) is left out: no lora cell of that "
                        "grid predicts as this grid's lora cell of the same seed does (the protocol does not "
                        "reproduce).", ""]
