@@ -38,6 +38,20 @@ def test_best_is_the_first_best_and_patience_counts_validations():
     assert by_loss.best(history)["step"] == 4 and by_loss.should_stop(history)
 
 
+def test_records_before_the_newest_selectable_from_do_not_count():
+    """The guard's sticky flags: a new flag at step 5 makes the steps before 7 unselectable (seed 1 of the
+    shortcut grid: its best cued validation came the step the cue was flagged, and won the selection)."""
+    stop = EarlyStopping("val_accuracy", 2)
+    history = _h(0.7, 0.9, 0.8)
+    assert stop.best(history)["step"] == 4
+    history[-1]["selectable_from"] = 7  # the record at step 6: nothing selectable yet, so no stopping
+    assert stop.best(history) is None and not stop.is_best(history) and not stop.should_stop(history)
+    history += [{"step": s, "accuracy": a, "loss": 1.0, "selectable_from": 7} for s, a in ((8, 0.75), (10, 0.7))]
+    assert stop.best(history)["step"] == 8 and stop.is_best(history[:4])  # 0.75 at 8, below the old best 0.9
+    history += [{"step": 12, "accuracy": 0.6, "loss": 1.0, "selectable_from": 7}]
+    assert not stop.should_stop(history[:5]) and stop.should_stop(history)  # patience counts from step 8
+
+
 def test_validation_record_loss_is_the_mean_gold_cross_entropy():
     report = {"accuracy": 0.5, "probabilities": [[0.8, 0.2], [0.25, 0.75]], "labels": [0, 0]}
     record = validation_record(report, 10)

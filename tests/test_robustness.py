@@ -93,6 +93,26 @@ def test_guard_base_flags_the_cue_and_shrinks_the_gap(tiny_model_dir, cue_only_c
     assert any("winston" in e.get("guard_flagged", []) for e in events)
 
 
+def test_the_sticky_guard_selects_a_checkpoint_from_after_its_newest_flag(tiny_model_dir, cue_only_csv, tmp_path):
+    from afa_llm.config import load_config
+    from afa_llm.training.trainer import train
+
+    results = train(load_config(None, cued_overrides(tmp_path / "s", tiny_model_dir, cue_only_csv, "steps=10",
+                                                     "guard=base", "guard_every=4", "guard_threshold=0",
+                                                     "eval_every=2", "select_best=true")))
+    flags = [json.loads(line) for line in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    newest = {}
+    for event in (e for e in flags if "guard_flagged" in e):  # logged with the step they apply to, + 1
+        for word in event["guard_flagged"]:
+            newest.setdefault(word, event["step"] - 1)
+    start = max(newest.values()) + 4
+    assert results["validation"][-1]["selectable_from"] == start
+    history = results["validation"]
+    assert results["best_step"] >= start and results["selected"] == "best", (history, start)
+    best = next(r for r in history if r["step"] == results["best_step"])
+    assert max(r["accuracy"] for r in history) > best["accuracy"]  # an earlier checkpoint scored higher
+
+
 def test_guard_words_hides_the_given_words(tiny_model_dir, cue_only_csv, tmp_path):
     from afa_llm.config import load_config
     from afa_llm.training.trainer import train
@@ -126,6 +146,8 @@ def test_sticky_flags_hold_to_the_end_of_training(sticky, monkeypatch):
     else:
         assert flagged == [["winston"], ["dull"], []]
     assert guard.first_step == {"winston": 0, "dull": 25}
+    # selection counts the validations from one refresh interval after the newest sticky flag on
+    assert guard.selectable_from() == (50 if sticky else 0)
 
 
 @pytest.mark.parametrize("sticky", [False, True])

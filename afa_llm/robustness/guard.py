@@ -11,7 +11,8 @@ output on the input agree with its output on the hidden copy, so that such a wor
   model's effect over its median effect, minus the base's positive effect over the base's) is at least
   ``guard_threshold``. With ``guard_sticky`` (the default) a flag holds to the end of training; without it, only
   until the next refresh (a flagged cue stops paying, its score falls below the threshold, and the model learns
-  it again).
+  it again). With sticky flags, ``select_best`` and early stopping count only the validations from one
+  refresh interval after the newest flag on (`Guard.selectable_from`).
 - ``random``: the control: at each refresh, ``guard_random_count`` words drawn at random from the same
   candidates; with ``guard_random_count: 0``, as many as the measure flags on the control's own model (with
   ``guard_sticky``, as many as it has flagged so far, the earlier draws kept), so that it hides as many words
@@ -98,6 +99,15 @@ class Guard:
     def _sticky(self) -> bool:
         """Whether flags hold to the end of training: ``guard_sticky`` with base, or with the matched control."""
         return self.cfg.guard_sticky and (self.cfg.guard == "base" or self.cfg.guard_random_count == 0)
+
+    def selectable_from(self) -> int:
+        """With sticky flags, the first step whose validation ``select_best`` and early stopping may count: one
+        refresh interval after the newest word was first flagged. A checkpoint from before leaned on that word
+        while the guard let it pay, and on a validation split that carries the cue it would win the selection
+        (0: every step counts)."""
+        if not self._sticky() or not self.first_step:
+            return 0
+        return max(self.first_step.values()) + self.cfg.guard_every
 
     def _random_flags(self, model: torch.nn.Module, rng: np.random.Generator, event: dict) -> list[int]:
         """The control's draw from the candidates: ``guard_random_count`` of them, or, with 0, as many as the

@@ -205,10 +205,12 @@ class Trainer:
     def validate(self, done: int) -> dict[str, float]:
         """Score the validation split, keep the best adapter (select_best); the record's metrics."""
         with self.accelerator.autocast():  # evaluate in the training precision, like HF Trainer
-            self.history.append(validate(self.accelerator, self.peft_model, self.task, self.data, self.cfg, done))
+            record = validate(self.accelerator, self.peft_model, self.task, self.data, self.cfg, done)
+        if self.guard is not None and self.guard.selectable_from():
+            record["selectable_from"] = self.guard.selectable_from()
+        self.history.append(record)
         if self.cfg.select_best and self.stopper.is_best(self.history) and self.accelerator.is_main_process:
             save_best_adapter(self.peft_model, self.run_dir)
-        record = self.history[-1]
         return {"val_accuracy": record["accuracy"], "val_loss": record["loss"],
                 **{f"val_{key}": record[key] for key in ("clean_accuracy", "anti_accuracy", "gap") if key in record}}
 

@@ -8,7 +8,8 @@ and the final test results (``results.json``).
 - `EarlyStopping` is pure on the list of records (the run's ``validation`` history, which
   checkpoints hold), so resume restores it exactly: the best step is the first one with the
   best value of ``early_stopping_metric``; training stops once ``early_stopping_patience``
-  validations in a row did not improve on it.
+  validations in a row did not improve on it. A record may carry ``selectable_from``: the guard's
+  flags changed, and earlier records no longer count (their weights leaned on a word now hidden).
 - With ``select_best``, the adapter of the best validation is kept in
   ``checkpoints/best/adapter`` (written atomically when it improves); at the end the run is
   tested with it and with the last weights, and ``adapter/`` is the best one.
@@ -58,9 +59,13 @@ class EarlyStopping:
         return record["accuracy"] if self.metric == "val_accuracy" else -record["loss"]
 
     def best(self, history: list[dict]) -> dict | None:
-        """The first record with the best value (higher accuracy, or lower loss)."""
+        """The first record with the best value (higher accuracy, or lower loss), among those from the newest
+        record's ``selectable_from`` step on (set by the guard: see `afa_llm.robustness.guard`); None where none is."""
+        start = history[-1].get("selectable_from", 0) if history else 0
         best = None
         for record in history:
+            if record["step"] < start:
+                continue
             if best is None or self._value(record) > self._value(best):
                 best = record
         return best
@@ -73,6 +78,8 @@ class EarlyStopping:
         if self.patience is None or not history:
             return False
         best = self.best(history)
+        if best is None:  # nothing selectable yet: patience counts from the first selectable record
+            return False
         since = len(history) - 1 - history.index(best)
         return since >= self.patience
 
