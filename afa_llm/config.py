@@ -99,9 +99,7 @@ class TrainConfig:
     guard_words_top: int = 3
     guard_loss: Literal["kl", "ce", "both"] = "kl"
     guard_every: int = 25  # steps between flag refreshes (base, random)
-    # base (and the matched random control): a flagged word stays flagged to the end of training; false, a flag
-    # lapses when its score falls, and the model learns the cue again (docs/RESULTS.md, the guard's pilot)
-    guard_sticky: bool = True
+    guard_sticky: bool = True  # base, matched random: a flag holds to the end (false: it lapses; RESULTS, pilot)
     # flag a word whose audit score is at least this (base): a cue-free Rotten Tomatoes run tops out at 4.5 in
     # `afa-llm audit`, a learned name scores 7.0 (docs/RESULTS.md, "Finding the shortcut")
     guard_threshold: float = 5.0
