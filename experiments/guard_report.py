@@ -41,6 +41,7 @@ from grid_model import archived_cell, cell_config, cell_dir, load_grid  # noqa: 
 
 from afa_llm.evaluation.metrics import paired_t_test, reports_pooled_test  # noqa: E402
 from afa_llm.io_utils import atomic_write_text  # noqa: E402
+from afa_llm.runs import read_run_config  # noqa: E402
 
 GRIDS = Path(__file__).resolve().parent / "grids"
 MAIN, PILOT, CLEAN = "rt_guard", "rt_guard_pilot", "rt_guard_clean"
@@ -329,13 +330,9 @@ def with_pilot(main_cells: dict, pilot: dict) -> dict:
     return {**main_cells, **{v: {**seeds, **main_cells.get(v, {})} for v, seeds in pilot.items()}}
 
 
-def run_config(cell: Path) -> dict:
-    """The cell's resolved training config, without where it was written."""
-    import yaml
-
-    config = yaml.safe_load((cell / "config.yaml").read_text())
-    config.pop("output_dir", None)
-    return config
+def without_output_dir(config) -> dict:
+    """A resolved TrainConfig as a dict, without where its run was written."""
+    return {k: v for k, v in config.to_dict().items() if k != "output_dir"}
 
 
 def pilot_runs_of_main(main_cells: dict, pilot: dict) -> dict:
@@ -348,9 +345,8 @@ def pilot_runs_of_main(main_cells: dict, pilot: dict) -> dict:
         for seed, cell in seeds.items():
             if variant not in filled or seed in filled[variant] or seed not in grid["seeds"]:
                 continue
-            expected = cell_config(grid, variant, seed, next(iter(grid["variants"])))[0].to_dict()
-            expected.pop("output_dir", None)
-            if run_config(cell) == expected:
+            expected = cell_config(grid, variant, seed, next(iter(grid["variants"])))[0]
+            if without_output_dir(read_run_config(cell)) == without_output_dir(expected):
                 filled[variant][seed] = cell
     return filled
 

@@ -206,8 +206,8 @@ class Trainer:
         """Score the validation split, keep the best adapter (select_best); the record's metrics."""
         with self.accelerator.autocast():  # evaluate in the training precision, like HF Trainer
             record = validate(self.accelerator, self.peft_model, self.task, self.data, self.cfg, done)
-        if self.guard is not None and self.guard.selectable_from():
-            record["selectable_from"] = self.guard.selectable_from()
+        if self.guard is not None and (start := self.guard.selectable_from()):
+            record["selectable_from"] = start
         self.history.append(record)
         if self.cfg.select_best and self.stopper.is_best(self.history) and self.accelerator.is_main_process:
             save_best_adapter(self.peft_model, self.run_dir)
