@@ -20,7 +20,7 @@ each lora cell's interpolation.json (experiments/interpolate_grid.py).
 - Whether a variant lies above the interpolation frontier: its anti accuracy against the frontier's
   (interpolated linearly between scales) at the variant's clean accuracy.
 - The guard's flags: the words it hid in the most training rows, and the step it first flagged the cue.
-- Plots: clean against anti accuracy, every variant and seed a point, each seed's interpolation curve and their
+- Plots (drawn by experiments/guard_plots.py): clean against anti accuracy, every variant and seed a point, each seed's interpolation curve and their
   mean (``guard_frontier.png``); the validation gap against training steps for lora, guard base and the
   pilot's sticky forms (``guard_gap_steps.png``).
 """
@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from focus_tables import mean_std, pooled_p  # noqa: E402
 from grid_model import archived_cell, cell_config, cell_dir, load_grid  # noqa: E402
+from guard_plots import plot_frontier, plot_gap_steps  # noqa: E402
 
 from afa_llm.evaluation.metrics import paired_t_test, reports_pooled_test  # noqa: E402
 from afa_llm.io_utils import atomic_write_text  # noqa: E402
@@ -242,61 +243,32 @@ def clean_grid_table(cells: dict[str, dict[int, Path]]) -> list[str]:
     return lines
 
 
-# ---- plots -------------------------------------------------------------------------------------------------------
-def plot_frontier(rows: dict, cue_class: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+# ---- the plots' numbers (experiments/guard_plots.py draws them) ------------------------------------------------
+def frontier_points(rows: dict, cue_class: int) -> tuple[list, list, dict]:
+    """Each seed's interpolation curve, their mean, and every other variant's (clean, anti) per seed."""
     scales = ["lora, scale " + a for a in ALPHAS[:-1]] + ["lora"]
     seeds = sorted(set().union(*(rows[s].keys() for s in scales if s in rows)))
-    for seed in seeds:
-        pts = [cell_metrics(rows[s][seed], cue_class) for s in scales if seed in rows.get(s, {})]
-        ax.plot([p["clean"] for p in pts], [p["anti"] for p in pts], color="0.75", lw=1, zorder=1)
-    curve = frontier(rows, cue_class)
-    ax.plot([c for c, _, _ in curve], [a for _, a, _ in curve], color="0.3", lw=2, marker="o", ms=3, zorder=2,
-            label="weight interpolation (scale 0 to 1; mean, and each seed in grey)")
-    for i, (name, by_seed) in enumerate((n, v) for n, v in rows.items() if not n.startswith("lora, scale")):
-        pts = [cell_metrics(v, cue_class) for v in by_seed.values()]
-        ax.scatter([p["clean"] for p in pts], [p["anti"] for p in pts], s=28, zorder=3, label=name,
-                   color=plt.cm.tab10(i % 10))
-    ax.set_xlabel("clean test accuracy")
-    ax.set_ylabel("anti-view accuracy (the cue with the other class)")
-    ax.legend(fontsize=7, loc="best")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    def point(views: dict) -> tuple[float, float]:
+        metrics = cell_metrics(views, cue_class)
+        return metrics["clean"], metrics["anti"]
+
+    seed_curves = [[point(rows[s][seed]) for s in scales if seed in rows.get(s, {})] for seed in seeds]
+    mean_curve = [(c, a) for c, a, _ in frontier(rows, cue_class)]
+    variants = {n: [point(v) for v in by_seed.values()] for n, by_seed in rows.items()
+                if not n.startswith("lora, scale")}
+    return seed_curves, mean_curve, variants
 
 
-def plot_gap_steps(cells: dict[str, dict[int, Path]], path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    drawn = False
-    for i, variant in enumerate(v for v in cells if v in GAP_VARIANTS):
-        labelled = False  # one legend entry per variant (a cell from before val_gap was logged draws nothing)
-        for seed, cell in sorted(cells.get(variant, {}).items()):
+def gap_lines(cells: dict[str, dict[int, Path]]) -> dict[str, list[list[tuple[int, float]]]]:
+    """The validation gap against steps, per variant of GAP_VARIANTS and seed (empty for a cell from before
+    val_gap was logged)."""
+    lines = {}
+    for variant in (v for v in cells if v in GAP_VARIANTS):
+        lines[variant] = []
+        for _, cell in sorted(cells[variant].items()):
             records = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
-            points = [(r["step"], r["val_gap"]) for r in records if "val_gap" in r]
-            if points:
-                ax.plot(*zip(*points), marker="o", ms=3, color=plt.cm.tab10(i), alpha=0.8,
-                        label=None if labelled else variant)
-                drawn = labelled = True
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation gap (clean minus anti accuracy)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    if drawn:
-        fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return drawn
+            lines[variant].append([(r["step"], r["val_gap"]) for r in records if "val_gap" in r])
+    return lines
 
 
 # ---- the report --------------------------------------------------------------------------------------------------
@@ -325,9 +297,9 @@ def setting_report(title: str, cells: dict, extra: dict | None = None) -> list[s
 
 
 def with_pilot(main_cells: dict, pilot: dict) -> dict:
-    """The main setting's cells with the pilot's added, seed by seed (a pilot variant of the same name, such as
-    ``guard_sticky``, fills only the seeds the main grid lacks)."""
-    return {**main_cells, **{v: {**seeds, **main_cells.get(v, {})} for v, seeds in pilot.items()}}
+    """The main setting's cells with the pilot's variants that the main grid does not have (a pilot cell of a
+    main-grid variant counts only through ``pilot_runs_of_main``, where its config is the main grid's)."""
+    return {**main_cells, **{v: seeds for v, seeds in pilot.items() if v not in main_cells}}
 
 
 def without_output_dir(config) -> dict:
@@ -395,8 +367,8 @@ def main() -> int:
         out = Path(args.plots)
         lora = next(iter(main_cells["lora"].values()))
         cells = with_pilot(main_cells, pilot)
-        plot_frontier(setting_views(cells, masking), cue_class_of(lora), out / "guard_frontier.png")
-        plot_gap_steps(cells, out / "guard_gap_steps.png")
+        plot_frontier(*frontier_points(setting_views(cells, masking), cue_class_of(lora)), out / "guard_frontier.png")
+        plot_gap_steps(gap_lines(cells), out / "guard_gap_steps.png")
     return 0
 
 

@@ -84,11 +84,40 @@ def test_the_results_blocks_are_replaced_between_their_markers():
         report.replace_block(text, "guard pilot tables", ["x"])
 
 
-def test_the_pilot_fills_only_the_seeds_the_main_grid_lacks():
+def test_the_plots_add_only_the_pilots_own_variants():
     main = {"lora": {0: "m0"}, "guard_sticky": {1: "m1"}, "guard_sticky_random": {}}
     pilot = {"guard_sticky": {0: "p0", 1: "p1"}, "guard_sticky_ce": {0: "c0"}}
-    assert report.with_pilot(main, pilot) == {"lora": {0: "m0"}, "guard_sticky": {0: "p0", 1: "m1"},
+    # a pilot cell of a main-grid variant joins only through pilot_runs_of_main (its config checked)
+    assert report.with_pilot(main, pilot) == {"lora": {0: "m0"}, "guard_sticky": {1: "m1"},
                                               "guard_sticky_random": {}, "guard_sticky_ce": {0: "c0"}}
+
+
+def test_the_frontier_plot_gets_each_seeds_curve_and_every_variants_points(tmp_path):
+    rows = {"lora, scale 0.0": {0: views((9, 9), (9, 9)), 1: views((8, 9), (9, 8))},
+            "lora, scale 0.5": {0: views((9, 9), (5, 10)), 1: views((9, 9), (4, 10))},
+            "lora": {0: views((10, 9), (0, 10)), 1: views((9, 10), (1, 10))},
+            "guard_sticky": {0: views((9, 10), (7, 10))}}
+    seed_curves, mean_curve, variants = report.frontier_points(rows, cue_class=1)
+    assert seed_curves == [[(0.9, 0.9), (0.9, 0.75), (0.95, 0.5)], [(0.85, 0.85), (0.9, 0.7), (0.95, 0.55)]]
+    assert np.allclose(mean_curve, [(0.875, 0.875), (0.9, 0.725), (0.95, 0.525)])
+    assert variants == {"lora": [(0.95, 0.5), (0.95, 0.55)], "guard_sticky": [(0.95, 0.85)]}
+    report.plot_frontier(seed_curves, mean_curve, variants, tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+def test_the_gap_plot_draws_only_cells_that_logged_the_gap(tmp_path):
+    def cell(name: str, *records: dict) -> Path:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        return tmp_path / name
+
+    old = cell("old", {"step": 50, "accuracy": 0.8})
+    new = cell("new", {"step": 50, "val_gap": 0.3}, {"step": 100, "accuracy": 0.8}, {"step": 100, "val_gap": 0.1})
+    lines = report.gap_lines({"lora": {0: old, 1: new}, "poe": {0: new}})
+    assert lines == {"lora": [[], [(50, 0.3), (100, 0.1)]]}  # poe is not one of the gap plot's variants
+    assert not report.plot_gap_steps({"lora": [[]]}, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
+    assert report.plot_gap_steps(lines, tmp_path / "gap.png") and (tmp_path / "gap.png").exists()
 
 
 def test_a_pilot_cell_counts_as_the_main_grids_only_where_its_config_is_the_cells(tmp_path):
