@@ -20,9 +20,9 @@ each lora cell's interpolation.json (experiments/interpolate_grid.py).
 - Whether a variant lies above the interpolation frontier: its anti accuracy against the frontier's
   (interpolated linearly between scales) at the variant's clean accuracy.
 - The guard's flags: the words it hid in the most training rows, and the step it first flagged the cue.
-- Plots (drawn by experiments/guard_plots.py): clean against anti accuracy, every variant and seed a point, each seed's interpolation curve and their
-  mean (``guard_frontier.png``); the validation gap against training steps for lora, guard base and the
-  pilot's sticky forms (``guard_gap_steps.png``).
+- Plots (drawn by experiments/guard_plots.py): clean against anti accuracy, every variant and seed a point, each
+  seed's interpolation curve and their mean (``guard_frontier.png``); the validation gap against training steps
+  for lora, guard base and the pilot's sticky forms (``guard_gap_steps.png``).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ MAIN, PILOT, CLEAN = "rt_guard", "rt_guard_pilot", "rt_guard_clean"
 SEED0_GRIDS = ("rt_guard_p90", "rt_guard_cue2")
 CONTROLS = {"guard_base": "guard_random", "guard_sticky": "guard_sticky_random"}
 ALPHAS = ("0.0", "0.25", "0.5", "0.75", "1.0")
+SCALE_ROWS = tuple(f"lora, scale {a}" for a in ALPHAS[:-1]) + ("lora",)  # the interpolation curve, base to adapter
 MASKING = ("rt_shortcut", "focus_mask_ce")  # progressive masking, from the shortcut grid
 GAP_VARIANTS = ("lora", "guard_base", "guard_sticky", "guard_sticky_ce", "guard_sticky_both")  # in the gap plot
 
@@ -128,7 +129,7 @@ def main_table(rows: dict[str, dict[int, dict]], cue_class: int) -> list[str]:
 def frontier(rows: dict[str, dict[int, dict]], cue_class: int) -> list[tuple[float, float, str]]:
     """The interpolation curve as (mean clean, mean anti, scale name), over the seeds every scale has."""
     points = []
-    for name in ["lora, scale " + a for a in ALPHAS[:-1]] + ["lora"]:
+    for name in SCALE_ROWS:
         if name in rows:
             metrics = [cell_metrics(v, cue_class) for v in rows[name].values()]
             points.append((np.mean([m["clean"] for m in metrics]), np.mean([m["anti"] for m in metrics]), name))
@@ -175,7 +176,7 @@ def best_scale_at_clean(rows: dict, name: str, cue_class: int) -> str | None:
         return float(np.mean([m["clean"] for m in metrics])), float(np.mean([m["anti"] for m in metrics]))
 
     best = None
-    for scale in ["lora, scale " + a for a in ALPHAS[1:-1]] + ["lora"]:
+    for scale in SCALE_ROWS[1:]:  # the base (scale 0) is not a trained model
         seeds = sorted(set(rows.get(scale, {})) & set(rows[name]))
         if not seeds or scale == name:
             continue
@@ -246,13 +247,13 @@ def clean_grid_table(cells: dict[str, dict[int, Path]]) -> list[str]:
 # ---- the plots' numbers (experiments/guard_plots.py draws them) ------------------------------------------------
 def frontier_points(rows: dict, cue_class: int) -> tuple[list, list, dict]:
     """Each seed's interpolation curve, their mean, and every other variant's (clean, anti) per seed."""
-    scales = ["lora, scale " + a for a in ALPHAS[:-1]] + ["lora"]
-    seeds = sorted(set().union(*(rows[s].keys() for s in scales if s in rows)))
+    seeds = sorted(set().union(*(rows[s].keys() for s in SCALE_ROWS if s in rows)))
+
     def point(views: dict) -> tuple[float, float]:
         metrics = cell_metrics(views, cue_class)
         return metrics["clean"], metrics["anti"]
 
-    seed_curves = [[point(rows[s][seed]) for s in scales if seed in rows.get(s, {})] for seed in seeds]
+    seed_curves = [[point(rows[s][seed]) for s in SCALE_ROWS if seed in rows.get(s, {})] for seed in seeds]
     mean_curve = [(c, a) for c, a, _ in frontier(rows, cue_class)]
     variants = {n: [point(v) for v in by_seed.values()] for n, by_seed in rows.items()
                 if not n.startswith("lora, scale")}
