@@ -6,10 +6,9 @@ two plots.
     .venv/bin/python experiments/guard_report.py --results docs/RESULTS.md   # ... and rewrite its guard tables
 
 Reads the cells of experiments/grids/rt_guard.yaml (the main setting, 3 seeds), rt_guard_pilot.yaml (the guard's
-loss, seed 0), rt_guard_p90.yaml and rt_guard_cue2.yaml (seed 0), rt_guard_clean.yaml (no cue), and the
-progressive-masking cells of the shortcut grid (rt_shortcut.yaml, ``focus_mask_ce``) where that grid's lora
-cell reproduces the main setting's, from runs/ or from the archive (docs/results_data). Weight interpolation is
-each lora cell's interpolation.json (experiments/interpolate_grid.py).
+loss, seed 0), rt_guard_p90.yaml and rt_guard_cue2.yaml (the other settings), and rt_guard_clean.yaml (no cue),
+from runs/ or from the archive (docs/results_data). Weight interpolation is each lora cell's interpolation.json
+(experiments/interpolate_grid.py).
 
 - The main table: clean, aligned and anti accuracy (mean ± std over seeds), the anti view split into its two
   halves (the other class's rows, which carry the cue, and the cue class's, which do not), and the gap.
@@ -46,11 +45,10 @@ from afa_llm.runs import read_run_config  # noqa: E402
 
 GRIDS = Path(__file__).resolve().parent / "grids"
 MAIN, PILOT, CLEAN = "rt_guard", "rt_guard_pilot", "rt_guard_clean"
-SEED0_GRIDS = ("rt_guard_p90", "rt_guard_cue2")
+OTHER_SETTINGS = ("rt_guard_p90", "rt_guard_cue2")  # purity 0.9; a second cue
 CONTROLS = {"guard_base": "guard_random", "guard_sticky": "guard_sticky_random"}
 ALPHAS = ("0.0", "0.25", "0.5", "0.75", "1.0")
 SCALE_ROWS = tuple(f"lora, scale {a}" for a in ALPHAS[:-1]) + ("lora",)  # the interpolation curve, base to adapter
-MASKING = ("rt_shortcut", "focus_mask_ce")  # progressive masking, from the shortcut grid
 GAP_VARIANTS = ("lora", "guard_base", "guard_sticky", "guard_sticky_ce", "guard_sticky_both")  # in the gap plot
 
 
@@ -96,11 +94,10 @@ def cell_metrics(views: dict, cue_class: int) -> dict[str, float]:
 
 
 # ---- the variants of one setting -------------------------------------------------------------------------
-def setting_views(cells: dict[str, dict[int, Path]], extra: dict[str, dict[int, Path]] | None = None
-                  ) -> dict[str, dict[int, dict]]:
-    """row name -> seed -> the views: the grid's variants, lora at each interpolation scale, and ``extra``."""
+def setting_views(cells: dict[str, dict[int, Path]]) -> dict[str, dict[int, dict]]:
+    """row name -> seed -> the views: the grid's variants and lora at each interpolation scale."""
     rows: dict[str, dict[int, dict]] = {}
-    for variant, seeds in {**cells, **(extra or {})}.items():
+    for variant, seeds in cells.items():
         rows[variant] = {seed: stress_views(path) for seed, path in seeds.items()}
     for alpha in ALPHAS[:-1]:
         scaled = {s: interpolated(p).get(alpha) for s, p in cells.get("lora", {}).items()}
@@ -273,25 +270,12 @@ def gap_lines(cells: dict[str, dict[int, Path]]) -> dict[str, list[list[tuple[in
 
 
 # ---- the report --------------------------------------------------------------------------------------------------
-def masking_cells(main_cells: dict) -> dict[str, dict[int, Path]]:
-    """Progressive masking from the shortcut grid, for the seeds whose lora cell there predicts as the main
-    setting's lora cell does (the same protocol, reproduced)."""
-    grid_name, variant = MASKING
-    try:
-        cells = read_cells(grid_name)
-    except (OSError, KeyError):
-        return {}
-    same = {s for s, p in cells.get("lora", {}).items() if s in main_cells.get("lora", {})
-            and stress_views(p)["anti"]["predictions"] == stress_views(main_cells["lora"][s])["anti"]["predictions"]}
-    return {f"{variant} (shortcut grid)": {s: p for s, p in cells.get(variant, {}).items() if s in same}}
-
-
-def setting_report(title: str, cells: dict, extra: dict | None = None) -> list[str]:
+def setting_report(title: str, cells: dict) -> list[str]:
     lora = next(iter(cells.get("lora", {}).values()), None)
     if lora is None:
         return [f"## {title}", "", "no finished lora cell yet", ""]
     cue_class = cue_class_of(lora)
-    rows = setting_views(cells, extra)
+    rows = setting_views(cells)
     cue = json.loads((lora / "results.json").read_text())["stress"]["adapter"]["cue"]
     return [f"## {title}", "", *main_table(rows, cue_class), "", *tests_table(rows, cue_class), "",
             *frontier_table(rows, cue_class), "", *flags_table(cells, cue), ""]
@@ -343,17 +327,12 @@ def main() -> int:
     args = parser.parse_args()
     pilot = read_cells(PILOT)
     main_cells = pilot_runs_of_main(read_cells(MAIN), pilot)
-    masking = masking_cells(main_cells)
-    main_lines = setting_report("The main setting: 'Winston', rate 0.5, purity 1.0", main_cells, masking)
-    if not any(masking.values()) and not main_cells.get("focus_mask_ce"):
-        main_lines += ["Progressive masking (the shortcut grid's focus_mask_ce) is left out: no lora cell of that "
-                       "grid predicts as this grid's lora cell of the same seed does (the protocol does not "
-                       "reproduce).", ""]
+    main_lines = setting_report("The main setting: 'Winston', rate 0.5, purity 1.0", main_cells)
     seed0 = {"lora": main_cells.get("lora", {}), "guard_base": main_cells.get("guard_base", {})}
     pilot_lines = setting_report("The guard's loss (seed 0; guard_base is KL)",
                                  {k: {0: v[0]} for k, v in {**seed0, **pilot}.items() if 0 in v})
     blocks = {"guard tables": main_lines, "guard pilot tables": pilot_lines}
-    for name in SEED0_GRIDS:
+    for name in OTHER_SETTINGS:
         blocks[f"guard {name.removeprefix('rt_guard_')} tables"] = setting_report(
             load_grid(str(GRIDS / f"{name}.yaml"))["title"], read_cells(name))
     clean = read_cells(CLEAN)
@@ -366,9 +345,10 @@ def main() -> int:
     print("\n".join(line for lines in blocks.values() for line in lines))
     if args.plots and main_cells.get("lora"):
         out = Path(args.plots)
+        out.mkdir(parents=True, exist_ok=True)
         lora = next(iter(main_cells["lora"].values()))
         cells = with_pilot(main_cells, pilot)
-        plot_frontier(*frontier_points(setting_views(cells, masking), cue_class_of(lora)), out / "guard_frontier.png")
+        plot_frontier(*frontier_points(setting_views(cells), cue_class_of(lora)), out / "guard_frontier.png")
         plot_gap_steps(gap_lines(cells), out / "guard_gap_steps.png")
     return 0
 
