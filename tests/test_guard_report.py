@@ -66,6 +66,16 @@ def test_a_variant_is_paired_with_the_best_scale_at_least_as_clean():
     assert "| strict | (no scale as clean) | - | - |" in tests
 
 
+def test_a_variant_on_fewer_seeds_is_set_against_the_frontier_of_its_own_seeds():
+    rows = {"lora": {0: views((9, 9), (1, 10)), 1: views((9, 9), (5, 10))},             # anti 0.55, 0.75
+            "lora, scale 0.5": {0: views((8, 7), (7, 9)), 1: views((8, 7), (7, 9))},    # clean 0.75, anti 0.80
+            "poe": {0: views((10, 10), (8, 9))}}                                          # seed 0 only
+    assert report.frontier(rows, 1, {0})[-1][:2] == pytest.approx((0.90, 0.55))
+    assert report.frontier(rows, 1)[-1][:2] == pytest.approx((0.90, 0.65))
+    table = "\n".join(report.frontier_table(rows, 1))
+    assert "| poe | 1.0000 | 0.8500 | cleaner than every scale: +30.0 points over lora" in table  # not +20.0
+
+
 def test_the_flags_table_names_the_step_the_cue_was_first_flagged(tmp_path):
     cell = tmp_path / "guard_base-seed0"
     cell.mkdir()
