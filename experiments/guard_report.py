@@ -123,15 +123,21 @@ def main_table(rows: dict[str, dict[int, dict]], cue_class: int) -> list[str]:
     return lines
 
 
+def mean_clean_anti(views: list[dict], cue_class: int) -> tuple[float, float]:
+    """Mean clean and mean anti accuracy over a row's views (one per seed)."""
+    metrics = [cell_metrics(v, cue_class) for v in views]
+    return float(np.mean([m["clean"] for m in metrics])), float(np.mean([m["anti"] for m in metrics]))
+
+
 def frontier(rows: dict[str, dict[int, dict]], cue_class: int, seeds: set[int] | None = None
              ) -> list[tuple[float, float, str]]:
     """The interpolation curve as (mean clean, mean anti, scale name), averaged over ``seeds`` (default: each
     scale's every seed), so that a variant run on fewer seeds is set against the curve of its own seeds."""
     points = []
     for name in SCALE_ROWS:
-        metrics = [cell_metrics(v, cue_class) for s, v in rows.get(name, {}).items() if seeds is None or s in seeds]
-        if metrics:
-            points.append((np.mean([m["clean"] for m in metrics]), np.mean([m["anti"] for m in metrics]), name))
+        views = [v for s, v in rows.get(name, {}).items() if seeds is None or s in seeds]
+        if views:
+            points.append((*mean_clean_anti(views, cue_class), name))
     return points
 
 
@@ -171,8 +177,7 @@ def best_scale_at_clean(rows: dict, name: str, cue_class: int) -> str | None:
     """The interpolation scale with the best mean anti accuracy among those whose mean clean accuracy is at least
     ``name``'s (over the seeds both have); None where no scale is as clean."""
     def means(row: str, seeds: list[int]) -> tuple[float, float]:
-        metrics = [cell_metrics(rows[row][s], cue_class) for s in seeds]
-        return float(np.mean([m["clean"] for m in metrics])), float(np.mean([m["anti"] for m in metrics]))
+        return mean_clean_anti([rows[row][s] for s in seeds], cue_class)
 
     best = None
     for scale in SCALE_ROWS[1:]:  # the base (scale 0) is not a trained model
@@ -209,8 +214,7 @@ def frontier_table(rows: dict, cue_class: int) -> list[str]:
         if name.startswith("lora"):
             continue
         curve = frontier(rows, cue_class, set(seeds))
-        metrics = [cell_metrics(v, cue_class) for v in seeds.values()]
-        clean, anti = np.mean([m["clean"] for m in metrics]), np.mean([m["anti"] for m in metrics])
+        clean, anti = mean_clean_anti(list(seeds.values()), cue_class)
         lines.append(f"| {name} | {clean:.4f} | {anti:.4f} | {above_frontier(clean, anti, curve)} |")
     return lines
 
